@@ -1,0 +1,163 @@
+//! Records and map values shared by covobs' eBPF programs and its userspace.
+//!
+//! Every ring-buffer record starts with a [`Header`]; userspace reads the header, then the record
+//! type that `Header::kind` names. All types are `#[repr(C)]` and plain data so both sides agree on
+//! their layout byte for byte; `size_of` checks at the bottom pin the layouts.
+#![no_std]
+
+/// Length of a kernel task name (`TASK_COMM_LEN`), NUL padded.
+pub const COMM_LEN: usize = 16;
+/// Bytes of a path kept in a record (longer paths are cut and flagged).
+pub const PATH_LEN: usize = 256;
+
+/// Record kinds (`Header::kind`).
+pub mod kind {
+    pub const PROCESS_EXEC: u32 = 1;
+    pub const PROCESS_FORK: u32 = 2;
+    pub const PROCESS_EXIT: u32 = 3;
+    pub const THREAD_START: u32 = 4;
+    pub const THREAD_EXIT: u32 = 5;
+    pub const THREAD_RENAME: u32 = 6;
+    pub const SIGNAL_GENERATE: u32 = 7;
+    pub const SIGNAL_DELIVER: u32 = 8;
+    /// One past the largest kind: the size of the per-kind drop counters.
+    pub const MAX: u32 = 16;
+}
+
+/// Flags of a watched tgid (`WATCHED_TGIDS` value).
+pub mod watch {
+    /// Children forked by this process are watched too.
+    pub const FOLLOW_FORKS: u32 = 1;
+    /// Added by the kernel because its name matched `WATCH_COMMS` at exec or rename.
+    pub const BY_NAME: u32 = 2;
+}
+
+/// `Config::flags`.
+pub mod config_flags {
+    /// `sched_process_exit` has a `group_dead` field (kernels before 6.9 lack it).
+    pub const EXIT_HAS_GROUP_DEAD: u32 = 1;
+}
+
+/// `clone(2)` flag that makes the new task a thread of the caller's group.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Common start of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    pub _reserved: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so userspace stamps its own events on the same clock.
+    pub ts_ns: u64,
+    /// Process (thread group) id of the task the record is about, in the initial PID namespace.
+    pub tgid: u32,
+    /// Thread id of that task, in the initial PID namespace.
+    pub tid: u32,
+}
+
+/// Lifecycle of tasks: `PROCESS_FORK`, `PROCESS_EXIT`, `THREAD_START`, `THREAD_EXIT`, `THREAD_RENAME`.
+///
+/// - fork: header = parent task; `other_tgid`/`other_tid` = the child; `flags` = clone flags.
+/// - thread_start: header = creating task; `other_tid` = the new thread; `comm` = its name at birth.
+/// - thread_exit / process_exit: header = exiting task; `flags` = 1 when the whole group died.
+/// - thread_rename: header = the renamed task; `comm` = old name, `comm2` = new name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskRecord {
+    pub hdr: Header,
+    pub other_tgid: u32,
+    pub other_tid: u32,
+    pub flags: u64,
+    pub comm: [u8; COMM_LEN],
+    pub comm2: [u8; COMM_LEN],
+}
+
+/// `PROCESS_EXEC`: header = the task after exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecRecord {
+    pub hdr: Header,
+    /// The tid that called exec (a non-leader thread's exec takes over the leader's id).
+    pub old_tid: u32,
+    /// 1 when this exec made the kernel start watching the process (its name matched).
+    pub newly_watched: u32,
+    pub comm: [u8; COMM_LEN],
+    pub filename: [u8; PATH_LEN],
+}
+
+/// `SIGNAL_GENERATE` (header = sender) and `SIGNAL_DELIVER` (header = receiving thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalRecord {
+    pub hdr: Header,
+    pub sig: i32,
+    pub code: i32,
+    pub errno: i32,
+    /// generate: TRACE_SIGNAL_* result (0 delivered, 1 ignored, 2 already pending, ...).
+    pub result: i32,
+    /// generate: the thread the signal was queued to, and its group.
+    pub target_tid: u32,
+    pub target_tgid: u32,
+    /// generate: 1 when the signal is process-directed.
+    pub group: u32,
+    pub _pad: u32,
+    /// deliver: the handler that runs (0 = SIG_DFL, 1 = SIG_IGN) and its flags.
+    pub sa_handler: u64,
+    pub sa_flags: u64,
+    /// generate: the sender's name.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Byte offsets of the tracepoint fields the programs read, taken by userspace from
+/// `/sys/kernel/tracing/events/*/*/format` so the programs do not depend on one kernel's layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracepointOffsets {
+    pub exec_filename: u16,
+    pub exec_pid: u16,
+    pub exec_old_pid: u16,
+    pub newtask_pid: u16,
+    pub newtask_comm: u16,
+    pub newtask_clone_flags: u16,
+    pub rename_pid: u16,
+    pub rename_oldcomm: u16,
+    pub rename_newcomm: u16,
+    pub exit_group_dead: u16,
+    pub gen_sig: u16,
+    pub gen_errno: u16,
+    pub gen_code: u16,
+    pub gen_pid: u16,
+    pub gen_group: u16,
+    pub gen_result: u16,
+    pub del_sig: u16,
+    pub del_errno: u16,
+    pub del_code: u16,
+    pub del_sa_handler: u16,
+    pub del_sa_flags: u16,
+    pub _pad: [u16; 3],
+}
+
+/// The single value of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// covobs' own tgid: never watched, so its own threads cannot feed back into the stream.
+    pub self_tgid: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+    pub tp: TracepointOffsets,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with no padding-sensitive invariants; any bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Header>() == 24);
+    assert!(core::mem::size_of::<TaskRecord>() == 72);
+    assert!(core::mem::size_of::<ExecRecord>() == 304);
+    assert!(core::mem::size_of::<SignalRecord>() == 88);
+    assert!(core::mem::size_of::<TracepointOffsets>() == 48);
+};

@@ -1,0 +1,1 @@
+//! covobs library

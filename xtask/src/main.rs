@@ -1,0 +1,63 @@
+//! covobs' developer tasks. `./dev` runs the set-up, then these.
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod fixtures;
+
+#[derive(Parser)]
+#[command(about = "covobs developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the instrumented test targets into target/fixtures.
+    Fixtures,
+    /// Build fixtures, then run every test: host integration tests, then the kcov VM tests.
+    Test {
+        /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run covobs on the bundled demo workload and write a report.
+    Demo,
+    /// Run the benchmarks and print their figures.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Fixtures => fixtures::build_all(),
+        Task::Test { cargo_args } => {
+            fixtures::build_all()?;
+            run(Command::new(env!("CARGO"))
+                .args(["test", "--workspace"])
+                .args(&cargo_args))
+        }
+        Task::Demo => bail!("the demo comes with `covobs attach`"),
+        Task::Bench => bail!("no benchmarks yet"),
+    }
+}
+
+/// Run a command, failing with its status when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
