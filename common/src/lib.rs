@@ -20,6 +20,8 @@ pub mod kind {
     pub const THREAD_RENAME: u32 = 6;
     pub const SIGNAL_GENERATE: u32 = 7;
     pub const SIGNAL_DELIVER: u32 = 8;
+    /// `covobs doctor`'s uprobe self-test fired (a bare `Header`).
+    pub const SELFTEST: u32 = 9;
     /// One past the largest kind: the size of the per-kind drop counters.
     pub const MAX: u32 = 16;
 }
@@ -36,6 +38,19 @@ pub mod watch {
 pub mod config_flags {
     /// `sched_process_exit` has a `group_dead` field (kernels before 6.9 lack it).
     pub const EXIT_HAS_GROUP_DEAD: u32 = 1;
+}
+
+/// Slots of the `SELFTEST` array map used by `covobs doctor`.
+pub mod selftest {
+    /// Times the self-test uprobe fired.
+    pub const HITS: u32 = 0;
+    /// Signal the uprobe sends to the thread that hit it (0: none). Set by userspace.
+    pub const SIGNAL: u32 = 1;
+    /// Return value of bpf_send_signal_thread, plus 1000 (so 0 means "not called").
+    pub const SIGNAL_RESULT: u32 = 2;
+    /// Thread id that hit the uprobe.
+    pub const TID: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// `clone(2)` flag that makes the new task a thread of the caller's group.

@@ -101,7 +101,15 @@ fn on_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         }
         (kind::PROCESS_FORK, child)
     };
-    emit_task(record_kind, &cur, child_tgid, child, clone_flags, &comm, &[0; COMM_LEN]);
+    emit_task(
+        record_kind,
+        &cur,
+        child_tgid,
+        child,
+        clone_flags,
+        &comm,
+        &[0; COMM_LEN],
+    );
     Ok(())
 }
 
@@ -135,7 +143,15 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let mut comm = bpf_get_current_comm()?;
     normalize_comm(&mut comm);
-    emit_task(record_kind, &cur, cur.tgid, cur.tid, group_dead, &comm, &[0; COMM_LEN]);
+    emit_task(
+        record_kind,
+        &cur,
+        cur.tgid,
+        cur.tid,
+        group_dead,
+        &comm,
+        &[0; COMM_LEN],
+    );
     Ok(())
 }
 
@@ -173,7 +189,15 @@ fn on_rename(ctx: &TracePointContext) -> Result<(), i64> {
         None => return Ok(()),
     };
     let renamed = crate::maps::Current { tgid, tid };
-    emit_task(kind::THREAD_RENAME, &renamed, tgid, tid, newly_watched, &old, &new);
+    emit_task(
+        kind::THREAD_RENAME,
+        &renamed,
+        tgid,
+        tid,
+        newly_watched,
+        &old,
+        &new,
+    );
     Ok(())
 }
 

@@ -9,6 +9,8 @@ mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod selftest;
+#[cfg(target_arch = "bpf")]
 mod signals;
 
 #[cfg(target_arch = "bpf")]

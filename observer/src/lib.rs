@@ -1,1 +1,29 @@
-//! covobs library
+//! covobs: an eBPF-assisted coverage observer for running processes.
+//!
+//! The modules follow the pipeline: `target` (find and track processes), `probes` (the eBPF
+//! programs), `stream` (one pipeline to the sinks); `watch` and `doctor` are commands built on them.
+pub mod cli;
+pub mod doctor;
+pub mod events;
+pub mod probes;
+pub mod stream;
+pub mod sys;
+pub mod target;
+pub mod watch;
+
+/// An error caused by what the user asked for or by what the machine cannot do: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Fail unless covobs may load tracing programs; a one-line reason for the user otherwise.
+pub fn require_privileges() -> Result<(), BadInput> {
+    let caps = sys::caps::Caps::current().map_err(|e| BadInput(e.to_string()))?;
+    if caps.can_trace() {
+        return Ok(());
+    }
+    Err(BadInput(format!(
+        "covobs needs root (missing {}): run it with sudo",
+        caps.missing_for_observer().join(", ")
+    )))
+}

@@ -1,1 +1,106 @@
-fn main() {}
+//! The `covobs` command. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser as _;
+use covobs::{
+    BadInput,
+    cli::{Cli, Command, TargetArgs},
+    doctor,
+    target::{NamePattern, TargetSpec},
+    watch,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("covobs: error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("covobs: error: {err:#}");
+            if err.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Doctor { json } => {
+            let report = doctor::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", doctor::render(&report));
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Watch(args) => {
+            watch::run(watch::WatchOptions {
+                target: target_spec(&args.target)?,
+                json: args.json,
+                duration: args.duration,
+                wait: args.wait,
+                follow_forks: args.follow_forks,
+                ebpf_log: args.ebpf_log,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn target_spec(args: &TargetArgs) -> Result<TargetSpec, BadInput> {
+    match (&args.pid, &args.name) {
+        (Some(pid), _) => Ok(TargetSpec::Pid(*pid)),
+        (None, Some(name)) => NamePattern::new(name)
+            .map(TargetSpec::Name)
+            .map_err(|e| BadInput(e.to_string())),
+        (None, None) => Err(BadInput("give --pid or --name".into())),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // aya and aya-log speak `log`; route them into tracing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

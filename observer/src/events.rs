@@ -1,0 +1,169 @@
+//! The events covobs reports: one JSON object each in `events.jsonl` and on `--json` stdout.
+//!
+//! Every object carries `ts_ns` (CLOCK_BOOTTIME nanoseconds, the clock of the eBPF programs;
+//! session.json gives the offset to Unix time), `event`, `pid` and `tid`, then its own fields.
+//! `pid`/`tid` name the task of the target the event is about: for a signal, the receiving thread.
+use serde::Serialize;
+
+use crate::target::Thread;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Body {
+    /// covobs started watching a process (`reason`: pid, name, exec, rename, fork).
+    Target {
+        comm: String,
+        exe: Option<String>,
+        reason: &'static str,
+        threads: Vec<Thread>,
+    },
+    /// A watched process (or one that just took a watched name) called exec.
+    ProcessExec {
+        filename: String,
+        comm: String,
+        /// The tid that called exec, when it was not the leader.
+        old_tid: u32,
+    },
+    /// A watched process forked a child (`child_pid`); `followed` when the child is watched too.
+    ProcessFork {
+        child_pid: u32,
+        comm: String,
+        followed: bool,
+    },
+    /// The last thread of a watched process exited.
+    ProcessExit {
+        comm: String,
+    },
+    /// A new thread: `tid` is the new thread, `parent_tid` the thread that created it; `name` is
+    /// the name it was born with (a thread usually renames itself right after: `thread_rename`).
+    ThreadStart {
+        name: String,
+        parent_tid: u32,
+    },
+    ThreadExit {
+        name: String,
+    },
+    ThreadRename {
+        old_name: String,
+        name: String,
+    },
+    /// A signal was queued for thread `tid` of `pid`, sent by `sender_pid`/`sender_tid`.
+    SignalGenerate {
+        sig: i32,
+        signal: String,
+        code: i32,
+        sender_pid: u32,
+        sender_tid: u32,
+        sender_comm: String,
+        /// Process-directed (kill) rather than thread-directed (tgkill).
+        group: bool,
+        /// delivered, ignored, already_pending, overflow, lose_info.
+        result: &'static str,
+    },
+    /// Thread `tid` is about to run the handler of a signal.
+    SignalDeliver {
+        sig: i32,
+        signal: String,
+        code: i32,
+        /// default, ignore, or the handler's address in hex.
+        handler: String,
+        sa_flags: u64,
+    },
+    /// Something was not observed or not collected; `reason` says why.
+    Lost {
+        reason: String,
+        what: String,
+        count: u64,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match &self.body {
+            Body::Target { .. } => "target",
+            Body::ProcessExec { .. } => "process_exec",
+            Body::ProcessFork { .. } => "process_fork",
+            Body::ProcessExit { .. } => "process_exit",
+            Body::ThreadStart { .. } => "thread_start",
+            Body::ThreadExit { .. } => "thread_exit",
+            Body::ThreadRename { .. } => "thread_rename",
+            Body::SignalGenerate { .. } => "signal_generate",
+            Body::SignalDeliver { .. } => "signal_deliver",
+            Body::Lost { .. } => "lost",
+        }
+    }
+}
+
+/// `SIGUSR2` for 12, `SIGRT+3` for real-time signals, the number otherwise.
+pub fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_owned(),
+        Err(_) if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => {
+            format!("SIGRT+{}", sig - libc::SIGRTMIN())
+        }
+        Err(_) => sig.to_string(),
+    }
+}
+
+/// The kernel's TRACE_SIGNAL_* result of signal_generate.
+pub fn signal_result_name(result: i32) -> &'static str {
+    match result {
+        0 => "delivered",
+        1 => "ignored",
+        2 => "already_pending",
+        3 => "overflow_fail",
+        4 => "lose_info",
+        _ => "unknown",
+    }
+}
+
+/// How a handler address reads: the kernel's SIG_DFL / SIG_IGN, or the address.
+pub fn handler_name(sa_handler: u64) -> String {
+    match sa_handler {
+        0 => "default".to_owned(),
+        1 => "ignore".to_owned(),
+        h => format!("{h:#x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_common_fields_and_the_event_name() {
+        let e = Event {
+            ts_ns: 5,
+            pid: 10,
+            tid: 11,
+            body: Body::ThreadRename {
+                old_name: "a".into(),
+                name: "b".into(),
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "thread_rename");
+        assert_eq!(v["ts_ns"], 5);
+        assert_eq!(v["pid"], 10);
+        assert_eq!(v["tid"], 11);
+        assert_eq!(v["name"], "b");
+        assert_eq!(e.name(), "thread_rename");
+    }
+
+    #[test]
+    fn names_signals() {
+        assert_eq!(signal_name(12), "SIGUSR2");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRT+3");
+        assert_eq!(handler_name(0), "default");
+        assert_eq!(handler_name(0x10), "0x10");
+    }
+}

@@ -1,0 +1,307 @@
+//! The eBPF side, seen from userspace: load covobs' programs, attach them, keep the in-kernel
+//! watch set, read their records and their drop counters.
+//!
+//! `Probes` is the one owner of the loaded object: dropping it detaches every program. Nothing is
+//! pinned, so a covobs killed with SIGKILL leaves nothing behind either: the kernel drops programs
+//! and links when their last file descriptor closes.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+};
+use covobs_common::{COMM_LEN, Config, kind};
+
+use crate::sys::{
+    bpf::{self, BpfUnavailable},
+    tracefs::{self, TracefsError},
+};
+
+pub mod offsets;
+pub mod reader;
+pub mod records;
+
+pub use reader::EventReader;
+
+/// Default ring-buffer size: at ~100 bytes a record, tens of thousands of records of slack.
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Bpf(#[from] BpfUnavailable),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading covobs' eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF object has no {0}")]
+    Missing(&'static str),
+}
+
+impl ProbeError {
+    /// A kernel or privilege that cannot do what covobs needs: the user must change something.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Self::Bpf(_) | Self::Tracefs(_))
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+/// Loaded and attached lifecycle + signal programs and their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    tgids: HashMap<MapData, u32, u32>,
+    tids: HashMap<MapData, u32, u32>,
+    comms: HashMap<MapData, [u8; COMM_LEN], u32>,
+    drops: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    selftest: Array<MapData, u64>,
+    programs: Vec<LoadedProgram>,
+}
+
+/// A program covobs loaded: name and kernel id (for leak checks and `session.json`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoadedProgram {
+    pub name: String,
+    pub id: u32,
+}
+
+pub struct ProbeOptions {
+    pub ring_bytes: u32,
+    /// Forward the eBPF programs' aya-log messages (debug level) to covobs' log.
+    pub ebpf_log: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: DEFAULT_RING_BYTES,
+            ebpf_log: false,
+        }
+    }
+}
+
+impl Probes {
+    /// Load the programs, configure them for this kernel and attach the lifecycle and signal
+    /// tracepoints. Nothing is watched until `watch_process` or `watch_name`.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        bpf::probe()?;
+        let tracefs = tracefs::root()?;
+        let self_tgid = std::process::id();
+        let config = offsets::config(&tracefs, self_tgid)?;
+        raise_memlock();
+
+        // aya-log level 0 turns every log statement in the programs into a cheap no-op.
+        let log_level: u8 = if opts.ebpf_log { 4 } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/covobs"
+            )))
+            .map_err(ProbeError::Load)?;
+        if opts.ebpf_log {
+            start_ebpf_logger(&mut ebpf);
+        }
+
+        let mut config_map: Array<_, Config> = take(&mut ebpf, "CONFIG")?;
+        config_map.set(0, &config, 0).map_err(map_err("CONFIG"))?;
+        let tgids = take(&mut ebpf, "WATCHED_TGIDS")?;
+        let tids = take(&mut ebpf, "WATCHED_TIDS")?;
+        let comms = take(&mut ebpf, "WATCH_COMMS")?;
+        let drops = take(&mut ebpf, "DROPS")?;
+        let events = take(&mut ebpf, "EVENTS")?;
+        let selftest = take(&mut ebpf, "SELFTEST")?;
+
+        let mut probes = Self {
+            ebpf,
+            tgids,
+            tids,
+            comms,
+            drops,
+            events: Some(events),
+            selftest,
+            programs: Vec::new(),
+        };
+        for (program, category, name) in offsets::TRACEPOINTS {
+            probes.attach_tracepoint(program, category, name)?;
+        }
+        Ok(probes)
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        program: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("a lifecycle program"))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        prog.attach(category, name).map_err(perr)?;
+        let id = prog.info().map_err(perr)?.id();
+        self.programs.push(LoadedProgram {
+            name: program.to_owned(),
+            id,
+        });
+        Ok(())
+    }
+
+    /// Watch a process: its tgid and every thread it has now (new threads are added by the
+    /// kernel as they are created).
+    pub fn watch_process(&mut self, pid: u32, flags: u32, tids: &[u32]) -> Result<(), ProbeError> {
+        self.tgids
+            .insert(&pid, &flags, 0)
+            .map_err(map_err("WATCHED_TGIDS"))?;
+        for tid in tids {
+            self.tids
+                .insert(tid, &pid, 0)
+                .map_err(map_err("WATCHED_TIDS"))?;
+        }
+        Ok(())
+    }
+
+    /// Stop watching a process (it exited, or it only looked like a match).
+    pub fn unwatch_process(&mut self, pid: u32, tids: &[u32]) {
+        let _ = self.tgids.remove(&pid);
+        for tid in tids {
+            let _ = self.tids.remove(tid);
+        }
+    }
+
+    /// Forget a thread that exited (the kernel does this itself; used where it cannot know).
+    pub fn forget_thread(&mut self, tid: u32) {
+        let _ = self.tids.remove(&tid);
+    }
+
+    /// Start watching every process that takes this name later (exec, or prctl on its main thread).
+    pub fn watch_name(&mut self, comm: [u8; COMM_LEN]) -> Result<(), ProbeError> {
+        self.comms
+            .insert(&comm, &1, 0)
+            .map_err(map_err("WATCH_COMMS"))
+    }
+
+    /// The record reader. Can be taken once.
+    pub fn take_reader(&mut self) -> Option<EventReader> {
+        self.events.take().and_then(|r| EventReader::new(r).ok())
+    }
+
+    /// Records lost to a full ring buffer so far, per record kind, summed over CPUs.
+    pub fn drops(&self) -> Result<Vec<(u32, u64)>, ProbeError> {
+        let mut out = Vec::new();
+        for k in 0..kind::MAX {
+            let per_cpu = self.drops.get(&k, 0).map_err(map_err("DROPS"))?;
+            let total: u64 = per_cpu.iter().sum();
+            if total > 0 {
+                out.push((k, total));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attach the self-test uprobe to `symbol` in this very process's executable; when it fires it
+    /// sends `signal` (0: none) to the thread that hit it with bpf_send_signal_thread.
+    pub fn attach_selftest(&mut self, symbol: &str, signal: i32) -> Result<(), ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: "covobs_selftest".to_owned(),
+            source,
+        };
+        self.selftest
+            .set(covobs_common::selftest::SIGNAL, &(signal as u64), 0)
+            .map_err(map_err("SELFTEST"))?;
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut("covobs_selftest")
+            .ok_or(ProbeError::Missing("covobs_selftest"))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        let pid = std::num::NonZeroU32::new(std::process::id())
+            .ok_or(ProbeError::Missing("a process id"))?;
+        prog.attach([symbol], "/proc/self/exe", UProbeScope::OneProcess(pid))
+            .map_err(perr)?;
+        Ok(())
+    }
+
+    /// The self-test counters (`covobs_common::selftest` slots).
+    pub fn selftest_slot(&self, slot: u32) -> u64 {
+        self.selftest.get(&slot, 0).unwrap_or(0)
+    }
+
+    pub fn programs(&self) -> &[LoadedProgram] {
+        &self.programs
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup. Raising the
+/// limit may be refused (no CAP_SYS_RESOURCE): harmless where the cgroup is charged, so only warn.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to the cgroup",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn start_ebpf_logger(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring-buffer map fd for as long as the AsyncFd lives, and
+            // flushing neither closes nor replaces that fd.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            match registered {
+                Ok(mut fd) => {
+                    tokio::spawn(async move {
+                        while let Ok(mut guard) = fd.readable_mut().await {
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("eBPF log reader: {e}"),
+            }
+        }
+        Err(e) => tracing::warn!("eBPF logging unavailable: {e}"),
+    }
+}

@@ -1,0 +1,63 @@
+//! Tracepoint field offsets for the eBPF programs, read from this kernel's format files.
+use std::path::Path;
+
+use covobs_common::{Config, TracepointOffsets, config_flags};
+
+use crate::sys::tracefs::{Format, TracefsError};
+
+/// The tracepoints the lifecycle and signal programs attach to: (program, category, name).
+pub const TRACEPOINTS: [(&str, &str, &str); 6] = [
+    ("covobs_exec", "sched", "sched_process_exec"),
+    ("covobs_newtask", "task", "task_newtask"),
+    ("covobs_exit", "sched", "sched_process_exit"),
+    ("covobs_rename", "task", "task_rename"),
+    ("covobs_signal_generate", "signal", "signal_generate"),
+    ("covobs_signal_deliver", "signal", "signal_deliver"),
+];
+
+/// Build the programs' configuration from the format files under `tracefs`.
+pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
+    let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
+    let newtask = Format::read(tracefs, "task", "task_newtask")?;
+    let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
+    let rename = Format::read(tracefs, "task", "task_rename")?;
+    let generate = Format::read(tracefs, "signal", "signal_generate")?;
+    let deliver = Format::read(tracefs, "signal", "signal_deliver")?;
+
+    let mut flags = 0;
+    let exit_group_dead = match exit.field("group_dead") {
+        Some(f) => {
+            flags |= config_flags::EXIT_HAS_GROUP_DEAD;
+            f.offset
+        }
+        None => 0,
+    };
+    Ok(Config {
+        self_tgid,
+        flags,
+        tp: TracepointOffsets {
+            exec_filename: exec.offset("filename")?,
+            exec_pid: exec.offset("pid")?,
+            exec_old_pid: exec.offset("old_pid")?,
+            newtask_pid: newtask.offset("pid")?,
+            newtask_comm: newtask.offset("comm")?,
+            newtask_clone_flags: newtask.offset("clone_flags")?,
+            rename_pid: rename.offset("pid")?,
+            rename_oldcomm: rename.offset("oldcomm")?,
+            rename_newcomm: rename.offset("newcomm")?,
+            exit_group_dead,
+            gen_sig: generate.offset("sig")?,
+            gen_errno: generate.offset("errno")?,
+            gen_code: generate.offset("code")?,
+            gen_pid: generate.offset("pid")?,
+            gen_group: generate.offset("group")?,
+            gen_result: generate.offset("result")?,
+            del_sig: deliver.offset("sig")?,
+            del_errno: deliver.offset("errno")?,
+            del_code: deliver.offset("code")?,
+            del_sa_handler: deliver.offset("sa_handler")?,
+            del_sa_flags: deliver.offset("sa_flags")?,
+            _pad: [0; 3],
+        },
+    })
+}

@@ -1,0 +1,226 @@
+//! Decoding of the eBPF programs' ring-buffer records into events.
+use covobs_common::{COMM_LEN, ExecRecord, Header, SignalRecord, TaskRecord, kind};
+
+use crate::events::{Body, Event, handler_name, signal_name, signal_result_name};
+
+/// A decoded record: the event, plus what the kernel did to the watch set while producing it.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub event: Event,
+    /// The kernel started watching this process just now (its name matched at exec or rename).
+    pub newly_watched: bool,
+    /// A thread exit on a kernel that cannot say whether the whole group died.
+    pub group_dead_unknown: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record kind {kind} needs {need} bytes, got {got}")]
+    Truncated { kind: u32, need: usize, got: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Copy a `#[repr(C)]` plain-data record out of the ring buffer's bytes.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, RecordError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(RecordError::Truncated {
+            kind,
+            need,
+            got: bytes.len(),
+        });
+    }
+    // SAFETY: the length was checked; T is a plain-data `#[repr(C)]` record (only integers and
+    // byte arrays, valid for any bit pattern) and read_unaligned has no alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-padded kernel string as text.
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn comm(bytes: &[u8; COMM_LEN]) -> String {
+    cstr(bytes)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Decoded, RecordError> {
+    if bytes.len() < size_of::<Header>() {
+        return Err(RecordError::Short(bytes.len()));
+    }
+    let hdr: Header = read(bytes, 0)?;
+    let mut newly_watched = false;
+    let mut group_dead_unknown = false;
+    let (pid, tid, body) = match hdr.kind {
+        kind::PROCESS_EXEC => {
+            let r: ExecRecord = read(bytes, hdr.kind)?;
+            newly_watched = r.newly_watched != 0;
+            let body = Body::ProcessExec {
+                filename: cstr(&r.filename),
+                comm: comm(&r.comm),
+                old_tid: r.old_tid,
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        kind::PROCESS_FORK => {
+            let r: TaskRecord = read(bytes, hdr.kind)?;
+            let body = Body::ProcessFork {
+                child_pid: r.other_tgid,
+                comm: comm(&r.comm),
+                followed: false,
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        kind::THREAD_START => {
+            let r: TaskRecord = read(bytes, hdr.kind)?;
+            let body = Body::ThreadStart {
+                name: comm(&r.comm),
+                parent_tid: hdr.tid,
+            };
+            (r.other_tgid, r.other_tid, body)
+        }
+        kind::THREAD_EXIT | kind::PROCESS_EXIT => {
+            let r: TaskRecord = read(bytes, hdr.kind)?;
+            group_dead_unknown = r.flags == 2;
+            let body = if hdr.kind == kind::PROCESS_EXIT {
+                Body::ProcessExit {
+                    comm: comm(&r.comm),
+                }
+            } else {
+                Body::ThreadExit {
+                    name: comm(&r.comm),
+                }
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        kind::THREAD_RENAME => {
+            let r: TaskRecord = read(bytes, hdr.kind)?;
+            newly_watched = r.flags == 1;
+            let body = Body::ThreadRename {
+                old_name: comm(&r.comm),
+                name: comm(&r.comm2),
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        kind::SIGNAL_GENERATE => {
+            let r: SignalRecord = read(bytes, hdr.kind)?;
+            let body = Body::SignalGenerate {
+                sig: r.sig,
+                signal: signal_name(r.sig),
+                code: r.code,
+                sender_pid: hdr.tgid,
+                sender_tid: hdr.tid,
+                sender_comm: comm(&r.comm),
+                group: r.group != 0,
+                result: signal_result_name(r.result),
+            };
+            (r.target_tgid, r.target_tid, body)
+        }
+        kind::SIGNAL_DELIVER => {
+            let r: SignalRecord = read(bytes, hdr.kind)?;
+            let body = Body::SignalDeliver {
+                sig: r.sig,
+                signal: signal_name(r.sig),
+                code: r.code,
+                handler: handler_name(r.sa_handler),
+                sa_flags: r.sa_flags,
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        other => return Err(RecordError::UnknownKind(other)),
+    };
+    Ok(Decoded {
+        event: Event {
+            ts_ns: hdr.ts_ns,
+            pid,
+            tid,
+            body,
+        },
+        newly_watched,
+        group_dead_unknown,
+    })
+}
+
+/// The name of a record kind, for drop accounting.
+pub fn kind_name(k: u32) -> &'static str {
+    match k {
+        kind::PROCESS_EXEC => "process_exec",
+        kind::PROCESS_FORK => "process_fork",
+        kind::PROCESS_EXIT => "process_exit",
+        kind::THREAD_START => "thread_start",
+        kind::THREAD_EXIT => "thread_exit",
+        kind::THREAD_RENAME => "thread_rename",
+        kind::SIGNAL_GENERATE => "signal_generate",
+        kind::SIGNAL_DELIVER => "signal_deliver",
+        _ => "record",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain-data record as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_signal_generate_as_an_event_about_the_target() {
+        let mut c = [0u8; COMM_LEN];
+        c[..4].copy_from_slice(b"bash");
+        let rec = SignalRecord {
+            hdr: Header {
+                kind: kind::SIGNAL_GENERATE,
+                _reserved: 0,
+                ts_ns: 42,
+                tgid: 100,
+                tid: 101,
+            },
+            sig: 12,
+            code: -6,
+            errno: 0,
+            result: 0,
+            target_tid: 201,
+            target_tgid: 200,
+            group: 0,
+            _pad: 0,
+            sa_handler: 0,
+            sa_flags: 0,
+            comm: c,
+        };
+        let d = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!((d.event.pid, d.event.tid, d.event.ts_ns), (200, 201, 42));
+        let v = serde_json::to_value(&d.event).unwrap();
+        assert_eq!(v["event"], "signal_generate");
+        assert_eq!(v["signal"], "SIGUSR2");
+        assert_eq!(v["sender_pid"], 100);
+        assert_eq!(v["sender_comm"], "bash");
+        assert_eq!(v["result"], "delivered");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(decode(&[0; 8]), Err(RecordError::Short(8))));
+        let hdr = Header {
+            kind: 99,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes_of(&hdr)),
+            Err(RecordError::UnknownKind(99))
+        ));
+        let hdr = Header {
+            kind: kind::SIGNAL_DELIVER,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes_of(&hdr)),
+            Err(RecordError::Truncated { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! The live human view: one aligned line per event, local wall-clock time first.
+use std::{collections::HashMap, io::Write};
+
+use super::{Item, Sink, StreamError};
+use crate::{
+    events::{Body, Event},
+    sys::clock,
+};
+
+pub struct HumanSink<W: Write + Send> {
+    out: W,
+    /// Unix offset of the events' CLOCK_BOOTTIME stamps.
+    offset_ns: i128,
+    /// Process names, learned from the stream itself, to label lines.
+    names: HashMap<u32, String>,
+}
+
+impl<W: Write + Send> HumanSink<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            offset_ns: clock::boot_to_unix_offset_ns(),
+            names: HashMap::new(),
+        }
+    }
+
+    fn label(&self, pid: u32) -> String {
+        match self.names.get(&pid) {
+            Some(name) => format!("{name}[{pid}]"),
+            None => format!("[{pid}]"),
+        }
+    }
+}
+
+/// The event-specific part of a line.
+pub fn describe(event: &Event) -> String {
+    let tid = event.tid;
+    match &event.body {
+        Body::Target {
+            comm,
+            exe,
+            reason,
+            threads,
+        } => {
+            let list: Vec<String> = threads
+                .iter()
+                .map(|t| format!("{}:{}", t.tid, t.name))
+                .collect();
+            format!(
+                "watching {comm} ({}), by {reason}; threads {}",
+                exe.as_deref().unwrap_or("?"),
+                list.join(" ")
+            )
+        }
+        Body::ProcessExec { filename, comm, .. } => format!("exec {filename} as {comm}"),
+        Body::ProcessFork {
+            child_pid,
+            followed,
+            ..
+        } => format!(
+            "fork from tid {tid}: child {child_pid}{}",
+            if *followed { " (watched)" } else { "" }
+        ),
+        Body::ProcessExit { comm } => format!("process {comm} exited (last thread {tid})"),
+        Body::ThreadStart { name, parent_tid } => {
+            format!("thread {tid} started by {parent_tid} as {name:?}")
+        }
+        Body::ThreadExit { name } => format!("thread {tid} {name:?} exited"),
+        Body::ThreadRename { old_name, name } => {
+            format!("thread {tid} renamed {old_name:?} -> {name:?}")
+        }
+        Body::SignalGenerate {
+            signal,
+            sender_pid,
+            sender_tid,
+            sender_comm,
+            group,
+            result,
+            ..
+        } => format!(
+            "{signal} from {sender_comm}[{sender_pid}/{sender_tid}] to {} {tid}: {result}",
+            if *group {
+                "process, queued on"
+            } else {
+                "thread"
+            }
+        ),
+        Body::SignalDeliver {
+            signal, handler, ..
+        } => format!("{signal} delivered on thread {tid}, handler {handler}"),
+        Body::Lost {
+            reason,
+            what,
+            count,
+        } => format!("LOST {count} {what}: {reason}"),
+    }
+}
+
+impl<W: Write + Send> Sink for HumanSink<W> {
+    fn name(&self) -> &'static str {
+        "terminal"
+    }
+
+    fn accept(&mut self, item: &Item) -> Result<(), StreamError> {
+        let Item::Event(event) = item;
+        match &event.body {
+            Body::Target { comm, .. } | Body::ProcessExec { comm, .. } => {
+                self.names.insert(event.pid, comm.clone());
+            }
+            Body::ThreadRename { name, .. } if event.tid == event.pid => {
+                self.names.insert(event.pid, name.clone());
+            }
+            _ => {}
+        }
+        let line = format!(
+            "{}  {:<24} {:<16} {}\n",
+            clock::wall_time_of(event.ts_ns, self.offset_ns),
+            self.label(event.pid),
+            event.name(),
+            describe(event)
+        );
+        if let Body::ProcessExit { .. } = &event.body {
+            self.names.remove(&event.pid);
+        }
+        let io = |source| StreamError::Io {
+            sink: "terminal",
+            source,
+        };
+        self.out.write_all(line.as_bytes()).map_err(io)?;
+        self.out.flush().map_err(io)
+    }
+}
