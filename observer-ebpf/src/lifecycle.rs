@@ -13,8 +13,8 @@ use covobs_common::{
 };
 
 use crate::maps::{
-    WATCHED_TGIDS, WATCHED_TIDS, comm_watched, config, current, header, normalize_comm, reserve,
-    tgid_watched, tid_watched,
+    EXECING, WATCHED_TGIDS, WATCHED_TIDS, comm_watched, config, current, header, normalize_comm,
+    reserve, tgid_watched, tid_watched,
 };
 
 /// `sched:sched_process_exec`, in the context of the task after exec.
@@ -27,6 +27,7 @@ pub fn covobs_exec(ctx: TracePointContext) -> u32 {
 fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let cur = current();
+    let _ = EXECING.remove(&cur.tgid);
     if cur.tgid == cfg.self_tgid {
         return Ok(());
     }
@@ -177,8 +178,13 @@ fn on_rename(ctx: &TracePointContext) -> Result<(), i64> {
     let cur = current();
     let (tgid, newly_watched) = match tid_watched(tid) {
         Some(tgid) => (tgid, 0),
-        // A process that renames its main thread to a watched name is picked up, like an exec.
-        None if tid == cur.tid && cur.tid == cur.tgid && cur.tgid != cfg.self_tgid => {
+        // A process that renames its main thread to a watched name is picked up, like an exec
+        // (exec's own rename is left to the exec hook, which follows it).
+        None if tid == cur.tid
+            && cur.tid == cur.tgid
+            && cur.tgid != cfg.self_tgid
+            && EXECING.get_ptr(&cur.tgid).is_none() =>
+        {
             if !comm_watched(&new) {
                 return Ok(());
             }
@@ -223,4 +229,19 @@ fn emit_task(
         comm2: *comm2,
     });
     entry.submit(0);
+}
+
+/// `syscalls:sys_enter_execve` and `sys_enter_execveat`: the process is inside exec.
+#[tracepoint]
+pub fn covobs_execve_enter(_ctx: TracePointContext) -> u32 {
+    let _ = EXECING.insert(&current().tgid, &1, 0);
+    0
+}
+
+/// `syscalls:sys_exit_execve` and `sys_exit_execveat`: a failed exec returns here (a successful
+/// one was already cleared by `covobs_exec`).
+#[tracepoint]
+pub fn covobs_execve_exit(_ctx: TracePointContext) -> u32 {
+    let _ = EXECING.remove(&current().tgid);
+    0
 }

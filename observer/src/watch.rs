@@ -35,6 +35,7 @@ pub fn classify<E: std::error::Error + Send + Sync + 'static>(
 }
 
 pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install(opts.duration);
     crate::require_privileges()?;
     let probe_opts = ProbeOptions {
         ebpf_log: opts.ebpf_log,
@@ -75,8 +76,6 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
     let mut drops = DropWatch::default();
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let shutdown = shutdown_signal(opts.duration);
-    tokio::pin!(shutdown);
 
     loop {
         tokio::select! {
@@ -88,7 +87,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => drops.report(&probes, &tx).await,
-            _ = &mut shutdown => break,
+            _ = shutdown.wait() => break,
         }
     }
     reader.drain(&mut batch);
@@ -160,25 +159,53 @@ impl DropWatch {
     }
 }
 
-/// Resolves on Ctrl-C, SIGTERM, or when `duration` has passed.
-pub async fn shutdown_signal(duration: Option<Duration>) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Ctrl-C, SIGTERM or the end of `--duration`. The signal handlers are installed when this is
+/// created (tokio would otherwise install them only on first poll, and a signal arriving before
+/// that would kill covobs with the default action instead of ending it cleanly).
+pub struct Shutdown {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Shutdown {
+    pub fn install(duration: Option<Duration>) -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+            deadline: duration.map(|d| tokio::time::Instant::now() + d),
+        }
+    }
+
+    /// Resolves when it is time to stop.
+    pub async fn wait(&mut self) {
+        let interrupt = async {
+            match self.interrupt.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        let terminate = async {
+            match self.terminate.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let timer = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+            _ = timer => {}
         }
-    };
-    let timer = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-        _ = timer => {}
     }
 }

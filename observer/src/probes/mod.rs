@@ -140,6 +140,13 @@ impl Probes {
         for (program, category, name) in offsets::TRACEPOINTS {
             probes.attach_tracepoint(program, category, name)?;
         }
+        for (program, category, name) in offsets::EXEC_SYSCALL_TRACEPOINTS {
+            if let Err(e) = probes.attach_tracepoint(program, category, name) {
+                tracing::warn!(
+                    "{e}: a process renaming itself during exec may be reported as renamed, not exec'd"
+                );
+            }
+        }
         Ok(probes)
     }
 
@@ -159,13 +166,15 @@ impl Probes {
             .ok_or(ProbeError::Missing("a lifecycle program"))?
             .try_into()
             .map_err(perr)?;
-        prog.load().map_err(perr)?;
+        if !self.programs.iter().any(|p| p.name == program) {
+            prog.load().map_err(perr)?;
+            let id = prog.info().map_err(perr)?.id();
+            self.programs.push(LoadedProgram {
+                name: program.to_owned(),
+                id,
+            });
+        }
         prog.attach(category, name).map_err(perr)?;
-        let id = prog.info().map_err(perr)?.id();
-        self.programs.push(LoadedProgram {
-            name: program.to_owned(),
-            id,
-        });
         Ok(())
     }
 

@@ -15,6 +15,14 @@ pub const TRACEPOINTS: [(&str, &str, &str); 6] = [
     ("covobs_signal_deliver", "signal", "signal_deliver"),
 ];
 
+/// Syscall tracepoints that make name matching exact; optional (CONFIG_FTRACE_SYSCALLS).
+pub const EXEC_SYSCALL_TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("covobs_execve_enter", "syscalls", "sys_enter_execve"),
+    ("covobs_execve_enter", "syscalls", "sys_enter_execveat"),
+    ("covobs_execve_exit", "syscalls", "sys_exit_execve"),
+    ("covobs_execve_exit", "syscalls", "sys_exit_execveat"),
+];
+
 /// Build the programs' configuration from the format files under `tracefs`.
 pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
