@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod fixtures;
+mod vm;
 
 #[derive(Parser)]
 #[command(about = "covobs developer tasks")]
@@ -27,6 +28,24 @@ enum Task {
     Demo,
     /// Run the benchmarks and print their figures.
     Bench,
+    /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
+    Kernel,
+    /// Run a host command inside a QEMU guest running the kcov kernel; exit with its status.
+    VmRun {
+        #[command(flatten)]
+        vm: vm::VmArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Kernel-coverage tests in the kcov VM: the smoke test, or a test executable given after `--`.
+    VmTest {
+        #[command(flatten)]
+        vm: vm::VmArgs,
+        /// A test executable (and its arguments) to run in the guest instead of the smoke test.
+        #[arg(last = true, value_name = "TEST")]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -36,18 +55,20 @@ fn main() -> Result<()> {
             fixtures::build_all()?;
             run(Command::new(env!("CARGO"))
                 .args(["test", "--workspace"])
-                .args(&cargo_args))
+                .args(&cargo_args))?;
+            vm::vm_test(&vm::VmArgs::default(), Vec::new())
         }
         Task::Demo => bail!("the demo comes with `covobs attach`"),
         Task::Bench => bail!("no benchmarks yet"),
+        Task::Kernel => vm::kernel::ensure().map(|k| println!("{}", k.dir.display())),
+        Task::VmRun { vm, command } => std::process::exit(vm::vm_run(&vm, command)),
+        Task::VmTest { vm, command } => vm::vm_test(&vm, command),
     }
 }
 
 /// Run a command, failing with its status when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
