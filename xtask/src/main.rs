@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         }
         Task::Demo => bail!("the demo comes with `covobs attach`"),
         Task::Bench => bail!("no benchmarks yet"),
-        Task::Kernel => vm::kernel::ensure().map(|k| println!("{}", k.dir.display())),
+        Task::Kernel => vm::kernel_cmd(),
         Task::VmRun { vm, command } => std::process::exit(vm::vm_run(&vm, command)),
         Task::VmTest { vm, command } => vm::vm_test(&vm, command),
     }

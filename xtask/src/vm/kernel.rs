@@ -107,11 +107,6 @@ pub fn ensure() -> Result<Kernel> {
     let key = inputs.key()?;
     let kernel = Kernel::at(kernels_dir().join(&key));
     if kernel.is_complete() {
-        eprintln!(
-            "[vm] kernel {key} cached in {} (lookup {:.3} s)",
-            kernel.dir.display(),
-            started.elapsed().as_secs_f64()
-        );
         return Ok(kernel);
     }
     let _lock = Lock::acquire(&kernels_dir())?;

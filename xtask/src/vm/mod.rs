@@ -49,7 +49,7 @@ mod cache;
 mod guest;
 mod initramfs;
 mod kconfig;
-pub mod kernel;
+mod kernel;
 mod qemu;
 mod smoke;
 mod sources;
@@ -118,6 +118,20 @@ impl VmArgs {
     }
 }
 
+/// `cargo xtask kernel`: print where the kernel is and how long finding or building it took.
+pub fn kernel_cmd() -> Result<()> {
+    let started = std::time::Instant::now();
+    let kernel = kernel::ensure()?;
+    eprintln!(
+        "[vm] kernel ready in {:.3} s: {}",
+        started.elapsed().as_secs_f64(),
+        kernel.dir.display()
+    );
+    println!("{}", kernel.bzimage.display());
+    println!("{}", kernel.vmlinux.display());
+    Ok(())
+}
+
 /// Exit status of `vm-run` when the VM timed out.
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status of `vm-run` when the VM could not run the command or did not report back.
@@ -144,9 +158,9 @@ pub fn vm_run(args: &VmArgs, command: Vec<String>) -> i32 {
                 qemu::Status::Exited(code) => code,
                 qemu::Status::TimedOut => {
                     eprintln!(
-                        "[vm] error: timed out after {} s; the guest was killed (logs in {})",
+                        "[vm] error: timed out after {} s; the guest was killed\n{}",
                         spec.timeout.as_secs(),
-                        outcome.run_dir.display()
+                        qemu::logs_tail(&outcome.run_dir)
                     );
                     EXIT_TIMEOUT
                 }
@@ -176,10 +190,10 @@ pub fn vm_test(args: &VmArgs, command: Vec<String>) -> Result<()> {
             bail!("{:?} failed in the VM (exit {code})", spec.command)
         }
         qemu::Status::TimedOut => bail!(
-            "{:?} timed out in the VM after {} s (logs in {})",
+            "{:?} timed out in the VM after {} s\n{}",
             spec.command,
             spec.timeout.as_secs(),
-            outcome.run_dir.display()
+            qemu::logs_tail(&outcome.run_dir)
         ),
         qemu::Status::Failed(why) => bail!("the VM failed: {why}"),
     }

@@ -134,6 +134,11 @@ pub fn run(spec: &Spec, kernel: &kernel::Kernel) -> Result<Outcome> {
     if !spec.verbose {
         append.push_str(" quiet");
     }
+    // Extra kernel parameters for debugging the guest (e.g. initcall_debug).
+    if let Ok(extra) = std::env::var("COVOBS_VM_APPEND") {
+        append.push(' ');
+        append.push_str(&extra);
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-name",
@@ -222,7 +227,11 @@ pub fn run(spec: &Spec, kernel: &kernel::Kernel) -> Result<Outcome> {
                 Ok(code) => Status::Exited(code),
                 Err(_) => Status::Failed(format!("bad status file content {text:?}")),
             },
-            Err(_) => Status::Failed(diagnose(console_log, qemu_log)),
+            Err(_) => {
+                let console = std::fs::read(console_log).unwrap_or_default();
+                let why = diagnose(&String::from_utf8_lossy(&console));
+                Status::Failed(format!("{why}\n{}", logs_tail(&run_dir)))
+            }
         }
     };
     let keep = spec.keep || !matches!(status, Status::Exited(_));
@@ -255,23 +264,26 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<bool> {
     }
 }
 
-/// Why a guest ended without a status: a panic line from the console, or the logs' tails.
-fn diagnose(console_log: &Path, qemu_log: &Path) -> String {
-    let console =
-        String::from_utf8_lossy(&std::fs::read(console_log).unwrap_or_default()).into_owned();
-    let what = if let Some(line) = console.lines().find(|l| l.contains("Kernel panic")) {
+/// Why a guest ended without a status: a panic or init failure line from the console.
+fn diagnose(console: &str) -> String {
+    if let Some(line) = console.lines().find(|l| l.contains("Kernel panic")) {
         format!("the guest kernel panicked: {}", line.trim())
     } else if let Some(line) = console.lines().find(|l| l.contains("covobs-vm: FAILED")) {
         format!("the guest's init failed: {}", line.trim())
     } else {
         "the guest ended without reporting the command's exit status".to_owned()
-    };
+    }
+}
+
+/// The last lines of a run's console and QEMU logs, for error messages.
+pub fn logs_tail(run_dir: &Path) -> String {
+    let (console, qemu) = (run_dir.join("console.log"), run_dir.join("qemu.log"));
     format!(
-        "{what}\n--- last console lines ({}) ---\n{}\n--- qemu ({}) ---\n{}",
-        console_log.display(),
-        kernel::tail(console_log, 30),
-        qemu_log.display(),
-        kernel::tail(qemu_log, 10)
+        "--- last console lines ({}) ---\n{}\n--- qemu ({}) ---\n{}",
+        console.display(),
+        kernel::tail(&console, 30),
+        qemu.display(),
+        kernel::tail(&qemu, 10)
     )
 }
 
@@ -328,4 +340,21 @@ fn tail(path: &Path, sink: Sink, done: Arc<AtomicBool>) -> Result<JoinHandle<()>
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_why_the_guest_died() {
+        let panic = "[    1.0] Kernel panic - not syncing: Attempted to kill init!\n";
+        assert!(diagnose(panic).starts_with("the guest kernel panicked: [    1.0] Kernel panic"));
+        let init = "covobs-vm: init at 1 s\ncovobs-vm: FAILED: bpffs\n";
+        assert_eq!(
+            diagnose(init),
+            "the guest's init failed: covobs-vm: FAILED: bpffs"
+        );
+        assert!(diagnose("").contains("without reporting"));
+    }
 }

@@ -58,9 +58,9 @@ pub fn run(vm: qemu::Spec) -> Result<()> {
         qemu::Status::Exited(0) => {}
         qemu::Status::Exited(code) => bail!("the in-guest smoke checks failed (exit {code})"),
         qemu::Status::TimedOut => bail!(
-            "the VM smoke test timed out after {} s; logs in {}",
+            "the VM smoke test timed out after {} s\n{}",
             spec.timeout.as_secs(),
-            outcome.run_dir.display()
+            qemu::logs_tail(&outcome.run_dir)
         ),
         qemu::Status::Failed(why) => bail!("the VM failed: {why}"),
     }
