@@ -26,6 +26,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a session directory's report: merged LCOV, HTML, Cobertura, JSON summary, timeline.
+    Report(ReportArgs),
     /// Live threads, processes and signals of the targets; triggers nothing.
     Watch(WatchArgs),
 }
@@ -64,4 +66,13 @@ pub struct WatchArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 2m)"))
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The session directory (what `covobs attach --out` wrote).
+    pub dir: std::path::PathBuf,
+    /// What to write, comma-separated: lcov, html, cobertura, json (summary and timeline).
+    #[arg(long, value_delimiter = ',', default_value = "lcov,html,cobertura,json")]
+    pub format: Vec<crate::report::Format>,
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod doctor;
 pub mod events;
 pub mod probes;
+pub mod report;
 pub mod stream;
 pub mod sys;
 pub mod target;

@@ -63,6 +63,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Report(args) => report(args).await,
         Command::Watch(args) => {
             watch::run(watch::WatchOptions {
                 target: target_spec(&args.target)?,
@@ -103,4 +104,35 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// `covobs report DIR`: bad input exits 2; a session none of whose artifacts could be reported
+/// exits 1 (the report is still written, with the reasons).
+async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
+    use covobs::report;
+    let opts = report::ReportOptions {
+        formats: args.format.into_iter().collect(),
+        ..report::ReportOptions::default()
+    };
+    let dir = args.dir;
+    let summary = tokio::task::spawn_blocking(move || report::generate(&dir, &opts))
+        .await?
+        .map_err(|e| match e.is_bad_input() {
+            true => anyhow::Error::new(BadInput(e.to_string())),
+            false => anyhow::Error::new(e),
+        })?;
+    for w in &summary.warnings {
+        eprintln!("covobs: warning: {w}");
+    }
+    for e in &summary.excluded {
+        eprintln!("covobs: warning: {e}");
+    }
+    print!("{}", summary.render());
+    if summary.artifacts > 0 && summary.reported == 0 {
+        anyhow::bail!(
+            "none of the {} artifacts could be reported (see the warnings above)",
+            summary.artifacts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,775 @@
+//! The report engine: artifacts go in one at a time, in collection order; after each one the
+//! session's cumulative coverage is known (a timeline point). `covobs attach` feeds it as dumps
+//! arrive (progress), `covobs report` feeds it a whole session directory.
+//!
+//! Per module, step k merges artifact k into the running profile of step k-1 (never re-merging
+//! everything) and exports the coverage of that profile. The merges are sequential; the exports
+//! of a batch run on worker threads and their results are applied in step order.
+//!
+//! A source file compiled into two modules (a header, a generic) is counted once: its lines,
+//! functions and branches are the union of both modules' LCOV records (hit counts added up), its
+//! regions the sum. Modules that share no file with another are counted from the figures of
+//! `llvm-cov export -summary-only` alone, which is what keeps a step cheap.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs,
+    path::{Path, PathBuf},
+    sync::{Mutex, mpsc},
+    thread,
+};
+
+use super::{
+    ReportError, ReportOptions,
+    error::{Excluded, Warning},
+    llvm::{Export, LlvmModule, Snapshot},
+    llvm_tools::{Need, Toolsets, read_elf_notes},
+    model::{Coverage, Totals},
+    profraw,
+    session::{Artifact, ModuleMeta, Session, read_artifact},
+    summary::{FileFigures, ModuleSummary, ReportData},
+    timeline::TimelinePoint,
+};
+
+/// What adding one artifact did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Progress {
+    /// It is in: the session's coverage now.
+    Point(TimelinePoint),
+    /// It is left out, and why.
+    Excluded(Excluded),
+    /// It was added before.
+    AlreadySeen,
+}
+
+/// One module (LLVM: an executable or a shared library, by build id) of the session.
+struct Unit {
+    /// Display name: the module's file name.
+    name: String,
+    meta: ModuleMeta,
+    state: UnitState,
+    /// Artifacts merged in.
+    artifacts: u64,
+    /// The applied export: per-file figures, and line detail when `detail_version` is current.
+    files: BTreeMap<String, Totals>,
+    detail: Option<Coverage>,
+    detail_version: u64,
+    /// The module's source files (they do not change with the counters).
+    file_set: Option<BTreeSet<String>>,
+    /// Shares a source file with another module: its exports then carry line detail.
+    shared: bool,
+}
+
+enum UnitState {
+    Llvm(LlvmModule),
+    /// Cannot be reported (no tools, no module copy, export failed): why.
+    Unavailable(String),
+}
+
+impl Unit {
+    fn llvm(&self) -> Option<&LlvmModule> {
+        match &self.state {
+            UnitState::Llvm(m) => Some(m),
+            UnitState::Unavailable(_) => None,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.llvm().map_or(0, |m| m.merged)
+    }
+}
+
+struct Job {
+    id: u64,
+    unit: usize,
+    version: u64,
+    export: Export,
+}
+
+type Outcome = (u64, usize, u64, Result<Snapshot, String>);
+
+/// The position of a step's artifact in the session, for its timeline point.
+#[derive(Clone, Debug)]
+struct PointMeta {
+    seq: u64,
+    pid: u32,
+    tid: Option<u32>,
+    runtime: String,
+    module: String,
+    trigger: Option<String>,
+    end_ns: Option<u64>,
+}
+
+/// Live coverage of a session: feed it artifacts, read the current figure, write the report.
+pub struct LiveCoverage {
+    session_dir: PathBuf,
+    opts: ReportOptions,
+    work: tempfile::TempDir,
+    tools: Option<Toolsets>,
+    units: Vec<Unit>,
+    unit_by_key: HashMap<String, usize>,
+    seen: BTreeSet<String>,
+    max_seq: Option<u64>,
+    artifacts_seen: usize,
+    points: Vec<TimelinePoint>,
+    excluded: Vec<Excluded>,
+    warnings: Vec<Warning>,
+    warned_runtimes: BTreeSet<String>,
+    next_id: u64,
+    next_apply: u64,
+    done: BTreeMap<u64, Outcome>,
+    point_at: BTreeMap<u64, PointMeta>,
+}
+
+fn work_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl LiveCoverage {
+    /// Start empty for the session in `session_dir` (which may not hold anything yet).
+    pub fn new(session_dir: &Path, opts: &ReportOptions) -> Result<Self, ReportError> {
+        if !session_dir.is_dir() {
+            return Err(ReportError::NoSuchDir(session_dir.to_path_buf()));
+        }
+        let tmp = std::env::temp_dir();
+        let work = tempfile::Builder::new()
+            .prefix("covobs-report-")
+            .tempdir()
+            .map_err(work_err(&tmp))?;
+        Ok(Self {
+            session_dir: session_dir.to_path_buf(),
+            opts: opts.clone(),
+            work,
+            tools: None,
+            units: Vec::new(),
+            unit_by_key: HashMap::new(),
+            seen: BTreeSet::new(),
+            max_seq: None,
+            artifacts_seen: 0,
+            points: Vec::new(),
+            excluded: Vec::new(),
+            warnings: Vec::new(),
+            warned_runtimes: BTreeSet::new(),
+            next_id: 0,
+            next_apply: 0,
+            done: BTreeMap::new(),
+            point_at: BTreeMap::new(),
+        })
+    }
+
+    /// Add the artifact whose metadata file is `metadata` (`<session>/<pid>-<comm>/<seq>-<runtime>.json`)
+    /// and return the session's coverage after it. Blocking (runs llvm-profdata and llvm-cov:
+    /// tens of milliseconds for a small program); call it from a blocking thread.
+    pub fn add(&mut self, metadata: &Path) -> Result<Progress, ReportError> {
+        let pdir = metadata
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| ReportError::BadMetadata {
+                path: metadata.to_path_buf(),
+                message: "not inside a <pid>-<comm> directory".into(),
+            })?;
+        let artifact = read_artifact(&self.session_dir, &pdir, metadata)?;
+        Ok(self.add_artifact(&artifact))
+    }
+
+    /// Add one artifact (see [`LiveCoverage::add`]).
+    pub fn add_artifact(&mut self, artifact: &Artifact) -> Progress {
+        let (progress, jobs) = self.dispatch(artifact);
+        for job in jobs {
+            let out = (job.id, job.unit, job.version, job.export.run());
+            self.done.insert(out.0, out);
+        }
+        self.apply_ready();
+        match progress {
+            Some(p) => p,
+            None => match self.points.last() {
+                Some(p) if p.seq == artifact.meta.seq => Progress::Point(p.clone()),
+                // The export of the step failed: the module is out (see the warnings).
+                _ => {
+                    let why = self
+                        .warnings
+                        .last()
+                        .map(|w| w.to_string())
+                        .unwrap_or_else(|| "its coverage could not be exported".into());
+                    self.exclude(artifact, why)
+                        .unwrap_or(Progress::AlreadySeen)
+                }
+            },
+        }
+    }
+
+    /// The session's coverage after the last artifact added.
+    pub fn latest(&self) -> Option<&TimelinePoint> {
+        self.points.last()
+    }
+
+    pub fn timeline(&self) -> &[TimelinePoint] {
+        &self.points
+    }
+
+    pub fn excluded(&self) -> &[Excluded] {
+        &self.excluded
+    }
+
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// Add whatever the session directory holds that was not added yet (in seq order; when an
+    /// earlier seq shows up late, start over so the timeline stays in collection order), then
+    /// write the report.
+    pub fn finish(mut self) -> Result<super::ReportSummary, ReportError> {
+        let session = Session::open(&self.session_dir)?;
+        let fresh: Vec<&Artifact> = session
+            .artifacts
+            .iter()
+            .filter(|a| !self.seen.contains(&a.rel))
+            .collect();
+        let late = match (self.max_seq, fresh.first()) {
+            (Some(max), Some(first)) => first.meta.seq < max,
+            _ => false,
+        };
+        if late {
+            let tools = self.tools.take();
+            self = Self::new(&self.session_dir, &self.opts)?;
+            self.tools = tools;
+            self.run_batch(session.artifacts.iter())?;
+        } else {
+            self.run_batch(fresh.into_iter())?;
+        }
+        let data = self.build(&session)?;
+        super::output::write_report(&session, &data, &self.opts)
+    }
+
+    /// Add many artifacts: merges here, in order; exports on worker threads.
+    pub(crate) fn run_batch<'a>(
+        &mut self,
+        artifacts: impl Iterator<Item = &'a Artifact>,
+    ) -> Result<(), ReportError> {
+        let workers = self
+            .opts
+            .jobs
+            .or_else(|| thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
+            .max(1);
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
+        let job_rx = Mutex::new(job_rx);
+        let (out_tx, out_rx) = mpsc::channel::<Outcome>();
+        let result = thread::scope(|s| {
+            let mut handles = Vec::new();
+            for _ in 0..workers {
+                let out_tx = out_tx.clone();
+                let job_rx = &job_rx;
+                handles.push(s.spawn(move || {
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let out = (job.id, job.unit, job.version, job.export.run());
+                        if out_tx.send(out).is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            drop(out_tx);
+            let mut failed = false;
+            for a in artifacts {
+                let (_, jobs) = self.dispatch(a);
+                for job in jobs {
+                    if job_tx.send(job).is_err() {
+                        failed = true;
+                    }
+                }
+                while let Ok(out) = out_rx.try_recv() {
+                    self.done.insert(out.0, out);
+                }
+                self.apply_ready();
+            }
+            drop(job_tx);
+            for out in out_rx {
+                self.done.insert(out.0, out);
+            }
+            self.apply_ready();
+            for h in handles {
+                if h.join().is_err() {
+                    failed = true;
+                }
+            }
+            if failed || self.next_apply != self.next_id {
+                Err(ReportError::Worker)
+            } else {
+                Ok(())
+            }
+        });
+        result
+    }
+
+    fn exclusion(&self, a: &Artifact, reason: String) -> Excluded {
+        Excluded {
+            seq: a.meta.seq,
+            pid: a.meta.pid,
+            runtime: a.meta.runtime.clone(),
+            file: a.rel.clone(),
+            reason,
+        }
+    }
+
+    fn exclude(&mut self, a: &Artifact, reason: String) -> Option<Progress> {
+        let e = self.exclusion(a, reason);
+        self.excluded.push(e.clone());
+        Some(Progress::Excluded(e))
+    }
+
+    /// The sequential part of a step: checks, module, merge. Returns the progress when the
+    /// artifact is settled already (excluded, seen), and the exports to run.
+    fn dispatch(&mut self, a: &Artifact) -> (Option<Progress>, Vec<Job>) {
+        if !self.seen.insert(a.rel.clone()) {
+            return (Some(Progress::AlreadySeen), Vec::new());
+        }
+        self.artifacts_seen += 1;
+        self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
+        if a.meta.runtime != "llvm" {
+            if self.warned_runtimes.insert(a.meta.runtime.clone()) {
+                self.warnings.push(Warning {
+                    module: None,
+                    message: format!(
+                        "{} artifacts are collected but not reported yet: only LLVM coverage is",
+                        a.meta.runtime
+                    ),
+                });
+            }
+            let reason = format!("the report does not read {} artifacts yet", a.meta.runtime);
+            return (self.exclude(a, reason), Vec::new());
+        }
+        let bytes = match a.check_recorded() {
+            Ok(b) => b,
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+        };
+        let header = match profraw::check(&bytes) {
+            Ok(h) => h,
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+        };
+        drop(bytes);
+        let idx = self.unit_for(a);
+        let unit = &mut self.units[idx];
+        let UnitState::Llvm(module) = &mut unit.state else {
+            let reason = match &unit.state {
+                UnitState::Unavailable(why) => format!("module {}: {why}", unit.name),
+                UnitState::Llvm(_) => String::new(),
+            };
+            return (self.exclude(a, reason), Vec::new());
+        };
+        if let Err(reason) = module.merge(&a.data_path, header.version) {
+            return (self.exclude(a, reason), Vec::new());
+        }
+        unit.artifacts += 1;
+        let version = module.merged;
+        let mut jobs = Vec::new();
+        if unit.file_set.is_none() {
+            // A module's first step runs here, with detail: its files decide which modules
+            // share sources, which the following steps need to know.
+            let Some(export) = module.export(true) else {
+                return (None, Vec::new());
+            };
+            let id = self.take_id();
+            let result = export.run();
+            let unit = &mut self.units[idx];
+            if let Ok(s) = &result {
+                unit.file_set = Some(s.files.keys().cloned().collect());
+            }
+            self.done.insert(id, (id, idx, version, result));
+            jobs.extend(self.mark_shared(idx));
+        } else if let Some(export) = module.export(unit.shared) {
+            let id = self.take_id();
+            jobs.push(Job {
+                id,
+                unit: idx,
+                version,
+                export,
+            });
+        }
+        let last = self.next_id.saturating_sub(1);
+        let unit = &self.units[idx];
+        self.point_at.insert(
+            last,
+            PointMeta {
+                seq: a.meta.seq,
+                pid: a.meta.pid,
+                tid: a.meta.tid,
+                runtime: a.meta.runtime.clone(),
+                module: unit.name.clone(),
+                trigger: a.meta.trigger.clone(),
+                end_ns: a.meta.end_ns,
+            },
+        );
+        (None, jobs)
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// A module's files are known now: mark it and every module it shares a file with as shared,
+    /// and export those that were not with detail.
+    fn mark_shared(&mut self, idx: usize) -> Vec<Job> {
+        let Some(mine) = self.units[idx].file_set.clone() else {
+            return Vec::new();
+        };
+        let mut jobs = Vec::new();
+        for j in 0..self.units.len() {
+            if j == idx {
+                continue;
+            }
+            let overlaps = self.units[j]
+                .file_set
+                .as_ref()
+                .is_some_and(|theirs| !theirs.is_disjoint(&mine));
+            if !overlaps {
+                continue;
+            }
+            self.units[idx].shared = true;
+            if self.units[j].shared {
+                continue;
+            }
+            self.units[j].shared = true;
+            let version = self.units[j].version();
+            if let Some(export) = self.units[j].llvm().and_then(|m| m.export(true)) {
+                let id = self.take_id();
+                jobs.push(Job {
+                    id,
+                    unit: j,
+                    version,
+                    export,
+                });
+            }
+        }
+        jobs
+    }
+
+    /// Apply finished exports in step order, recording a timeline point after each step.
+    fn apply_ready(&mut self) {
+        while let Some((_, unit, version, result)) = self.done.remove(&self.next_apply) {
+            let id = self.next_apply;
+            self.next_apply += 1;
+            let u = &mut self.units[unit];
+            match result {
+                Ok(snap) => {
+                    u.files = snap.files;
+                    if let Some(d) = snap.detail {
+                        u.detail = Some(d);
+                        u.detail_version = version;
+                    }
+                }
+                Err(why) => {
+                    if !matches!(u.state, UnitState::Unavailable(_)) {
+                        self.warnings.push(Warning {
+                            module: Some(u.name.clone()),
+                            message: format!(
+                                "its coverage could not be exported, so it is not in the report: {why}"
+                            ),
+                        });
+                        u.state = UnitState::Unavailable(format!("llvm-cov failed: {why}"));
+                        u.files.clear();
+                        u.detail = None;
+                    }
+                }
+            }
+            if let Some(meta) = self.point_at.remove(&id) {
+                if !matches!(self.units[unit].state, UnitState::Llvm(_)) {
+                    continue;
+                }
+                let totals = total_of(&self.figures());
+                self.points.push(TimelinePoint {
+                    index: self.points.len() + 1,
+                    seq: meta.seq,
+                    pid: meta.pid,
+                    tid: meta.tid,
+                    runtime: meta.runtime,
+                    module: meta.module,
+                    trigger: meta.trigger,
+                    end_ns: meta.end_ns,
+                    totals,
+                });
+            }
+        }
+    }
+
+    fn toolsets(&mut self) -> &Toolsets {
+        let dirs = self.opts.tool_dirs.clone();
+        self.tools.get_or_insert_with(|| Toolsets::discover(&dirs))
+    }
+
+    /// The unit of an artifact's module, created on first sight.
+    fn unit_for(&mut self, a: &Artifact) -> usize {
+        let meta = a.meta.module.clone().unwrap_or_default();
+        let key = meta
+            .build_id
+            .clone()
+            .or_else(|| meta.copy.clone())
+            .or_else(|| meta.path.clone())
+            .unwrap_or_default();
+        if let Some(&i) = self.unit_by_key.get(&key) {
+            return i;
+        }
+        let name = meta
+            .path
+            .as_deref()
+            .or(meta.copy.as_deref())
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("(unknown module)")
+            .to_string();
+        let idx = self.units.len();
+        let state = match self.open_module(&meta, a, idx) {
+            Ok(m) => UnitState::Llvm(m),
+            Err(why) => {
+                self.warnings.push(Warning {
+                    module: Some(name.clone()),
+                    message: format!("{why}; its artifacts are left out of the report"),
+                });
+                UnitState::Unavailable(why)
+            }
+        };
+        self.units.push(Unit {
+            name,
+            meta,
+            state,
+            artifacts: 0,
+            files: BTreeMap::new(),
+            detail: None,
+            detail_version: 0,
+            file_set: None,
+            shared: false,
+        });
+        self.unit_by_key.insert(key, idx);
+        idx
+    }
+
+    fn open_module(
+        &mut self,
+        meta: &ModuleMeta,
+        first: &Artifact,
+        idx: usize,
+    ) -> Result<LlvmModule, String> {
+        if meta == &ModuleMeta::default() {
+            return Err("the artifact's metadata names no module".into());
+        }
+        let binary = self.module_binary(meta)?;
+        let (comments, _) = read_elf_notes(&binary).unwrap_or_default();
+        let need = Need::resolve(
+            meta.llvm_major,
+            meta.producer.as_deref(),
+            &comments,
+            self.toolsets(),
+        );
+        let tools = match self.toolsets().select(&need) {
+            Ok(t) => t.clone(),
+            Err(why) if need.major.is_none() && need.producer.is_none() => {
+                // Nothing says which LLVM built it: the newest tools that read its raw profile.
+                let mut all: Vec<_> = self.toolsets().all.clone();
+                all.sort_by(|a, b| b.major.cmp(&a.major));
+                all.into_iter()
+                    .find(|t| {
+                        std::process::Command::new(&t.profdata)
+                            .arg("show")
+                            .arg(&first.data_path)
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    })
+                    .ok_or(why)?
+            }
+            Err(why) => return Err(why),
+        };
+        let work = self.work.path().join(format!("module-{idx}"));
+        fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        Ok(LlvmModule::new(tools, binary, work))
+    }
+
+    /// The binary llvm-cov reads: the session's copy, else the recorded path if it is the same
+    /// build.
+    fn module_binary(&self, meta: &ModuleMeta) -> Result<PathBuf, String> {
+        if let Some(copy) = &meta.copy {
+            let rel = Path::new(copy);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(format!(
+                    "module copy {copy:?} is not a path inside the session"
+                ));
+            }
+            let p = self.session_dir.join(rel);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        let missing = meta
+            .copy
+            .as_ref()
+            .map(|c| format!("the module copy {c} is missing"))
+            .unwrap_or_else(|| "no module copy was recorded".into());
+        let Some(path) = &meta.path else {
+            return Err(missing);
+        };
+        let p = PathBuf::from(path);
+        match (read_elf_notes(&p), &meta.build_id) {
+            (Ok((_, Some(id))), Some(want)) if id.eq_ignore_ascii_case(want) => Ok(p),
+            (Ok(_), None) => Ok(p),
+            (Ok((_, id)), Some(want)) => Err(format!(
+                "{missing}, and {path} is another build (build id {}, recorded {want})",
+                id.unwrap_or_else(|| "none".into())
+            )),
+            (Err(e), _) => Err(format!("{missing}, and {e}")),
+        }
+    }
+
+    /// Per-file figures of the session now (see the module documentation for shared files).
+    fn figures(&self) -> BTreeMap<String, FileFigures> {
+        let mut owners: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, u) in self.units.iter().enumerate() {
+            if !matches!(u.state, UnitState::Llvm(_)) {
+                continue;
+            }
+            for f in u.files.keys() {
+                owners.entry(f).or_default().push(i);
+            }
+        }
+        owners
+            .into_iter()
+            .map(|(path, units)| {
+                let totals = if let [only] = units[..] {
+                    self.units[only].files[path]
+                } else {
+                    self.union_totals(path, &units)
+                };
+                let modules = units.iter().map(|&i| self.units[i].name.clone()).collect();
+                (path.to_string(), FileFigures { totals, modules })
+            })
+            .collect()
+    }
+
+    fn union_totals(&self, path: &str, units: &[usize]) -> Totals {
+        let mut merged: Option<super::model::FileCoverage> = None;
+        let mut regions: Option<super::model::Counts> = None;
+        let mut fallback = Totals::default();
+        let mut complete = true;
+        for &i in units {
+            let u = &self.units[i];
+            let fig = u.files[path];
+            fallback.add(&fig);
+            if let Some(r) = fig.regions {
+                regions.get_or_insert_with(Default::default).add(r);
+            }
+            match u.detail.as_ref().and_then(|d| d.files.get(path)) {
+                Some(f) => match &mut merged {
+                    Some(m) => m.merge(f),
+                    None => {
+                        let mut f = f.clone();
+                        // A single module's record stands for itself only once merged.
+                        f.declared = Default::default();
+                        merged = Some(f);
+                    }
+                },
+                None => complete = false,
+            }
+        }
+        match merged {
+            Some(m) if complete => Totals {
+                regions,
+                ..m.totals()
+            },
+            _ => fallback,
+        }
+    }
+
+    /// Everything the report files are made of. Brings every module's line detail up to date.
+    pub(crate) fn build(&mut self, session: &Session) -> Result<ReportData, ReportError> {
+        let stale: Vec<(usize, u64, Export)> = self
+            .units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.detail.is_none() || u.detail_version != u.version())
+            .filter_map(|(i, u)| Some((i, u.version(), u.llvm()?.export(true)?)))
+            .collect();
+        let results: Vec<(usize, u64, Result<Snapshot, String>)> = thread::scope(|s| {
+            let handles: Vec<_> = stale
+                .into_iter()
+                .map(|(i, v, e)| s.spawn(move || (i, v, e.run())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| ReportError::Worker))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        // Through the same path as every export, so a failure is handled the same way.
+        for (i, version, r) in results {
+            let id = self.take_id();
+            self.done.insert(id, (id, i, version, r));
+        }
+        self.apply_ready();
+        let mut coverage = Coverage::default();
+        for u in &self.units {
+            if let (UnitState::Llvm(_), Some(d)) = (&u.state, &u.detail) {
+                coverage.merge(d);
+            }
+        }
+        let figures = self.figures();
+        let modules = self
+            .units
+            .iter()
+            .map(|u| ModuleSummary {
+                name: u.name.clone(),
+                path: u.meta.path.clone(),
+                build_id: u.meta.build_id.clone(),
+                runtime: "llvm".into(),
+                producer: u.meta.producer.clone(),
+                tools: u.llvm().map(|m| m.tools.describe()),
+                artifacts: u.artifacts,
+                files: u.files.len(),
+                totals: total_of_files(&u.files),
+                unavailable: match &u.state {
+                    UnitState::Unavailable(why) => Some(why.clone()),
+                    UnitState::Llvm(_) => None,
+                },
+            })
+            .collect();
+        Ok(ReportData::new(
+            session,
+            coverage,
+            figures,
+            modules,
+            self.points.clone(),
+            self.excluded.clone(),
+            self.warnings.clone(),
+            self.artifacts_seen,
+        ))
+    }
+}
+
+/// The session total from per-file figures.
+pub fn total_of(figures: &BTreeMap<String, FileFigures>) -> Totals {
+    let mut t = Totals::default();
+    for f in figures.values() {
+        t.add(&f.totals);
+    }
+    t
+}
+
+fn total_of_files(files: &BTreeMap<String, Totals>) -> Totals {
+    let mut t = Totals::default();
+    for f in files.values() {
+        t.add(f);
+    }
+    t
+}

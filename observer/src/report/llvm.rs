@@ -1,0 +1,249 @@
+//! LLVM source-based coverage of one module (executable or shared library): a running indexed
+//! profile that every new raw profile is merged into (`llvm-profdata merge -sparse`), and exports
+//! of its coverage (`llvm-cov export -summary-only` for the figures, `-format=lcov` for lines).
+//!
+//! Merging each artifact on its own into the running profile is also its final validation: a
+//! corrupt raw profile fails its own merge (and is left out with llvm-profdata's reason) instead
+//! of failing the merge of everything.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use super::{
+    ReportError, lcov,
+    llvm_tools::Toolset,
+    model::{Counts, Coverage, Totals},
+};
+
+/// A file that is deleted when the last reference goes.
+#[derive(Debug)]
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The running merge of one module's raw profiles.
+#[derive(Debug)]
+pub struct LlvmModule {
+    pub tools: Toolset,
+    /// The binary llvm-cov reads the coverage mapping from (the session's copy).
+    pub binary: PathBuf,
+    work: PathBuf,
+    current: Option<Arc<TempFile>>,
+    /// Raw profile version of the first artifact: all the others must have it too.
+    raw_version: Option<u64>,
+    /// How many artifacts are merged in.
+    pub merged: u64,
+}
+
+impl LlvmModule {
+    pub fn new(tools: Toolset, binary: PathBuf, work: PathBuf) -> Self {
+        Self {
+            tools,
+            binary,
+            work,
+            current: None,
+            raw_version: None,
+            merged: 0,
+        }
+    }
+
+    /// Merge one raw profile (already header-checked) into the running profile. `Err` is the
+    /// reason to leave the artifact out; the running profile is then unchanged.
+    pub fn merge(&mut self, profraw: &Path, raw_version: u64) -> Result<(), String> {
+        if let Some(v) = self.raw_version
+            && v != raw_version
+        {
+            return Err(format!(
+                "raw profile version {raw_version}, but this module's earlier profiles are version {v}"
+            ));
+        }
+        let out = self.work.join(format!("{:06}.profdata", self.merged + 1));
+        let mut cmd = Command::new(&self.tools.profdata);
+        // Fail on any bad input: with more than one input, a permissive mode would merge the
+        // running profile alone and drop the new one with only a warning.
+        cmd.arg("merge")
+            .arg("-sparse")
+            .arg("--failure-mode=any")
+            .arg("-o")
+            .arg(&out);
+        if let Some(cur) = &self.current {
+            cmd.arg(&cur.0);
+        }
+        cmd.arg(profraw);
+        // The output exists (possibly partial) from the moment the tool opens it.
+        let out_file = TempFile(out);
+        run(cmd, &self.tools.profdata).map_err(|e| {
+            format!(
+                "llvm-profdata {} rejects it: {}",
+                self.tools.version,
+                e.trim_end()
+            )
+        })?;
+        self.current = Some(Arc::new(out_file));
+        self.raw_version = Some(raw_version);
+        self.merged += 1;
+        Ok(())
+    }
+
+    /// An export of the current state, to run anywhere (it holds its own reference to the
+    /// profile it reads). `None` before the first merge.
+    pub fn export(&self, detail: bool) -> Option<Export> {
+        Some(Export {
+            cov: self.tools.cov.clone(),
+            binary: self.binary.clone(),
+            profdata: self.current.clone()?,
+            detail,
+        })
+    }
+}
+
+/// One `llvm-cov export` (or two, with `detail`) of a module at one point of the timeline.
+#[derive(Debug)]
+pub struct Export {
+    cov: PathBuf,
+    binary: PathBuf,
+    profdata: Arc<TempFile>,
+    detail: bool,
+}
+
+/// A module's coverage at one point: per-file figures, and line-level detail when asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub files: BTreeMap<String, Totals>,
+    pub detail: Option<Coverage>,
+}
+
+impl Export {
+    pub fn run(self) -> Result<Snapshot, String> {
+        let profile = format!("-instr-profile={}", self.profdata.0.display());
+        let mut cmd = Command::new(&self.cov);
+        cmd.arg("export")
+            .arg("-summary-only")
+            .arg(&profile)
+            .arg(&self.binary);
+        let json = run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+        let files = parse_summary(&json)?;
+        let detail = if self.detail {
+            let mut cmd = Command::new(&self.cov);
+            cmd.arg("export")
+                .arg("-format=lcov")
+                .arg(&profile)
+                .arg(&self.binary);
+            let text =
+                run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+            Some(lcov::parse(&text, "llvm-cov export -format=lcov").map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        Ok(Snapshot { files, detail })
+    }
+}
+
+/// Run a tool; stdout on success, the tool's complaint (stderr, else stdout) otherwise.
+fn run(mut cmd: Command, tool: &Path) -> Result<String, String> {
+    let out = cmd
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            ReportError::Spawn {
+                tool: tool.to_path_buf(),
+                source: e,
+            }
+            .to_string()
+        })?;
+    if out.status.success() {
+        return String::from_utf8(out.stdout).map_err(|_| "output is not UTF-8".to_string());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let msg = if stderr.trim().is_empty() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        stderr.into_owned()
+    };
+    // One line: the tool's messages (at most three), without the blank ones.
+    let line = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let line = if line.is_empty() {
+        "failed without a message".to_string()
+    } else {
+        line
+    };
+    Err(format!("{line} ({})", out.status))
+}
+
+/// Per-file figures from `llvm-cov export -summary-only` (JSON, version 2.x).
+pub fn parse_summary(json: &str) -> Result<BTreeMap<String, Totals>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("llvm-cov summary is not JSON: {e}"))?;
+    let mut files = BTreeMap::new();
+    let data = v
+        .get("data")
+        .and_then(|d| d.as_array())
+        .ok_or("llvm-cov summary without \"data\"")?;
+    for d in data {
+        let Some(fs) = d.get("files").and_then(|f| f.as_array()) else {
+            continue;
+        };
+        for f in fs {
+            let name = f
+                .get("filename")
+                .and_then(|n| n.as_str())
+                .ok_or("llvm-cov summary: a file without a name")?;
+            let s = f
+                .get("summary")
+                .ok_or("llvm-cov summary: a file without a summary")?;
+            let counts = |k: &str| -> Counts {
+                let c = s.get(k);
+                let n = |f: &str| c.and_then(|c| c.get(f)).and_then(|x| x.as_u64()).unwrap_or(0);
+                Counts::new(n("covered"), n("count"))
+            };
+            files.insert(
+                name.to_string(),
+                Totals {
+                    lines: counts("lines"),
+                    functions: counts("functions"),
+                    branches: counts("branches"),
+                    regions: Some(counts("regions")),
+                },
+            );
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_json() {
+        let json = r#"{"data":[{"files":[{"filename":"/tmp/rep/t.c","summary":{
+            "branches":{"count":14,"covered":9,"notcovered":5,"percent":64.2},
+            "functions":{"count":3,"covered":3,"percent":100},
+            "instantiations":{"count":3,"covered":3,"percent":100},
+            "lines":{"count":17,"covered":17,"percent":100},
+            "regions":{"count":21,"covered":17,"notcovered":4,"percent":80.9}}}],
+            "totals":{}}],"type":"llvm.coverage.json.export","version":"2.0.1"}"#;
+        let files = parse_summary(json).expect("parse");
+        let t = files["/tmp/rep/t.c"];
+        assert_eq!(t.lines, Counts::new(17, 17));
+        assert_eq!(t.functions, Counts::new(3, 3));
+        assert_eq!(t.branches, Counts::new(9, 14));
+        assert_eq!(t.regions, Some(Counts::new(17, 21)));
+        assert!(parse_summary("{}").is_err());
+        assert!(parse_summary("not json").is_err());
+    }
+}

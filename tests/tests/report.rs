@@ -1,0 +1,636 @@
+//! `covobs report DIR` on session directories built by hand from real coverage runs: a C
+//! program built with Debian's clang 14 and a Rust program built with the pinned rustc, their
+//! raw profiles laid out as docs/output.md says. The report must say what llvm-profdata and
+//! llvm-cov say on the same files, leave bad artifacts out with a reason, and refuse bad input.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Instant,
+};
+
+use covobs_tests::*;
+use serde_json::{Value, json};
+
+const C_SOURCE: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int classify(int x) {
+    if (x > 10 && x < 100)
+        return 1;
+    else if (x >= 100)
+        return 2;
+    return 0;
+}
+
+static unsigned long work(int n) {
+    unsigned long acc = 0;
+    for (int i = 0; i < n; i++) {
+        if (i % 3 == 0)
+            acc += (unsigned long)i * 7;
+        else
+            acc ^= (unsigned long)i;
+    }
+    return acc;
+}
+
+static void never_called(void) {
+    puts("never");
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 0;
+    printf("class %d\n", classify(n));
+    if (n > 5)
+        printf("work %lu\n", work(n));
+    if (argc > 2 && strcmp(argv[2], "never") == 0)
+        never_called();
+    return 0;
+}
+"#;
+
+const RUST_SOURCE: &str = r#"fn classify<T: PartialOrd + Copy>(x: T, lo: T, hi: T) -> u8 {
+    if x > lo && x < hi { 1 } else if x >= hi { 2 } else { 0 }
+}
+
+fn main() {
+    let n: i64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    println!("{}", classify(n, 10, 100));
+    if n > 5 {
+        println!("{}", classify(n as f64, 1.0, 5.0));
+        for i in 0..n {
+            if i % 3 == 0 {
+                println!("fizz {i}");
+            }
+        }
+    }
+}
+"#;
+
+/// Run a command that must succeed; its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tool the set-up installs (./dev: clang-14, llvm-14); the test fails if it is missing.
+fn tool(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} is missing: the set-up installs clang-14 and llvm-14 (./dev setup)"
+    );
+    p
+}
+
+const LLVM14: &str = "/usr/lib/llvm-14/bin";
+
+fn build_id(binary: &Path) -> String {
+    let notes = run_ok(Command::new("readelf").arg("-n").arg(binary));
+    notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("{} has no build id", binary.display()))
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().expect("sha256sum output").to_string()
+}
+
+/// A program run once with its profile written to `profraw`; returns the pid it had.
+fn run_instrumented(binary: &Path, profraw: &Path, args: &[&str]) -> u32 {
+    let child = Command::new(binary)
+        .args(args)
+        .env("LLVM_PROFILE_FILE", profraw)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run the instrumented program");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{} {args:?} failed", binary.display());
+    assert!(profraw.exists(), "{} wrote no profile", binary.display());
+    pid
+}
+
+/// Builds a session directory the way covobs attach lays it out.
+struct SessionBuilder {
+    dir: PathBuf,
+    module: Value,
+    comm: String,
+}
+
+impl SessionBuilder {
+    fn new(dir: &Path, binary: &Path, comm: &str, producer: Option<&str>, llvm_major: Option<u32>) -> Self {
+        let id = build_id(binary);
+        let name = binary.file_name().expect("name").to_string_lossy().into_owned();
+        let copy = format!("modules/{id}/{name}");
+        fs::create_dir_all(dir.join(format!("modules/{id}"))).expect("mkdir modules");
+        fs::copy(binary, dir.join(&copy)).expect("copy module");
+        let mut module = json!({
+            "path": binary.to_string_lossy(),
+            "build_id": id,
+            "copy": copy,
+        });
+        if let Some(p) = producer {
+            module["producer"] = json!(p);
+        }
+        if let Some(m) = llvm_major {
+            module["llvm_major"] = json!(m);
+        }
+        fs::write(
+            dir.join("session.json"),
+            serde_json::to_string_pretty(&json!({
+                "covobs_version": "0.1.0",
+                "command": ["covobs", "attach", "--name", comm],
+                "kernel": "test",
+                "targets": [{"pid": 1, "comm": comm, "exe": binary.to_string_lossy()}],
+                "counters": {"events": 0, "artifacts": 0, "lost": 0, "ring_buffer_drops": 0, "dumps_triggered": 0}
+            }))
+            .expect("json"),
+        )
+        .expect("write session.json");
+        Self {
+            dir: dir.to_path_buf(),
+            module,
+            comm: comm.to_string(),
+        }
+    }
+
+    /// Lay out `bytes` as artifact `seq` of `pid`, with metadata as the collector writes it.
+    fn artifact(&self, seq: u64, pid: u32, bytes: &[u8], valid: bool) -> PathBuf {
+        let pdir = self.dir.join(format!("{pid}-{}", self.comm));
+        fs::create_dir_all(&pdir).expect("mkdir pid dir");
+        let stem = format!("{seq:06}-llvm");
+        let file = pdir.join(format!("{stem}.profraw"));
+        fs::write(&file, bytes).expect("write artifact");
+        let end_ns = 1_000_000_000 * seq;
+        let meta = json!({
+            "seq": seq, "runtime": "llvm", "pid": pid, "tid": pid, "comm": self.comm,
+            "trigger": "signal", "start_ns": end_ns - 1000, "end_ns": end_ns,
+            "collected_ns": end_ns + 1000, "bytes": bytes.len(),
+            "checksum": format!("sha256:{}", sha256(&file)), "valid": valid,
+            "file": format!("{stem}.profraw"),
+            "source": {"path": "/tmp/default.profraw", "offset": 0, "inode": 1, "dev": 1},
+            "format": {"name": "llvm-raw-profile", "version": 8},
+            "module": self.module,
+        });
+        let meta_path = pdir.join(format!("{stem}.json"));
+        fs::write(&meta_path, serde_json::to_string_pretty(&meta).expect("json"))
+            .expect("write metadata");
+        meta_path
+    }
+}
+
+fn covobs(args: &[&str]) -> Output {
+    Command::new(covobs_bin())
+        .args(args)
+        .output()
+        .expect("run covobs")
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// LCOV records keyed by source file, for comparisons that do not depend on file order.
+fn lcov_records(text: &str) -> BTreeMap<String, String> {
+    let mut records = BTreeMap::new();
+    for rec in text.split_inclusive("end_of_record\n") {
+        let sf = rec
+            .lines()
+            .find_map(|l| l.strip_prefix("SF:"))
+            .unwrap_or_else(|| panic!("LCOV record without SF: {rec:?}"))
+            .to_string();
+        records.insert(sf, rec.to_string());
+    }
+    records
+}
+
+/// What the LLVM tools give directly: (LCOV, summary totals JSON).
+fn llvm_direct(bin_dir: &Path, binary: &Path, profraws: &[&Path], work: &Path) -> (String, Value) {
+    let profdata = work.join("direct.profdata");
+    run_ok(
+        Command::new(bin_dir.join("llvm-profdata"))
+            .args(["merge", "-sparse", "-o"])
+            .arg(&profdata)
+            .args(profraws),
+    );
+    let instr = format!("-instr-profile={}", profdata.display());
+    let lcov = run_ok(
+        Command::new(bin_dir.join("llvm-cov"))
+            .args(["export", "-format=lcov", &instr])
+            .arg(binary),
+    );
+    let summary: Value = serde_json::from_str(&run_ok(
+        Command::new(bin_dir.join("llvm-cov"))
+            .args(["export", "-summary-only", &instr])
+            .arg(binary),
+    ))
+    .expect("llvm-cov summary JSON");
+    (lcov, summary["data"][0]["totals"].clone())
+}
+
+fn assert_same_lcov(ours: &str, theirs: &str) {
+    let (a, b) = (lcov_records(ours), lcov_records(theirs));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "different source files"
+    );
+    for (sf, rec) in &a {
+        assert_eq!(
+            rec, &b[sf],
+            "LCOV record of {sf} differs from llvm-cov's:\n--- covobs\n{rec}\n--- llvm-cov\n{}",
+            b[sf]
+        );
+    }
+    // Same records in the same order: byte for byte.
+    assert_eq!(ours, theirs);
+}
+
+fn assert_totals_match(ours: &Value, llvm: &Value) {
+    for k in ["lines", "functions", "branches", "regions"] {
+        assert_eq!(
+            (ours[k]["hit"].as_u64(), ours[k]["total"].as_u64()),
+            (llvm[k]["covered"].as_u64(), llvm[k]["count"].as_u64()),
+            "{k}: covobs {} vs llvm-cov {}",
+            ours[k],
+            llvm[k]
+        );
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(
+        &fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Compile the C program with clang 14 coverage flags into `dir`.
+fn build_c(dir: &Path, name: &str) -> PathBuf {
+    let clang = tool("/usr/bin/clang-14");
+    let src = dir.join(format!("{name}.c"));
+    fs::write(&src, C_SOURCE).expect("write source");
+    let bin = dir.join(name);
+    run_ok(
+        Command::new(clang)
+            .args(["-fprofile-instr-generate", "-fcoverage-mapping", "-O0", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    );
+    bin
+}
+
+#[test]
+fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
+    let tmp = TempDir::new("report-c");
+    let work = tmp.path();
+    let bin = build_c(work, "cov-c-target");
+    // Two runs that reach different code (and a restart: two pids).
+    let raw1 = work.join("run1.profraw");
+    let raw2 = work.join("run2.profraw");
+    let pid1 = run_instrumented(&bin, &raw1, &["1"]);
+    let pid2 = run_instrumented(&bin, &raw2, &["50"]);
+    let bytes1 = fs::read(&raw1).expect("read run1");
+    let bytes2 = fs::read(&raw2).expect("read run2");
+
+    let session = work.join("session");
+    let s = SessionBuilder::new(
+        &session,
+        &bin,
+        "cov-c-target",
+        Some("Debian clang version 14.0.6"),
+        Some(14),
+    );
+    s.artifact(1, pid1, &bytes1, true);
+    s.artifact(2, pid2, &bytes2, true);
+    // 3: truncated (the collector would not mark it valid, but the report re-checks).
+    s.artifact(3, pid2, &bytes2[..bytes2.len() / 2], true);
+    // 4: a header that passes a first look but that llvm-profdata 14 refuses (a counters
+    // delta pointing nowhere).
+    let mut bad_delta = bytes2.clone();
+    bad_delta[64..72].copy_from_slice(&0x7fff_ffffu64.to_le_bytes());
+    s.artifact(4, pid2, &bad_delta, true);
+    // 5: marked invalid by the collector.
+    s.artifact(5, pid2, &bytes2, false);
+    // 6: bytes changed after the checksum was taken.
+    let meta6 = s.artifact(6, pid2, &bytes1, true);
+    let f6 = meta6.with_extension("profraw");
+    let mut tampered = bytes1.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    fs::write(&f6, &tampered).expect("tamper");
+
+    let dir = session.to_string_lossy().into_owned();
+    let out = covobs(&["report", &dir]);
+    let stderr = stderr_of(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("lines "), "{stdout}");
+    assert!(stdout.contains("html/index.html"), "{stdout}");
+
+    // The LCOV equals llvm-profdata merge + llvm-cov export on the two good raw profiles.
+    let report = session.join("report");
+    let ours = fs::read_to_string(report.join("coverage.lcov")).expect("coverage.lcov");
+    let (theirs, llvm_totals) = llvm_direct(Path::new(LLVM14), &bin, &[&raw1, &raw2], work);
+    assert_same_lcov(&ours, &theirs);
+
+    // The summary's totals are llvm-cov's.
+    let summary = read_json(&report.join("summary.json"));
+    assert_totals_match(&summary["totals"], &llvm_totals);
+    assert_eq!(summary["artifacts"]["total"], 6);
+    assert_eq!(summary["artifacts"]["reported"], 2);
+    assert_eq!(summary["files"][0]["language"], "C");
+    assert_eq!(summary["modules"][0]["name"], "cov-c-target");
+    assert!(
+        summary["modules"][0]["tools"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("LLVM 14.")),
+        "{}",
+        summary["modules"][0]
+    );
+
+    // Every bad artifact is left out, with its reason.
+    let excluded: BTreeMap<u64, String> = summary["excluded"]
+        .as_array()
+        .expect("excluded")
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().expect("seq"),
+                e["reason"].as_str().expect("reason").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(excluded.keys().copied().collect::<Vec<_>>(), [3, 4, 5, 6], "{excluded:?}");
+    assert!(excluded[&3].contains("truncated"), "{}", excluded[&3]);
+    assert!(
+        excluded[&4].contains("llvm-profdata 14") && excluded[&4].contains("malformed"),
+        "{}",
+        excluded[&4]
+    );
+    assert!(excluded[&5].contains("invalid"), "{}", excluded[&5]);
+    assert!(excluded[&6].contains("checksum"), "{}", excluded[&6]);
+    for seq in [3, 4, 5, 6] {
+        assert!(
+            stderr.contains(&format!("{seq:06}-llvm.profraw")),
+            "stderr does not mention artifact {seq}: {stderr}"
+        );
+    }
+
+    // The timeline: one point per reported artifact, in seq order, coverage growing, ending at
+    // the summary's totals.
+    let timeline = read_json(&report.join("timeline.json"));
+    let points = timeline["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2, "{timeline}");
+    assert_eq!(points[0]["seq"], 1);
+    assert_eq!(points[1]["seq"], 2);
+    assert_eq!(points[0]["pid"], pid1);
+    assert_eq!(points[1]["end_ns"], 2_000_000_000u64);
+    for k in ["lines", "functions", "branches", "regions"] {
+        assert!(
+            points[1][k]["hit"].as_u64() > points[0][k]["hit"].as_u64(),
+            "{k} did not grow: {} -> {}",
+            points[0][k],
+            points[1][k]
+        );
+        assert_eq!(points[1][k], summary["totals"][k], "{k}");
+    }
+    // The first point is what llvm-cov says of the first profile alone.
+    let (_, first_totals) = llvm_direct(Path::new(LLVM14), &bin, &[&raw1], work);
+    assert_totals_match(&points[0], &first_totals);
+
+    // HTML: index with a link to the file's page, which shows the escaped source.
+    let index = fs::read_to_string(report.join("html/index.html")).expect("index.html");
+    let link = index
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .find(|h| h.starts_with("files/"))
+        .unwrap_or_else(|| panic!("no per-file link in index.html"));
+    let page = fs::read_to_string(report.join("html").join(link)).expect("file page");
+    assert!(page.contains("#include &lt;stdio.h&gt;"), "source not shown escaped");
+    assert!(page.contains("class=\"miss\""), "no uncovered line marked");
+    assert!(page.contains("class=\"hit\""), "no covered line marked");
+    assert!(index.contains("<svg"), "no timeline chart");
+    assert!(!index.contains("<script") && !page.contains("<script"));
+    assert!(index.contains("Left out"));
+
+    // Cobertura.
+    let xml = fs::read_to_string(report.join("coverage.cobertura.xml")).expect("cobertura");
+    assert!(xml.starts_with("<?xml"));
+    let lines = &summary["totals"]["lines"];
+    assert!(
+        xml.contains(&format!(
+            "lines-covered=\"{}\" lines-valid=\"{}\"",
+            lines["hit"], lines["total"]
+        )),
+        "{}",
+        &xml[..xml.len().min(400)]
+    );
+    assert!(xml.contains("filename=\"cov-c-target.c\""));
+
+    // Nothing else was left in the session directory.
+    let stray: Vec<String> = fs::read_dir(&session)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "left behind: {stray:?}");
+
+    // Again with one format: report/ is rebuilt with only that.
+    let out = covobs(&["report", &dir, "--format", "lcov"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let names: Vec<String> = fs::read_dir(&report)
+        .expect("ls report")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["coverage.lcov"]);
+    assert_eq!(
+        fs::read_to_string(report.join("coverage.lcov")).expect("lcov"),
+        ours
+    );
+}
+
+#[test]
+fn report_of_a_rust_program_uses_its_rustc_llvm_tools() {
+    let tmp = TempDir::new("report-rust");
+    let work = tmp.path();
+    let src = work.join("cov_rust_target.rs");
+    fs::write(&src, RUST_SOURCE).expect("write source");
+    let bin = work.join("cov-rust-target");
+    // The rustc of this workspace's pinned toolchain (cargo runs the tests under it).
+    run_ok(
+        Command::new("rustc")
+            .args(["-C", "instrument-coverage", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    );
+    let vv = run_ok(Command::new("rustc").arg("-vV"));
+    let sysroot = run_ok(Command::new("rustc").args(["--print", "sysroot"]));
+    let host = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("host")
+        .to_string();
+    let tools = PathBuf::from(sysroot.trim()).join(format!("lib/rustlib/{host}/bin"));
+    assert!(
+        tools.join("llvm-cov").exists(),
+        "{} has no llvm-cov: the set-up installs the llvm-tools component",
+        tools.display()
+    );
+    let raw1 = work.join("r1.profraw");
+    let raw2 = work.join("r2.profraw");
+    let pid1 = run_instrumented(&bin, &raw1, &["1"]);
+    let pid2 = run_instrumented(&bin, &raw2, &["20"]);
+    let session = work.join("session");
+    // No producer, no LLVM major: the report reads the module's .comment section.
+    let s = SessionBuilder::new(&session, &bin, "cov-rust-target", None, None);
+    s.artifact(1, pid1, &fs::read(&raw1).expect("r1"), true);
+    s.artifact(2, pid2, &fs::read(&raw2).expect("r2"), true);
+    let dir = session.to_string_lossy().into_owned();
+    let out = covobs(&["report", &dir, "--format", "lcov,json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let report = session.join("report");
+    let ours = fs::read_to_string(report.join("coverage.lcov")).expect("lcov");
+    let (theirs, llvm_totals) = llvm_direct(&tools, &bin, &[&raw1, &raw2], work);
+    assert_same_lcov(&ours, &theirs);
+    let summary = read_json(&report.join("summary.json"));
+    assert_totals_match(&summary["totals"], &llvm_totals);
+    let release = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("release: "))
+        .expect("release");
+    let module = &summary["modules"][0];
+    assert!(
+        module["tools"]
+            .as_str()
+            .is_some_and(|t| t.contains("rustup toolchain") && t.contains(release)),
+        "not read with rustc {release}'s tools: {module}"
+    );
+    assert!(!report.join("html").exists());
+    let points = read_json(&report.join("timeline.json"))["points"].clone();
+    assert_eq!(points.as_array().map(Vec::len), Some(2));
+    assert!(points[1]["lines"]["hit"].as_u64() > points[0]["lines"]["hit"].as_u64());
+}
+
+#[test]
+fn report_says_which_llvm_is_missing() {
+    let tmp = TempDir::new("report-nollvm");
+    let work = tmp.path();
+    let bin = build_c(work, "cov-nollvm");
+    let raw = work.join("run.profraw");
+    let pid = run_instrumented(&bin, &raw, &["3"]);
+    let session = work.join("session");
+    // A module built by an LLVM this machine has no tools for.
+    let s = SessionBuilder::new(&session, &bin, "cov-nollvm", Some("clang version 99.1.0"), Some(99));
+    s.artifact(1, pid, &fs::read(&raw).expect("raw"), true);
+    let dir = session.to_string_lossy().into_owned();
+    let out = covobs(&["report", &dir]);
+    let stderr = stderr_of(&out);
+    // Nothing could be reported: a runtime failure, the report is written all the same.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cov-nollvm: needs LLVM 99 tools"), "{stderr}");
+    assert!(stderr.contains("apt install llvm-99"), "{stderr}");
+    let summary = read_json(&session.join("report/summary.json"));
+    assert_eq!(summary["artifacts"]["reported"], 0);
+    assert!(
+        summary["excluded"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("LLVM 99")),
+        "{summary}"
+    );
+    assert!(summary["warnings"][0]["message"].as_str().is_some_and(|m| m.contains("LLVM 99")));
+}
+
+#[test]
+fn report_refuses_bad_input_with_one_line() {
+    let one_line = |out: &Output, needle: &str| {
+        let stderr = stderr_of(out);
+        assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+    };
+    one_line(
+        &covobs(&["report", "/nonexistent/covobs-session"]),
+        "no such directory",
+    );
+    let tmp = TempDir::new("report-bad");
+    let dir = tmp.path().to_string_lossy().into_owned();
+    one_line(&covobs(&["report", &dir]), "not a covobs session");
+    // An unknown format is a usage error (clap's, with its usage hint).
+    let out = covobs(&["report", &dir, "--format", "pdf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("unknown report format \"pdf\""));
+    // Corrupt metadata: refused, and nothing written.
+    let pdir = tmp.path().join("42-x");
+    fs::create_dir(&pdir).expect("mkdir");
+    fs::write(pdir.join("000001-llvm.json"), "{\"seq\": 1, \"runtime\": ").expect("write");
+    one_line(&covobs(&["report", &dir]), "000001-llvm.json");
+    let left: Vec<String> = fs::read_dir(tmp.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["42-x"], "the failed report left something behind");
+    // Corrupt session.json likewise.
+    fs::write(pdir.join("000001-llvm.json"), "{}").expect("write");
+    fs::write(tmp.path().join("session.json"), "[1,").expect("write");
+    one_line(&covobs(&["report", &dir]), "session.json");
+}
+
+/// Benchmark (figures, no timed assertions): `covobs report` on a session of N small dumps of
+/// the C program. Run with `cargo test -p covobs-tests --test report -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn bench_report_of_many_dumps() {
+    let n: u64 = std::env::var("COVOBS_BENCH_DUMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let tmp = TempDir::new("report-bench");
+    let work = tmp.path();
+    let bin = build_c(work, "cov-bench");
+    let raws: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let p = work.join(format!("b{i}.profraw"));
+            run_instrumented(&bin, &p, &[&(i * 20).to_string()]);
+            fs::read(&p).expect("read")
+        })
+        .collect();
+    let session = work.join("session");
+    let s = SessionBuilder::new(&session, &bin, "cov-bench", Some("Debian clang version 14.0.6"), Some(14));
+    for seq in 1..=n {
+        s.artifact(seq, 1000 + (seq as u32 % 3), &raws[(seq % 4) as usize], true);
+    }
+    let dir = session.to_string_lossy().into_owned();
+    let t = Instant::now();
+    let out = covobs(&["report", &dir]);
+    let elapsed = t.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let points = read_json(&session.join("report/timeline.json"))["points"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(points, Some(n as usize));
+    println!(
+        "covobs report, {n} dumps of a small C program: {:.2} s ({:.1} ms per dump)",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / n as f64
+    );
+}
