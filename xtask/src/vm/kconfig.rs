@@ -78,6 +78,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verify_lists_what_kconfig_dropped() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("covobs-kconfig-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (fragment, config) = (dir.join("fragment"), dir.join(".config"));
+        std::fs::write(
+            &fragment,
+            "CONFIG_KCOV=y\nCONFIG_BPF=y\n# CONFIG_VT is not set\nCONFIG_NR_CPUS=8\n",
+        )?;
+        std::fs::write(
+            &config,
+            "CONFIG_BPF=y\n# CONFIG_KCOV is not set\nCONFIG_NR_CPUS=8\n",
+        )?;
+        let err = verify(&fragment, &config).err().map(|e| e.to_string());
+        std::fs::write(
+            &config,
+            "CONFIG_KCOV=y\nCONFIG_BPF=y\n# CONFIG_VT is not set\nCONFIG_NR_CPUS=8\n",
+        )?;
+        let ok = verify(&fragment, &config);
+        std::fs::remove_dir_all(&dir)?;
+        let err = err.unwrap_or_default();
+        assert!(err.contains("dropped 1 setting"), "{err}");
+        assert!(err.contains("CONFIG_KCOV=y (final .config: n)"), "{err}");
+        ok
+    }
+
+    #[test]
     fn parses_set_and_unset_lines() {
         let s = parse("# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\nFOO=1\n");
         assert_eq!(
