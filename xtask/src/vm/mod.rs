@@ -39,7 +39,12 @@
 //!   `--verbose`; otherwise into the run directory's console.log);
 //! - run systemd or other services: the command is the only workload, and when it exits the
 //!   guest is powered off, killing whatever it left running;
-//! - keep KASLR: the kernel is not relocatable, so kcov PCs equal vmlinux addresses.
+//! - see host files change while it runs: the root is mounted with 9p `cache=loose` (the
+//!   output share and control directory are not cached);
+//! - keep KASLR: the kernel is not relocatable, so kcov PCs equal vmlinux addresses;
+//! - keep the host's wall clock to better than a second: it is read from the emulated RTC
+//!   at boot (monotonic clocks run on the TSC at the host's rate under TCG, kvm-clock
+//!   under KVM).
 use std::path::PathBuf;
 use std::time::Duration;
 
