@@ -11,7 +11,9 @@
 //! # The guest
 //! QEMU (TCG `-cpu max`; KVM `-cpu host` only where /proc/cpuinfo shows vmx/svm and /dev/kvm
 //! opens), 2 vCPUs and 2 GiB by default, no disk and no network card. The initramfs
-//! (initramfs.rs, init.sh) mounts the host's `/` read-only over 9p and chroots into it.
+//! (initramfs.rs, init.sh) mounts the host's `/` read-only over 9p and switch_roots into it
+//! (a real root, not a chroot: user namespaces and pivot_root work). Default timeouts: 600 s,
+//! 120 s for the smoke test.
 //!
 //! It can:
 //! - run host-built binaries unchanged at their host paths, dynamically linked against the
