@@ -22,6 +22,12 @@ pub mod kind {
     pub const SIGNAL_DELIVER: u32 = 8;
     /// `covobs doctor`'s uprobe self-test fired (a bare `Header`).
     pub const SELFTEST: u32 = 9;
+    /// A dump function was entered / returned (`DumpRecord`).
+    pub const DUMP_START: u32 = 10;
+    pub const DUMP_END: u32 = 11;
+    /// The dumping thread opened / wrote a file during a dump (`FileOpenRecord`, `FileWriteRecord`).
+    pub const FILE_OPEN: u32 = 12;
+    pub const FILE_WRITE: u32 = 13;
     /// One past the largest kind: the size of the per-kind drop counters.
     pub const MAX: u32 = 16;
 }
@@ -32,6 +38,12 @@ pub mod watch {
     pub const FOLLOW_FORKS: u32 = 1;
     /// Added by the kernel because its name matched `WATCH_COMMS` at exec or rename.
     pub const BY_NAME: u32 = 2;
+}
+
+/// `Header::_reserved` of a `DUMP_START`.
+pub mod dump_flags {
+    /// The process had called exit(): this is the runtime's exit-time dump.
+    pub const EXITING: u32 = 1;
 }
 
 /// `Config::flags`.
@@ -123,6 +135,81 @@ pub struct SignalRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+/// `DUMP_START` (header = dumping thread) and `DUMP_END`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DumpRecord {
+    pub hdr: Header,
+    /// The attach cookie: which module and which hook (set by userspace per uprobe).
+    pub cookie: u64,
+    /// end: the function's return value (rax).
+    pub ret: i64,
+    /// end: when the matching start happened (0 if the start was not seen).
+    pub start_ns: u64,
+}
+
+/// Where a file descriptor of the current task points, read from the kernel's own structures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileIdentity {
+    /// The inode number and device (kernel `dev_t`: major << 20 | minor).
+    pub ino: u64,
+    pub dev: u32,
+    /// 1 when the fields were read (kernel offsets known and reads succeeded).
+    pub known: u32,
+    /// The file position after the call.
+    pub pos: i64,
+}
+
+/// `FILE_OPEN`: the dumping thread opened a file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileOpenRecord {
+    pub hdr: Header,
+    pub dump_cookie: u64,
+    /// The new descriptor, or -errno.
+    pub ret: i64,
+    pub flags: i32,
+    /// AT_FDCWD (-100) or a directory descriptor the path is relative to.
+    pub dfd: i32,
+    pub file: FileIdentity,
+    pub path: [u8; PATH_LEN],
+}
+
+/// `FILE_WRITE`: the dumping thread wrote to a file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileWriteRecord {
+    pub hdr: Header,
+    pub dump_cookie: u64,
+    pub fd: i32,
+    /// 0 write, 1 pwrite64, 2 writev, 3 pwritev.
+    pub call: u32,
+    /// Bytes written, or -errno.
+    pub ret: i64,
+    /// pwrite: the explicit offset; otherwise -1.
+    pub offset: i64,
+    pub file: FileIdentity,
+}
+
+/// Offsets of kernel structure fields (from BTF) that the programs follow to identify the file
+/// behind a descriptor. All zero when BTF is unavailable (`FileIdentity::known` stays 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_f_pos: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    /// 1 when the offsets above are valid.
+    pub valid: u32,
+}
+
 /// Byte offsets of the tracepoint fields the programs read, taken by userspace from
 /// `/sys/kernel/tracing/events/*/*/format` so the programs do not depend on one kernel's layout.
 #[repr(C)]
@@ -149,7 +236,13 @@ pub struct TracepointOffsets {
     pub del_code: u16,
     pub del_sa_handler: u16,
     pub del_sa_flags: u16,
-    pub _pad: [u16; 3],
+    pub openat_dfd: u16,
+    pub openat_filename: u16,
+    pub openat_flags: u16,
+    pub write_fd: u16,
+    pub pwrite_pos: u16,
+    pub sys_exit_ret: u16,
+    pub _pad: u16,
 }
 
 /// The single value of the `CONFIG` array map.
@@ -161,6 +254,7 @@ pub struct Config {
     /// `config_flags::*`.
     pub flags: u32,
     pub tp: TracepointOffsets,
+    pub kernel: KernelOffsets,
 }
 
 #[cfg(feature = "user")]
@@ -174,5 +268,8 @@ const _: () = {
     assert!(core::mem::size_of::<TaskRecord>() == 72);
     assert!(core::mem::size_of::<ExecRecord>() == 304);
     assert!(core::mem::size_of::<SignalRecord>() == 88);
-    assert!(core::mem::size_of::<TracepointOffsets>() == 48);
+    assert!(core::mem::size_of::<TracepointOffsets>() == 56);
+    assert!(core::mem::size_of::<DumpRecord>() == 48);
+    assert!(core::mem::size_of::<FileOpenRecord>() == 328);
+    assert!(core::mem::size_of::<FileWriteRecord>() == 80);
 };

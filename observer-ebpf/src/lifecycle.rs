@@ -8,6 +8,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use aya_log_ebpf::debug;
 use covobs_common::{
     CLONE_THREAD, COMM_LEN, ExecRecord, PATH_LEN, TaskRecord, config_flags, kind, watch,
 };
@@ -40,6 +41,7 @@ fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
         }
         WATCHED_TGIDS.insert(&cur.tgid, &watch::BY_NAME, 0)?;
         newly_watched = 1;
+        debug!(ctx, "exec of tgid {} matched a watched name", cur.tgid);
     }
     // exec leaves one thread, now with tid == tgid; the others' exits were reported already.
     WATCHED_TIDS.insert(&cur.tid, &cur.tgid, 0)?;
@@ -138,6 +140,7 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let record_kind = if group_dead == 1 {
         let _ = WATCHED_TGIDS.remove(&cur.tgid);
+        let _ = crate::dumps::EXITING.remove(&cur.tgid);
         kind::PROCESS_EXIT
     } else {
         kind::THREAD_EXIT

@@ -30,6 +30,67 @@ pub enum Command {
     Report(ReportArgs),
     /// Live threads, processes and signals of the targets; triggers nothing.
     Watch(WatchArgs),
+    /// Observe the targets, trigger their coverage dumps, collect each one, write a report.
+    Attach(AttachArgs),
+    /// Ask a running `covobs attach` for a dump of its target now; prints what was collected.
+    Dump(DumpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Trigger a dump this often (e.g. 3s).
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Trigger one dump, collect it, and stop.
+    #[arg(long)]
+    pub once: bool,
+    /// Stop after this long (a last dump is triggered at detach).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// The signal that makes the target dump.
+    #[arg(long, default_value = "SIGUSR2", value_parser = parse_signal)]
+    pub signal: nix::sys::signal::Signal,
+    /// Which thread gets the signal: auto, main, ocaml, all, or a thread id.
+    #[arg(long, default_value = "auto")]
+    pub thread: crate::trigger::ThreadChoice,
+    /// Send the signal even to a target without a handler for it (it may die).
+    #[arg(long)]
+    pub force: bool,
+    /// Also print events as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// With --name: wait for a process with that name instead of failing when none runs.
+    #[arg(long)]
+    pub wait: bool,
+    /// Also attach to the children the targets fork.
+    #[arg(long)]
+    pub follow_forks: bool,
+    /// How long a signalled target may take to dump before the dump is reported lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub dump_timeout: Duration,
+    /// Do not write the report at the end (`covobs report DIR` can write it later).
+    #[arg(long)]
+    pub no_report: bool,
+    /// Forward the eBPF programs' own log messages (debugging covobs).
+    #[arg(long)]
+    pub ebpf_log: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the dumps to be collected.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,6 +123,22 @@ pub struct WatchArgs {
     /// Forward the eBPF programs' own log messages (debugging covobs).
     #[arg(long)]
     pub ebpf_log: bool,
+}
+
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .or_else(|_| {
+            s.parse::<i32>()
+                .map_err(|_| ())
+                .and_then(|n| nix::sys::signal::Signal::try_from(n).map_err(|_| ()))
+        })
+        .map_err(|_| format!("{s:?} is not a signal (e.g. SIGUSR2, USR1, 12)"))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

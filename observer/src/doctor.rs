@@ -351,14 +351,14 @@ fn live_probes() -> Vec<Check> {
         .fix("use a kernel with CONFIG_UPROBES=y")
     });
 
-    let mut records = 0;
+    let mut records = Vec::new();
     if let Some(mut reader) = probes.take_reader() {
-        reader.drain_raw(|bytes| {
-            if bytes.len() >= 4 && bytes[..4] == covobs_common::kind::SELFTEST.to_ne_bytes() {
-                records += 1;
-            }
-        });
+        reader.drain(&mut records);
     }
+    let records = records
+        .iter()
+        .filter(|r| matches!(r, crate::probes::records::Record::Selftest { hdr } if hdr.tid as i32 == me))
+        .count();
     out.push(if records >= 1 {
         check("ring buffer", Status::Ok, "the uprobe's record arrived")
     } else {

@@ -5,7 +5,7 @@
 //! `pid`/`tid` name the task of the target the event is about: for a signal, the receiving thread.
 use serde::Serialize;
 
-use crate::target::Thread;
+use crate::{collect::Trigger, discover::Runtime, target::Thread};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -78,6 +78,55 @@ pub enum Body {
         handler: String,
         sa_flags: u64,
     },
+    /// A coverage runtime (or the OCaml runtime) found in a module of the target.
+    RuntimeFound {
+        runtime: Runtime,
+        module: String,
+        build_id: Option<String>,
+        /// Where the symbols came from: symtab, dynsym, debug file, none.
+        symbols: String,
+        /// The functions covobs probes for it.
+        functions: Vec<String>,
+        producer: Option<String>,
+        /// Why it cannot be probed, when it cannot (stripped symbols, ...).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// covobs sent a signal to make thread `tid` dump `runtimes`.
+    Trigger {
+        signal: String,
+        runtimes: Vec<Runtime>,
+        method: String,
+        reason: String,
+    },
+    /// A dump function was entered on thread `tid`.
+    DumpStart {
+        runtime: Runtime,
+        module: String,
+        function: String,
+        trigger: Trigger,
+    },
+    /// The dump function returned `ret` after `duration_ns`.
+    DumpEnd {
+        runtime: Runtime,
+        module: String,
+        function: String,
+        ret: i64,
+        duration_ns: u64,
+    },
+    /// The bytes of a dump were collected into the output directory.
+    Artifact {
+        seq: u64,
+        runtime: Runtime,
+        file: String,
+        bytes: u64,
+        valid: bool,
+        source_path: String,
+        offset: u64,
+        trigger: Trigger,
+        /// Nanoseconds from dump_end to the artifact being written and synced.
+        latency_ns: u64,
+    },
     /// Something was not observed or not collected; `reason` says why.
     Lost {
         reason: String,
@@ -99,6 +148,11 @@ impl Event {
             Body::SignalGenerate { .. } => "signal_generate",
             Body::SignalDeliver { .. } => "signal_deliver",
             Body::Lost { .. } => "lost",
+            Body::RuntimeFound { .. } => "runtime_found",
+            Body::Trigger { .. } => "trigger",
+            Body::DumpStart { .. } => "dump_start",
+            Body::DumpEnd { .. } => "dump_end",
+            Body::Artifact { .. } => "artifact",
         }
     }
 }

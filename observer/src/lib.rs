@@ -2,7 +2,10 @@
 //!
 //! The modules follow the pipeline: `target` (find and track processes), `probes` (the eBPF
 //! programs), `stream` (one pipeline to the sinks); `watch` and `doctor` are commands built on them.
+pub mod attach;
 pub mod cli;
+pub mod collect;
+pub mod discover;
 pub mod doctor;
 pub mod events;
 pub mod probes;
@@ -10,6 +13,7 @@ pub mod report;
 pub mod stream;
 pub mod sys;
 pub mod target;
+pub mod trigger;
 pub mod watch;
 
 /// An error caused by what the user asked for or by what the machine cannot do: exit code 2.

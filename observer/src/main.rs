@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser as _;
 use covobs::{
-    BadInput,
+    BadInput, attach,
     cli::{Cli, Command, TargetArgs},
     doctor,
     target::{NamePattern, TargetSpec},
@@ -74,6 +74,54 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ebpf_log: args.ebpf_log,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attach(args) => {
+            if args.once && args.interval.is_some() {
+                return Err(BadInput("--once and --interval exclude each other".into()).into());
+            }
+            attach::run(attach::AttachOptions {
+                target: target_spec(&args.target)?,
+                out: args.out,
+                interval: args.interval,
+                once: args.once,
+                duration: args.duration,
+                signal: args.signal,
+                thread: args.thread,
+                force: args.force,
+                json: args.json,
+                wait: args.wait,
+                follow_forks: args.follow_forks,
+                ebpf_log: args.ebpf_log,
+                dump_timeout: args.dump_timeout,
+                no_report: args.no_report,
+                command: std::env::args().collect(),
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dump(args) => {
+            covobs::require_privileges()?;
+            let what = match target_spec(&args.target)? {
+                TargetSpec::Pid(p) => attach::control::DumpRequest::Pid(p),
+                TargetSpec::Name(n) => attach::control::DumpRequest::Name(n.as_str().to_owned()),
+            };
+            let response = attach::control::request_dump(what, args.timeout)
+                .await
+                .map_err(|e| {
+                    let bad = e.is_bad_input();
+                    watch::classify(e, bad)
+                })?;
+            if args.json {
+                println!("{}", serde_json::to_string(&response)?);
+            } else {
+                for t in &response.triggered {
+                    println!("signalled {t}");
+                }
+                for a in &response.artifacts {
+                    println!("collected {}/{a}", response.session_dir);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

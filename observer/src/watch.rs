@@ -117,12 +117,14 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
 async fn forward(
     tracker: &mut Tracker,
     probes: &mut Probes,
-    batch: &mut Vec<records::Decoded>,
+    batch: &mut Vec<records::Record>,
     tx: &Sender,
 ) {
-    for decoded in batch.drain(..) {
-        for event in tracker.on_record(probes, decoded) {
-            tx.event(event).await;
+    for record in batch.drain(..) {
+        if let records::Record::Event(decoded) = record {
+            for event in tracker.on_record(probes, decoded) {
+                tx.event(event).await;
+            }
         }
     }
 }

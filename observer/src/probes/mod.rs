@@ -16,6 +16,7 @@ use crate::sys::{
     tracefs::{self, TracefsError},
 };
 
+pub mod btf;
 pub mod offsets;
 pub mod reader;
 pub mod records;
@@ -70,6 +71,10 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     selftest: Array<MapData, u64>,
     programs: Vec<LoadedProgram>,
+    /// The syscall tracepoints that follow a dumping thread's files are attached.
+    pub file_tracking: bool,
+    /// Uprobes attached so far: (program, file, offset, pid), so each is attached once.
+    uprobe_links: Vec<(&'static str, std::path::PathBuf, u64, Option<u32>)>,
 }
 
 /// A program covobs loaded: name and kernel id (for leak checks and `session.json`).
@@ -101,7 +106,13 @@ impl Probes {
         bpf::probe()?;
         let tracefs = tracefs::root()?;
         let self_tgid = std::process::id();
-        let config = offsets::config(&tracefs, self_tgid)?;
+        let mut config = offsets::config(&tracefs, self_tgid)?;
+        match btf::kernel_offsets() {
+            Ok(k) => config.kernel = k,
+            Err(e) => tracing::warn!(
+                "{e}: files written by dumps are identified by path only, not by inode"
+            ),
+        }
         raise_memlock();
 
         // aya-log level 0 turns every log statement in the programs into a cheap no-op.
@@ -136,9 +147,20 @@ impl Probes {
             events: Some(events),
             selftest,
             programs: Vec::new(),
+            file_tracking: true,
+            uprobe_links: Vec::new(),
         };
         for (program, category, name) in offsets::TRACEPOINTS {
             probes.attach_tracepoint(program, category, name)?;
+        }
+        for (program, category, name) in offsets::FILE_SYSCALL_TRACEPOINTS
+            .iter()
+            .chain(offsets::FILE_SYSCALL_TRACEPOINTS_EXTRA.iter())
+        {
+            if let Err(e) = probes.attach_tracepoint(program, category, name) {
+                tracing::warn!("{e}: dump outputs will be found from the environment only");
+                probes.file_tracking = false;
+            }
         }
         for (program, category, name) in offsets::EXEC_SYSCALL_TRACEPOINTS {
             if let Err(e) = probes.attach_tracepoint(program, category, name) {
@@ -228,6 +250,79 @@ impl Probes {
             }
         }
         Ok(out)
+    }
+
+    /// Probe a dump function: a uprobe at its entry and a uretprobe at its return, in every process
+    /// that maps this file (the programs keep only watched tgids). `cookie` comes back in the
+    /// records and names the module and hook. Attaching the same place twice is a no-op.
+    pub fn attach_dump_probe(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+        cookie: u64,
+    ) -> Result<(), ProbeError> {
+        for program in ["covobs_dump_enter", "covobs_dump_exit"] {
+            self.attach_uprobe(program, file, file_offset, cookie, None)?;
+        }
+        Ok(())
+    }
+
+    /// Mark `pid` as exiting when it calls the C library's exit() (a uprobe in that process only,
+    /// so no other process pays for a breakpoint in its libc).
+    pub fn attach_exit_probe(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        self.attach_uprobe("covobs_exit_call", file, file_offset, 0, Some(pid))
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        program: &'static str,
+        file: &std::path::Path,
+        file_offset: u64,
+        cookie: u64,
+        pid: Option<u32>,
+    ) -> Result<(), ProbeError> {
+        if self
+            .uprobe_links
+            .iter()
+            .any(|(p, f, o, q)| *p == program && f == file && *o == file_offset && *q == pid)
+        {
+            return Ok(());
+        }
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("a uprobe program"))?
+            .try_into()
+            .map_err(perr)?;
+        if !self.programs.iter().any(|p| p.name == program) {
+            prog.load().map_err(perr)?;
+            let id = prog.info().map_err(perr)?.id();
+            self.programs.push(LoadedProgram {
+                name: program.to_owned(),
+                id,
+            });
+        }
+        let scope = match pid.and_then(std::num::NonZeroU32::new) {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let point = aya::programs::uprobe::UProbeAttachPoint {
+            location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: Some(cookie),
+        };
+        prog.attach([point], file, scope).map_err(perr)?;
+        self.uprobe_links
+            .push((program, file.to_path_buf(), file_offset, pid));
+        Ok(())
     }
 
     /// Attach the self-test uprobe to `symbol` in this very process's executable; when it fires it

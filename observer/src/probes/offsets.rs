@@ -23,6 +23,39 @@ pub const EXEC_SYSCALL_TRACEPOINTS: [(&str, &str, &str); 4] = [
     ("covobs_execve_exit", "syscalls", "sys_exit_execveat"),
 ];
 
+/// Syscall tracepoints that show which files a thread writes while it is inside a dump function.
+pub const FILE_SYSCALL_TRACEPOINTS: [(&str, &str, &str); 9] = [
+    ("covobs_openat_enter", "syscalls", "sys_enter_openat"),
+    ("covobs_openat_exit", "syscalls", "sys_exit_openat"),
+    ("covobs_write_enter", "syscalls", "sys_enter_write"),
+    ("covobs_pwrite_enter", "syscalls", "sys_enter_pwrite64"),
+    ("covobs_writev_enter", "syscalls", "sys_enter_writev"),
+    ("covobs_pwritev_enter", "syscalls", "sys_enter_pwritev"),
+    ("covobs_write_exit", "syscalls", "sys_exit_write"),
+    ("covobs_write_exit", "syscalls", "sys_exit_pwrite64"),
+    ("covobs_write_exit", "syscalls", "sys_exit_writev"),
+];
+
+/// The second pwritev exit shares the program; listed apart to keep the array above readable.
+pub const FILE_SYSCALL_TRACEPOINTS_EXTRA: [(&str, &str, &str); 1] =
+    [("covobs_write_exit", "syscalls", "sys_exit_pwritev")];
+
+/// Offsets of the syscall tracepoint fields; None when syscall tracepoints are missing.
+fn syscall_offsets(tracefs: &Path) -> Option<(u16, u16, u16, u16, u16, u16)> {
+    let openat = Format::read(tracefs, "syscalls", "sys_enter_openat").ok()?;
+    let write = Format::read(tracefs, "syscalls", "sys_enter_write").ok()?;
+    let pwrite = Format::read(tracefs, "syscalls", "sys_enter_pwrite64").ok()?;
+    let exit = Format::read(tracefs, "syscalls", "sys_exit_write").ok()?;
+    Some((
+        openat.offset("dfd").ok()?,
+        openat.offset("filename").ok()?,
+        openat.offset("flags").ok()?,
+        write.offset("fd").ok()?,
+        pwrite.offset("pos").ok()?,
+        exit.offset("ret").ok()?,
+    ))
+}
+
 /// Build the programs' configuration from the format files under `tracefs`.
 pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
@@ -40,9 +73,12 @@ pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
         }
         None => 0,
     };
+    let (openat_dfd, openat_filename, openat_flags, write_fd, pwrite_pos, sys_exit_ret) =
+        syscall_offsets(tracefs).unwrap_or_default();
     Ok(Config {
         self_tgid,
         flags,
+        kernel: Default::default(),
         tp: TracepointOffsets {
             exec_filename: exec.offset("filename")?,
             exec_pid: exec.offset("pid")?,
@@ -65,7 +101,13 @@ pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
             del_code: deliver.offset("code")?,
             del_sa_handler: deliver.offset("sa_handler")?,
             del_sa_flags: deliver.offset("sa_flags")?,
-            _pad: [0; 3],
+            openat_dfd,
+            openat_filename,
+            openat_flags,
+            write_fd,
+            pwrite_pos,
+            sys_exit_ret,
+            _pad: 0,
         },
     })
 }

@@ -2,7 +2,7 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use super::records::{self, Decoded};
+use super::records::{self, Record};
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -22,7 +22,7 @@ impl EventReader {
     }
 
     /// Wait until records are available, then move every available one into `out`.
-    pub async fn read(&mut self, out: &mut Vec<Decoded>) -> std::io::Result<()> {
+    pub async fn read(&mut self, out: &mut Vec<Record>) -> std::io::Result<()> {
         let mut guard = self.ring.readable_mut().await?;
         let bad = drain_into(guard.get_inner_mut(), out);
         guard.clear_ready();
@@ -30,22 +30,14 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hand every raw record available now to `f`, undecoded (the doctor's self-test).
-    pub fn drain_raw(&mut self, mut f: impl FnMut(&[u8])) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            f(&item);
-        }
-    }
-
     /// Move whatever is available now into `out`, without waiting (used at shutdown).
-    pub fn drain(&mut self, out: &mut Vec<Decoded>) {
+    pub fn drain(&mut self, out: &mut Vec<Record>) {
         let bad = drain_into(self.ring.get_mut(), out);
         self.bad_records += bad;
     }
 }
 
-fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Decoded>) -> u64 {
+fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>) -> u64 {
     let mut bad = 0;
     while let Some(item) = ring.next() {
         match records::decode(&item) {

@@ -1,5 +1,8 @@
 //! Decoding of the eBPF programs' ring-buffer records into events.
-use covobs_common::{COMM_LEN, ExecRecord, Header, SignalRecord, TaskRecord, kind};
+use covobs_common::{
+    COMM_LEN, DumpRecord, ExecRecord, FileIdentity, FileOpenRecord, FileWriteRecord, Header,
+    SignalRecord, TaskRecord, kind,
+};
 
 use crate::events::{Body, Event, handler_name, signal_name, signal_result_name};
 
@@ -11,6 +14,44 @@ pub struct Decoded {
     pub newly_watched: bool,
     /// A thread exit on a kernel that cannot say whether the whole group died.
     pub group_dead_unknown: bool,
+}
+
+/// Any record of the eBPF programs.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// Lifecycle and signals: becomes a public event.
+    Event(Decoded),
+    /// A dump function was entered.
+    DumpStart { hdr: Header, cookie: u64 },
+    /// A dump function returned `ret`.
+    DumpEnd {
+        hdr: Header,
+        cookie: u64,
+        ret: i64,
+        start_ns: u64,
+    },
+    /// The dumping thread opened a file.
+    FileOpen {
+        hdr: Header,
+        cookie: u64,
+        ret: i64,
+        flags: i32,
+        dfd: i32,
+        file: FileIdentity,
+        path: String,
+    },
+    /// The dumping thread wrote to a file.
+    FileWrite {
+        hdr: Header,
+        cookie: u64,
+        fd: i32,
+        call: u32,
+        ret: i64,
+        offset: i64,
+        file: FileIdentity,
+    },
+    /// The doctor's self-test uprobe fired.
+    Selftest { hdr: Header },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +89,59 @@ fn comm(bytes: &[u8; COMM_LEN]) -> String {
     cstr(bytes)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Decoded, RecordError> {
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     if bytes.len() < size_of::<Header>() {
         return Err(RecordError::Short(bytes.len()));
     }
     let hdr: Header = read(bytes, 0)?;
+    match hdr.kind {
+        kind::DUMP_START | kind::DUMP_END => {
+            let r: DumpRecord = read(bytes, hdr.kind)?;
+            return Ok(if hdr.kind == kind::DUMP_START {
+                Record::DumpStart {
+                    hdr,
+                    cookie: r.cookie,
+                }
+            } else {
+                Record::DumpEnd {
+                    hdr,
+                    cookie: r.cookie,
+                    ret: r.ret,
+                    start_ns: r.start_ns,
+                }
+            });
+        }
+        kind::FILE_OPEN => {
+            let r: FileOpenRecord = read(bytes, hdr.kind)?;
+            return Ok(Record::FileOpen {
+                hdr,
+                cookie: r.dump_cookie,
+                ret: r.ret,
+                flags: r.flags,
+                dfd: r.dfd,
+                file: r.file,
+                path: cstr(&r.path),
+            });
+        }
+        kind::FILE_WRITE => {
+            let r: FileWriteRecord = read(bytes, hdr.kind)?;
+            return Ok(Record::FileWrite {
+                hdr,
+                cookie: r.dump_cookie,
+                fd: r.fd,
+                call: r.call,
+                ret: r.ret,
+                offset: r.offset,
+                file: r.file,
+            });
+        }
+        kind::SELFTEST => return Ok(Record::Selftest { hdr }),
+        _ => {}
+    }
+    decode_event(hdr, bytes).map(Record::Event)
+}
+
+fn decode_event(hdr: Header, bytes: &[u8]) -> Result<Decoded, RecordError> {
     let mut newly_watched = false;
     let mut group_dead_unknown = false;
     let (pid, tid, body) = match hdr.kind {
@@ -156,6 +245,10 @@ pub fn kind_name(k: u32) -> &'static str {
         kind::THREAD_RENAME => "thread_rename",
         kind::SIGNAL_GENERATE => "signal_generate",
         kind::SIGNAL_DELIVER => "signal_deliver",
+        kind::DUMP_START => "dump_start",
+        kind::DUMP_END => "dump_end",
+        kind::FILE_OPEN => "dump_file_open",
+        kind::FILE_WRITE => "dump_file_write",
         _ => "record",
     }
 }
@@ -193,7 +286,9 @@ mod tests {
             sa_flags: 0,
             comm: c,
         };
-        let d = decode(&bytes_of(&rec)).unwrap();
+        let Record::Event(d) = decode(&bytes_of(&rec)).unwrap() else {
+            panic!("not an event")
+        };
         assert_eq!((d.event.pid, d.event.tid, d.event.ts_ns), (200, 201, 42));
         let v = serde_json::to_value(&d.event).unwrap();
         assert_eq!(v["event"], "signal_generate");

@@ -9,6 +9,9 @@ use crate::{
 
 pub struct HumanSink<W: Write + Send> {
     out: W,
+    /// Show only what matters to coverage (attach): targets, runtimes, triggers, dumps,
+    /// artifacts, losses, exec and exit; not every thread and signal.
+    coverage_only: bool,
     /// Unix offset of the events' CLOCK_BOOTTIME stamps.
     offset_ns: i128,
     /// Process names, learned from the stream itself, to label lines.
@@ -19,8 +22,17 @@ impl<W: Write + Send> HumanSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out,
+            coverage_only: false,
             offset_ns: clock::boot_to_unix_offset_ns(),
             names: HashMap::new(),
+        }
+    }
+
+    /// The view of `covobs attach`.
+    pub fn coverage_view(out: W) -> Self {
+        Self {
+            coverage_only: true,
+            ..Self::new(out)
         }
     }
 
@@ -93,6 +105,59 @@ pub fn describe(event: &Event) -> String {
             what,
             count,
         } => format!("LOST {count} {what}: {reason}"),
+        Body::RuntimeFound {
+            runtime,
+            module,
+            symbols,
+            functions,
+            note,
+            ..
+        } => format!(
+            "{} in {module} (symbols: {symbols}; probes {}){}",
+            runtime.as_str(),
+            if functions.is_empty() {
+                "none".to_owned()
+            } else {
+                functions.join(", ")
+            },
+            note.as_deref().map(|n| format!(" - {n}")).unwrap_or_default()
+        ),
+        Body::Trigger {
+            signal,
+            runtimes,
+            method,
+            ..
+        } => {
+            let rts: Vec<&str> = runtimes.iter().map(|r| r.as_str()).collect();
+            format!("sent {signal} to thread {tid} ({method}) to dump {}", rts.join("+"))
+        }
+        Body::DumpStart {
+            runtime,
+            function,
+            trigger,
+            ..
+        } => format!("{} dump starts on thread {tid} ({function}, {trigger:?})", runtime.as_str()),
+        Body::DumpEnd {
+            runtime,
+            ret,
+            duration_ns,
+            ..
+        } => format!(
+            "{} dump ended on thread {tid}: returned {ret} after {:.2} ms",
+            runtime.as_str(),
+            *duration_ns as f64 / 1e6
+        ),
+        Body::Artifact {
+            seq,
+            file,
+            bytes,
+            valid,
+            source_path,
+            ..
+        } => format!(
+            "#{seq} {file}: {bytes} bytes from {source_path}{}",
+            if *valid { "" } else { " (INVALID)" }
+        ),
     }
 }
 
@@ -101,8 +166,10 @@ impl<W: Write + Send> Sink for HumanSink<W> {
         "terminal"
     }
 
-    fn accept(&mut self, item: &Item) -> Result<(), StreamError> {
-        let Item::Event(event) = item;
+    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError> {
+        let Item::Event(event) = item else {
+            return Ok(());
+        };
         match &event.body {
             Body::Target { comm, .. } | Body::ProcessExec { comm, .. } => {
                 self.names.insert(event.pid, comm.clone());
@@ -111,6 +178,19 @@ impl<W: Write + Send> Sink for HumanSink<W> {
                 self.names.insert(event.pid, name.clone());
             }
             _ => {}
+        }
+        if self.coverage_only
+            && matches!(
+                event.body,
+                Body::ThreadStart { .. }
+                    | Body::ThreadExit { .. }
+                    | Body::ThreadRename { .. }
+                    | Body::SignalGenerate { .. }
+                    | Body::SignalDeliver { .. }
+                    | Body::ProcessFork { .. }
+            )
+        {
+            return Ok(());
         }
         let line = format!(
             "{}  {:<24} {:<16} {}\n",

@@ -19,8 +19,10 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
         self.name
     }
 
-    fn accept(&mut self, item: &Item) -> Result<(), StreamError> {
-        let Item::Event(event) = item;
+    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError> {
+        let Item::Event(event) = item else {
+            return Ok(());
+        };
         let io = |source| StreamError::Io {
             sink: self.name,
             source,

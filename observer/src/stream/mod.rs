@@ -7,16 +7,33 @@ use tokio::sync::mpsc;
 
 use crate::events::Event;
 
+pub mod dir;
 pub mod human;
 pub mod json;
 
+pub use dir::DirSink;
 pub use human::HumanSink;
 pub use json::JsonLinesSink;
 
+use crate::collect::Artifact;
+
 /// What flows through the pipeline.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Item {
     Event(Event),
+    /// Collected bytes and their metadata. `durable` is told when a sink has made it durable
+    /// (CLOCK_BOOTTIME ns), so the collector can report the latency.
+    Artifact {
+        artifact: Artifact,
+        durable: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+    },
+    /// Keep a copy of an instrumented module (reports need it after the target is gone).
+    Module {
+        /// Relative path in the output directory (modules/<build-id>/<name>).
+        copy: String,
+        /// Where to read it now (/proc/PID/map_files/...).
+        source: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +53,7 @@ pub enum StreamError {
 /// A destination for items. Runs on the pipeline's own thread, so it may block on I/O.
 pub trait Sink: Send {
     fn name(&self) -> &'static str;
-    fn accept(&mut self, item: &Item) -> Result<(), StreamError>;
+    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError>;
     /// Called once after the last item.
     fn finish(&mut self) -> Result<(), StreamError> {
         Ok(())
@@ -51,6 +68,7 @@ const QUEUE: usize = 1 << 16;
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct StreamStats {
     pub events: u64,
+    pub artifacts: u64,
 }
 
 pub struct Pipeline {
@@ -66,12 +84,15 @@ impl Pipeline {
             .spawn(move || {
                 let mut stats = StreamStats::default();
                 let mut first_error = None;
-                while let Some(item) = rx.blocking_recv() {
+                while let Some(mut item) = rx.blocking_recv() {
                     match &item {
                         Item::Event(_) => stats.events += 1,
+                        Item::Artifact { .. } => stats.artifacts += 1,
+                        Item::Module { .. } => {}
                     }
                     for sink in sinks.iter_mut() {
-                        if let Err(e) = sink.accept(&item) {
+                        if let Err(e) = sink.accept(&mut item) {
+                            tracing::error!("{e}");
                             first_error.get_or_insert(e);
                         }
                     }
@@ -112,5 +133,25 @@ impl Sender {
         // An error means the pipeline is closed: covobs is shutting down and the item has nowhere
         // to go.
         let _ = self.0.send(Item::Event(event)).await;
+    }
+
+    /// Send an artifact; the returned receiver says when (or whether) it became durable.
+    pub async fn artifact(
+        &self,
+        artifact: Artifact,
+    ) -> tokio::sync::oneshot::Receiver<Result<u64, String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self
+            .0
+            .send(Item::Artifact {
+                artifact,
+                durable: Some(tx),
+            })
+            .await;
+        rx
+    }
+
+    pub async fn module(&self, copy: String, source: std::path::PathBuf) {
+        let _ = self.0.send(Item::Module { copy, source }).await;
     }
 }

@@ -1,0 +1,322 @@
+//! Dumps of coverage runtimes: a uprobe/uretprobe pair on each dump function (a cookie per module
+//! and hook), and, while a thread is inside a dump, the files it opens and writes.
+use core::ptr::addr_of_mut;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    cty::c_void,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task, bpf_probe_read_user_str},
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use covobs_common::{
+    Config, DumpRecord, FileIdentity, FileOpenRecord, FileWriteRecord, PATH_LEN, kind,
+};
+
+use crate::maps::{config, current, header, reserve, tgid_watched};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DumpState {
+    cookie: u64,
+    start_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    filename: u64,
+    flags: i32,
+    dfd: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingWrite {
+    fd: i32,
+    call: u32,
+    offset: i64,
+}
+
+/// Threads inside a dump function now: tid -> the dump.
+#[map]
+static IN_DUMP: HashMap<u32, DumpState> = HashMap::with_max_entries(4096, 0);
+
+/// Processes that called exit(): their dumps from now on are the runtimes' exit-time dumps.
+#[map]
+pub static EXITING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// openat arguments between syscall entry and exit, for threads inside a dump.
+#[map]
+static PENDING_OPEN: HashMap<u32, PendingOpen> = HashMap::with_max_entries(4096, 0);
+
+/// write arguments between syscall entry and exit, for threads inside a dump.
+#[map]
+static PENDING_WRITE: HashMap<u32, PendingWrite> = HashMap::with_max_entries(4096, 0);
+
+#[uprobe]
+pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
+    let cur = current();
+    if tgid_watched(cur.tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: the helper reads the cookie of the link that fired; ctx is this program's context.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let mut hdr = header(kind::DUMP_START, cur.tgid, cur.tid);
+    if EXITING.get_ptr(&cur.tgid).is_some() {
+        hdr._reserved = covobs_common::dump_flags::EXITING;
+    }
+    let _ = IN_DUMP.insert(
+        &cur.tid,
+        &DumpState {
+            cookie,
+            start_ns: hdr.ts_ns,
+        },
+        0,
+    );
+    if let Some(mut entry) = reserve::<DumpRecord>(kind::DUMP_START) {
+        entry.write(DumpRecord {
+            hdr,
+            cookie,
+            ret: 0,
+            start_ns: hdr.ts_ns,
+        });
+        entry.submit(0);
+    }
+    0
+}
+
+/// A uprobe on the C library's `exit()`, attached per watched process.
+#[uprobe]
+pub fn covobs_exit_call(_ctx: ProbeContext) -> u32 {
+    let cur = current();
+    if tgid_watched(cur.tgid).is_some() {
+        let _ = EXITING.insert(&cur.tgid, &1, 0);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
+    let cur = current();
+    if tgid_watched(cur.tgid).is_none() {
+        return 0;
+    }
+    // SAFETY: as in covobs_dump_enter.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied at once; entries are only removed by this thread's own exit.
+    let start_ns = unsafe { IN_DUMP.get(&cur.tid) }.map_or(0, |s| s.start_ns);
+    let _ = IN_DUMP.remove(&cur.tid);
+    let ret: i64 = ctx.ret();
+    if let Some(mut entry) = reserve::<DumpRecord>(kind::DUMP_END) {
+        entry.write(DumpRecord {
+            hdr: header(kind::DUMP_END, cur.tgid, cur.tid),
+            cookie,
+            ret,
+            start_ns,
+        });
+        entry.submit(0);
+    }
+    0
+}
+
+#[inline(always)]
+fn in_dump(tid: u32) -> Option<DumpState> {
+    // SAFETY: copied out at once.
+    unsafe { IN_DUMP.get(&tid) }.copied()
+}
+
+/// `syscalls:sys_enter_openat`.
+#[tracepoint]
+pub fn covobs_openat_enter(ctx: TracePointContext) -> u32 {
+    let cur = current();
+    if in_dump(cur.tid).is_none() {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    // SAFETY: offsets from the format file, helper-checked reads.
+    let args = unsafe {
+        (
+            ctx.read_at::<u64>(usize::from(cfg.tp.openat_filename)),
+            ctx.read_at::<i64>(usize::from(cfg.tp.openat_flags)),
+            ctx.read_at::<i64>(usize::from(cfg.tp.openat_dfd)),
+        )
+    };
+    if let (Ok(filename), Ok(flags), Ok(dfd)) = args {
+        let _ = PENDING_OPEN.insert(
+            &cur.tid,
+            &PendingOpen {
+                filename,
+                flags: flags as i32,
+                dfd: dfd as i32,
+            },
+            0,
+        );
+    }
+    0
+}
+
+/// `syscalls:sys_exit_openat`.
+#[tracepoint]
+pub fn covobs_openat_exit(ctx: TracePointContext) -> u32 {
+    let cur = current();
+    // SAFETY: copied out at once.
+    let Some(open) = (unsafe { PENDING_OPEN.get(&cur.tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_OPEN.remove(&cur.tid);
+    let (Some(cfg), Some(dump)) = (config(), in_dump(cur.tid)) else {
+        return 0;
+    };
+    // SAFETY: offset from the format file, helper-checked read.
+    let ret = unsafe { ctx.read_at::<i64>(usize::from(cfg.tp.sys_exit_ret)) }.unwrap_or(-1);
+    let Some(mut entry) = reserve::<FileOpenRecord>(kind::FILE_OPEN) else {
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    let file = if ret >= 0 {
+        identify(cfg, ret as u32)
+    } else {
+        FileIdentity::default()
+    };
+    // SAFETY: `rec` points to a reserved ring-buffer slot of the record's size; fields are written
+    // through raw pointers, the path by the helper (bounded by PATH_LEN).
+    unsafe {
+        addr_of_mut!((*rec).hdr).write(header(kind::FILE_OPEN, cur.tgid, cur.tid));
+        addr_of_mut!((*rec).dump_cookie).write(dump.cookie);
+        addr_of_mut!((*rec).ret).write(ret);
+        addr_of_mut!((*rec).flags).write(open.flags);
+        addr_of_mut!((*rec).dfd).write(open.dfd);
+        addr_of_mut!((*rec).file).write(file);
+        let dst = addr_of_mut!((*rec).path).cast::<c_void>();
+        if bpf_probe_read_user_str(dst, PATH_LEN as u32, open.filename as *const c_void) < 0 {
+            addr_of_mut!((*rec).path).cast::<u8>().write(0);
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+#[inline(always)]
+fn write_enter(ctx: &TracePointContext, call: u32) -> u32 {
+    let cur = current();
+    if in_dump(cur.tid).is_none() {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    // SAFETY: offsets from the format file, helper-checked reads.
+    let fd = unsafe { ctx.read_at::<u64>(usize::from(cfg.tp.write_fd)) }.unwrap_or(u64::MAX);
+    let offset = if call == 1 || call == 3 {
+        // SAFETY: as above; pwrite64's `pos` and pwritev's `pos_l` share the 4th slot.
+        unsafe { ctx.read_at::<i64>(usize::from(cfg.tp.pwrite_pos)) }.unwrap_or(-1)
+    } else {
+        -1
+    };
+    let _ = PENDING_WRITE.insert(
+        &cur.tid,
+        &PendingWrite {
+            fd: fd as i32,
+            call,
+            offset,
+        },
+        0,
+    );
+    0
+}
+
+#[tracepoint]
+pub fn covobs_write_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, 0)
+}
+
+#[tracepoint]
+pub fn covobs_pwrite_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, 1)
+}
+
+#[tracepoint]
+pub fn covobs_writev_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, 2)
+}
+
+#[tracepoint]
+pub fn covobs_pwritev_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, 3)
+}
+
+/// `syscalls:sys_exit_write` and friends: one program for all of them.
+#[tracepoint]
+pub fn covobs_write_exit(ctx: TracePointContext) -> u32 {
+    let cur = current();
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { PENDING_WRITE.get(&cur.tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_WRITE.remove(&cur.tid);
+    let (Some(cfg), Some(dump)) = (config(), in_dump(cur.tid)) else {
+        return 0;
+    };
+    // SAFETY: offset from the format file, helper-checked read.
+    let ret = unsafe { ctx.read_at::<i64>(usize::from(cfg.tp.sys_exit_ret)) }.unwrap_or(-1);
+    let file = if w.fd >= 0 {
+        identify(cfg, w.fd as u32)
+    } else {
+        FileIdentity::default()
+    };
+    if let Some(mut entry) = reserve::<FileWriteRecord>(kind::FILE_WRITE) {
+        entry.write(FileWriteRecord {
+            hdr: header(kind::FILE_WRITE, cur.tgid, cur.tid),
+            dump_cookie: dump.cookie,
+            fd: w.fd,
+            call: w.call,
+            ret,
+            offset: w.offset,
+            file,
+        });
+        entry.submit(0);
+    }
+    0
+}
+
+/// Follow current->files->fdt->fd[fd] to the open file: its inode, device and position.
+#[inline(always)]
+fn identify(cfg: &Config, fd: u32) -> FileIdentity {
+    let k = &cfg.kernel;
+    if k.valid == 0 {
+        return FileIdentity::default();
+    }
+    // SAFETY: every dereference goes through bpf_probe_read_kernel, which fails cleanly on a bad
+    // address; offsets come from this kernel's BTF.
+    let read = |addr: u64| unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok();
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let id = (|| {
+        let files = read(task + u64::from(k.task_files))?;
+        let fdt = read(files + u64::from(k.files_fdt))?;
+        let max_fds = read(fdt + u64::from(k.fdt_max_fds))? as u32;
+        if fd >= max_fds {
+            return None;
+        }
+        let fds = read(fdt + u64::from(k.fdt_fd))?;
+        let file = read(fds + u64::from(fd) * 8)?;
+        if file == 0 {
+            return None;
+        }
+        let pos = read(file + u64::from(k.file_f_pos))? as i64;
+        let inode = read(file + u64::from(k.file_f_inode))?;
+        let ino = read(inode + u64::from(k.inode_i_ino))?;
+        let sb = read(inode + u64::from(k.inode_i_sb))?;
+        let dev = read(sb + u64::from(k.sb_s_dev))? as u32;
+        Some(FileIdentity {
+            ino,
+            dev,
+            known: 1,
+            pos,
+        })
+    })();
+    id.unwrap_or_default()
+}

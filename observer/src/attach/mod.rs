@@ -1,0 +1,307 @@
+//! `covobs attach`: observe the targets, trigger their dumps, collect each one, stream everything
+//! to the output directory (and stdout), and write the report at the end.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use crate::{
+    BadInput,
+    probes::{ProbeOptions, Probes},
+    stream::{DirSink, HumanSink, JsonLinesSink, Pipeline, Sink},
+    sys::clock,
+    target::{TargetSpec, Tracker},
+    trigger::ThreadChoice,
+    watch::{DropWatch, Shutdown, classify},
+};
+
+pub mod control;
+pub mod progress;
+pub mod session;
+pub mod targets;
+
+use session::Session;
+
+#[derive(Debug)]
+pub struct AttachOptions {
+    pub target: TargetSpec,
+    pub out: Option<PathBuf>,
+    pub interval: Option<Duration>,
+    pub once: bool,
+    pub duration: Option<Duration>,
+    pub signal: Signal,
+    pub thread: ThreadChoice,
+    pub force: bool,
+    pub json: bool,
+    pub wait: bool,
+    pub follow_forks: bool,
+    pub ebpf_log: bool,
+    /// How long a signalled target may take to start and finish its dump.
+    pub dump_timeout: Duration,
+    /// Skip the report at the end.
+    pub no_report: bool,
+    /// The command line, for session.json.
+    pub command: Vec<String>,
+}
+
+/// The default session directory: ./covobs-out/<UTC timestamp>.
+pub fn default_out_dir() -> PathBuf {
+    let secs = clock::realtime_ns() / 1_000_000_000;
+    // SAFETY: gmtime_r writes into a valid, zeroed tm struct.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        let t = secs as libc::time_t;
+        libc::gmtime_r(&t, &mut tm);
+        tm
+    };
+    PathBuf::from(format!(
+        "covobs-out/{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    ))
+}
+
+pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install(opts.duration);
+    crate::require_privileges()?;
+    let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
+    let opts = Arc::new(opts);
+    let started_unix = clock::realtime_ns();
+
+    let probe_opts = ProbeOptions {
+        ebpf_log: opts.ebpf_log,
+        ..Default::default()
+    };
+    let mut probes = Probes::load(&probe_opts).map_err(|e| {
+        let bad = e.is_bad_input();
+        classify(e, bad)
+    })?;
+    let mut tracker = Tracker::new(opts.target.clone(), opts.follow_forks);
+    let initial = tracker.start(&mut probes, opts.wait).map_err(|e| {
+        let bad = e.is_bad_input();
+        classify(e, bad)
+    })?;
+
+    // The output directory is created only once the target is known to exist: bad input leaves
+    // nothing behind.
+    let dir_sink = DirSink::create(&out_dir).map_err(|e| BadInput(e.to_string()))?;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(dir_sink)];
+    if opts.json {
+        sinks.push(Box::new(JsonLinesSink::new(std::io::stdout(), "stdout")));
+    } else {
+        sinks.push(Box::new(HumanSink::coverage_view(std::io::stdout())));
+    }
+    let pipeline = Pipeline::new(sinks)?;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(
+        opts.clone(),
+        probes,
+        tracker,
+        pipeline.sender(),
+        done_tx,
+        out_dir.clone(),
+    );
+
+    let result = drive(&mut session, initial, &mut shutdown, &mut done_rx).await;
+    if let Err(e) = result {
+        if e.downcast_ref::<BadInput>().is_some() {
+            // Refused before anything was triggered: leave nothing behind.
+            drop(session);
+            let _ = pipeline.finish().await;
+            let _ = std::fs::remove_dir_all(&out_dir);
+        } else {
+            let _ = finish(session, pipeline, &out_dir, started_unix).await;
+        }
+        return Err(e);
+    }
+    finish(session, pipeline, &out_dir, started_unix).await?;
+    if !opts.no_report {
+        report(&out_dir);
+    }
+    eprintln!("covobs: session written to {}", out_dir.display());
+    Ok(())
+}
+
+/// The loop: records, ticks, requests, collections, until shutdown; then the detach-time dump.
+async fn drive(
+    session: &mut Session,
+    initial: Vec<crate::events::Event>,
+    shutdown: &mut Shutdown,
+    done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
+) -> anyhow::Result<()> {
+    let opts = session.opts.clone();
+    let mut reader = session
+        .probes
+        .take_reader()
+        .context("opening the eBPF ring buffer")?;
+    let control = control::ControlServer::bind()?;
+
+    // Adopt the targets found at start; refuse unsafe ones before anything is sent.
+    let mut refusals = Vec::new();
+    for e in initial {
+        let pid = e.pid;
+        let comm = match &e.body {
+            crate::events::Body::Target { comm, .. } => comm.clone(),
+            _ => String::new(),
+        };
+        session.on_record_event(e).await;
+        let dumpable = session.adopt(pid, &comm).await;
+        if dumpable.is_empty() {
+            refusals.push(format!(
+                "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
+            ));
+        } else if let Err(why) = session.check_triggerable(pid) {
+            refusals.push(why);
+        }
+    }
+    if !refusals.is_empty() && session.targets.len() == refusals.len() && !opts.wait {
+        return Err(BadInput(format!("nothing to attach to: {}", refusals.join("; "))).into());
+    }
+    for r in &refusals {
+        eprintln!("covobs: warning: {r}");
+    }
+
+    let mut progress = progress::Progress::new(!opts.json);
+    if opts.once {
+        session.trigger_all("once").await;
+    }
+    let mut interval = opts.interval.map(|d| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut drops = DropWatch::default();
+    let mut batch = Vec::new();
+    let mut stopping_since: Option<tokio::time::Instant> = None;
+
+    loop {
+        tokio::select! {
+            read = reader.read(&mut batch) => {
+                read.context("reading the eBPF ring buffer")?;
+                for record in batch.drain(..) {
+                    session.on_record(record).await;
+                }
+            }
+            Some(outcome) = done_rx.recv() => session.on_outcome(outcome).await,
+            Some((req, responder)) = control.accept() => session.on_request(req, responder).await,
+            _ = next_tick(&mut interval), if stopping_since.is_none() => {
+                session.trigger_all("interval").await;
+            }
+            _ = tick.tick() => {
+                session.expire().await;
+                drops.report(&session.probes, &session.sender()).await;
+                session.counters.ring_buffer_drops = drops.total;
+                progress.update(session);
+            }
+            _ = shutdown.wait(), if stopping_since.is_none() => {
+                stopping_since = Some(tokio::time::Instant::now());
+                if !opts.once {
+                    session.trigger_all("detach").await;
+                }
+            }
+        }
+        if opts.once && stopping_since.is_none() && !session.busy() && session.counters.dumps_triggered > 0 {
+            stopping_since = Some(tokio::time::Instant::now());
+        }
+        if session.tracker.finished() && stopping_since.is_none() {
+            stopping_since = Some(tokio::time::Instant::now());
+        }
+        if let Some(since) = stopping_since {
+            let grace = opts.dump_timeout + Duration::from_secs(1);
+            if !session.busy() || since.elapsed() > grace {
+                break;
+            }
+        }
+    }
+    // Records that arrived meanwhile, then collections still running.
+    reader.drain(&mut batch);
+    for record in batch.drain(..) {
+        session.on_record(record).await;
+    }
+    session.expire_all().await;
+    while session.in_flight > 0 {
+        match tokio::time::timeout(opts.dump_timeout, done_rx.recv()).await {
+            Ok(Some(o)) => session.on_outcome(o).await,
+            _ => break,
+        }
+    }
+    drops.report(&session.probes, &session.sender()).await;
+    session.counters.ring_buffer_drops = drops.total;
+    progress.finish(session);
+    Ok(())
+}
+
+/// The next `--interval` tick; never, without an interval.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Detach everything, flush the pipeline, write session.json.
+async fn finish(
+    mut session: Session,
+    pipeline: Pipeline,
+    out_dir: &std::path::Path,
+    started_unix: u64,
+) -> anyhow::Result<()> {
+    let programs = session.probes.programs().to_vec();
+    let opts = session.opts.clone();
+    let counters = session.counters.clone();
+    let history = std::mem::take(&mut session.history);
+    // Every probe goes away here, before the last write; so does the session's pipeline handle,
+    // which the pipeline waits for.
+    drop(session);
+    let stats = pipeline.finish().await?;
+    let info = serde_json::json!({
+        "covobs_version": env!("CARGO_PKG_VERSION"),
+        "command": opts.command,
+        "started_unix_ns": started_unix,
+        "ended_unix_ns": clock::realtime_ns(),
+        "boot_to_unix_offset_ns": clock::boot_to_unix_offset_ns() as i64,
+        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "options": {
+            "interval_ms": opts.interval.map(|d| d.as_millis() as u64),
+            "once": opts.once,
+            "thread": format!("{:?}", opts.thread).to_lowercase(),
+            "signal": opts.signal.as_str(),
+            "mode": "signal",
+            "force": opts.force,
+            "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
+        },
+        "targets": history,
+        "programs": programs,
+        "counters": {
+            "events": stats.events,
+            "artifacts": counters.artifacts,
+            "lost": counters.lost,
+            "ring_buffer_drops": counters.ring_buffer_drops,
+            "dumps_triggered": counters.dumps_triggered,
+            "dumps_seen": counters.dumps_seen,
+        },
+    });
+    let path = out_dir.join("session.json");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    serde_json::to_writer_pretty(&mut f, &info)?;
+    use std::io::Write as _;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The report at the end of attach (the report stage is its own module; a failure there does not
+/// lose the collected data, which stays in the directory for `covobs report`).
+fn report(_out_dir: &std::path::Path) {}

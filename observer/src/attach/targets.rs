@@ -1,0 +1,188 @@
+//! What the session knows about each attached process beyond the tracker's view: its runtimes and
+//! their probes, its root directory (kept open for exit-time dumps), and the dumps covobs asked
+//! it for and still waits for.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crate::{
+    collect::{HookRef, TargetDir, llvm_path},
+    discover::{Mapped, Role, Runtime},
+};
+
+/// A signal covobs sent and the dumps it expects from it.
+#[derive(Debug)]
+pub struct Pending {
+    pub tid: u32,
+    pub runtimes: Vec<Runtime>,
+    pub sent_ns: u64,
+    pub deadline_ns: u64,
+    /// Dumps of these runtimes already started for this signal.
+    pub started: Vec<Runtime>,
+    /// Waiting `covobs dump` requests to answer when this completes.
+    pub request: Option<u64>,
+}
+
+pub struct TargetState {
+    pub pid: u32,
+    pub comm: String,
+    /// `<pid>-<comm>`: the artifact directory.
+    pub dir: String,
+    pub root: Option<Arc<TargetDir>>,
+    pub modules: Vec<Mapped>,
+    /// Runtimes with a probed dump function (the ones a signal can make dump).
+    pub dumpable: Vec<Runtime>,
+    pub llvm_profile: Option<llvm_path::Expanded>,
+    pub pending: Vec<Pending>,
+    /// Dumps seen per runtime (for summaries and tests).
+    pub dumps: HashMap<Runtime, u64>,
+}
+
+impl TargetState {
+    pub fn new(pid: u32, comm: &str) -> Self {
+        Self {
+            pid,
+            comm: comm.to_owned(),
+            dir: format!("{pid}-{}", sanitize(comm)),
+            root: TargetDir::open(pid as i32, "root").ok().map(Arc::new),
+            modules: Vec::new(),
+            dumpable: Vec::new(),
+            llvm_profile: None,
+            pending: Vec::new(),
+            dumps: HashMap::new(),
+        }
+    }
+
+    /// Match a dump that just started to a signal covobs sent for that runtime. The thread is not
+    /// compared: a target may dump on another thread than the one its handler ran on (a flag
+    /// polled by a worker loop).
+    pub fn claim(&mut self, runtime: Runtime, now_ns: u64) -> bool {
+        let found = self.pending.iter_mut().find(|p| {
+            p.runtimes.contains(&runtime) && !p.started.contains(&runtime) && p.sent_ns <= now_ns
+        });
+        match found {
+            Some(p) => {
+                p.started.push(runtime);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A dump of `runtime` finished: pending signals fully served are removed and returned.
+    pub fn complete(&mut self, runtime: Runtime) -> Vec<Pending> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            if p.started.contains(&runtime) {
+                p.runtimes.retain(|r| *r != runtime);
+                p.started.retain(|r| *r != runtime);
+                if p.runtimes.is_empty() {
+                    done.push(self.pending.remove(i));
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        done
+    }
+
+    /// Signals whose dumps did not come in time.
+    pub fn expired(&mut self, now_ns: u64) -> Vec<Pending> {
+        let (expired, keep): (Vec<_>, Vec<_>) = self
+            .pending
+            .drain(..)
+            .partition(|p| p.deadline_ns <= now_ns);
+        self.pending = keep;
+        expired
+    }
+}
+
+/// Hooks registered for uprobes; the cookie of a hook is its index + 1.
+#[derive(Default)]
+pub struct HookTable {
+    hooks: Vec<Arc<HookRef>>,
+    by_place: HashMap<(crate::discover::FileId, u64), u64>,
+}
+
+impl HookTable {
+    /// The cookie for a dump hook of a module, registering it on first use. Returns (cookie, new).
+    pub fn register(&mut self, mapped: &Mapped, runtime: Runtime, function: &str, file_offset: u64) -> (u64, bool) {
+        let key = (mapped.module.file, file_offset);
+        if let Some(c) = self.by_place.get(&key) {
+            return (*c, false);
+        }
+        self.hooks.push(Arc::new(HookRef {
+            module: mapped.module.clone(),
+            runtime,
+            function: function.to_owned(),
+        }));
+        let cookie = self.hooks.len() as u64;
+        self.by_place.insert(key, cookie);
+        (cookie, true)
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<Arc<HookRef>> {
+        let idx = usize::try_from(cookie).ok()?.checked_sub(1)?;
+        self.hooks.get(idx).cloned()
+    }
+}
+
+/// Dump hooks of a mapped module: (runtime, function, file offset).
+pub fn dump_hooks(mapped: &Mapped) -> Vec<(Runtime, String, u64)> {
+    mapped
+        .module
+        .elf
+        .hooks
+        .iter()
+        .filter(|h| h.hook.role == Role::Dump)
+        .map(|h| (h.hook.runtime, h.symbol.clone(), h.file_offset))
+        .collect()
+}
+
+/// A name safe as a directory name component.
+pub fn sanitize(comm: &str) -> String {
+    let s: String = comm
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+pub fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitizes_names() {
+        assert_eq!(sanitize("protocol-runner"), "protocol-runner");
+        assert_eq!(sanitize("a/b c"), "a_b_c");
+        assert_eq!(sanitize(".."), "_..");
+    }
+
+    #[test]
+    fn pending_signals_are_claimed_completed_and_expire() {
+        let mut t = TargetState::new(1, "x");
+        t.pending.push(Pending {
+            tid: 1,
+            runtimes: vec![Runtime::Llvm, Runtime::Bisect],
+            sent_ns: 10,
+            deadline_ns: 100,
+            started: vec![],
+            request: None,
+        });
+        assert!(!t.claim(Runtime::Gcov, 20));
+        assert!(t.claim(Runtime::Llvm, 20));
+        assert!(!t.claim(Runtime::Llvm, 21), "one dump per signal and runtime");
+        assert!(t.complete(Runtime::Llvm).is_empty(), "bisect still pending");
+        assert_eq!(t.expired(100).len(), 1);
+        assert!(t.pending.is_empty());
+    }
+}

@@ -1,0 +1,203 @@
+//! The profile file an LLVM runtime writes, from the target's environment (`LLVM_PROFILE_FILE`,
+//! else the compiler's default), with compiler-rt's pattern expansion. Used where the kernel did
+//! not show which file a dump wrote, and to tell users where their target writes.
+use std::{fs, os::fd::AsRawFd};
+
+use super::{llvm_raw, read};
+
+/// An expanded profile path: literal text with `*` where compiler-rt inserts a value covobs
+/// cannot recompute (the %m merge-pool signature).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expanded {
+    pub pattern: String,
+    /// `%m` was present: the runtime merges into this file instead of appending.
+    pub merge_pool: bool,
+    /// `%c` was present: continuous mode (the file is mmap'ed, not written by dumps).
+    pub continuous: bool,
+}
+
+/// Expand like compiler-rt's parseFilenamePattern: %p pid, %h hostname, %t $TMPDIR, %Nm / %m the
+/// merge pool, %c continuous mode, %b the binary id, %% a percent sign.
+pub fn expand(pattern: &str, pid: u32, hostname: &str, tmpdir: Option<&str>, build_id: Option<&str>) -> Expanded {
+    let mut out = String::new();
+    let mut merge_pool = false;
+    let mut continuous = false;
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        // Optional pool size digits before 'm'.
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        match chars.next() {
+            Some('p') => out.push_str(&pid.to_string()),
+            Some('h') => out.push_str(hostname),
+            Some('t') => out.push_str(tmpdir.unwrap_or("")),
+            Some('m') => {
+                merge_pool = true;
+                out.push('*');
+            }
+            Some('c') => continuous = true,
+            Some('b') => out.push_str(build_id.unwrap_or("*")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push_str(&digits);
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    Expanded {
+        pattern: out,
+        merge_pool,
+        continuous,
+    }
+}
+
+/// The profile file pattern of a process: LLVM_PROFILE_FILE from /proc/PID/environ, else the
+/// default of the producing compiler (rustc: `default_%m_%p.profraw`, clang: `default.profraw`).
+pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let var = |name: &str| {
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let pattern = var("LLVM_PROFILE_FILE").filter(|p| !p.is_empty()).unwrap_or_else(|| {
+        if rustc {
+            "default_%m_%p.profraw".to_owned()
+        } else {
+            "default.profraw".to_owned()
+        }
+    });
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    expand(&pattern, pid, &hostname, var("TMPDIR").as_deref(), build_id)
+}
+
+/// Find the newest file matching the pattern inside the target's root and return the last
+/// complete raw profile in it: (bytes, path, offset).
+pub fn collect_last_profile(
+    expanded: &Expanded,
+    root: &read::TargetDir,
+    cwd: Option<&read::TargetDir>,
+) -> Result<(Vec<u8>, String, u64), String> {
+    let path = resolve_glob(expanded, root, cwd)?;
+    let file = read::open_in_target(root, cwd, &path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let data = read::read_range(&file, &path, None, 0, len).map_err(|e| e.to_string())?;
+    let (offset, size) = last_profile(&data).ok_or_else(|| format!("{path} holds no complete raw profile"))?;
+    Ok((data[offset..offset + size].to_vec(), path, offset as u64))
+}
+
+/// Offsets and sizes of the raw profiles appended one after another in `data`; returns the last.
+pub fn last_profile(data: &[u8]) -> Option<(usize, usize)> {
+    let mut at = 0;
+    let mut last = None;
+    while at < data.len() {
+        let p = llvm_raw::parse(&data[at..], false).ok()?;
+        let size = p.fixed_size as usize;
+        if size == 0 {
+            break;
+        }
+        last = Some((at, size));
+        at += size;
+    }
+    last
+}
+
+fn resolve_glob(
+    expanded: &Expanded,
+    root: &read::TargetDir,
+    cwd: Option<&read::TargetDir>,
+) -> Result<String, String> {
+    if !expanded.pattern.contains('*') {
+        return Ok(expanded.pattern.clone());
+    }
+    let (dir, name) = match expanded.pattern.rsplit_once('/') {
+        Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+        None => (".", expanded.pattern.as_str()),
+    };
+    let dir_file = read::open_in_target(root, cwd, dir).map_err(|e| e.to_string())?;
+    let listing = fs::read_dir(format!("/proc/self/fd/{}", dir_file.as_raw_fd()))
+        .map_err(|e| format!("listing {dir}: {e}"))?;
+    let mut best: Option<(std::time::SystemTime, String)> = None;
+    for entry in listing.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if !glob_match(name, &file_name) {
+            continue;
+        }
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(t, _)| modified > *t) {
+            best = Some((modified, file_name));
+        }
+    }
+    let (_, file_name) = best.ok_or_else(|| format!("no file matches {}", expanded.pattern))?;
+    Ok(if dir == "." {
+        file_name
+    } else {
+        format!("{}/{file_name}", dir.trim_end_matches('/'))
+    })
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_compiler_rt_patterns() {
+        let e = expand("/tmp/%h-%p-%4m.profraw", 42, "box", None, None);
+        assert_eq!(e.pattern, "/tmp/box-42-*.profraw");
+        assert!(e.merge_pool && !e.continuous);
+        let e = expand("%t/x%c-%%-%b.profraw", 1, "h", Some("/var/tmp"), Some("ab12"));
+        assert_eq!(e.pattern, "/var/tmp/x-%-ab12.profraw");
+        assert!(e.continuous);
+        assert_eq!(expand("default_%m_%p.profraw", 7, "h", None, None).pattern, "default_*_7.profraw");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("default_*_7.profraw", "default_123_0_7.profraw"));
+        assert!(!glob_match("default_*_7.profraw", "default_123_0_8.profraw"));
+        assert!(glob_match("a", "a"));
+        assert!(glob_match("*", "anything"));
+    }
+}

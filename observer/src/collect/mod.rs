@@ -1,0 +1,356 @@
+//! Collect what each dump produced: the kernel tells which files the dumping thread opened and
+//! wrote between dump_start and dump_end, with their inode and the file position after each
+//! write; the collector reads exactly those bytes, as the target sees the file, validates them,
+//! and makes an artifact. A dump that cannot be collected becomes a `lost` event with the reason.
+use std::{collections::HashMap, sync::Arc};
+
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::Digest;
+
+use crate::discover::{Module, Runtime};
+
+pub mod llvm_path;
+pub mod llvm_raw;
+pub mod read;
+
+pub use read::TargetDir;
+
+/// Why a dump happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// covobs sent the signal that led to it.
+    Signal,
+    /// The target dumped on its own (a timer, its own code).
+    #[serde(rename = "self")]
+    SelfDump,
+    /// The runtime's exit-time dump (the process called exit()).
+    Exit,
+}
+
+/// One file the dumping thread touched.
+#[derive(Clone, Debug, Default)]
+pub struct FileTrace {
+    pub fd: i32,
+    /// As passed to openat (may be relative to the cwd), when the open was seen.
+    pub path: Option<String>,
+    pub ino: Option<u64>,
+    /// userspace st_dev.
+    pub dev: Option<u64>,
+    /// Lowest and highest byte offsets written; `None` start when positions are unknown.
+    pub start: Option<u64>,
+    pub end: u64,
+    pub bytes: u64,
+    pub failed_writes: u32,
+}
+
+/// A dump in progress on one thread.
+#[derive(Debug)]
+pub struct ActiveDump {
+    pub pid: u32,
+    pub tid: u32,
+    pub hook: Arc<HookRef>,
+    pub start_ns: u64,
+    pub trigger: Trigger,
+    pub cwd: Option<TargetDir>,
+    pub files: Vec<FileTrace>,
+}
+
+/// A finished dump, ready to be collected.
+#[derive(Debug)]
+pub struct FinishedDump {
+    pub dump: ActiveDump,
+    pub end_ns: u64,
+    pub ret: i64,
+}
+
+/// What a uprobe cookie stands for: a hook of a module.
+#[derive(Debug)]
+pub struct HookRef {
+    pub module: Arc<Module>,
+    pub runtime: Runtime,
+    pub function: String,
+}
+
+/// The dumps in progress, by thread. One owner: the session loop.
+#[derive(Default)]
+pub struct DumpTracker {
+    active: HashMap<u32, ActiveDump>,
+}
+
+impl DumpTracker {
+    pub fn start(&mut self, dump: ActiveDump) {
+        self.active.insert(dump.tid, dump);
+    }
+
+    pub fn is_active(&self, tid: u32) -> bool {
+        self.active.contains_key(&tid)
+    }
+
+    pub fn file_open(&mut self, tid: u32, fd: i64, path: String, ino: Option<u64>, dev: Option<u64>) {
+        let Some(d) = self.active.get_mut(&tid) else {
+            return;
+        };
+        if fd < 0 {
+            return;
+        }
+        let fd = fd as i32;
+        // A reused descriptor number starts a new trace.
+        d.files.push(FileTrace {
+            fd,
+            path: Some(path),
+            ino,
+            dev,
+            ..Default::default()
+        });
+    }
+
+    /// A write of `ret` bytes; `pos_after` is the file position after it (None if unknown);
+    /// `explicit_offset` the pwrite offset.
+    #[allow(clippy::too_many_arguments)]
+    pub fn file_write(
+        &mut self,
+        tid: u32,
+        fd: i32,
+        ret: i64,
+        pos_after: Option<i64>,
+        explicit_offset: Option<i64>,
+        ino: Option<u64>,
+        dev: Option<u64>,
+    ) {
+        let Some(d) = self.active.get_mut(&tid) else {
+            return;
+        };
+        let idx = match d.files.iter().rposition(|f| f.fd == fd) {
+            Some(i) => i,
+            None => {
+                // Written through a descriptor opened before the dump started.
+                d.files.push(FileTrace {
+                    fd,
+                    ino,
+                    dev,
+                    ..Default::default()
+                });
+                d.files.len() - 1
+            }
+        };
+        let f = &mut d.files[idx];
+        if ret < 0 {
+            f.failed_writes += 1;
+            return;
+        }
+        let n = ret as u64;
+        let start = match (explicit_offset, pos_after) {
+            (Some(off), _) if off >= 0 => Some(off as u64),
+            (_, Some(pos)) if pos >= 0 => (pos as u64).checked_sub(n),
+            _ => None,
+        };
+        if let Some(s) = start {
+            f.start = Some(f.start.map_or(s, |cur| cur.min(s)));
+            f.end = f.end.max(s + n);
+        }
+        f.bytes += n;
+        if f.ino.is_none() {
+            f.ino = ino;
+            f.dev = dev;
+        }
+    }
+
+    pub fn end(&mut self, tid: u32, end_ns: u64, ret: i64) -> Option<FinishedDump> {
+        self.active.remove(&tid).map(|dump| FinishedDump { dump, end_ns, ret })
+    }
+
+    /// Dumps whose thread exited without returning (killed in the middle of a dump).
+    pub fn abandon_thread(&mut self, tid: u32) -> Option<ActiveDump> {
+        self.active.remove(&tid)
+    }
+}
+
+/// Artifact metadata (docs/output.md).
+#[derive(Clone, Debug, Serialize)]
+pub struct ArtifactMeta {
+    pub seq: u64,
+    pub runtime: Runtime,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub trigger: Trigger,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub collected_ns: u64,
+    pub bytes: u64,
+    pub checksum: String,
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    pub file: String,
+    pub source: SourceInfo,
+    pub format: FormatInfo,
+    pub module: ModuleMeta,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceInfo {
+    pub path: String,
+    pub offset: u64,
+    pub inode: Option<u64>,
+    pub dev: Option<u64>,
+    /// How the bytes were located: "kernel" (observed writes) or "environment" (expanded from
+    /// LLVM_PROFILE_FILE: exact only if nothing else wrote the file meanwhile).
+    pub located_by: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FormatInfo {
+    pub name: &'static str,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleMeta {
+    pub path: String,
+    pub build_id: Option<String>,
+    /// Path of the module's copy in the output directory, relative to it.
+    pub copy: Option<String>,
+    pub producer: Option<String>,
+    pub llvm_major: Option<u32>,
+}
+
+impl ModuleMeta {
+    pub fn of(module: &Module) -> Self {
+        Self {
+            path: module.path.trim_end_matches(" (deleted)").to_owned(),
+            build_id: module.build_id.clone(),
+            copy: module_copy_path(module),
+            producer: module
+                .producers
+                .iter()
+                .find(|p| p.contains("rustc") || p.contains("clang") || p.contains("GCC"))
+                .cloned(),
+            llvm_major: module.llvm_major,
+        }
+    }
+}
+
+/// Where the copy of a module goes in the output directory: modules/<build-id>/<file name>.
+pub fn module_copy_path(module: &Module) -> Option<String> {
+    let id = module
+        .build_id
+        .clone()
+        .unwrap_or_else(|| format!("dev{:x}-ino{}", module.file.dev, module.file.ino));
+    Some(format!("modules/{id}/{}", module.file_name()))
+}
+
+/// A collected artifact: metadata plus the bytes, in the directory `<pid>-<comm>`.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub dir: String,
+    pub meta: ArtifactMeta,
+    pub data: Bytes,
+}
+
+pub fn checksum(data: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(data);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The bytes one dump produced in one file, validated.
+#[derive(Debug)]
+pub struct Extracted {
+    pub data: Vec<u8>,
+    pub source: SourceInfo,
+    pub format: FormatInfo,
+    pub invalid_reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("the dump wrote no file covobs could see (returned {ret})")]
+    NothingWritten { ret: i64 },
+    #[error(transparent)]
+    Read(#[from] read::ReadError),
+    #[error("{0}")]
+    Fallback(String),
+}
+
+/// Read and validate what a finished LLVM dump wrote. Blocking (file I/O): run it off the loop.
+pub fn extract_llvm(
+    done: &FinishedDump,
+    root: &TargetDir,
+    environ_fallback: Option<&llvm_path::Expanded>,
+) -> Result<Vec<Extracted>, CollectError> {
+    let cwd = done.dump.cwd.as_ref();
+    let mut out = Vec::new();
+    for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
+        let Some(path) = f.path.clone() else {
+            continue;
+        };
+        let file = read::open_in_target(root, cwd, &path)?;
+        let (offset, len, located_by) = match f.start {
+            Some(start) => (start, f.end - start, "kernel"),
+            None => {
+                // Positions unknown (no BTF): the dump appended `bytes` at the end as of now.
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                (size.saturating_sub(f.bytes), f.bytes, "kernel-size")
+            }
+        };
+        let data = read::read_range(&file, &path, f.ino, offset, len)?;
+        out.push(validated(
+            data,
+            SourceInfo {
+                path,
+                offset,
+                inode: f.ino,
+                dev: f.dev,
+                located_by,
+            },
+        ));
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    // Nothing seen by the kernel (no syscall tracepoints, or writes through a mechanism the
+    // programs do not follow): fall back to the file the environment names.
+    if let Some(expanded) = environ_fallback {
+        return llvm_path::collect_last_profile(expanded, root, cwd)
+            .map(|(data, path, offset)| {
+                vec![validated(
+                    data,
+                    SourceInfo {
+                        path,
+                        offset,
+                        inode: None,
+                        dev: None,
+                        located_by: "environment",
+                    },
+                )]
+            })
+            .map_err(CollectError::Fallback);
+    }
+    Err(CollectError::NothingWritten { ret: done.ret })
+}
+
+fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
+    match llvm_raw::parse(&data, true) {
+        Ok(p) => Extracted {
+            data,
+            source,
+            format: FormatInfo {
+                name: "llvm-raw-profile",
+                version: p.version,
+            },
+            invalid_reason: None,
+        },
+        Err(e) => Extracted {
+            data,
+            source,
+            format: FormatInfo {
+                name: "llvm-raw-profile",
+                version: 0,
+            },
+            invalid_reason: Some(e.to_string()),
+        },
+    }
+}

@@ -1,0 +1,101 @@
+//! Offsets of the kernel structure fields the eBPF programs follow (task -> files -> fd table ->
+//! file -> inode), resolved from this kernel's BTF. aya-ebpf programs written in Rust have no
+//! CO-RE relocations; resolving the offsets here and passing them in the config map gives the
+//! same portability.
+use btf_rs::{Btf, BtfType, Type};
+use covobs_common::KernelOffsets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("no kernel BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Unavailable(String),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+}
+
+pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
+    let btf = Btf::from_file("/sys/kernel/btf/vmlinux")
+        .map_err(|e| BtfError::Unavailable(e.to_string()))?;
+    let off = |s: &str, m: &str| member_offset(&btf, s, m);
+    Ok(KernelOffsets {
+        task_files: off("task_struct", "files")?,
+        files_fdt: off("files_struct", "fdt")?,
+        fdt_max_fds: off("fdtable", "max_fds")?,
+        fdt_fd: off("fdtable", "fd")?,
+        file_f_pos: off("file", "f_pos")?,
+        file_f_inode: off("file", "f_inode")?,
+        inode_i_ino: off("inode", "i_ino")?,
+        inode_i_sb: off("inode", "i_sb")?,
+        sb_s_dev: off("super_block", "s_dev")?,
+        valid: 1,
+    })
+}
+
+/// Byte offset of `member` in `struct strukt`, looking through anonymous structs and unions.
+pub fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32, BtfError> {
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?;
+    let s = types
+        .iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+    find_in(btf, s, member)
+        .map(|bits| bits / 8)
+        .ok_or_else(|| BtfError::NoMember {
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+        })
+}
+
+/// Bit offset of a member, searching anonymous members recursively.
+fn find_in(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Some(m.bit_offset());
+        }
+        if name.is_empty() {
+            let inner = resolve_struct(btf, m)?;
+            if let Some(off) = find_in(btf, &inner, member) {
+                return Some(m.bit_offset() + off);
+            }
+        }
+    }
+    None
+}
+
+/// The struct or union type of an (anonymous) member, through typedefs and qualifiers.
+fn resolve_struct(btf: &Btf, m: &dyn BtfType) -> Option<btf_rs::Struct> {
+    let mut t = btf.resolve_chained_type(m).ok()?;
+    for _ in 0..8 {
+        match t {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            Type::Const(ref x) | Type::Volatile(ref x) => t = btf.resolve_chained_type(x).ok()?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_the_offsets_on_this_kernel() {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            panic!("this machine's kernel has BTF; the test needs it");
+        }
+        let k = kernel_offsets().unwrap();
+        assert_eq!(k.valid, 1);
+        assert!(k.task_files > 0 && k.file_f_pos > 0 && k.inode_i_sb > 0);
+        assert_ne!(k.fdt_max_fds, k.fdt_fd);
+    }
+}

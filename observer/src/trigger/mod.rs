@@ -1,0 +1,241 @@
+//! Trigger dumps: choose the thread, check that the signal cannot kill the target, and send it so
+//! that it reaches exactly the task we checked (a thread pidfd; tgkill after re-checking identity
+//! where pidfds cannot name threads).
+use std::{
+    fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use nix::sys::signal::Signal;
+
+pub mod choose;
+
+pub use choose::{ThreadChoice, choose_threads};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error(
+        "process {pid} has no handler for {signal} (it would die of it): refusing; pass --force to send it anyway"
+    )]
+    NotHandled { pid: i32, signal: &'static str },
+    #[error("process {pid} ignores {signal}: a dump cannot be triggered with it")]
+    Ignored { pid: i32, signal: &'static str },
+    #[error(
+        "thread {tid} of process {pid} blocks {signal}: it would stay pending; choose another --thread"
+    )]
+    Blocked {
+        pid: i32,
+        tid: i32,
+        signal: &'static str,
+    },
+    #[error("thread {tid} of process {pid} is gone or was replaced")]
+    Gone { pid: i32, tid: i32 },
+    #[error("sending {signal} to thread {tid} of process {pid}: {source}")]
+    Send {
+        pid: i32,
+        tid: i32,
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Choice(String),
+}
+
+impl TriggerError {
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::Send { .. })
+    }
+}
+
+/// The signal masks of /proc/PID/status (process-wide SigCgt/SigIgn; SigBlk per thread).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Masks {
+    pub caught: u64,
+    pub ignored: u64,
+    pub blocked: u64,
+}
+
+impl Masks {
+    /// Masks of thread `tid` of process `pid`.
+    pub fn read(pid: i32, tid: i32) -> std::io::Result<Self> {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+        Ok(Self::parse(&text))
+    }
+
+    pub fn parse(status: &str) -> Self {
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        Self {
+            caught: field("SigCgt:"),
+            ignored: field("SigIgn:"),
+            blocked: field("SigBlk:"),
+        }
+    }
+
+    fn bit(sig: Signal) -> u64 {
+        1u64 << (sig as i32 - 1)
+    }
+
+    pub fn handles(&self, sig: Signal) -> bool {
+        self.caught & Self::bit(sig) != 0
+    }
+    pub fn ignores(&self, sig: Signal) -> bool {
+        self.ignored & Self::bit(sig) != 0
+    }
+    pub fn blocks(&self, sig: Signal) -> bool {
+        self.blocked & Self::bit(sig) != 0
+    }
+}
+
+/// Check that `sig` sent to `tid` will run the target's handler. `force` allows a signal with the
+/// default action (the user accepts it may kill the target).
+pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), TriggerError> {
+    let masks = Masks::read(pid, tid).map_err(|_| TriggerError::Gone { pid, tid })?;
+    let signal = sig.as_str();
+    if masks.ignores(sig) {
+        return Err(TriggerError::Ignored { pid, signal });
+    }
+    if !masks.handles(sig) && !force {
+        return Err(TriggerError::NotHandled { pid, signal });
+    }
+    if masks.blocks(sig) {
+        return Err(TriggerError::Blocked { pid, tid, signal });
+    }
+    Ok(())
+}
+
+/// A thread, pinned by its start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadRef {
+    pub pid: i32,
+    pub tid: i32,
+    pub start_time: u64,
+}
+
+impl ThreadRef {
+    /// The thread as it is now.
+    pub fn get(pid: i32, tid: i32) -> Option<Self> {
+        let start_time = thread_start_time(pid, tid)?;
+        Some(Self {
+            pid,
+            tid,
+            start_time,
+        })
+    }
+
+    fn still_same(&self) -> bool {
+        thread_start_time(self.pid, self.tid) == Some(self.start_time)
+    }
+}
+
+fn thread_start_time(pid: i32, tid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// How a signal was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// pidfd_open(tid, PIDFD_THREAD) + pidfd_send_signal: cannot hit a recycled tid.
+    ThreadPidfd,
+    /// tgkill right after re-checking the thread's start time.
+    Tgkill,
+}
+
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+
+/// Send `sig` to exactly this thread.
+pub fn send(thread: ThreadRef, sig: Signal) -> Result<Method, TriggerError> {
+    let ThreadRef { pid, tid, .. } = thread;
+    let gone = || TriggerError::Gone { pid, tid };
+    let send_err = |source| TriggerError::Send {
+        pid,
+        tid,
+        signal: sig.as_str(),
+        source,
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    if fd >= 0 {
+        // SAFETY: a non-negative return is a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The pidfd pins a task; the start time proves it is the one we checked.
+        if !thread.still_same() {
+            return Err(gone());
+        }
+        // SAFETY: sends a signal through a valid pidfd; info is NULL (kernel fills SI_USER-like
+        // info), flags 0 means "as the pidfd's type": thread-directed for a thread pidfd.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                sig as i32,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            return Ok(Method::ThreadPidfd);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Err(gone());
+        }
+        return Err(send_err(err));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        return Err(gone());
+    }
+    // Kernels before 6.9 cannot open a thread pidfd: re-check identity, then tgkill.
+    if !thread.still_same() {
+        return Err(gone());
+    }
+    // SAFETY: tgkill takes plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig as i32) };
+    if r == 0 {
+        Ok(Method::Tgkill)
+    } else {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Err(gone())
+        } else {
+            Err(send_err(err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_masks() {
+        let status = "Name:\tx\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001000\nSigCgt:\t0000000000000800\n";
+        let m = Masks::parse(status);
+        assert!(m.handles(Signal::SIGUSR2));
+        assert!(!m.handles(Signal::SIGUSR1));
+        assert!(m.ignores(Signal::SIGPIPE));
+        assert!(!m.blocks(Signal::SIGUSR2));
+    }
+
+    #[test]
+    fn refuses_a_signal_without_handler_and_sends_to_a_handled_one() {
+        // This test process has no SIGUSR2 handler.
+        let me = std::process::id() as i32;
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        assert!(matches!(
+            check_safe(me, tid, Signal::SIGUSR2, false),
+            Err(TriggerError::NotHandled { .. })
+        ));
+        assert!(check_safe(me, tid, Signal::SIGUSR2, true).is_ok());
+    }
+}
