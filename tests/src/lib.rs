@@ -435,3 +435,92 @@ impl EventExt for Value {
         self[field].as_str().unwrap_or("")
     }
 }
+
+/// Start a fixture that announces itself with `<name> pid=<pid> ready` and wait for that line.
+pub fn start_fixture(name: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Driven {
+    start_program(&fixture(name), args, env, cwd)
+}
+
+/// Start a program (a fixture, or a renamed copy of one) and wait for its `ready` line.
+pub fn start_program(path: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Driven {
+    let mut cmd = Command::new(path);
+    cmd.args(args).current_dir(cwd);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut target = Driven::start(&mut cmd);
+    let line = target.line();
+    assert!(
+        line.ends_with(&format!("pid={} ready", target.pid())),
+        "unexpected first line {line:?}"
+    );
+    target
+}
+
+/// The matching LLVM tools of an LLVM fixture (written by `cargo xtask fixtures`).
+pub struct LlvmTools {
+    pub profdata: PathBuf,
+    pub cov: PathBuf,
+    pub objects: Vec<PathBuf>,
+    pub major: u64,
+}
+
+pub fn llvm_tools(fixture_name: &str) -> LlvmTools {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("target/fixtures/llvm-fixtures.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e} (run cargo xtask fixtures)", manifest.display()));
+    let all: Value = serde_json::from_str(&text).expect("llvm-fixtures.json");
+    let f = &all[fixture_name];
+    let path = |k: &str| {
+        PathBuf::from(
+            f[k].as_str()
+                .unwrap_or_else(|| panic!("{k} of {fixture_name}")),
+        )
+    };
+    LlvmTools {
+        profdata: path("llvm_profdata"),
+        cov: path("llvm_cov"),
+        objects: f["objects"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o.as_str())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        major: f["llvm_major"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Run a command to completion, panicking with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Events of one kind.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e.kind() == kind).collect()
+}
