@@ -107,7 +107,10 @@ fn build_id(binary: &Path) -> String {
 
 fn sha256(path: &Path) -> String {
     let out = run_ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().expect("sha256sum output").to_string()
+    out.split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
 }
 
 /// A program run once with its profile written to `profraw`; returns the pid it had.
@@ -133,9 +136,19 @@ struct SessionBuilder {
 }
 
 impl SessionBuilder {
-    fn new(dir: &Path, binary: &Path, comm: &str, producer: Option<&str>, llvm_major: Option<u32>) -> Self {
+    fn new(
+        dir: &Path,
+        binary: &Path,
+        comm: &str,
+        producer: Option<&str>,
+        llvm_major: Option<u32>,
+    ) -> Self {
         let id = build_id(binary);
-        let name = binary.file_name().expect("name").to_string_lossy().into_owned();
+        let name = binary
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         let copy = format!("modules/{id}/{name}");
         fs::create_dir_all(dir.join(format!("modules/{id}"))).expect("mkdir modules");
         fs::copy(binary, dir.join(&copy)).expect("copy module");
@@ -188,8 +201,11 @@ impl SessionBuilder {
             "module": self.module,
         });
         let meta_path = pdir.join(format!("{stem}.json"));
-        fs::write(&meta_path, serde_json::to_string_pretty(&meta).expect("json"))
-            .expect("write metadata");
+        fs::write(
+            &meta_path,
+            serde_json::to_string_pretty(&meta).expect("json"),
+        )
+        .expect("write metadata");
         meta_path
     }
 }
@@ -288,7 +304,12 @@ fn build_c(dir: &Path, name: &str) -> PathBuf {
     let bin = dir.join(name);
     run_ok(
         Command::new(clang)
-            .args(["-fprofile-instr-generate", "-fcoverage-mapping", "-O0", "-o"])
+            .args([
+                "-fprofile-instr-generate",
+                "-fcoverage-mapping",
+                "-O0",
+                "-o",
+            ])
             .arg(&bin)
             .arg(&src),
     );
@@ -334,26 +355,41 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
     let last = tampered.len() - 1;
     tampered[last] ^= 0xff;
     fs::write(&f6, &tampered).expect("tamper");
+    // 7: the first run's counters again (a target idle between two dumps): merged (counts
+    // add up), the coverage figures do not move.
+    s.artifact(7, pid1, &bytes1, true);
+    // 8: the same counters as 1 and 7, but its function names are garbage: its merge waits
+    // (a repeat) and fails at the end; it is left out all the same.
+    let word = |i: usize| u64::from_le_bytes(bytes1[i * 8..i * 8 + 8].try_into().expect("word"));
+    assert_eq!(word(1) & 0xff, 8, "clang 14 writes raw profile version 8");
+    let names = (88 + word(2) + word(3) * 48 + word(4) + word(5) * 8 + word(6)) as usize;
+    let mut bad_names = bytes1.clone();
+    bad_names[names..names + word(7) as usize].fill(0xff);
+    s.artifact(8, pid1, &bad_names, true);
 
     let dir = session.to_string_lossy().into_owned();
     let out = covobs(&["report", &dir]);
     let stderr = stderr_of(&out);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(stdout.contains("lines "), "{stdout}");
     assert!(stdout.contains("html/index.html"), "{stdout}");
 
     // The LCOV equals llvm-profdata merge + llvm-cov export on the two good raw profiles.
     let report = session.join("report");
     let ours = fs::read_to_string(report.join("coverage.lcov")).expect("coverage.lcov");
-    let (theirs, llvm_totals) = llvm_direct(Path::new(LLVM14), &bin, &[&raw1, &raw2], work);
+    let (theirs, llvm_totals) = llvm_direct(Path::new(LLVM14), &bin, &[&raw1, &raw2, &raw1], work);
     assert_same_lcov(&ours, &theirs);
 
     // The summary's totals are llvm-cov's.
     let summary = read_json(&report.join("summary.json"));
     assert_totals_match(&summary["totals"], &llvm_totals);
-    assert_eq!(summary["artifacts"]["total"], 6);
-    assert_eq!(summary["artifacts"]["reported"], 2);
+    assert_eq!(summary["artifacts"]["total"], 8);
+    assert_eq!(summary["artifacts"]["reported"], 3);
     assert_eq!(summary["files"][0]["language"], "C");
     assert_eq!(summary["modules"][0]["name"], "cov-c-target");
     assert!(
@@ -376,7 +412,12 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
             )
         })
         .collect();
-    assert_eq!(excluded.keys().copied().collect::<Vec<_>>(), [3, 4, 5, 6], "{excluded:?}");
+    assert_eq!(
+        excluded.keys().copied().collect::<Vec<_>>(),
+        [3, 4, 5, 6, 8],
+        "{excluded:?}"
+    );
+    assert!(excluded[&8].contains("malformed"), "{}", excluded[&8]);
     assert!(excluded[&3].contains("truncated"), "{}", excluded[&3]);
     assert!(
         excluded[&4].contains("llvm-profdata 14") && excluded[&4].contains("malformed"),
@@ -385,7 +426,7 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
     );
     assert!(excluded[&5].contains("invalid"), "{}", excluded[&5]);
     assert!(excluded[&6].contains("checksum"), "{}", excluded[&6]);
-    for seq in [3, 4, 5, 6] {
+    for seq in [3, 4, 5, 6, 8] {
         assert!(
             stderr.contains(&format!("{seq:06}-llvm.profraw")),
             "stderr does not mention artifact {seq}: {stderr}"
@@ -396,9 +437,10 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
     // the summary's totals.
     let timeline = read_json(&report.join("timeline.json"));
     let points = timeline["points"].as_array().expect("points");
-    assert_eq!(points.len(), 2, "{timeline}");
+    assert_eq!(points.len(), 3, "{timeline}");
     assert_eq!(points[0]["seq"], 1);
     assert_eq!(points[1]["seq"], 2);
+    assert_eq!(points[2]["seq"], 7);
     assert_eq!(points[0]["pid"], pid1);
     assert_eq!(points[1]["end_ns"], 2_000_000_000u64);
     for k in ["lines", "functions", "branches", "regions"] {
@@ -408,7 +450,8 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
             points[0][k],
             points[1][k]
         );
-        assert_eq!(points[1][k], summary["totals"][k], "{k}");
+        assert_eq!(points[1][k], points[2][k], "{k}");
+        assert_eq!(points[2][k], summary["totals"][k], "{k}");
     }
     // The first point is what llvm-cov says of the first profile alone.
     let (_, first_totals) = llvm_direct(Path::new(LLVM14), &bin, &[&raw1], work);
@@ -423,7 +466,10 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
         .find(|h| h.starts_with("files/"))
         .unwrap_or_else(|| panic!("no per-file link in index.html"));
     let page = fs::read_to_string(report.join("html").join(link)).expect("file page");
-    assert!(page.contains("#include &lt;stdio.h&gt;"), "source not shown escaped");
+    assert!(
+        page.contains("#include &lt;stdio.h&gt;"),
+        "source not shown escaped"
+    );
     assert!(page.contains("class=\"miss\""), "no uncovered line marked");
     assert!(page.contains("class=\"hit\""), "no covered line marked");
     assert!(index.contains("<svg"), "no timeline chart");
@@ -539,14 +585,23 @@ fn report_says_which_llvm_is_missing() {
     let pid = run_instrumented(&bin, &raw, &["3"]);
     let session = work.join("session");
     // A module built by an LLVM this machine has no tools for.
-    let s = SessionBuilder::new(&session, &bin, "cov-nollvm", Some("clang version 99.1.0"), Some(99));
+    let s = SessionBuilder::new(
+        &session,
+        &bin,
+        "cov-nollvm",
+        Some("clang version 99.1.0"),
+        Some(99),
+    );
     s.artifact(1, pid, &fs::read(&raw).expect("raw"), true);
     let dir = session.to_string_lossy().into_owned();
     let out = covobs(&["report", &dir]);
     let stderr = stderr_of(&out);
     // Nothing could be reported: a runtime failure, the report is written all the same.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cov-nollvm: needs LLVM 99 tools"), "{stderr}");
+    assert!(
+        stderr.contains("cov-nollvm: needs LLVM 99 tools"),
+        "{stderr}"
+    );
     assert!(stderr.contains("apt install llvm-99"), "{stderr}");
     let summary = read_json(&session.join("report/summary.json"));
     assert_eq!(summary["artifacts"]["reported"], 0);
@@ -556,7 +611,11 @@ fn report_says_which_llvm_is_missing() {
             .is_some_and(|r| r.contains("LLVM 99")),
         "{summary}"
     );
-    assert!(summary["warnings"][0]["message"].as_str().is_some_and(|m| m.contains("LLVM 99")));
+    assert!(
+        summary["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("LLVM 99"))
+    );
 }
 
 #[test]
@@ -595,8 +654,11 @@ fn report_refuses_bad_input_with_one_line() {
     one_line(&covobs(&["report", &dir]), "session.json");
 }
 
-/// Benchmark (figures, no timed assertions): `covobs report` on a session of N small dumps of
-/// the C program. Run with `cargo test -p covobs-tests --test report -- --ignored --nocapture`.
+/// Benchmark (figures, no timed assertions): `covobs report` on a session of N dumps of the C
+/// program. Worst case: every dump has new counters (each needs its merge and its export);
+/// then the same number of dumps that repeat earlier counters (an idle target: merge only).
+/// Run with `cargo test -p covobs-tests --test report -- --ignored --nocapture`
+/// (COVOBS_BENCH_DUMPS=N, default 1000).
 #[test]
 #[ignore = "benchmark: prints figures"]
 fn bench_report_of_many_dumps() {
@@ -607,30 +669,51 @@ fn bench_report_of_many_dumps() {
     let tmp = TempDir::new("report-bench");
     let work = tmp.path();
     let bin = build_c(work, "cov-bench");
-    let raws: Vec<Vec<u8>> = (0..4)
-        .map(|i| {
-            let p = work.join(format!("b{i}.profraw"));
-            run_instrumented(&bin, &p, &[&(i * 20).to_string()]);
-            fs::read(&p).expect("read")
-        })
-        .collect();
-    let session = work.join("session");
-    let s = SessionBuilder::new(&session, &bin, "cov-bench", Some("Debian clang version 14.0.6"), Some(14));
-    for seq in 1..=n {
-        s.artifact(seq, 1000 + (seq as u32 % 3), &raws[(seq % 4) as usize], true);
+    let raw = work.join("b.profraw");
+    let mut distinct = Vec::new();
+    for i in 0..n {
+        let _ = fs::remove_file(&raw);
+        run_instrumented(&bin, &raw, &[&i.to_string()]);
+        distinct.push(fs::read(&raw).expect("read"));
     }
-    let dir = session.to_string_lossy().into_owned();
-    let t = Instant::now();
-    let out = covobs(&["report", &dir]);
-    let elapsed = t.elapsed();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let points = read_json(&session.join("report/timeline.json"))["points"]
-        .as_array()
-        .map(Vec::len);
-    assert_eq!(points, Some(n as usize));
-    println!(
-        "covobs report, {n} dumps of a small C program: {:.2} s ({:.1} ms per dump)",
-        elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1000.0 / n as f64
-    );
+    for (what, pick) in [
+        (
+            "new counters in every dump",
+            &(|seq: u64| (seq - 1) as usize) as &dyn Fn(u64) -> usize,
+        ),
+        ("4 distinct dumps repeated", &|seq: u64| {
+            (seq % 4) as usize + 20
+        }),
+    ] {
+        let session = work.join(format!("session-{}", what.len()));
+        let s = SessionBuilder::new(
+            &session,
+            &bin,
+            "cov-bench",
+            Some("Debian clang version 14.0.6"),
+            Some(14),
+        );
+        for seq in 1..=n {
+            s.artifact(
+                seq,
+                1000 + (seq as u32 % 3),
+                &distinct[pick(seq) % distinct.len()],
+                true,
+            );
+        }
+        let dir = session.to_string_lossy().into_owned();
+        let t = Instant::now();
+        let out = covobs(&["report", &dir]);
+        let elapsed = t.elapsed();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let points = read_json(&session.join("report/timeline.json"))["points"]
+            .as_array()
+            .map(Vec::len);
+        assert_eq!(points, Some(n as usize));
+        println!(
+            "covobs report, {n} dumps of a small C program ({what}): {:.2} s ({:.1} ms per dump)",
+            elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1000.0 / n as f64
+        );
+    }
 }

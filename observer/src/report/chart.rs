@@ -17,7 +17,9 @@ const SERIES: [Series<'static>; 4] = [
     ("lines", "#1f77b4", |p| p.totals.lines.percent()),
     ("functions", "#2ca02c", |p| p.totals.functions.percent()),
     ("branches", "#d62728", |p| p.totals.branches.percent()),
-    ("regions", "#9467bd", |p| p.totals.regions.and_then(|r| r.percent())),
+    ("regions", "#9467bd", |p| {
+        p.totals.regions.and_then(|r| r.percent())
+    }),
 ];
 
 /// The x position of each point: seconds since the first dump ended when every point has its
@@ -29,9 +31,7 @@ fn xs(points: &[TimelinePoint]) -> (Vec<f64>, &'static str) {
         let last = t.last().copied().unwrap_or(0);
         if last > first && t.windows(2).all(|w| w[1] >= w[0]) {
             return (
-                t.iter()
-                    .map(|&x| (x - first) as f64 / 1e9)
-                    .collect(),
+                t.iter().map(|&x| (x - first) as f64 / 1e9).collect(),
                 "seconds since the first dump",
             );
         }

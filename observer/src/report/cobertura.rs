@@ -87,7 +87,11 @@ pub fn write(d: &ReportData) -> String {
         env!("CARGO_PKG_VERSION"),
         d.generated_unix_ns / 1_000_000,
     );
-    let _ = writeln!(out, "  <sources>\n    <source>{}</source>\n  </sources>", escape(&base));
+    let _ = writeln!(
+        out,
+        "  <sources>\n    <source>{}</source>\n  </sources>",
+        escape(&base)
+    );
     out.push_str("  <packages>\n");
     for (pkg, files) in &packages {
         let mut l = Counts::default();

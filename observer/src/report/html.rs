@@ -7,11 +7,7 @@
 //! chose; covobs usually runs as root, so a source is shown only when the user who asked could
 //! read it too (world-readable, or owned by the sudo user), never e.g. /etc/shadow.
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    fs,
-    io::Read as _,
-    os::unix::fs::MetadataExt as _,
+    collections::BTreeMap, fmt::Write as _, fs, io::Read as _, os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -219,7 +215,10 @@ pub fn write(dir: &Path, d: &ReportData) -> Result<(), ReportError> {
         create(&files_dir.join(&name), html.as_bytes())?;
         pages.insert(f.path.as_str(), format!("files/{name}"));
     }
-    create(&dir.join("index.html"), index(d, &pages, &prefix).as_bytes())
+    create(
+        &dir.join("index.html"),
+        index(d, &pages, &prefix).as_bytes(),
+    )
 }
 
 fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String {
@@ -247,7 +246,11 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         d.reported(),
         d.excluded.len()
     ));
-    let _ = write!(b, "<p class=\"sub\">{}</p></header>", sub.join(" &middot; "));
+    let _ = write!(
+        b,
+        "<p class=\"sub\">{}</p></header>",
+        sub.join(" &middot; ")
+    );
     b.push_str(&cards(&d.totals));
     if !d.warnings.is_empty() {
         b.push_str("<div class=\"warn\"><strong>Warnings</strong><ul>");
@@ -388,7 +391,10 @@ fn read_source(path: &str) -> Result<String, String> {
     if !p.is_absolute() {
         return Err("the path is relative and covobs does not know to what".into());
     }
-    if ["/proc/", "/sys/", "/dev/"].iter().any(|d| path.starts_with(d)) {
+    if ["/proc/", "/sys/", "/dev/"]
+        .iter()
+        .any(|d| path.starts_with(d))
+    {
         return Err("not a source file".into());
     }
     let meta = fs::metadata(p).map_err(|e| format!("{e}"))?;
@@ -397,8 +403,7 @@ fn read_source(path: &str) -> Result<String, String> {
     }
     if !readable_by_requester(&meta) {
         return Err(
-            "only root can read it, and covobs shows sources the requesting user could read"
-                .into(),
+            "only root can read it, and covobs shows sources the requesting user could read".into(),
         );
     }
     if meta.len() > MAX_SOURCE_BYTES {
@@ -498,7 +503,8 @@ fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> Strin
             b,
             "<tr id=\"L{ln}\" class=\"{class}\"><td class=\"ln\"><a href=\"#L{ln}\">{ln}</a></td><td class=\"cnt\">{}</td><td class=\"br\">{}</td><td class=\"code\">{}</td></tr>",
             hits.map(|h| h.to_string()).unwrap_or_default(),
-            br.map(|c| format!("{}/{}", c.hit, c.total)).unwrap_or_default(),
+            br.map(|c| format!("{}/{}", c.hit, c.total))
+                .unwrap_or_default(),
             escape(code)
         );
     };
@@ -533,10 +539,7 @@ mod tests {
     #[test]
     fn names_and_prefixes() {
         assert_eq!(file_page_name(0, "/a/b/main.rs"), "0001-main.rs.html");
-        assert_eq!(
-            file_page_name(11, "/a/<x> \"y\".c"),
-            "0012-_x___y_.c.html"
-        );
+        assert_eq!(file_page_name(11, "/a/<x> \"y\".c"), "0012-_x___y_.c.html");
         assert_eq!(common_prefix(&["/s/a/x.c", "/s/a/y/z.c"]), "/s/a/");
         assert_eq!(common_prefix(&["/s/a/x.c", "/t/y.c"]), "/");
         assert_eq!(common_prefix(&["x.c", "y.c"]), "");
@@ -545,10 +548,7 @@ mod tests {
 
     #[test]
     fn demangled_names() {
-        assert_eq!(
-            display_name("_RNvCsaEQyU3jpcqk_1r4main"),
-            "r::main"
-        );
+        assert_eq!(display_name("_RNvCsaEQyU3jpcqk_1r4main"), "r::main");
         assert_eq!(
             display_name("_RINvCsaEQyU3jpcqk_1r8classifydEB2_"),
             "r::classify::<f64>"

@@ -59,11 +59,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Coverage, ReportError> {
                 let (first, rest) = value
                     .split_once(',')
                     .ok_or_else(|| err(format!("FN without a name: {value:?}")))?;
-                let line_no = number(first).map_err(&err)?;
+                let line_no = number(first).map_err(err)?;
                 // lcov 2: FN:<start>,<end>,<name>
                 let (end_line, name) = match rest.split_once(',') {
                     Some((end, name)) if end.bytes().all(|b| b.is_ascii_digit()) => {
-                        (Some(number(end).map_err(&err)?), name)
+                        (Some(number(end).map_err(err)?), name)
                     }
                     _ => (None, rest),
                 };
@@ -78,13 +78,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Coverage, ReportError> {
                 let (hits, name) = value
                     .split_once(',')
                     .ok_or_else(|| err(format!("FNDA without a name: {value:?}")))?;
-                let hits = count(hits).map_err(&err)?;
+                let hits = count(hits).map_err(err)?;
                 cur.fnda.push((name.to_string(), hits));
             }
             "DA" => {
                 let mut parts = value.split(',');
-                let line_no = number(parts.next().unwrap_or("")).map_err(&err)?;
-                let hits = count(parts.next().unwrap_or("")).map_err(&err)?;
+                let line_no = number(parts.next().unwrap_or("")).map_err(err)?;
+                let hits = count(parts.next().unwrap_or("")).map_err(err)?;
                 *f.lines.entry(line_no).or_default() += hits;
             }
             "BRDA" => {
@@ -99,22 +99,22 @@ pub fn parse(text: &str, origin: &str) -> Result<Coverage, ReportError> {
                     None => (branch.to_string(), taken),
                 };
                 f.branches.push(Branch {
-                    line: number(line_no).map_err(&err)?,
+                    line: number(line_no).map_err(err)?,
                     block: block.to_string(),
                     branch,
                     taken: if taken == "-" {
                         None
                     } else {
-                        Some(count(taken).map_err(&err)?)
+                        Some(count(taken).map_err(err)?)
                     },
                 });
             }
-            "FNF" => cur.fnf = Some(count(value).map_err(&err)?),
-            "FNH" => cur.fnh = Some(count(value).map_err(&err)?),
-            "LF" => cur.lf = Some(count(value).map_err(&err)?),
-            "LH" => cur.lh = Some(count(value).map_err(&err)?),
-            "BRF" => cur.brf = Some(count(value).map_err(&err)?),
-            "BRH" => cur.brh = Some(count(value).map_err(&err)?),
+            "FNF" => cur.fnf = Some(count(value).map_err(err)?),
+            "FNH" => cur.fnh = Some(count(value).map_err(err)?),
+            "LF" => cur.lf = Some(count(value).map_err(err)?),
+            "LH" => cur.lh = Some(count(value).map_err(err)?),
+            "BRF" => cur.brf = Some(count(value).map_err(err)?),
+            "BRH" => cur.brh = Some(count(value).map_err(err)?),
             // FNL/FNA (lcov 2 function aliases), MCDC, anything newer: not in the model.
             _ => {}
         }

@@ -11,7 +11,7 @@
 //! regions the sum. Modules that share no file with another are counted from the figures of
 //! `llvm-cov export -summary-only` alone, which is what keeps a step cheap.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     sync::{Mutex, mpsc},
@@ -25,7 +25,7 @@ use super::{
     llvm_tools::{Need, Toolsets, read_elf_notes},
     model::{Coverage, Totals},
     profraw,
-    session::{Artifact, ModuleMeta, Session, read_artifact},
+    session::{Artifact, ModuleMeta, Session, read_artifact, sha256_hex},
     summary::{FileFigures, ModuleSummary, ReportData},
     timeline::TimelinePoint,
 };
@@ -57,10 +57,12 @@ struct Unit {
     file_set: Option<BTreeSet<String>>,
     /// Shares a source file with another module: its exports then carry line detail.
     shared: bool,
+    /// Digests of the counters of the artifacts merged in.
+    seen_counters: HashSet<String>,
 }
 
 enum UnitState {
-    Llvm(LlvmModule),
+    Llvm(Box<LlvmModule>),
     /// Cannot be reported (no tools, no module copy, export failed): why.
     Unavailable(String),
 }
@@ -90,6 +92,7 @@ type Outcome = (u64, usize, u64, Result<Snapshot, String>);
 /// The position of a step's artifact in the session, for its timeline point.
 #[derive(Clone, Debug)]
 struct PointMeta {
+    unit: usize,
     seq: u64,
     pid: u32,
     tid: Option<u32>,
@@ -117,7 +120,11 @@ pub struct LiveCoverage {
     next_id: u64,
     next_apply: u64,
     done: BTreeMap<u64, Outcome>,
-    point_at: BTreeMap<u64, PointMeta>,
+    point_at: BTreeMap<u64, Vec<PointMeta>>,
+    /// No export was applied since the last point.
+    unchanged_since_point: bool,
+    /// Artifacts whose merge was deferred: seq -> (pid, file).
+    deferred: HashMap<u64, (u32, String)>,
 }
 
 fn work_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -156,6 +163,8 @@ impl LiveCoverage {
             next_apply: 0,
             done: BTreeMap::new(),
             point_at: BTreeMap::new(),
+            unchanged_since_point: false,
+            deferred: HashMap::new(),
         })
     }
 
@@ -194,8 +203,7 @@ impl LiveCoverage {
                         .last()
                         .map(|w| w.to_string())
                         .unwrap_or_else(|| "its coverage could not be exported".into());
-                    self.exclude(artifact, why)
-                        .unwrap_or(Progress::AlreadySeen)
+                    self.exclude(artifact, why).unwrap_or(Progress::AlreadySeen)
                 }
             },
         }
@@ -258,7 +266,7 @@ impl LiveCoverage {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
         let job_rx = Mutex::new(job_rx);
         let (out_tx, out_rx) = mpsc::channel::<Outcome>();
-        let result = thread::scope(|s| {
+        thread::scope(|s| {
             let mut handles = Vec::new();
             for _ in 0..workers {
                 let out_tx = out_tx.clone();
@@ -306,8 +314,7 @@ impl LiveCoverage {
             } else {
                 Ok(())
             }
-        });
-        result
+        })
     }
 
     fn exclusion(&self, a: &Artifact, reason: String) -> Excluded {
@@ -355,6 +362,11 @@ impl LiveCoverage {
             Ok(h) => h,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
+        let counters = header
+            .counters
+            .clone()
+            .and_then(|r| bytes.get(r))
+            .map(sha256_hex);
         drop(bytes);
         let idx = self.unit_for(a);
         let unit = &mut self.units[idx];
@@ -365,13 +377,37 @@ impl LiveCoverage {
             };
             return (self.exclude(a, reason), Vec::new());
         };
-        if let Err(reason) = module.merge(&a.data_path, header.version) {
+        // The same counters as an artifact merged before: the same coverage, which the union
+        // has already (a region's count in a merge is the sum of its counts, all >= 0). Its
+        // merge can wait for the next one, and the point repeats the current figures.
+        let repeat = unit.file_set.is_some()
+            && counters
+                .as_ref()
+                .is_some_and(|c| unit.seen_counters.contains(c));
+        let (result, late) = module.add(&a.data_path, a.meta.seq, header.version, repeat);
+        let version = module.merged;
+        if result.is_ok() {
+            unit.artifacts += 1;
+            if let Some(c) = counters {
+                unit.seen_counters.insert(c);
+            }
+            if repeat {
+                self.deferred
+                    .insert(a.meta.seq, (a.meta.pid, a.rel.clone()));
+            }
+        }
+        self.late_failures(idx, late);
+        if let Err(reason) = result {
             return (self.exclude(a, reason), Vec::new());
         }
-        unit.artifacts += 1;
-        let version = module.merged;
+        let unit = &mut self.units[idx];
+        let Some(module) = unit.llvm() else {
+            return (None, Vec::new());
+        };
         let mut jobs = Vec::new();
-        if unit.file_set.is_none() {
+        if repeat {
+            // Nothing to export.
+        } else if unit.file_set.is_none() {
             // A module's first step runs here, with detail: its files decide which modules
             // share sources, which the following steps need to know.
             let Some(export) = module.export(true) else {
@@ -394,21 +430,47 @@ impl LiveCoverage {
                 export,
             });
         }
-        let last = self.next_id.saturating_sub(1);
-        let unit = &self.units[idx];
-        self.point_at.insert(
-            last,
-            PointMeta {
-                seq: a.meta.seq,
-                pid: a.meta.pid,
-                tid: a.meta.tid,
-                runtime: a.meta.runtime.clone(),
-                module: unit.name.clone(),
-                trigger: a.meta.trigger.clone(),
-                end_ns: a.meta.end_ns,
-            },
-        );
+        let meta = PointMeta {
+            unit: idx,
+            seq: a.meta.seq,
+            pid: a.meta.pid,
+            tid: a.meta.tid,
+            runtime: a.meta.runtime.clone(),
+            module: self.units[idx].name.clone(),
+            trigger: a.meta.trigger.clone(),
+            end_ns: a.meta.end_ns,
+        };
+        // The point comes after this step's exports, or after the last step's when it has
+        // none; right now when those are applied already.
+        match self.next_id.checked_sub(1) {
+            Some(last) if last >= self.next_apply => {
+                self.point_at.entry(last).or_default().push(meta)
+            }
+            _ => self.push_point(meta),
+        }
         (None, jobs)
+    }
+
+    /// Deferred artifacts whose merge failed after all: left out, and their points go.
+    fn late_failures(&mut self, unit: usize, late: super::llvm::LateFailures) {
+        for (seq, why) in late {
+            let (pid, file) = self.deferred.remove(&seq).unwrap_or_default();
+            self.excluded.push(Excluded {
+                seq,
+                pid,
+                runtime: "llvm".into(),
+                file,
+                reason: why,
+            });
+            self.units[unit].artifacts = self.units[unit].artifacts.saturating_sub(1);
+            self.points.retain(|p| p.seq != seq);
+            for m in self.point_at.values_mut() {
+                m.retain(|p| p.seq != seq);
+            }
+        }
+        for (i, p) in self.points.iter_mut().enumerate() {
+            p.index = i + 1;
+        }
     }
 
     fn take_id(&mut self) -> u64 {
@@ -459,6 +521,7 @@ impl LiveCoverage {
         while let Some((_, unit, version, result)) = self.done.remove(&self.next_apply) {
             let id = self.next_apply;
             self.next_apply += 1;
+            self.unchanged_since_point = false;
             let u = &mut self.units[unit];
             match result {
                 Ok(snap) => {
@@ -482,24 +545,34 @@ impl LiveCoverage {
                     }
                 }
             }
-            if let Some(meta) = self.point_at.remove(&id) {
-                if !matches!(self.units[unit].state, UnitState::Llvm(_)) {
-                    continue;
-                }
-                let totals = total_of(&self.figures());
-                self.points.push(TimelinePoint {
-                    index: self.points.len() + 1,
-                    seq: meta.seq,
-                    pid: meta.pid,
-                    tid: meta.tid,
-                    runtime: meta.runtime,
-                    module: meta.module,
-                    trigger: meta.trigger,
-                    end_ns: meta.end_ns,
-                    totals,
-                });
+            for meta in self.point_at.remove(&id).unwrap_or_default() {
+                self.push_point(meta);
             }
         }
+    }
+
+    /// Record the session's figures now as the point of a step.
+    fn push_point(&mut self, meta: PointMeta) {
+        if !matches!(self.units[meta.unit].state, UnitState::Llvm(_)) {
+            return;
+        }
+        let totals = match self.points.last() {
+            // Nothing changed since the last point (a repeat): no need to add up again.
+            Some(p) if self.unchanged_since_point => p.totals,
+            _ => total_of(&self.figures()),
+        };
+        self.unchanged_since_point = true;
+        self.points.push(TimelinePoint {
+            index: self.points.len() + 1,
+            seq: meta.seq,
+            pid: meta.pid,
+            tid: meta.tid,
+            runtime: meta.runtime,
+            module: meta.module,
+            trigger: meta.trigger,
+            end_ns: meta.end_ns,
+            totals,
+        });
     }
 
     fn toolsets(&mut self) -> &Toolsets {
@@ -529,7 +602,7 @@ impl LiveCoverage {
             .to_string();
         let idx = self.units.len();
         let state = match self.open_module(&meta, a, idx) {
-            Ok(m) => UnitState::Llvm(m),
+            Ok(m) => UnitState::Llvm(Box::new(m)),
             Err(why) => {
                 self.warnings.push(Warning {
                     module: Some(name.clone()),
@@ -548,6 +621,7 @@ impl LiveCoverage {
             detail_version: 0,
             file_set: None,
             shared: false,
+            seen_counters: HashSet::new(),
         });
         self.unit_by_key.insert(key, idx);
         idx
@@ -575,7 +649,7 @@ impl LiveCoverage {
             Err(why) if need.major.is_none() && need.producer.is_none() => {
                 // Nothing says which LLVM built it: the newest tools that read its raw profile.
                 let mut all: Vec<_> = self.toolsets().all.clone();
-                all.sort_by(|a, b| b.major.cmp(&a.major));
+                all.sort_by_key(|t| std::cmp::Reverse(t.major));
                 all.into_iter()
                     .find(|t| {
                         std::process::Command::new(&t.profdata)
@@ -695,6 +769,12 @@ impl LiveCoverage {
 
     /// Everything the report files are made of. Brings every module's line detail up to date.
     pub(crate) fn build(&mut self, session: &Session) -> Result<ReportData, ReportError> {
+        for i in 0..self.units.len() {
+            if let UnitState::Llvm(m) = &mut self.units[i].state {
+                let late = m.flush();
+                self.late_failures(i, late);
+            }
+        }
         let stale: Vec<(usize, u64, Export)> = self
             .units
             .iter()
@@ -772,4 +852,167 @@ fn total_of_files(files: &BTreeMap<String, Totals>) -> Totals {
         t.add(f);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command, time::Instant};
+
+    use super::*;
+    use crate::report::{Format, model::Counts};
+
+    const SOURCE: &str = "#include <stdlib.h>\n\
+        static int f(int n) { int s = 0; for (int i = 0; i < n; i++) { if (i & 1) s += i; else s -= 1; } return s; }\n\
+        static int g(void) { return 7; }\n\
+        volatile int sink;\n\
+        int main(int argc, char **argv) { int n = argc > 1 ? atoi(argv[1]) : 0;\n\
+        if (n > 2) sink = f(n);\n\
+        if (n == 1) sink = g();\n\
+        return 0; }\n";
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A session with a clang 14 program's module copy; returns (session dir, binary).
+    fn session(dir: &Path) -> PathBuf {
+        let clang = Path::new("/usr/bin/clang-14");
+        assert!(
+            clang.exists(),
+            "clang-14 is missing: the set-up installs it (./dev setup)"
+        );
+        fs::write(dir.join("p.c"), SOURCE).expect("source");
+        let bin = dir.join("p");
+        run(Command::new(clang)
+            .args([
+                "-fprofile-instr-generate",
+                "-fcoverage-mapping",
+                "-O0",
+                "-o",
+            ])
+            .arg(&bin)
+            .arg(dir.join("p.c")));
+        let s = dir.join("session");
+        fs::create_dir_all(s.join("modules/b1")).expect("mkdir");
+        fs::copy(&bin, s.join("modules/b1/p")).expect("copy");
+        bin
+    }
+
+    /// Run the program and lay its profile out as artifact `seq`; the metadata path.
+    fn dump(dir: &Path, bin: &Path, seq: u64, arg: &str) -> PathBuf {
+        let raw = dir.join(format!("{seq}.profraw"));
+        run(Command::new(bin).arg(arg).env("LLVM_PROFILE_FILE", &raw));
+        let pdir = dir.join("session/77-p");
+        fs::create_dir_all(&pdir).expect("mkdir");
+        let stem = format!("{seq:06}-llvm");
+        fs::copy(&raw, pdir.join(format!("{stem}.profraw"))).expect("copy");
+        let meta = serde_json::json!({
+            "seq": seq, "runtime": "llvm", "pid": 77, "valid": true, "end_ns": seq * 1000,
+            "file": format!("{stem}.profraw"),
+            "module": {"path": bin.to_string_lossy(), "build_id": "b1", "copy": "modules/b1/p",
+                       "producer": "Debian clang version 14.0.6"}
+        });
+        let p = pdir.join(format!("{stem}.json"));
+        fs::write(&p, meta.to_string()).expect("metadata");
+        p
+    }
+
+    fn point(p: Progress) -> TimelinePoint {
+        match p {
+            Progress::Point(p) => p,
+            other => panic!("expected a point, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn live_coverage_grows_then_finishes_into_the_report() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = session(tmp.path());
+        let sdir = tmp.path().join("session");
+        let opts = ReportOptions {
+            formats: [Format::Json, Format::Lcov].into_iter().collect(),
+            ..ReportOptions::default()
+        };
+        let mut live = LiveCoverage::new(&sdir, &opts).expect("live");
+        let p1 = point(live.add(&dump(tmp.path(), &bin, 1, "0")).expect("add 1"));
+        let p2 = point(live.add(&dump(tmp.path(), &bin, 2, "1")).expect("add 2"));
+        assert!(p2.totals.lines.hit > p1.totals.lines.hit, "{p1:?} {p2:?}");
+        assert_eq!(p2.totals.functions, Counts::new(2, 3));
+        // The same counters again: same figures, no export.
+        let meta3 = dump(tmp.path(), &bin, 3, "1");
+        let p3 = point(live.add(&meta3).expect("add 3"));
+        assert_eq!(p3.totals, p2.totals);
+        assert_eq!(live.add(&meta3).expect("again"), Progress::AlreadySeen);
+        assert_eq!(live.latest().map(|p| p.seq), Some(3));
+        // Artifact 4 arrives in the directory without being added: finish() picks it up.
+        dump(tmp.path(), &bin, 4, "5");
+        let summary = live.finish().expect("finish");
+        assert_eq!(summary.reported, 4);
+        assert_eq!(summary.totals.functions, Counts::new(3, 3));
+        let t: serde_json::Value =
+            serde_json::from_slice(&fs::read(sdir.join("report/timeline.json")).expect("timeline"))
+                .expect("json");
+        let points = t["points"].as_array().expect("points");
+        assert_eq!(points.len(), 4);
+        assert_eq!(points[3]["functions"]["hit"], 3);
+        assert!(sdir.join("report/coverage.lcov").exists());
+        assert!(!sdir.join("report/html").exists());
+    }
+
+    #[test]
+    fn a_late_artifact_rebuilds_the_timeline_in_seq_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = session(tmp.path());
+        let sdir = tmp.path().join("session");
+        let opts = ReportOptions {
+            formats: [Format::Json].into_iter().collect(),
+            ..ReportOptions::default()
+        };
+        let mut live = LiveCoverage::new(&sdir, &opts).expect("live");
+        live.add(&dump(tmp.path(), &bin, 2, "1")).expect("add 2");
+        // seq 1 shows up after seq 2 was added.
+        dump(tmp.path(), &bin, 1, "0");
+        let summary = live.finish().expect("finish");
+        assert_eq!(summary.reported, 2);
+        let t: serde_json::Value =
+            serde_json::from_slice(&fs::read(sdir.join("report/timeline.json")).expect("timeline"))
+                .expect("json");
+        let seqs: Vec<u64> = t["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .filter_map(|p| p["seq"].as_u64())
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    /// Benchmark: the cost of one live step (merge + export) on a small C program.
+    /// `cargo test -p covobs --lib live_step -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark: prints figures"]
+    fn bench_live_step() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = session(tmp.path());
+        let sdir = tmp.path().join("session");
+        let mut live = LiveCoverage::new(&sdir, &ReportOptions::default()).expect("live");
+        let metas: Vec<PathBuf> = (1..=100)
+            .map(|i| dump(tmp.path(), &bin, i, &i.to_string()))
+            .collect();
+        let mut times = Vec::new();
+        for m in &metas {
+            let t = Instant::now();
+            point(live.add(m).expect("add"));
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "live step (merge + export), 100 dumps with new counters: median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+            times[50], times[90], times[99]
+        );
+    }
 }

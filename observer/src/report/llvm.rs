@@ -38,9 +38,15 @@ pub struct LlvmModule {
     current: Option<Arc<TempFile>>,
     /// Raw profile version of the first artifact: all the others must have it too.
     raw_version: Option<u64>,
-    /// How many artifacts are merged in.
+    /// Merges done (names the profiles, and tells an export's freshness).
     pub merged: u64,
+    /// Artifacts (seq, raw profile) whose merge waits for the next one: they repeat counters
+    /// merged already, so the coverage does not need them before the end.
+    pending: Vec<(u64, PathBuf)>,
 }
+
+/// Deferred artifacts that failed their merge after all: (seq, reason).
+pub type LateFailures = Vec<(u64, String)>;
 
 impl LlvmModule {
     pub fn new(tools: Toolset, binary: PathBuf, work: PathBuf) -> Self {
@@ -51,23 +57,75 @@ impl LlvmModule {
             current: None,
             raw_version: None,
             merged: 0,
+            pending: Vec::new(),
         }
     }
 
-    /// Merge one raw profile (already header-checked) into the running profile. `Err` is the
-    /// reason to leave the artifact out; the running profile is then unchanged.
-    pub fn merge(&mut self, profraw: &Path, raw_version: u64) -> Result<(), String> {
+    /// Add one raw profile (already header-checked). With `defer`, only note it for the next
+    /// merge. Otherwise merge it (and what waits) into the running profile now; `Err` is the
+    /// reason to leave it out, the running profile is then without it. Deferred artifacts that
+    /// turn out bad are returned with their reasons either way.
+    pub fn add(
+        &mut self,
+        profraw: &Path,
+        seq: u64,
+        raw_version: u64,
+        defer: bool,
+    ) -> (Result<(), String>, LateFailures) {
         if let Some(v) = self.raw_version
             && v != raw_version
         {
-            return Err(format!(
+            let why = format!(
                 "raw profile version {raw_version}, but this module's earlier profiles are version {v}"
-            ));
+            );
+            return (Err(why), Vec::new());
         }
+        if defer && self.current.is_some() {
+            self.pending.push((seq, profraw.to_path_buf()));
+            return (Ok(()), Vec::new());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut inputs: Vec<&Path> = pending.iter().map(|(_, p)| p.as_path()).collect();
+        inputs.push(profraw);
+        if self.merge(&inputs).is_ok() {
+            self.raw_version = Some(raw_version);
+            return (Ok(()), Vec::new());
+        }
+        // Something in the batch is bad: one at a time, to know what.
+        let late = self.merge_each(pending);
+        let result = self.merge(&[profraw]);
+        if result.is_ok() {
+            self.raw_version = Some(raw_version);
+        }
+        (result, late)
+    }
+
+    /// Merge whatever waits. Returns the deferred artifacts that turned out bad.
+    pub fn flush(&mut self) -> LateFailures {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let inputs: Vec<&Path> = pending.iter().map(|(_, p)| p.as_path()).collect();
+        if self.merge(&inputs).is_ok() {
+            return Vec::new();
+        }
+        self.merge_each(pending)
+    }
+
+    fn merge_each(&mut self, items: Vec<(u64, PathBuf)>) -> LateFailures {
+        items
+            .into_iter()
+            .filter_map(|(seq, p)| self.merge(&[&p]).err().map(|why| (seq, why)))
+            .collect()
+    }
+
+    /// One `llvm-profdata merge` of the running profile and `inputs` into a new running profile.
+    fn merge(&mut self, inputs: &[&Path]) -> Result<(), String> {
         let out = self.work.join(format!("{:06}.profdata", self.merged + 1));
         let mut cmd = Command::new(&self.tools.profdata);
         // Fail on any bad input: with more than one input, a permissive mode would merge the
-        // running profile alone and drop the new one with only a warning.
+        // others and drop the bad one with only a warning.
         cmd.arg("merge")
             .arg("-sparse")
             .arg("--failure-mode=any")
@@ -76,7 +134,7 @@ impl LlvmModule {
         if let Some(cur) = &self.current {
             cmd.arg(&cur.0);
         }
-        cmd.arg(profraw);
+        cmd.args(inputs);
         // The output exists (possibly partial) from the moment the tool opens it.
         let out_file = TempFile(out);
         run(cmd, &self.tools.profdata).map_err(|e| {
@@ -87,7 +145,6 @@ impl LlvmModule {
             )
         })?;
         self.current = Some(Arc::new(out_file));
-        self.raw_version = Some(raw_version);
         self.merged += 1;
         Ok(())
     }
@@ -207,7 +264,11 @@ pub fn parse_summary(json: &str) -> Result<BTreeMap<String, Totals>, String> {
                 .ok_or("llvm-cov summary: a file without a summary")?;
             let counts = |k: &str| -> Counts {
                 let c = s.get(k);
-                let n = |f: &str| c.and_then(|c| c.get(f)).and_then(|x| x.as_u64()).unwrap_or(0);
+                let n = |f: &str| {
+                    c.and_then(|c| c.get(f))
+                        .and_then(|x| x.as_u64())
+                        .unwrap_or(0)
+                };
                 Counts::new(n("covered"), n("count"))
             };
             files.insert(

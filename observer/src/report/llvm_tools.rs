@@ -335,9 +335,7 @@ impl Toolsets {
         let base = BASE.get_or_init(discover_base);
         let mut all: Vec<Toolset> = extra
             .iter()
-            .filter_map(|d| {
-                toolset_in(d, "llvm-profdata", "llvm-cov", d.display().to_string())
-            })
+            .filter_map(|d| toolset_in(d, "llvm-profdata", "llvm-cov", d.display().to_string()))
             .collect();
         all.extend(base.all.iter().cloned());
         dedup(&mut all);
@@ -526,7 +524,12 @@ mod tests {
     fn machine() -> Toolsets {
         Toolsets {
             all: vec![
-                ts(23, "23.1.4", "nightly", Some(("1.101.0-nightly", "aaaaaaaaaaaa"))),
+                ts(
+                    23,
+                    "23.1.4",
+                    "nightly",
+                    Some(("1.101.0-nightly", "aaaaaaaaaaaa")),
+                ),
                 ts(23, "23.1.1", "stable199", Some(("1.99.1", "58cf8f9c3ffff"))),
                 ts(14, "14.0.6", "usr-lib-llvm-14", None),
             ],
@@ -586,8 +589,14 @@ mod tests {
                 major: 18
             })
         );
-        assert_eq!(parse_producer("GCC: (Debian 12.2.0-14+deb12u1) 12.2.0"), None);
-        assert_eq!(parse_producer("Apple clang version 15.0.0 (clang-1500.1.0.2.5)"), None);
+        assert_eq!(
+            parse_producer("GCC: (Debian 12.2.0-14+deb12u1) 12.2.0"),
+            None
+        );
+        assert_eq!(
+            parse_producer("Apple clang version 15.0.0 (clang-1500.1.0.2.5)"),
+            None
+        );
         // A Rust binary's .comment: rustc wins over the clang that built compiler-rt.
         let comments = [
             "clang version 23.1.0git",
@@ -611,7 +620,9 @@ mod tests {
     #[test]
     fn llvm_versions() {
         assert_eq!(
-            parse_llvm_version("LLVM (http://llvm.org/):\n  LLVM version 23.1.1-rust-1.99.1-stable\n"),
+            parse_llvm_version(
+                "LLVM (http://llvm.org/):\n  LLVM version 23.1.1-rust-1.99.1-stable\n"
+            ),
             Some(("23.1.1".into(), 23))
         );
         assert_eq!(
@@ -668,7 +679,9 @@ mod tests {
         assert_eq!(need.major, Some(22));
         let e = m.select(&need).expect_err("no 22");
         assert!(
-            e.contains("rustup component add llvm-tools --toolchain 1.95.0-x86_64-unknown-linux-gnu"),
+            e.contains(
+                "rustup component add llvm-tools --toolchain 1.95.0-x86_64-unknown-linux-gnu"
+            ),
             "{e}"
         );
         // A rustc that is not installed and no major: install that toolchain.
@@ -690,7 +703,10 @@ mod tests {
         // The set-up installs llvm-14 (./dev): the discovery must find it with its version.
         let found = Toolsets::discover(&[]);
         assert!(
-            found.all.iter().any(|t| t.major == 14 && t.version.starts_with("14.")),
+            found
+                .all
+                .iter()
+                .any(|t| t.major == 14 && t.version.starts_with("14.")),
             "no LLVM 14 tools found: {:?}",
             found.all
         );

@@ -12,10 +12,13 @@ const VERSION_MASK: u64 = 0x00ff_ffff_ffff_ffff;
 /// `VARIANT_MASK_BYTE_COVERAGE`: one byte per counter instead of eight.
 const BYTE_COVERAGE: u64 = 1 << 60;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub version: u64,
     pub byte_coverage: bool,
+    /// Where the counters (and the MC/DC bitmaps after them) are, for the layouts tried here:
+    /// two profiles of one module with the same bytes there have the same coverage.
+    pub counters: Option<std::ops::Range<usize>>,
 }
 
 /// Check the header; `Err` says why the bytes are not a raw profile a tool could read.
@@ -42,9 +45,10 @@ pub fn check(bytes: &[u8]) -> Result<Header, String> {
         return Err(format!("unknown raw profile version {version}"));
     }
     let byte_coverage = raw_version & BYTE_COVERAGE != 0;
-    let header = Header {
+    let mut header = Header {
         version,
         byte_coverage,
+        counters: None,
     };
     if magic == MAGIC_32 {
         return Ok(header);
@@ -64,11 +68,14 @@ pub fn check(bytes: &[u8]) -> Result<Header, String> {
     let sizes = [
         layout.header_words as u64 * 8,
         h[2],
-        h[3].checked_mul(layout.data_record).unwrap_or(u64::MAX),
+        h[3].saturating_mul(layout.data_record),
         h[4],
-        h[5].checked_mul(counter_size).unwrap_or(u64::MAX),
+        h[5].saturating_mul(counter_size),
         h[6],
-        layout.bitmap.map(|(b, p)| h[b].saturating_add(h[p])).unwrap_or(0),
+        layout
+            .bitmap
+            .map(|(b, p)| h[b].saturating_add(h[p]))
+            .unwrap_or(0),
         h[layout.names],
     ];
     let need = sizes.iter().fold(0u64, |a, &s| a.saturating_add(s));
@@ -77,6 +84,15 @@ pub fn check(bytes: &[u8]) -> Result<Header, String> {
             "truncated or corrupt: the header announces at least {need} bytes, the artifact has {}",
             bytes.len()
         ));
+    }
+    // Words this reader does not know (v11's 9..=11) must be zero for the counters' place to be
+    // sure.
+    if layout.unknown.iter().all(|&i| h[i] == 0) {
+        let start = sizes[..4].iter().fold(0u64, |a, &s| a.saturating_add(s));
+        let end = sizes[..7].iter().fold(0u64, |a, &s| a.saturating_add(s));
+        if let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) {
+            header.counters = Some(start..end);
+        }
     }
     Ok(header)
 }
@@ -89,6 +105,8 @@ struct Layout {
     names: usize,
     bitmap: Option<(usize, usize)>,
     data_record: u64,
+    /// Header words whose meaning is not known here.
+    unknown: &'static [usize],
 }
 
 impl Layout {
@@ -100,6 +118,7 @@ impl Layout {
                 names: 7,
                 bitmap: None,
                 data_record: 48,
+                unknown: &[],
             }),
             // LLVM 23 (rustc 1.99 writes it).
             11 => Some(Self {
@@ -107,6 +126,7 @@ impl Layout {
                 names: 12,
                 bitmap: Some((7, 8)),
                 data_record: 72,
+                unknown: &[9, 10, 11],
             }),
             _ => None,
         }
@@ -128,11 +148,13 @@ mod tests {
     fn accepts_a_complete_v8_profile() {
         let b = v8(3, 11, 33);
         assert_eq!(b.len(), 392); // what clang 14 wrote for a 3-function program
+        // header 88 + binary ids 32 + 3 data records of 48: the 11 counters follow.
         assert_eq!(
             check(&b),
             Ok(Header {
                 version: 8,
-                byte_coverage: false
+                byte_coverage: false,
+                counters: Some(264..352),
             })
         );
     }
@@ -144,7 +166,11 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         assert!(check(&b[..40]).expect_err("header").contains("truncated"));
         assert!(check(&b[..4]).expect_err("tiny").contains("too short"));
-        assert!(check(b"BISECT-COVERAGE-4 xxxxxxxxxx").expect_err("bisect").contains("magic"));
+        assert!(
+            check(b"BISECT-COVERAGE-4 xxxxxxxxxx")
+                .expect_err("bisect")
+                .contains("magic")
+        );
         let mut be = b.clone();
         be[..8].copy_from_slice(&MAGIC_64.to_be_bytes());
         assert!(check(&be).expect_err("be").contains("big-endian"));

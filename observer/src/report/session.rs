@@ -59,7 +59,10 @@ impl SessionInfo {
                         .and_then(|c| c.as_str())
                         .unwrap_or("")
                         .to_string(),
-                    t.get("exe").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+                    t.get("exe")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or("")
+                        .to_string(),
                 )
             })
             .collect()
@@ -223,7 +226,11 @@ impl Session {
 }
 
 /// Read one metadata file `<session>/<pdir>/<seq>-<runtime>.json`.
-pub fn read_artifact(session: &Path, pdir: &str, meta_path: &Path) -> Result<Artifact, ReportError> {
+pub fn read_artifact(
+    session: &Path,
+    pdir: &str,
+    meta_path: &Path,
+) -> Result<Artifact, ReportError> {
     let bytes = fs::read(meta_path).map_err(read_err(meta_path))?;
     let meta: ArtifactMeta =
         serde_json::from_slice(&bytes).map_err(|source| ReportError::BadJson {
