@@ -514,6 +514,141 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
     );
 }
 
+/// DA lines of one LCOV record: line -> count.
+fn da_lines(record: &str) -> BTreeMap<u32, u64> {
+    record
+        .lines()
+        .filter_map(|l| l.strip_prefix("DA:"))
+        .map(|v| {
+            let (l, c) = v.split_once(',').expect("DA");
+            (l.parse().expect("line"), c.parse().expect("count"))
+        })
+        .collect()
+}
+
+#[test]
+fn two_modules_sharing_a_header_count_its_lines_once() {
+    let clang = tool("/usr/bin/clang-14");
+    let tmp = TempDir::new("report-shared");
+    let work = tmp.path();
+    fs::write(
+        work.join("shared.h"),
+        "static int classify(int x) {\n    if (x > 10 && x < 100)\n        return 1;\n    \
+         else if (x >= 100)\n        return 2;\n    return 0;\n}\n\
+         static inline int twice(int x) { return x * 2; }\n",
+    )
+    .expect("header");
+    fs::write(
+        work.join("cov-a1.c"),
+        "#include <stdlib.h>\n#include \"shared.h\"\n\
+         int main(int c, char **v) { int n = c > 1 ? atoi(v[1]) : 0; return classify(n) * 0; }\n",
+    )
+    .expect("a1");
+    fs::write(
+        work.join("cov-a2.c"),
+        "#include <stdlib.h>\n#include \"shared.h\"\n\
+         int main(int c, char **v) { int n = c > 1 ? atoi(v[1]) : 0; if (n > 3) n = twice(n);\n\
+         return classify(n) * 0; }\n",
+    )
+    .expect("a2");
+    let session = work.join("session");
+    let mut raws = Vec::new();
+    for (i, (name, arg)) in [("cov-a1", "3"), ("cov-a2", "50")].into_iter().enumerate() {
+        let bin = work.join(name);
+        run_ok(
+            Command::new(&clang)
+                .args([
+                    "-fprofile-instr-generate",
+                    "-fcoverage-mapping",
+                    "-O0",
+                    "-o",
+                ])
+                .arg(&bin)
+                .arg(work.join(format!("{name}.c"))),
+        );
+        let raw = work.join(format!("{name}.profraw"));
+        let pid = run_instrumented(&bin, &raw, &[arg]);
+        let s = SessionBuilder::new(
+            &session,
+            &bin,
+            name,
+            Some("Debian clang version 14.0.6"),
+            Some(14),
+        );
+        s.artifact(i as u64 + 1, pid, &fs::read(&raw).expect("raw"), true);
+        raws.push((bin, raw));
+    }
+    let dir = session.to_string_lossy().into_owned();
+    let out = covobs(&["report", &dir, "--format", "lcov,json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let ours =
+        lcov_records(&fs::read_to_string(session.join("report/coverage.lcov")).expect("lcov"));
+    // What llvm-cov says of each module alone.
+    let alone: Vec<(BTreeMap<String, String>, Value)> = raws
+        .iter()
+        .enumerate()
+        .map(|(i, (bin, raw))| {
+            let w = work.join(format!("alone{i}"));
+            fs::create_dir_all(&w).expect("mkdir");
+            let (lcov, _) = llvm_direct(Path::new(LLVM14), bin, &[raw], &w);
+            let profdata = format!("-instr-profile={}", w.join("direct.profdata").display());
+            let summary: Value = serde_json::from_str(&run_ok(
+                Command::new(Path::new(LLVM14).join("llvm-cov"))
+                    .args(["export", "-summary-only", &profdata])
+                    .arg(bin),
+            ))
+            .expect("summary");
+            (lcov_records(&lcov), summary)
+        })
+        .collect();
+    let header = work.join("shared.h").to_string_lossy().into_owned();
+    let a1 = work.join("cov-a1.c").to_string_lossy().into_owned();
+    let a2 = work.join("cov-a2.c").to_string_lossy().into_owned();
+    // Files of one module: exactly llvm-cov's record.
+    assert_eq!(ours[&a1], alone[0].0[&a1]);
+    assert_eq!(ours[&a2], alone[1].0[&a2]);
+    // The shared header: every line of either module once, hit counts added up.
+    let mut want = da_lines(&alone[0].0[&header]);
+    for (line, n) in da_lines(&alone[1].0[&header]) {
+        *want.entry(line).or_default() += n;
+    }
+    assert_eq!(da_lines(&ours[&header]), want);
+    let summary = read_json(&session.join("report/summary.json"));
+    let file = summary["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == header.as_str())
+        .expect("header in summary")
+        .clone();
+    let hit = want.values().filter(|&&n| n > 0).count() as u64;
+    assert_eq!(file["lines"]["hit"].as_u64(), Some(hit), "{file}");
+    assert_eq!(
+        file["lines"]["total"].as_u64(),
+        Some(want.len() as u64),
+        "{file}"
+    );
+    assert_eq!(file["modules"], json!(["cov-a1", "cov-a2"]));
+    // Regions are each module's own: they add up.
+    let regions = |s: &Value| {
+        s["data"][0]["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .find(|f| f["filename"] == header.as_str())
+            .map(|f| f["summary"]["regions"]["count"].as_u64().expect("count"))
+            .expect("header")
+    };
+    assert_eq!(
+        file["regions"]["total"].as_u64(),
+        Some(regions(&alone[0].1) + regions(&alone[1].1))
+    );
+    // The last point of the timeline is the summary.
+    let points = read_json(&session.join("report/timeline.json"))["points"].clone();
+    assert_eq!(points[1]["lines"], summary["totals"]["lines"]);
+    assert_eq!(points[1]["regions"], summary["totals"]["regions"]);
+}
+
 #[test]
 fn report_of_a_rust_program_uses_its_rustc_llvm_tools() {
     let tmp = TempDir::new("report-rust");

@@ -30,9 +30,17 @@ fn xs(points: &[TimelinePoint]) -> (Vec<f64>, &'static str) {
         let first = t.first().copied().unwrap_or(0);
         let last = t.last().copied().unwrap_or(0);
         if last > first && t.windows(2).all(|w| w[1] >= w[0]) {
+            let span = (last - first) as f64 / 1e9;
+            let (unit, label) = if span > 3.0 * 3600.0 {
+                (3600.0, "hours since the first dump")
+            } else if span > 600.0 {
+                (60.0, "minutes since the first dump")
+            } else {
+                (1.0, "seconds since the first dump")
+            };
             return (
-                t.iter().map(|&x| (x - first) as f64 / 1e9).collect(),
-                "seconds since the first dump",
+                t.iter().map(|&x| (x - first) as f64 / 1e9 / unit).collect(),
+                label,
             );
         }
     }
@@ -214,6 +222,8 @@ mod tests {
         // Module names are escaped in tooltips.
         assert!(s.contains("&lt;m&amp;m&gt;"));
         assert!(!s.contains("<m&m>"));
+        let s = svg(&[p(1, Some(0), 2), p(2, Some(3600 * 1_000_000_000), 5)]);
+        assert!(s.contains("minutes since the first dump"));
         let s = svg(&[p(1, None, 2), p(2, None, 5)]);
         assert!(s.contains("artifacts collected"));
         assert!(svg(&[]).contains("no timeline"));

@@ -54,7 +54,8 @@ table{border-collapse:collapse;width:100%}
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle}
 th{background:var(--bg2);font-weight:600;font-size:12px;color:var(--mut)}
 td.num,th.num{text-align:right;white-space:nowrap}
-td.file{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;word-break:break-all}
+td.file{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;overflow-wrap:anywhere}
+td.mod{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;white-space:nowrap}
 .pct{white-space:nowrap;width:150px}
 .bar{display:inline-block;width:60px;height:8px;background:#e8ebee;border-radius:4px;overflow:hidden;vertical-align:middle;margin-right:6px}
 .bar span{display:block;height:100%}
@@ -113,12 +114,15 @@ fn pct_cell(c: Counts) -> String {
 }
 
 fn card(name: &str, c: Counts) -> String {
+    let detail = if c.total == 0 {
+        "none instrumented".to_string()
+    } else {
+        format!("{} of {} covered", c.hit, c.total)
+    };
     format!(
         "<div class=\"card\"><div class=\"k\">{name}</div><div class=\"v\">{}</div>\
-         <div class=\"n\">{} of {} covered</div><span class=\"bar\" style=\"width:100%\"><span class=\"{}\" style=\"width:{:.1}%\"></span></span></div>",
+         <div class=\"n\">{detail}</div><span class=\"bar\" style=\"width:100%\"><span class=\"{}\" style=\"width:{:.1}%\"></span></span></div>",
         c.percent_text(),
-        c.hit,
-        c.total,
         level(c.percent()),
         c.percent().unwrap_or(0.0)
     )
@@ -335,7 +339,7 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
             }
             let _ = write!(
                 b,
-                "<tr><td class=\"file\" title=\"{}\">{}</td><td><small>{}</small></td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}</tr>",
+                "<tr><td class=\"mod\" title=\"{}\">{}</td><td><small>{}</small></td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}</tr>",
                 escape(m.path.as_deref().unwrap_or("")),
                 escape(&m.name),
                 about.join("<br>"),

@@ -965,6 +965,13 @@ mod tests {
     }
 
     #[test]
+    fn live_coverage_can_move_to_a_blocking_thread() {
+        fn send<T: Send + 'static>() {}
+        send::<LiveCoverage>();
+        send::<Progress>();
+    }
+
+    #[test]
     fn a_late_artifact_rebuilds_the_timeline_in_seq_order() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let bin = session(tmp.path());

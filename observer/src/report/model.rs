@@ -80,6 +80,15 @@ impl Totals {
         }
     }
 
+    /// "lines 63.2%" (functions when there are no lines): the one figure of a progress line.
+    pub fn headline(&self) -> String {
+        if self.lines.total == 0 && self.functions.total > 0 {
+            format!("functions {}", self.functions.percent_text())
+        } else {
+            format!("lines {}", self.lines.percent_text())
+        }
+    }
+
     /// "lines 63.2% (120/190), functions 70.0% (7/10), ..." for progress lines and the CLI.
     pub fn describe(&self) -> String {
         let mut parts = vec![
@@ -463,6 +472,7 @@ mod tests {
         assert_eq!(t.regions, Some(Counts::new(3, 4)));
         assert_eq!(t.lines, Counts::new(1, 2));
         assert!(t.describe().starts_with("lines 50.0% (1/2)"));
+        assert_eq!(t.headline(), "lines 50.0%");
     }
 
     #[test]
