@@ -4,6 +4,8 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod demo;
 mod fixtures;
 mod vm;
 
@@ -26,8 +28,8 @@ enum Task {
     },
     /// Run covobs on the bundled demo workload and write a report.
     Demo,
-    /// Run the benchmarks and print their figures.
-    Bench,
+    /// Run the benchmarks and print their figures (all, or the ones named: watch, attach).
+    Bench { which: Vec<String> },
     /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
     Kernel,
     /// Run a host command inside a QEMU guest running the kcov kernel; exit with its status.
@@ -58,8 +60,12 @@ fn main() -> Result<()> {
                 .args(&cargo_args))?;
             vm::vm_test(&vm::VmArgs::default(), Vec::new())
         }
-        Task::Demo => bail!("the demo comes with `covobs attach`"),
-        Task::Bench => bail!("no benchmarks yet"),
+        Task::Demo => demo::run(),
+        Task::Bench { which } => {
+            fixtures::build_all()?;
+            run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "covobs"]))?;
+            bench::run(&which)
+        }
         Task::Kernel => vm::kernel_cmd(),
         Task::VmRun { vm, command } => std::process::exit(vm::vm_run(&vm, command)),
         Task::VmTest { vm, command } => vm::vm_test(&vm, command),

@@ -99,8 +99,13 @@ impl ControlServer {
             }
             let mut line = String::new();
             let mut reader = BufReader::new(&mut responder.stream);
-            let read = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-            match read.ok().and_then(Result::ok).map(|_| serde_json::from_str(&line)) {
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+            match read
+                .ok()
+                .and_then(Result::ok)
+                .map(|_| serde_json::from_str(&line))
+            {
                 Some(Ok(req)) => return Some((req, responder)),
                 _ => {
                     responder
@@ -137,7 +142,10 @@ impl Responder {
 }
 
 /// The client side: ask every running attach until one watches the target.
-pub async fn request_dump(what: DumpRequest, timeout: Duration) -> Result<DumpResponse, ControlError> {
+pub async fn request_dump(
+    what: DumpRequest,
+    timeout: Duration,
+) -> Result<DumpResponse, ControlError> {
     let label = match &what {
         DumpRequest::Pid(p) => format!("process {p}"),
         DumpRequest::Name(n) => format!("a process named {n:?}"),
@@ -169,8 +177,7 @@ pub async fn request_dump(what: DumpRequest, timeout: Duration) -> Result<DumpRe
             .await
             .map_err(|_| io(std::io::Error::other("no answer in time")))?
             .map_err(io)?;
-        let response: DumpResponse =
-            serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
+        let response: DumpResponse = serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
         if response.not_mine {
             continue;
         }

@@ -121,7 +121,7 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
     }
     finish(session, pipeline, &out_dir, started_unix).await?;
     if !opts.no_report {
-        report(&out_dir);
+        report(&out_dir).await;
     }
     eprintln!("covobs: session written to {}", out_dir.display());
     Ok(())
@@ -166,7 +166,7 @@ async fn drive(
         eprintln!("covobs: warning: {r}");
     }
 
-    let mut progress = progress::Progress::new(!opts.json);
+    let mut progress = progress::Progress::new(!opts.json && !opts.no_report, &session.out_dir);
     if opts.once {
         session.trigger_all("once").await;
     }
@@ -188,7 +188,10 @@ async fn drive(
                     session.on_record(record).await;
                 }
             }
-            Some(outcome) = done_rx.recv() => session.on_outcome(outcome).await,
+            Some(outcome) = done_rx.recv() => {
+                progress.artifact(&session.out_dir, &outcome);
+                session.on_outcome(outcome).await;
+            }
             Some((req, responder)) = control.accept() => session.on_request(req, responder).await,
             _ = next_tick(&mut interval), if stopping_since.is_none() => {
                 session.trigger_all("interval").await;
@@ -206,7 +209,11 @@ async fn drive(
                 }
             }
         }
-        if opts.once && stopping_since.is_none() && !session.busy() && session.counters.dumps_triggered > 0 {
+        if opts.once
+            && stopping_since.is_none()
+            && !session.busy()
+            && session.counters.dumps_triggered > 0
+        {
             stopping_since = Some(tokio::time::Instant::now());
         }
         if session.tracker.finished() && stopping_since.is_none() {
@@ -302,6 +309,29 @@ async fn finish(
     Ok(())
 }
 
-/// The report at the end of attach (the report stage is its own module; a failure there does not
-/// lose the collected data, which stays in the directory for `covobs report`).
-fn report(_out_dir: &std::path::Path) {}
+/// The report at the end of attach. A failure there loses nothing: the collected data stays in
+/// the directory for `covobs report DIR`.
+async fn report(out_dir: &std::path::Path) {
+    let dir = out_dir.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::report::generate(&dir, &crate::report::ReportOptions::default())
+    })
+    .await;
+    match result {
+        Ok(Ok(summary)) => {
+            eprint!("{}", summary.render());
+            for w in &summary.warnings {
+                eprintln!("covobs: warning: {w}");
+            }
+            for x in &summary.excluded {
+                eprintln!("covobs: left out of the report: {x}");
+            }
+        }
+        Ok(Err(e)) => eprintln!(
+            "covobs: the report could not be written ({e}); the data is in {}: run `covobs report {}`",
+            out_dir.display(),
+            out_dir.display()
+        ),
+        Err(e) => eprintln!("covobs: the report stage failed: {e}"),
+    }
+}

@@ -1,19 +1,28 @@
 //! The live progress line of a long attach (stderr, only on a terminal): targets, dumps,
-//! artifacts, losses, and the latest coverage figure when the report stage provides one.
-use std::io::IsTerminal as _;
+//! artifacts, losses, and the session's coverage after the latest artifact, computed by the
+//! report stage on its own thread so the event loop never waits for llvm tools.
+use std::{
+    io::IsTerminal as _,
+    path::Path,
+    sync::{Arc, Mutex, mpsc},
+};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::session::Session;
+use super::session::{Outcome, Session};
 
 pub struct Progress {
     bar: Option<ProgressBar>,
-    /// "lines 63.2%" after the latest artifact, when known.
-    pub coverage: Option<String>,
+    /// "lines 63.2% (...)" after the latest artifact, written by the coverage thread.
+    coverage: Arc<Mutex<Option<String>>>,
+    /// Artifact metadata files for the coverage thread.
+    feed: Option<mpsc::Sender<std::path::PathBuf>>,
 }
 
 impl Progress {
-    pub fn new(enabled: bool) -> Self {
+    /// `enabled`: draw the line (a terminal, not --json). The coverage figure is computed only
+    /// when the line is drawn.
+    pub fn new(enabled: bool, session_dir: &Path) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();
             if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
@@ -21,14 +30,28 @@ impl Progress {
             }
             bar
         });
+        let coverage = Arc::new(Mutex::new(None));
+        let feed = bar
+            .is_some()
+            .then(|| start_coverage_thread(session_dir, coverage.clone()));
         Self {
             bar,
-            coverage: None,
+            coverage,
+            feed,
+        }
+    }
+
+    /// A collection finished: let the coverage thread take the new artifact in.
+    pub fn artifact(&mut self, session_dir: &Path, outcome: &Outcome) {
+        if let (Some(feed), Ok(file)) = (&self.feed, &outcome.result) {
+            let meta = session_dir.join(file).with_extension("json");
+            let _ = feed.send(meta);
         }
     }
 
     pub fn line(&self, s: &Session) -> String {
         let c = &s.counters;
+        let coverage = self.coverage.lock().ok().and_then(|g| g.clone());
         format!(
             "targets {} · dumps {} (asked {}) · artifacts {} · lost {}{}",
             s.targets.len(),
@@ -36,10 +59,7 @@ impl Progress {
             c.dumps_triggered,
             c.artifacts,
             c.lost,
-            self.coverage
-                .as_deref()
-                .map(|v| format!(" · {v}"))
-                .unwrap_or_default()
+            coverage.map(|v| format!(" · {v}")).unwrap_or_default()
         )
     }
 
@@ -51,10 +71,35 @@ impl Progress {
     }
 
     pub fn finish(&mut self, s: &Session) {
+        self.feed = None;
         let line = self.line(s);
         match self.bar.take() {
             Some(bar) => bar.finish_with_message(line),
             None => eprintln!("covobs: {line}"),
         }
     }
+}
+
+fn start_coverage_thread(
+    session_dir: &Path,
+    out: Arc<Mutex<Option<String>>>,
+) -> mpsc::Sender<std::path::PathBuf> {
+    let (tx, rx) = mpsc::channel::<std::path::PathBuf>();
+    let dir = session_dir.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("covobs-coverage".into())
+        .spawn(move || {
+            let opts = crate::report::ReportOptions::default();
+            let Ok(mut live) = crate::report::LiveCoverage::new(&dir, &opts) else {
+                return;
+            };
+            while let Ok(meta) = rx.recv() {
+                if let Ok(crate::report::Progress::Point(p)) = live.add(&meta)
+                    && let Ok(mut g) = out.lock()
+                {
+                    *g = Some(format!("coverage {}", p.totals.describe()));
+                }
+            }
+        });
+    tx
 }

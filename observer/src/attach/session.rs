@@ -40,6 +40,7 @@ pub fn collectable(runtime: Runtime) -> bool {
 pub struct Outcome {
     pub pid: u32,
     pub request: Option<u64>,
+    /// The artifact file (relative to the session directory), or why there is none.
     pub result: Result<String, String>,
 }
 
@@ -140,13 +141,17 @@ impl Session {
         let mapped = match self.discovery.scan(pid as i32) {
             Ok(m) => m,
             Err(e) => {
-                self.lost(pid, pid, "runtime discovery", e.to_string()).await;
+                self.lost(pid, pid, "runtime discovery", e.to_string())
+                    .await;
                 Vec::new()
             }
         };
         for m in &mapped {
             for exit in m.module.hooks(Runtime::Libc, Role::ProcessExit) {
-                if let Err(e) = self.probes.attach_exit_probe(&m.open_path, exit.file_offset, pid) {
+                if let Err(e) = self
+                    .probes
+                    .attach_exit_probe(&m.open_path, exit.file_offset, pid)
+                {
                     tracing::warn!("exit-time dumps of {pid} will be reported as its own: {e}");
                 }
             }
@@ -184,8 +189,13 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        self.lost(pid, pid, "dump probe", format!("{function} in {}: {e}", m.module.path))
-                            .await;
+                        self.lost(
+                            pid,
+                            pid,
+                            "dump probe",
+                            format!("{function} in {}: {e}", m.module.path),
+                        )
+                        .await;
                     }
                 }
             }
@@ -219,7 +229,11 @@ impl Session {
             .find(|m| m.module.runtimes.contains(&Runtime::Llvm))
         {
             let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
-            state.llvm_profile = Some(llvm_path::for_process(pid, rustc, m.module.build_id.as_deref()));
+            state.llvm_profile = Some(llvm_path::for_process(
+                pid,
+                rustc,
+                m.module.build_id.as_deref(),
+            ));
         }
         state.modules = mapped;
         let dumpable = state.dumpable.clone();
@@ -283,14 +297,21 @@ impl Session {
     }
 
     /// Send the dump signal(s) to one target. Returns the "pid/tid runtimes" signalled.
-    pub async fn trigger(&mut self, pid: u32, reason: &str, request: Option<u64>) -> Result<Vec<String>, String> {
+    pub async fn trigger(
+        &mut self,
+        pid: u32,
+        reason: &str,
+        request: Option<u64>,
+    ) -> Result<Vec<String>, String> {
         let sig = self.opts.signal;
         let (dumpable, threads) = match self.targets.get(&pid) {
             Some(s) => (s.dumpable.clone(), self.thread_ids(pid)),
             None => return Err(format!("process {pid} is not attached")),
         };
         if dumpable.is_empty() {
-            return Err(format!("process {pid} has no dump function covobs can trigger"));
+            return Err(format!(
+                "process {pid} has no dump function covobs can trigger"
+            ));
         }
         let plan = choose_threads(self.opts.thread, pid as i32, &threads, &dumpable, None)
             .map_err(|e| e.to_string())?;
@@ -300,7 +321,8 @@ impl Session {
         let mut runtimes_sent: Vec<Runtime> = Vec::new();
         for t in &plan {
             if let Err(e) = trigger::check_safe(pid as i32, t.tid, sig, self.opts.force) {
-                self.lost(pid, t.tid as u32, "dump trigger", e.to_string()).await;
+                self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
+                    .await;
                 continue;
             }
             let Some(thread) = ThreadRef::get(pid as i32, t.tid) else {
@@ -312,7 +334,11 @@ impl Session {
                     sent.push(format!(
                         "{pid}/{} {}",
                         t.tid,
-                        t.runtimes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join("+")
+                        t.runtimes
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join("+")
                     ));
                     self.tx
                         .event(event(
@@ -333,10 +359,20 @@ impl Session {
                     }
                     // --thread all: many signals, one dump per runtime expected.
                     if self.opts.thread != trigger::ThreadChoice::All {
-                        self.push_pending(pid, t.tid as u32, t.runtimes.clone(), now, deadline, request);
+                        self.push_pending(
+                            pid,
+                            t.tid as u32,
+                            t.runtimes.clone(),
+                            now,
+                            deadline,
+                            request,
+                        );
                     }
                 }
-                Err(e) => self.lost(pid, t.tid as u32, "dump trigger", e.to_string()).await,
+                Err(e) => {
+                    self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
+                        .await
+                }
             }
         }
         if self.opts.thread == trigger::ThreadChoice::All && !runtimes_sent.is_empty() {
@@ -348,7 +384,15 @@ impl Session {
         Ok(sent)
     }
 
-    fn push_pending(&mut self, pid: u32, tid: u32, runtimes: Vec<Runtime>, now: u64, deadline: u64, request: Option<u64>) {
+    fn push_pending(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        runtimes: Vec<Runtime>,
+        now: u64,
+        deadline: u64,
+        request: Option<u64>,
+    ) {
         if let Some(r) = request.and_then(|id| self.requests.get_mut(&id)) {
             r.remaining += runtimes.len();
         }
@@ -375,7 +419,9 @@ impl Session {
 
     /// Dumps still expected or running, and collections not finished.
     pub fn busy(&self) -> bool {
-        self.in_flight > 0 || self.targets.values().any(|t| !t.pending.is_empty()) || self.dumps_active()
+        self.in_flight > 0
+            || self.targets.values().any(|t| !t.pending.is_empty())
+            || self.dumps_active()
     }
 
     fn dumps_active(&self) -> bool {
@@ -395,7 +441,10 @@ impl Session {
                     self.on_event(e).await;
                 }
             }
-            Record::DumpStart { hdr, cookie } => self.on_dump_start(hdr.tgid, hdr.tid, hdr.ts_ns, hdr._reserved, cookie).await,
+            Record::DumpStart { hdr, cookie } => {
+                self.on_dump_start(hdr.tgid, hdr.tid, hdr.ts_ns, hdr._reserved, cookie)
+                    .await
+            }
             Record::FileOpen {
                 hdr,
                 ret,
@@ -418,14 +467,18 @@ impl Session {
                 let (ino, dev) = identity(&file);
                 let pos = (file.known != 0).then_some(file.pos);
                 let explicit = (call == 1 || call == 3).then_some(offset);
-                self.dumps.file_write(hdr.tid, fd, ret, pos, explicit, ino, dev);
+                self.dumps
+                    .file_write(hdr.tid, fd, ret, pos, explicit, ino, dev);
             }
             Record::DumpEnd {
                 hdr,
                 cookie,
                 ret,
                 start_ns,
-            } => self.on_dump_end(hdr.tgid, hdr.tid, hdr.ts_ns, cookie, ret, start_ns).await,
+            } => {
+                self.on_dump_end(hdr.tgid, hdr.tid, hdr.ts_ns, cookie, ret, start_ns)
+                    .await
+            }
             Record::Selftest { .. } => {}
         }
     }
@@ -446,7 +499,11 @@ impl Session {
         }
         if exec {
             // A new program image: its runtimes may differ.
-            let comm = self.tracker.get(pid).map(|t| t.process.comm.clone()).unwrap_or_default();
+            let comm = self
+                .tracker
+                .get(pid)
+                .map(|t| t.process.comm.clone())
+                .unwrap_or_default();
             self.targets.remove(&pid);
             self.adopt(pid, &comm).await;
         }
@@ -455,7 +512,10 @@ impl Session {
                 pid,
                 tid,
                 d.hook.runtime.as_str(),
-                format!("thread {tid} exited in the middle of a {} dump: nothing collected", d.hook.function),
+                format!(
+                    "thread {tid} exited in the middle of a {} dump: nothing collected",
+                    d.hook.function
+                ),
             )
             .await;
         }
@@ -466,12 +526,20 @@ impl Session {
                         pid,
                         p.tid,
                         rt.as_str(),
-                        format!("process {pid} exited before the {} dump covobs asked for", rt.as_str()),
+                        format!(
+                            "process {pid} exited before the {} dump covobs asked for",
+                            rt.as_str()
+                        ),
                     )
                     .await;
                 }
-                self.finish_request(p.request, p.runtimes.len(), None, Some(format!("process {pid} exited")))
-                    .await;
+                self.finish_request(
+                    p.request,
+                    p.runtimes.len(),
+                    None,
+                    Some(format!("process {pid} exited")),
+                )
+                .await;
             }
         }
     }
@@ -519,7 +587,15 @@ impl Session {
         });
     }
 
-    async fn on_dump_end(&mut self, pid: u32, tid: u32, ts: u64, cookie: u64, ret: i64, start_ns: u64) {
+    async fn on_dump_end(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ts: u64,
+        cookie: u64,
+        ret: i64,
+        start_ns: u64,
+    ) {
         let Some(hook) = self.hooks.get(cookie) else {
             return;
         };
@@ -538,8 +614,13 @@ impl Session {
             })
             .await;
         let Some(done) = self.dumps.end(tid, ts, ret) else {
-            self.lost(pid, tid, hook.runtime.as_str(), "the dump began before covobs attached: its output is not known".into())
-                .await;
+            self.lost(
+                pid,
+                tid,
+                hook.runtime.as_str(),
+                "the dump began before covobs attached: its output is not known".into(),
+            )
+            .await;
             return;
         };
         let served = self
@@ -550,12 +631,23 @@ impl Session {
         // The signal that asked for this dump may carry a `covobs dump` request.
         let request = served.iter().find_map(|p| p.request);
         let Some(state) = self.targets.get(&pid) else {
-            self.lost(pid, tid, hook.runtime.as_str(), format!("process {pid} was no longer attached"))
-                .await;
+            self.lost(
+                pid,
+                tid,
+                hook.runtime.as_str(),
+                format!("process {pid} was no longer attached"),
+            )
+            .await;
             return;
         };
         let Some(root) = state.root.clone() else {
-            self.lost(pid, tid, hook.runtime.as_str(), format!("the root directory of process {pid} could not be opened")).await;
+            self.lost(
+                pid,
+                tid,
+                hook.runtime.as_str(),
+                format!("the root directory of process {pid} could not be opened"),
+            )
+            .await;
             return;
         };
         let fallback = state.llvm_profile.clone();
@@ -589,7 +681,13 @@ impl Session {
         self.finish_request(o.request, 1, file, lost).await;
     }
 
-    async fn finish_request(&mut self, request: Option<u64>, count: usize, file: Option<String>, lost: Option<String>) {
+    async fn finish_request(
+        &mut self,
+        request: Option<u64>,
+        count: usize,
+        file: Option<String>,
+        lost: Option<String>,
+    ) {
         let Some(id) = request else { return };
         let Some(r) = self.requests.get_mut(&id) else {
             return;
@@ -618,9 +716,18 @@ impl Session {
         let now = clock::boot_ns();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
-            let expired = self.targets.get_mut(&pid).map(|t| t.expired(now)).unwrap_or_default();
+            let expired = self
+                .targets
+                .get_mut(&pid)
+                .map(|t| t.expired(now))
+                .unwrap_or_default();
             for p in expired {
-                let missing: Vec<Runtime> = p.runtimes.iter().copied().filter(|r| !p.started.contains(r)).collect();
+                let missing: Vec<Runtime> = p
+                    .runtimes
+                    .iter()
+                    .copied()
+                    .filter(|r| !p.started.contains(r))
+                    .collect();
                 for rt in &missing {
                     self.lost(
                         pid,
@@ -640,10 +747,19 @@ impl Session {
                 if started > 0 {
                     // Started but not finished: keep waiting for dump_end without a deadline;
                     // report that it is slow.
-                    self.lost(pid, p.tid, "dump", format!("a dump on process {pid} did not finish within {:?}", self.opts.dump_timeout))
-                        .await;
+                    self.lost(
+                        pid,
+                        p.tid,
+                        "dump",
+                        format!(
+                            "a dump on process {pid} did not finish within {:?}",
+                            self.opts.dump_timeout
+                        ),
+                    )
+                    .await;
                 }
-                self.finish_request(p.request, p.runtimes.len(), None, Some("timed out".into())).await;
+                self.finish_request(p.request, p.runtimes.len(), None, Some("timed out".into()))
+                    .await;
             }
         }
     }
@@ -651,7 +767,12 @@ impl Session {
     /// Handle `covobs dump`.
     pub async fn on_request(&mut self, req: DumpRequest, responder: Responder) {
         let pids: Vec<u32> = match &req {
-            DumpRequest::Pid(p) => self.targets.keys().copied().filter(|t| *t as i32 == *p).collect(),
+            DumpRequest::Pid(p) => self
+                .targets
+                .keys()
+                .copied()
+                .filter(|t| *t as i32 == *p)
+                .collect(),
             DumpRequest::Name(n) => self
                 .targets
                 .values()
@@ -732,17 +853,33 @@ async fn collect_one(
     let runtime = hook.runtime;
     let trigger = done.dump.trigger;
     let (start_ns, end_ns, ret) = (done.dump.start_ns, done.end_ns, done.ret);
-    let extracted = tokio::task::spawn_blocking(move || collect::extract_llvm(&done, &root, fallback.as_ref()))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let extracted =
+        tokio::task::spawn_blocking(move || collect::extract_llvm(&done, &root, fallback.as_ref()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
     let list = match extracted {
         Ok(l) => l,
         Err(reason) => {
-            let reason = format!("{} dump on thread {tid} (returned {ret}): {reason}", runtime.as_str());
-            tx.event(event(pid, tid, Body::Lost { reason: reason.clone(), what: runtime.as_str().into(), count: 1 }))
-                .await;
-            let _ = done_tx.send(Outcome { pid, request, result: Err(reason) });
+            let reason = format!(
+                "{} dump on thread {tid} (returned {ret}): {reason}",
+                runtime.as_str()
+            );
+            tx.event(event(
+                pid,
+                tid,
+                Body::Lost {
+                    reason: reason.clone(),
+                    what: runtime.as_str().into(),
+                    count: 1,
+                },
+            ))
+            .await;
+            let _ = done_tx.send(Outcome {
+                pid,
+                request,
+                result: Err(reason),
+            });
             return;
         }
     };
@@ -820,6 +957,10 @@ async fn collect_one(
             ))
             .await;
         }
-        let _ = done_tx.send(Outcome { pid, request, result });
+        let _ = done_tx.send(Outcome {
+            pid,
+            request,
+            result,
+        });
     }
 }

@@ -106,7 +106,13 @@ pub struct HookTable {
 
 impl HookTable {
     /// The cookie for a dump hook of a module, registering it on first use. Returns (cookie, new).
-    pub fn register(&mut self, mapped: &Mapped, runtime: Runtime, function: &str, file_offset: u64) -> (u64, bool) {
+    pub fn register(
+        &mut self,
+        mapped: &Mapped,
+        runtime: Runtime,
+        function: &str,
+        file_offset: u64,
+    ) -> (u64, bool) {
         let key = (mapped.module.file, file_offset);
         if let Some(c) = self.by_place.get(&key) {
             return (*c, false);
@@ -143,7 +149,13 @@ pub fn dump_hooks(mapped: &Mapped) -> Vec<(Runtime, String, u64)> {
 pub fn sanitize(comm: &str) -> String {
     let s: String = comm
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() || s.starts_with('.') {
         format!("_{s}")
@@ -180,7 +192,10 @@ mod tests {
         });
         assert!(!t.claim(Runtime::Gcov, 20));
         assert!(t.claim(Runtime::Llvm, 20));
-        assert!(!t.claim(Runtime::Llvm, 21), "one dump per signal and runtime");
+        assert!(
+            !t.claim(Runtime::Llvm, 21),
+            "one dump per signal and runtime"
+        );
         assert!(t.complete(Runtime::Llvm).is_empty(), "bisect still pending");
         assert_eq!(t.expired(100).len(), 1);
         assert!(t.pending.is_empty());
