@@ -24,7 +24,7 @@ pub enum Item {
     /// Collected bytes and their metadata. `durable` is told when a sink has made it durable
     /// (CLOCK_BOOTTIME ns), so the collector can report the latency.
     Artifact {
-        artifact: Artifact,
+        artifact: Box<Artifact>,
         durable: Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
     },
     /// Keep a copy of an instrumented module (reports need it after the target is gone).
@@ -144,7 +144,7 @@ impl Sender {
         let _ = self
             .0
             .send(Item::Artifact {
-                artifact,
+                artifact: Box::new(artifact),
                 durable: Some(tx),
             })
             .await;
