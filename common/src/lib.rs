@@ -208,6 +208,10 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// 1 when the offsets above are valid.
     pub valid: u32,
+    /// Bit offset of `task_struct.in_execve` (set while the task is inside exec), or u32::MAX
+    /// when this kernel has no such field.
+    pub task_in_execve_bit: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken by userspace from

@@ -22,8 +22,8 @@ use crate::maps::{config, current, header, reserve, tgid_watched};
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DumpState {
-    cookie: u64,
-    start_ns: u64,
+    pub cookie: u64,
+    pub start_ns: u64,
 }
 
 #[repr(C)]
@@ -125,7 +125,7 @@ pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn in_dump(tid: u32) -> Option<DumpState> {
+pub fn in_dump(tid: u32) -> Option<DumpState> {
     // SAFETY: copied out at once.
     unsafe { IN_DUMP.get(&tid) }.copied()
 }

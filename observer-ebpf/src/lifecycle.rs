@@ -5,6 +5,7 @@ use aya_ebpf::{
     EbpfContext as _,
     cty::c_void,
     helpers::{bpf_get_current_comm, generated::bpf_probe_read_kernel_str},
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -14,8 +15,8 @@ use covobs_common::{
 };
 
 use crate::maps::{
-    EXECING, WATCHED_TGIDS, WATCHED_TIDS, comm_watched, config, current, header, normalize_comm,
-    reserve, tgid_watched, tid_watched,
+    WATCHED_TGIDS, WATCHED_TIDS, comm_watched, config, current, header, normalize_comm, reserve,
+    tgid_watched, tid_watched,
 };
 
 /// `sched:sched_process_exec`, in the context of the task after exec.
@@ -28,7 +29,6 @@ pub fn covobs_exec(ctx: TracePointContext) -> u32 {
 fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let cur = current();
-    let _ = EXECING.remove(&cur.tgid);
     if cur.tgid == cfg.self_tgid {
         return Ok(());
     }
@@ -186,7 +186,7 @@ fn on_rename(ctx: &TracePointContext) -> Result<(), i64> {
         None if tid == cur.tid
             && cur.tid == cur.tgid
             && cur.tgid != cfg.self_tgid
-            && EXECING.get_ptr(&cur.tgid).is_none() =>
+            && !in_execve(cfg) =>
         {
             if !comm_watched(&new) {
                 return Ok(());
@@ -234,17 +234,18 @@ fn emit_task(
     entry.submit(0);
 }
 
-/// `syscalls:sys_enter_execve` and `sys_enter_execveat`: the process is inside exec.
-#[tracepoint]
-pub fn covobs_execve_enter(_ctx: TracePointContext) -> u32 {
-    let _ = EXECING.insert(&current().tgid, &1, 0);
-    0
-}
-
-/// `syscalls:sys_exit_execve` and `sys_exit_execveat`: a failed exec returns here (a successful
-/// one was already cleared by `covobs_exec`).
-#[tracepoint]
-pub fn covobs_execve_exit(_ctx: TracePointContext) -> u32 {
-    let _ = EXECING.remove(&current().tgid);
-    0
+/// Whether the current task is inside exec (`task_struct.in_execve`, through its BTF offset):
+/// exec renames the task before sched_process_exec fires, and that rename must not be taken for
+/// a prctl(PR_SET_NAME).
+#[inline(always)]
+fn in_execve(cfg: &covobs_common::Config) -> bool {
+    let bit = cfg.kernel.task_in_execve_bit;
+    if cfg.kernel.valid == 0 || bit == u32::MAX {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: a helper-checked read of one byte of the current task_struct at a BTF offset.
+    let byte = unsafe { bpf_probe_read_kernel((task + u64::from(bit / 8)) as *const u8) };
+    byte.is_ok_and(|b| b & (1 << (bit % 8)) != 0)
 }

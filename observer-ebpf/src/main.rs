@@ -14,6 +14,8 @@ mod maps;
 mod selftest;
 #[cfg(target_arch = "bpf")]
 mod signals;
+#[cfg(target_arch = "bpf")]
+mod vfs;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

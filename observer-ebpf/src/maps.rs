@@ -27,11 +27,6 @@ pub static WATCHED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0)
 #[map]
 pub static WATCH_COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(64, 0);
 
-/// Processes inside execve(2) now (tgid -> 1): exec renames the task before sched_process_exec
-/// fires, and that rename must not be taken for a prctl(PR_SET_NAME).
-#[map]
-pub static EXECING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-
 /// Records lost because the ring buffer was full, per CPU and per record kind.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);

@@ -76,6 +76,12 @@ pub struct AttachArgs {
     /// Do not write the report at the end (`covobs report DIR` can write it later).
     #[arg(long)]
     pub no_report: bool,
+    /// Where the kernel cannot attach BPF trampolines: follow dump outputs with syscall
+    /// tracepoints only around the dumps covobs triggers (window), for the whole session
+    /// (always: exact for the target's own dumps too, but every system call on the machine pays),
+    /// or never (off: dumps are located in the file the target's environment names).
+    #[arg(long, value_enum, default_value = "window")]
+    pub file_tracking: crate::probes::FileTrackingPolicy,
     /// Forward the eBPF programs' own log messages (debugging covobs).
     #[arg(long)]
     pub ebpf_log: bool,
@@ -150,6 +156,10 @@ pub struct ReportArgs {
     /// The session directory (what `covobs attach --out` wrote).
     pub dir: std::path::PathBuf,
     /// What to write, comma-separated: lcov, html, cobertura, json (summary and timeline).
-    #[arg(long, value_delimiter = ',', default_value = "lcov,html,cobertura,json")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lcov,html,cobertura,json"
+    )]
     pub format: Vec<crate::report::Format>,
 }

@@ -95,6 +95,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 ebpf_log: args.ebpf_log,
                 dump_timeout: args.dump_timeout,
                 no_report: args.no_report,
+                file_tracking: args.file_tracking,
                 command: std::env::args().collect(),
             })
             .await?;

@@ -367,12 +367,21 @@ pub struct Driven {
 
 impl Driven {
     pub fn start(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn target");
+            .stderr(Stdio::inherit());
+        // A binary copied a moment ago can be "busy": another test thread's fork may still hold
+        // the copy's write descriptor until it execs. That passes within milliseconds.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("spawn target"),
+            }
+        };
         let stdin = child.stdin.take().expect("stdin");
         let lines = pump(child.stdout.take().expect("stdout"));
         Self {

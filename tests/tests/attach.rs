@@ -333,8 +333,8 @@ fn covobs_killed_with_sigkill_leaves_the_target_running_and_no_probe_behind() {
     covobs.wait_event(T, "a first artifact", |e| e.kind() == "artifact");
     let ids = covobs.bpf_ids();
     assert!(
-        ids.programs.len() >= 10 && ids.links.len() >= 10,
-        "tracepoints, syscall tracepoints and dump uprobes: {ids:?}"
+        ids.programs.len() >= 10 && ids.links.len() >= 9,
+        "tracepoints, dump uprobes and the exit probe (the syscall tracepoints are loaded, attached only in windows): {ids:?}"
     );
     covobs.signal(libc::SIGKILL);
     covobs.wait(T);
@@ -525,4 +525,85 @@ fn by_name_follows_a_restarted_target() {
         "one artifact directory per process: {dirs:?}"
     );
     drop(second);
+}
+
+#[test]
+fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
+    require_root();
+    let tmp = TempDir::new("attach-window");
+    let out = tmp.path().join("out");
+    let target = start_fixture(
+        "llvm-c-target",
+        &[],
+        &[(
+            "LLVM_PROFILE_FILE",
+            tmp.path().join("w.profraw").to_str().unwrap(),
+        )],
+        tmp.path(),
+    );
+    let pid = target.pid().to_string();
+    let mut covobs = attach(&["--pid", &pid, "--out", out.to_str().unwrap()]);
+    covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    let idle = covobs.bpf_ids();
+    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid]));
+    // The dump was located by the kernel, and the window closed again after it.
+    let art = covobs.wait_event(T, "the artifact", |e| e.kind() == "artifact");
+    assert_eq!(art.s("trigger"), "signal");
+    let meta = artifacts(&out);
+    assert_eq!(meta[0].0["source"]["located_by"], "kernel", "{}", meta[0].0);
+    let after = covobs.bpf_ids();
+    assert_eq!(
+        idle.links.len(),
+        after.links.len(),
+        "idle {idle:?}, after {after:?}"
+    );
+    covobs.signal(libc::SIGINT);
+    assert!(covobs.wait(T).success());
+    drop(target);
+}
+
+#[test]
+fn file_tracking_always_locates_the_targets_own_dumps_in_the_kernel_too() {
+    require_root();
+    let tmp = TempDir::new("attach-always");
+    let out = tmp.path().join("out");
+    let target = start_fixture(
+        "llvm-rust-target",
+        &["--self-dump-ms", "250"],
+        &[(
+            "LLVM_PROFILE_FILE",
+            tmp.path().join("a.profraw").to_str().unwrap(),
+        )],
+        tmp.path(),
+    );
+    let pid = target.pid().to_string();
+    let mut covobs = attach(&[
+        "--pid",
+        &pid,
+        "--file-tracking",
+        "always",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    covobs.wait_event(T, "two self dumps", |e| {
+        e.kind() == "artifact" && e.u("seq") == 2
+    });
+    covobs.signal(libc::SIGINT);
+    assert!(covobs.wait(T).success());
+    let arts = artifacts(&out);
+    let own: Vec<&Value> = arts
+        .iter()
+        .map(|(m, _)| m)
+        .filter(|m| m["trigger"] == "self")
+        .collect();
+    assert!(own.len() >= 2);
+    assert!(
+        own.iter().all(|m| m["source"]["located_by"] == "kernel"),
+        "{own:?}"
+    );
+    assert_eq!(
+        read_json(&out.join("session.json"))["file_tracking"],
+        "syscall_always"
+    );
+    drop(target);
 }

@@ -41,6 +41,8 @@ pub struct AttachOptions {
     pub dump_timeout: Duration,
     /// Skip the report at the end.
     pub no_report: bool,
+    /// Where trampolines are unavailable: when syscall tracepoints may follow dump outputs.
+    pub file_tracking: crate::probes::FileTrackingPolicy,
     /// The command line, for session.json.
     pub command: Vec<String>,
 }
@@ -75,6 +77,7 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
 
     let probe_opts = ProbeOptions {
         ebpf_log: opts.ebpf_log,
+        file_tracking: Some(opts.file_tracking),
         ..Default::default()
     };
     let mut probes = Probes::load(&probe_opts).map_err(|e| {
@@ -262,6 +265,7 @@ async fn finish(
     started_unix: u64,
 ) -> anyhow::Result<()> {
     let programs = session.probes.programs().to_vec();
+    let file_tracking = session.probes.file_tracking;
     let opts = session.opts.clone();
     let counters = session.counters.clone();
     let history = std::mem::take(&mut session.history);
@@ -284,7 +288,9 @@ async fn finish(
             "mode": "signal",
             "force": opts.force,
             "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
+            "file_tracking_policy": opts.file_tracking,
         },
+        "file_tracking": file_tracking,
         "targets": history,
         "programs": programs,
         "counters": {

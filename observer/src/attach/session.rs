@@ -39,7 +39,8 @@ pub fn collectable(runtime: Runtime) -> bool {
 #[derive(Debug)]
 pub struct Outcome {
     pub pid: u32,
-    pub request: Option<u64>,
+    /// The `covobs dump` requests this dump answers.
+    pub requests: Vec<u64>,
     /// The artifact file (relative to the session directory), or why there is none.
     pub result: Result<String, String>,
 }
@@ -236,6 +237,20 @@ impl Session {
             ));
         }
         state.modules = mapped;
+        if let Some(root) = state.root.clone() {
+            let (jobs, rx) = mpsc::unbounded_channel();
+            tokio::spawn(target_collector(
+                rx,
+                root,
+                state.llvm_profile.clone(),
+                state.dir.clone(),
+                state.comm.clone(),
+                self.seq.clone(),
+                self.tx.clone(),
+                self.done_tx.clone(),
+            ));
+            state.collector = Some(jobs);
+        }
         let dumpable = state.dumpable.clone();
         self.history.push(serde_json::json!({
             "pid": pid,
@@ -315,11 +330,40 @@ impl Session {
         }
         let plan = choose_threads(self.opts.thread, pid as i32, &threads, &dumpable, None)
             .map_err(|e| e.to_string())?;
+        // The files the dump writes are followed from before the signal leaves.
+        self.probes.file_window(true);
         let now = clock::boot_ns();
         let deadline = now + targets::ns(self.opts.dump_timeout);
         let mut sent = Vec::new();
         let mut runtimes_sent: Vec<Runtime> = Vec::new();
         for t in &plan {
+            // Runtimes with a signal still unanswered: that signal will bring their dump.
+            let mut joined = Vec::new();
+            if let Some(state) = self.targets.get_mut(&pid) {
+                for rt in &t.runtimes {
+                    if let Some(p) = state.unanswered(*rt) {
+                        if let Some(id) = request {
+                            if !p.requests.contains(&id) {
+                                p.requests.push(id);
+                                if let Some(r) = self.requests.get_mut(&id) {
+                                    r.remaining += 1;
+                                }
+                            }
+                        }
+                        joined.push(*rt);
+                    }
+                }
+            }
+            let needed: Vec<Runtime> = t
+                .runtimes
+                .iter()
+                .copied()
+                .filter(|r| !joined.contains(r))
+                .collect();
+            if needed.is_empty() {
+                sent.push(format!("{pid}/{} (already asked)", t.tid));
+                continue;
+            }
             if let Err(e) = trigger::check_safe(pid as i32, t.tid, sig, self.opts.force) {
                 self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
                     .await;
@@ -334,7 +378,7 @@ impl Session {
                     sent.push(format!(
                         "{pid}/{} {}",
                         t.tid,
-                        t.runtimes
+                        needed
                             .iter()
                             .map(|r| r.as_str())
                             .collect::<Vec<_>>()
@@ -346,27 +390,20 @@ impl Session {
                             t.tid as u32,
                             Body::Trigger {
                                 signal: signal_name(sig as i32),
-                                runtimes: t.runtimes.clone(),
+                                runtimes: needed.clone(),
                                 method: format!("{method:?}"),
                                 reason: reason.to_owned(),
                             },
                         ))
                         .await;
-                    for rt in &t.runtimes {
+                    for rt in &needed {
                         if !runtimes_sent.contains(rt) {
                             runtimes_sent.push(*rt);
                         }
                     }
                     // --thread all: many signals, one dump per runtime expected.
                     if self.opts.thread != trigger::ThreadChoice::All {
-                        self.push_pending(
-                            pid,
-                            t.tid as u32,
-                            t.runtimes.clone(),
-                            now,
-                            deadline,
-                            request,
-                        );
+                        self.push_pending(pid, t.tid as u32, needed, now, deadline, request);
                     }
                 }
                 Err(e) => {
@@ -379,6 +416,7 @@ impl Session {
             self.push_pending(pid, pid, runtimes_sent, now, deadline, request);
         }
         if sent.is_empty() {
+            self.close_window_when_idle();
             return Err(format!("no dump signal could be sent to process {pid}"));
         }
         Ok(sent)
@@ -403,7 +441,7 @@ impl Session {
                 sent_ns: now,
                 deadline_ns: deadline,
                 started: Vec::new(),
-                request,
+                requests: request.into_iter().collect(),
             });
         }
     }
@@ -422,6 +460,13 @@ impl Session {
         self.in_flight > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
+    }
+
+    /// Close the file-tracking window once no dump covobs asked for is expected or running.
+    fn close_window_when_idle(&mut self) {
+        if !self.targets.values().any(|t| !t.pending.is_empty()) && !self.dumps_active() {
+            self.probes.file_window(false);
+        }
     }
 
     fn dumps_active(&self) -> bool {
@@ -533,13 +578,15 @@ impl Session {
                     )
                     .await;
                 }
-                self.finish_request(
-                    p.request,
-                    p.runtimes.len(),
-                    None,
-                    Some(format!("process {pid} exited")),
-                )
-                .await;
+                for id in &p.requests {
+                    self.finish_request(
+                        Some(*id),
+                        p.runtimes.len(),
+                        None,
+                        Some(format!("process {pid} exited")),
+                    )
+                    .await;
+                }
             }
         }
     }
@@ -623,13 +670,13 @@ impl Session {
             .await;
             return;
         };
-        let served = self
+        // The `covobs dump` requests this dump answers.
+        let requests = self
             .targets
             .get_mut(&pid)
             .map(|t| t.complete(hook.runtime))
             .unwrap_or_default();
-        // The signal that asked for this dump may carry a `covobs dump` request.
-        let request = served.iter().find_map(|p| p.request);
+        self.close_window_when_idle();
         let Some(state) = self.targets.get(&pid) else {
             self.lost(
                 pid,
@@ -640,7 +687,7 @@ impl Session {
             .await;
             return;
         };
-        let Some(root) = state.root.clone() else {
+        let Some(collector) = state.collector.clone() else {
             self.lost(
                 pid,
                 tid,
@@ -650,21 +697,17 @@ impl Session {
             .await;
             return;
         };
-        let fallback = state.llvm_profile.clone();
-        let dir = state.dir.clone();
-        let comm = state.comm.clone();
         self.in_flight += 1;
-        tokio::spawn(collect_one(
-            done,
-            root,
-            fallback,
-            dir,
-            comm,
-            request,
-            self.seq.clone(),
-            self.tx.clone(),
-            self.done_tx.clone(),
-        ));
+        if collector.send(CollectJob { done, requests }).is_err() {
+            self.in_flight -= 1;
+            self.lost(
+                pid,
+                tid,
+                hook.runtime.as_str(),
+                "the collector of this process stopped".into(),
+            )
+            .await;
+        }
     }
 
     /// A collection finished.
@@ -678,7 +721,10 @@ impl Session {
             Ok(f) => (Some(f), None),
             Err(e) => (None, Some(e)),
         };
-        self.finish_request(o.request, 1, file, lost).await;
+        for id in o.requests {
+            self.finish_request(Some(id), 1, file.clone(), lost.clone())
+                .await;
+        }
     }
 
     async fn finish_request(
@@ -713,6 +759,7 @@ impl Session {
 
     /// Signals and dumps that took too long.
     pub async fn expire(&mut self) {
+        self.close_window_when_idle();
         let now = clock::boot_ns();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
@@ -758,8 +805,15 @@ impl Session {
                     )
                     .await;
                 }
-                self.finish_request(p.request, p.runtimes.len(), None, Some("timed out".into()))
+                for id in &p.requests {
+                    self.finish_request(
+                        Some(*id),
+                        p.runtimes.len(),
+                        None,
+                        Some("timed out".into()),
+                    )
                     .await;
+                }
             }
         }
     }
@@ -833,31 +887,68 @@ fn identity(f: &covobs_common::FileIdentity) -> (Option<u64>, Option<u64>) {
     }
 }
 
-/// Collect one finished dump off the loop: read and validate (blocking), hand the artifact to the
-/// pipeline, wait for it to be durable, then report it.
+/// A finished dump for a target's collector, and the `covobs dump` request it answers.
+pub struct CollectJob {
+    pub done: FinishedDump,
+    pub requests: Vec<u64>,
+}
+
+/// The collector of one target: takes its finished dumps in order (so the profile cursor moves as
+/// the target wrote), reads and validates each off the async threads, hands the artifacts to the
+/// pipeline, waits until they are durable, and reports them. It owns the target's profile cursor.
 #[allow(clippy::too_many_arguments)]
-async fn collect_one(
-    done: FinishedDump,
+async fn target_collector(
+    mut jobs: mpsc::UnboundedReceiver<CollectJob>,
     root: Arc<TargetDir>,
-    fallback: Option<llvm_path::Expanded>,
+    profile: Option<llvm_path::Expanded>,
     dir: String,
     comm: String,
-    request: Option<u64>,
     seq: Arc<AtomicU64>,
     tx: Sender,
     done_tx: mpsc::UnboundedSender<Outcome>,
 ) {
+    // The cursor starts after what the file holds now: dumps from before covobs attached.
+    let start_root = root.clone();
+    let mut cursor = tokio::task::spawn_blocking(move || {
+        profile.map(|p| llvm_path::ProfileCursor::new(p, &start_root, None))
+    })
+    .await
+    .ok()
+    .flatten();
+    while let Some(job) = jobs.recv().await {
+        let job_root = root.clone();
+        let mut c = cursor.take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = collect::extract_llvm(&job.done, &job_root, c.as_mut());
+            (r, c, job)
+        })
+        .await;
+        let Ok((extracted, c, job)) = joined else {
+            continue;
+        };
+        cursor = c;
+        deliver(job, extracted, &dir, &comm, &seq, &tx, &done_tx).await;
+    }
+}
+
+/// Hand one dump's artifacts to the pipeline (or report it lost).
+async fn deliver(
+    job: CollectJob,
+    extracted: Result<Vec<collect::Extracted>, collect::CollectError>,
+    dir: &str,
+    comm: &str,
+    seq: &AtomicU64,
+    tx: &Sender,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+) {
+    let CollectJob { done, requests } = job;
     let pid = done.dump.pid;
     let tid = done.dump.tid;
     let hook = done.dump.hook.clone();
     let runtime = hook.runtime;
     let trigger = done.dump.trigger;
     let (start_ns, end_ns, ret) = (done.dump.start_ns, done.end_ns, done.ret);
-    let extracted =
-        tokio::task::spawn_blocking(move || collect::extract_llvm(&done, &root, fallback.as_ref()))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+    let extracted = extracted.map_err(|e| e.to_string());
     let list = match extracted {
         Ok(l) => l,
         Err(reason) => {
@@ -877,7 +968,7 @@ async fn collect_one(
             .await;
             let _ = done_tx.send(Outcome {
                 pid,
-                request,
+                requests,
                 result: Err(reason),
             });
             return;
@@ -892,7 +983,7 @@ async fn collect_one(
             runtime,
             pid,
             tid,
-            comm: comm.clone(),
+            comm: comm.to_owned(),
             trigger,
             start_ns,
             end_ns,
@@ -908,7 +999,7 @@ async fn collect_one(
         };
         let bytes = x.data.len() as u64;
         let artifact = Artifact {
-            dir: dir.clone(),
+            dir: dir.to_owned(),
             meta,
             data: x.data.into(),
         };
@@ -959,7 +1050,7 @@ async fn collect_one(
         }
         let _ = done_tx.send(Outcome {
             pid,
-            request,
+            requests: requests.clone(),
             result,
         });
     }

@@ -17,8 +17,8 @@ pub struct Pending {
     pub deadline_ns: u64,
     /// Dumps of these runtimes already started for this signal.
     pub started: Vec<Runtime>,
-    /// Waiting `covobs dump` requests to answer when this completes.
-    pub request: Option<u64>,
+    /// `covobs dump` requests to answer when this completes.
+    pub requests: Vec<u64>,
 }
 
 pub struct TargetState {
@@ -31,6 +31,8 @@ pub struct TargetState {
     /// Runtimes with a probed dump function (the ones a signal can make dump).
     pub dumpable: Vec<Runtime>,
     pub llvm_profile: Option<llvm_path::Expanded>,
+    /// The target's collector: finished dumps go there, in order (it owns the profile cursor).
+    pub collector: Option<tokio::sync::mpsc::UnboundedSender<super::session::CollectJob>>,
     pub pending: Vec<Pending>,
     /// Dumps seen per runtime (for summaries and tests).
     pub dumps: HashMap<Runtime, u64>,
@@ -46,6 +48,7 @@ impl TargetState {
             modules: Vec::new(),
             dumpable: Vec::new(),
             llvm_profile: None,
+            collector: None,
             pending: Vec::new(),
             dumps: HashMap::new(),
         }
@@ -67,23 +70,30 @@ impl TargetState {
         }
     }
 
-    /// A dump of `runtime` finished: pending signals fully served are removed and returned.
-    pub fn complete(&mut self, runtime: Runtime) -> Vec<Pending> {
-        let mut done = Vec::new();
-        let mut i = 0;
-        while i < self.pending.len() {
-            let p = &mut self.pending[i];
+    /// A signal already sent for `runtime` whose dump has not started: another signal now would
+    /// coalesce with it in the kernel (standard signals do not queue), so the new trigger joins it.
+    pub fn unanswered(&mut self, runtime: Runtime) -> Option<&mut Pending> {
+        self.pending
+            .iter_mut()
+            .find(|p| p.runtimes.contains(&runtime) && !p.started.contains(&runtime))
+    }
+
+    /// A dump of `runtime` finished: the `covobs dump` requests it answers. Pending signals
+    /// with nothing left to wait for are removed.
+    pub fn complete(&mut self, runtime: Runtime) -> Vec<u64> {
+        let mut requests = Vec::new();
+        for p in self.pending.iter_mut() {
             if p.started.contains(&runtime) {
                 p.runtimes.retain(|r| *r != runtime);
                 p.started.retain(|r| *r != runtime);
-                if p.runtimes.is_empty() {
-                    done.push(self.pending.remove(i));
-                    continue;
-                }
+                requests.extend(p.requests.iter().copied());
+                break;
             }
-            i += 1;
         }
-        done
+        self.pending.retain(|p| !p.runtimes.is_empty());
+        requests.sort_unstable();
+        requests.dedup();
+        requests
     }
 
     /// Signals whose dumps did not come in time.
@@ -188,7 +198,7 @@ mod tests {
             sent_ns: 10,
             deadline_ns: 100,
             started: vec![],
-            request: None,
+            requests: vec![],
         });
         assert!(!t.claim(Runtime::Gcov, 20));
         assert!(t.claim(Runtime::Llvm, 20));

@@ -18,7 +18,13 @@ pub struct Expanded {
 
 /// Expand like compiler-rt's parseFilenamePattern: %p pid, %h hostname, %t $TMPDIR, %Nm / %m the
 /// merge pool, %c continuous mode, %b the binary id, %% a percent sign.
-pub fn expand(pattern: &str, pid: u32, hostname: &str, tmpdir: Option<&str>, build_id: Option<&str>) -> Expanded {
+pub fn expand(
+    pattern: &str,
+    pid: u32,
+    hostname: &str,
+    tmpdir: Option<&str>,
+    build_id: Option<&str>,
+) -> Expanded {
     let mut out = String::new();
     let mut merge_pool = false;
     let mut continuous = false;
@@ -71,13 +77,15 @@ pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_owned)
     };
-    let pattern = var("LLVM_PROFILE_FILE").filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        if rustc {
-            "default_%m_%p.profraw".to_owned()
-        } else {
-            "default.profraw".to_owned()
-        }
-    });
+    let pattern = var("LLVM_PROFILE_FILE")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            if rustc {
+                "default_%m_%p.profraw".to_owned()
+            } else {
+                "default.profraw".to_owned()
+            }
+        });
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -85,35 +93,91 @@ pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
     expand(&pattern, pid, &hostname, var("TMPDIR").as_deref(), build_id)
 }
 
-/// Find the newest file matching the pattern inside the target's root and return the last
-/// complete raw profile in it: (bytes, path, offset).
-pub fn collect_last_profile(
-    expanded: &Expanded,
-    root: &read::TargetDir,
-    cwd: Option<&read::TargetDir>,
-) -> Result<(Vec<u8>, String, u64), String> {
-    let path = resolve_glob(expanded, root, cwd)?;
-    let file = read::open_in_target(root, cwd, &path).map_err(|e| e.to_string())?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let data = read::read_range(&file, &path, None, 0, len).map_err(|e| e.to_string())?;
-    let (offset, size) = last_profile(&data).ok_or_else(|| format!("{path} holds no complete raw profile"))?;
-    Ok((data[offset..offset + size].to_vec(), path, offset as u64))
+/// Where the next dump of a target will land in the profile file its environment names: covobs
+/// keeps a cursor per target. Appended dumps (a plain file name) are taken one profile at a time
+/// from the cursor; a merge-pool file (`%m`) is rewritten whole by each dump and taken whole.
+/// Exact as long as only this target writes the file; when the kernel saw a dump's writes, the
+/// cursor follows them, so the two ways of collecting agree.
+#[derive(Clone, Debug)]
+pub struct ProfileCursor {
+    pub expanded: Expanded,
+    /// The resolved file (inside the target's root) and its inode, once known.
+    pub path: Option<String>,
+    pub ino: Option<u64>,
+    /// Byte offset of the first profile not yet collected.
+    pub offset: u64,
 }
 
-/// Offsets and sizes of the raw profiles appended one after another in `data`; returns the last.
-pub fn last_profile(data: &[u8]) -> Option<(usize, usize)> {
-    let mut at = 0;
-    let mut last = None;
-    while at < data.len() {
-        let p = llvm_raw::parse(&data[at..], false).ok()?;
-        let size = p.fixed_size as usize;
-        if size == 0 {
-            break;
+impl ProfileCursor {
+    /// Start after whatever the file holds now: those dumps happened before covobs attached.
+    pub fn new(expanded: Expanded, root: &read::TargetDir, cwd: Option<&read::TargetDir>) -> Self {
+        let mut c = Self {
+            expanded,
+            path: None,
+            ino: None,
+            offset: 0,
+        };
+        if let Ok(path) = resolve_glob(&c.expanded, root, cwd)
+            && let Ok(f) = read::open_in_target(root, cwd, &path)
+            && let Ok(meta) = f.metadata()
+        {
+            use std::os::unix::fs::MetadataExt;
+            c.ino = Some(meta.ino());
+            c.offset = meta.len();
+            c.path = Some(path);
         }
-        last = Some((at, size));
-        at += size;
+        c
     }
-    last
+
+    /// The kernel saw a dump write `[start, end)` of inode `ino`.
+    pub fn observed(&mut self, path: &str, ino: Option<u64>, end: u64) {
+        if self.ino.is_some() && ino.is_some() && self.ino != ino {
+            // Another file than the one we followed (rotated, or set_filename): follow it.
+            self.offset = end;
+        } else {
+            self.offset = self.offset.max(end);
+        }
+        self.path = Some(path.to_owned());
+        if ino.is_some() {
+            self.ino = ino;
+        }
+    }
+
+    /// Take the profile the latest dump wrote: (bytes, path, offset).
+    pub fn take(
+        &mut self,
+        root: &read::TargetDir,
+        cwd: Option<&read::TargetDir>,
+    ) -> Result<(Vec<u8>, String, u64), String> {
+        use std::os::unix::fs::MetadataExt;
+        let path = match resolve_glob(&self.expanded, root, cwd) {
+            Ok(p) => p,
+            Err(e) => self.path.clone().ok_or(e)?,
+        };
+        let file = read::open_in_target(root, cwd, &path).map_err(|e| e.to_string())?;
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if self.ino.is_some_and(|ino| ino != meta.ino()) || meta.len() < self.offset {
+            // A new file (the target truncated or replaced it): its dumps start at 0.
+            self.offset = 0;
+        }
+        self.ino = Some(meta.ino());
+        self.path = Some(path.clone());
+        let start = if self.expanded.merge_pool {
+            0
+        } else {
+            self.offset
+        };
+        let len = meta.len().saturating_sub(start);
+        if len == 0 {
+            return Err(format!("{path} holds no profile after byte {start}"));
+        }
+        let data = read::read_range(&file, &path, None, start, len).map_err(|e| e.to_string())?;
+        let profile =
+            llvm_raw::parse(&data, false).map_err(|e| format!("{path} at byte {start}: {e}"))?;
+        let size = profile.total_size as usize;
+        self.offset = start + size as u64;
+        Ok((data[..size].to_vec(), path, start))
+    }
 }
 
 fn resolve_glob(
@@ -187,16 +251,28 @@ mod tests {
         let e = expand("/tmp/%h-%p-%4m.profraw", 42, "box", None, None);
         assert_eq!(e.pattern, "/tmp/box-42-*.profraw");
         assert!(e.merge_pool && !e.continuous);
-        let e = expand("%t/x%c-%%-%b.profraw", 1, "h", Some("/var/tmp"), Some("ab12"));
+        let e = expand(
+            "%t/x%c-%%-%b.profraw",
+            1,
+            "h",
+            Some("/var/tmp"),
+            Some("ab12"),
+        );
         assert_eq!(e.pattern, "/var/tmp/x-%-ab12.profraw");
         assert!(e.continuous);
-        assert_eq!(expand("default_%m_%p.profraw", 7, "h", None, None).pattern, "default_*_7.profraw");
+        assert_eq!(
+            expand("default_%m_%p.profraw", 7, "h", None, None).pattern,
+            "default_*_7.profraw"
+        );
     }
 
     #[test]
     fn globs() {
         assert!(glob_match("default_*_7.profraw", "default_123_0_7.profraw"));
-        assert!(!glob_match("default_*_7.profraw", "default_123_0_8.profraw"));
+        assert!(!glob_match(
+            "default_*_7.profraw",
+            "default_123_0_8.profraw"
+        ));
         assert!(glob_match("a", "a"));
         assert!(glob_match("*", "anything"));
     }

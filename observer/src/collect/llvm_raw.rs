@@ -19,7 +19,9 @@ pub enum RawProfileError {
     BadMagic(u64),
     #[error("raw profile version {0} is not supported (covobs reads versions 5 to 11)")]
     UnsupportedVersion(u64),
-    #[error("raw profile version 11 uses header fields covobs does not know ({0}): cannot check its size")]
+    #[error(
+        "raw profile version 11 uses header fields covobs does not know ({0}): cannot check its size"
+    )]
     UnknownExtension(String),
     #[error("section sizes overflow")]
     Overflow,
@@ -40,7 +42,7 @@ pub struct RawProfile {
     pub names_size: u64,
     /// Bytes of the fixed part (everything before value-profile data).
     pub fixed_size: u64,
-    /// Total size: the whole profile.
+    /// Total size: the whole profile, value-profile records included.
     pub total_size: u64,
 }
 
@@ -205,23 +207,25 @@ pub fn parse(bytes: &[u8], exact: bool) -> Result<RawProfile, RawProfileError> {
         });
     }
     // Value-profile records follow, one per function with value sites, each sized by its first
-    // u32. Walk them: with `exact`, they must end exactly at the end of the bytes.
+    // u32. Walk them: with `exact`, they must end exactly at the end of the bytes; otherwise they
+    // end at the end of the bytes or where the next profile's magic starts.
     let mut at = fixed;
-    if exact {
-        while at < len {
-            let Some(size) = bytes
-                .get(at as usize..at as usize + 4)
-                .and_then(|s| s.try_into().ok())
-                .map(u32::from_le_bytes)
-            else {
-                return Err(RawProfileError::BadValueData(at));
-            };
-            let size = u64::from(size);
-            if size < 8 || size % 8 != 0 || at + size > len {
-                return Err(RawProfileError::BadValueData(at));
-            }
-            at += size;
+    while at < len {
+        if !exact && u64_at(&bytes[at as usize..], 0) == Some(MAGIC_64) {
+            break;
         }
+        let Some(size) = bytes
+            .get(at as usize..at as usize + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_le_bytes)
+        else {
+            return Err(RawProfileError::BadValueData(at));
+        };
+        let size = u64::from(size);
+        if size < 8 || size % 8 != 0 || at + size > len {
+            return Err(RawProfileError::BadValueData(at));
+        }
+        at += size;
     }
     Ok(RawProfile {
         version,
@@ -231,7 +235,7 @@ pub fn parse(bytes: &[u8], exact: bool) -> Result<RawProfile, RawProfileError> {
         num_bitmap_bytes: field("NumBitmapBytes"),
         names_size,
         fixed_size: fixed,
-        total_size: if exact { len } else { fixed },
+        total_size: at,
     })
 }
 
@@ -243,8 +247,8 @@ mod tests {
     fn v8_profile() -> Vec<u8> {
         let mut b = Vec::new();
         let header = [
-            MAGIC_64, 8, /* BinaryIdsSize */ 0, /* DataSize */ 1, 0, /* Counters */ 2,
-            0, /* NamesSize */ 5, 0, 0, /* ValueKindLast */ 1,
+            MAGIC_64, 8, /* BinaryIdsSize */ 0, /* DataSize */ 1, 0,
+            /* Counters */ 2, 0, /* NamesSize */ 5, 0, 0, /* ValueKindLast */ 1,
         ];
         for w in header {
             b.extend_from_slice(&w.to_le_bytes());
@@ -274,7 +278,10 @@ mod tests {
         ));
         let mut bad = b.clone();
         bad[0] = 0;
-        assert!(matches!(parse(&bad, true), Err(RawProfileError::BadMagic(_))));
+        assert!(matches!(
+            parse(&bad, true),
+            Err(RawProfileError::BadMagic(_))
+        ));
         let mut trailing = b.clone();
         trailing.extend_from_slice(&[7u8; 3]);
         assert!(matches!(
@@ -302,7 +309,10 @@ mod tests {
         let p = parse(&b, true).unwrap();
         assert_eq!((p.version, p.num_data, p.num_counters), (11, 41, 114));
         b[9 * 8] = 1;
-        assert!(matches!(parse(&b, true), Err(RawProfileError::UnknownExtension(_))));
+        assert!(matches!(
+            parse(&b, true),
+            Err(RawProfileError::UnknownExtension(_))
+        ));
     }
 
     #[test]

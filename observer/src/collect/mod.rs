@@ -88,7 +88,14 @@ impl DumpTracker {
         self.active.contains_key(&tid)
     }
 
-    pub fn file_open(&mut self, tid: u32, fd: i64, path: String, ino: Option<u64>, dev: Option<u64>) {
+    pub fn file_open(
+        &mut self,
+        tid: u32,
+        fd: i64,
+        path: String,
+        ino: Option<u64>,
+        dev: Option<u64>,
+    ) {
         let Some(d) = self.active.get_mut(&tid) else {
             return;
         };
@@ -158,7 +165,9 @@ impl DumpTracker {
     }
 
     pub fn end(&mut self, tid: u32, end_ns: u64, ret: i64) -> Option<FinishedDump> {
-        self.active.remove(&tid).map(|dump| FinishedDump { dump, end_ns, ret })
+        self.active
+            .remove(&tid)
+            .map(|dump| FinishedDump { dump, end_ns, ret })
     }
 
     /// Dumps whose thread exited without returning (killed in the middle of a dump).
@@ -276,13 +285,16 @@ pub enum CollectError {
 }
 
 /// Read and validate what a finished LLVM dump wrote. Blocking (file I/O): run it off the loop.
+/// `cursor` follows the profile file the environment names: it locates the dump when the kernel
+/// did not see its writes, and it is moved past what the kernel saw otherwise.
 pub fn extract_llvm(
     done: &FinishedDump,
     root: &TargetDir,
-    environ_fallback: Option<&llvm_path::Expanded>,
+    cursor: Option<&mut llvm_path::ProfileCursor>,
 ) -> Result<Vec<Extracted>, CollectError> {
     let cwd = done.dump.cwd.as_ref();
     let mut out = Vec::new();
+    let mut observed = Vec::new();
     for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
         let Some(path) = f.path.clone() else {
             continue;
@@ -297,6 +309,7 @@ pub fn extract_llvm(
             }
         };
         let data = read::read_range(&file, &path, f.ino, offset, len)?;
+        observed.push((path.clone(), f.ino, offset + len));
         out.push(validated(
             data,
             SourceInfo {
@@ -309,12 +322,18 @@ pub fn extract_llvm(
         ));
     }
     if !out.is_empty() {
+        if let Some(c) = cursor {
+            for (path, ino, end) in observed {
+                c.observed(&path, ino, end);
+            }
+        }
         return Ok(out);
     }
-    // Nothing seen by the kernel (no syscall tracepoints, or writes through a mechanism the
-    // programs do not follow): fall back to the file the environment names.
-    if let Some(expanded) = environ_fallback {
-        return llvm_path::collect_last_profile(expanded, root, cwd)
+    // Nothing seen by the kernel (the dump came outside a file-tracking window, or wrote through
+    // a mechanism the programs do not follow): take it from the file the environment names.
+    if let Some(c) = cursor {
+        return c
+            .take(root, cwd)
             .map(|(data, path, offset)| {
                 vec![validated(
                     data,

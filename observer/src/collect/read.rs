@@ -81,7 +81,11 @@ const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// Open `path` read-only as the target would: absolute paths inside `root`, relative ones from
 /// `cwd` without climbing above it (`..` out of the cwd is refused rather than guessed).
-pub fn open_in_target(root: &TargetDir, cwd: Option<&TargetDir>, path: &str) -> Result<File, ReadError> {
+pub fn open_in_target(
+    root: &TargetDir,
+    cwd: Option<&TargetDir>,
+    path: &str,
+) -> Result<File, ReadError> {
     let open_err = |source| ReadError::Open {
         path: path.to_owned(),
         source,
@@ -195,8 +199,14 @@ mod tests {
         assert!(open_in_target(&root, Some(&cwd), "../../secret").is_err());
         // Identity and length checks.
         let f = open_in_target(&root, Some(&cwd), "/data/p.profraw").unwrap();
-        assert!(matches!(read_range(&f, "p", Some(1), 0, 1), Err(ReadError::Replaced { .. })));
-        assert!(matches!(read_range(&f, "p", None, 4, 9), Err(ReadError::Shrunk { .. })));
+        assert!(matches!(
+            read_range(&f, "p", Some(1), 0, 1),
+            Err(ReadError::Replaced { .. })
+        ));
+        assert!(matches!(
+            read_range(&f, "p", None, 4, 9),
+            Err(ReadError::Shrunk { .. })
+        ));
         std::fs::remove_dir_all(&base).unwrap();
     }
 

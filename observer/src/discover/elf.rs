@@ -14,10 +14,7 @@ pub enum ElfError {
         source: std::io::Error,
     },
     #[error("{path} is not an ELF file covobs can read: {source}")]
-    Parse {
-        path: String,
-        source: object::Error,
-    },
+    Parse { path: String, source: object::Error },
 }
 
 /// What covobs needs to know about one ELF file.

@@ -100,7 +100,13 @@ mod tests {
         assert_eq!(m[0].start, 0x55d0c8a00000);
         assert_eq!(m[0].offset, 0x2000);
         assert_eq!(m[0].path, "/usr/bin/my prog");
-        assert_eq!(m[0].file, FileId { dev: makedev(0xfd, 1), ino: 1311 });
+        assert_eq!(
+            m[0].file,
+            FileId {
+                dev: makedev(0xfd, 1),
+                ino: 1311
+            }
+        );
         assert!(m[0].executable());
         assert_eq!(m[1].path, "/sys/kernel/debug/kcov");
         assert!(!m[1].executable());

@@ -153,7 +153,12 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
     let mut runtimes: Vec<Runtime> = elf
         .hooks
         .iter()
-        .filter(|h| matches!(h.hook.role, Role::Dump | Role::OcamlRuntime | Role::ProcessExit))
+        .filter(|h| {
+            matches!(
+                h.hook.role,
+                Role::Dump | Role::OcamlRuntime | Role::ProcessExit
+            )
+        })
         .map(|h| h.hook.runtime)
         .collect();
     runtimes.sort();
@@ -188,7 +193,11 @@ fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<PathBuf> {
     if let Some(id) = &info.build_id
         && id.len() > 2
     {
-        let p = root.join(format!("usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]));
+        let p = root.join(format!(
+            "usr/lib/debug/.build-id/{}/{}.debug",
+            &id[..2],
+            &id[2..]
+        ));
         if p.is_file() {
             return Some(p);
         }

@@ -30,6 +30,26 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
         inode_i_sb: off("inode", "i_sb")?,
         sb_s_dev: off("super_block", "s_dev")?,
         valid: 1,
+        task_in_execve_bit: member_bit_offset(&btf, "task_struct", "in_execve").unwrap_or(u32::MAX),
+        _pad: 0,
+    })
+}
+
+/// Bit offset of a (bitfield) member.
+pub fn member_bit_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32, BtfError> {
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?;
+    let s = types
+        .iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+    find_in(btf, s, member).ok_or_else(|| BtfError::NoMember {
+        strukt: strukt.to_owned(),
+        member: member.to_owned(),
     })
 }
 

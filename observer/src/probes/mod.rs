@@ -23,6 +23,12 @@ pub mod records;
 
 pub use reader::EventReader;
 
+fn file_tracepoints() -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    offsets::FILE_SYSCALL_TRACEPOINTS
+        .iter()
+        .chain(offsets::FILE_SYSCALL_TRACEPOINTS_EXTRA.iter())
+}
+
 /// Default ring-buffer size: at ~100 bytes a record, tens of thousands of records of slack.
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -71,8 +77,10 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     selftest: Array<MapData, u64>,
     programs: Vec<LoadedProgram>,
-    /// The syscall tracepoints that follow a dumping thread's files are attached.
-    pub file_tracking: bool,
+    /// How the files a dumping thread writes are followed.
+    pub file_tracking: FileTracking,
+    /// Links of the syscall tracepoints while a window is open.
+    file_links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
     /// Uprobes attached so far: (program, file, offset, pid), so each is attached once.
     uprobe_links: Vec<(&'static str, std::path::PathBuf, u64, Option<u32>)>,
 }
@@ -84,10 +92,40 @@ pub struct LoadedProgram {
     pub id: u32,
 }
 
+/// How the files a dumping thread writes are followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileTracking {
+    /// fexit trampolines on vfs_write and do_filp_open: only those calls pay, always on.
+    Trampolines,
+    /// Syscall tracepoints, attached only while dumps covobs asked for are expected.
+    SyscallWindow,
+    /// Syscall tracepoints, always attached: every system call of every task pays.
+    SyscallAlways,
+    /// Not followed: dump outputs are found from the target's environment.
+    Off,
+}
+
+/// What the user allows for following dump outputs where trampolines are unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileTrackingPolicy {
+    /// Syscall tracepoints only around the dumps covobs triggers (the others are located from
+    /// the environment's profile file).
+    Window,
+    /// Syscall tracepoints for the whole session: every dump located by the kernel, at a cost to
+    /// every system call on the machine.
+    Always,
+    /// No kernel help: every dump is located from the environment's profile file.
+    Off,
+}
+
 pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// Forward the eBPF programs' aya-log messages (debug level) to covobs' log.
     pub ebpf_log: bool,
+    /// Follow the files dumping threads write (attach needs it; watch does not).
+    pub file_tracking: Option<FileTrackingPolicy>,
 }
 
 impl Default for ProbeOptions {
@@ -95,6 +133,7 @@ impl Default for ProbeOptions {
         Self {
             ring_bytes: DEFAULT_RING_BYTES,
             ebpf_log: false,
+            file_tracking: None,
         }
     }
 }
@@ -147,29 +186,169 @@ impl Probes {
             events: Some(events),
             selftest,
             programs: Vec::new(),
-            file_tracking: true,
+            file_tracking: FileTracking::Off,
+            file_links: Vec::new(),
             uprobe_links: Vec::new(),
         };
         for (program, category, name) in offsets::TRACEPOINTS {
             probes.attach_tracepoint(program, category, name)?;
         }
-        for (program, category, name) in offsets::FILE_SYSCALL_TRACEPOINTS
-            .iter()
-            .chain(offsets::FILE_SYSCALL_TRACEPOINTS_EXTRA.iter())
-        {
-            if let Err(e) = probes.attach_tracepoint(program, category, name) {
-                tracing::warn!("{e}: dump outputs will be found from the environment only");
-                probes.file_tracking = false;
-            }
-        }
-        for (program, category, name) in offsets::EXEC_SYSCALL_TRACEPOINTS {
-            if let Err(e) = probes.attach_tracepoint(program, category, name) {
-                tracing::warn!(
-                    "{e}: a process renaming itself during exec may be reported as renamed, not exec'd"
-                );
-            }
+        if let Some(policy) = opts.file_tracking {
+            let btf = aya::Btf::from_sys_fs().ok();
+            probes.file_tracking =
+                probes.start_file_tracking(btf.as_ref(), config.kernel.valid != 0, policy);
         }
         Ok(probes)
+    }
+
+    /// Follow dumping threads' files: trampolines where the kernel has them, else syscall
+    /// tracepoints as the policy allows, else nothing.
+    fn start_file_tracking(
+        &mut self,
+        btf: Option<&aya::Btf>,
+        offsets_known: bool,
+        policy: FileTrackingPolicy,
+    ) -> FileTracking {
+        let trampolines = offsets_known
+            && offsets::FILE_TRAMPOLINES.iter().all(|(program, function)| {
+                match self.attach_fexit(btf, program, function) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        false
+                    }
+                }
+            });
+        if trampolines {
+            return FileTracking::Trampolines;
+        }
+        match policy {
+            FileTrackingPolicy::Off => FileTracking::Off,
+            FileTrackingPolicy::Window => match self.load_file_tracepoints() {
+                Ok(()) => FileTracking::SyscallWindow,
+                Err(e) => {
+                    tracing::warn!("{e}: dump outputs will be found from the environment only");
+                    FileTracking::Off
+                }
+            },
+            FileTrackingPolicy::Always => {
+                if let Err(e) = self
+                    .load_file_tracepoints()
+                    .and_then(|()| self.open_file_links())
+                {
+                    tracing::warn!("{e}: dump outputs will be found from the environment only");
+                    return FileTracking::Off;
+                }
+                tracing::warn!(
+                    "--file-tracking always: syscall tracepoints stay attached, which slows down every system call on the machine while covobs runs"
+                );
+                FileTracking::SyscallAlways
+            }
+        }
+    }
+
+    /// Load the syscall tracepoint programs (attaching them later is then quick).
+    fn load_file_tracepoints(&mut self) -> Result<(), ProbeError> {
+        for (program, _, _) in file_tracepoints() {
+            self.load_tracepoint(program)?;
+        }
+        Ok(())
+    }
+
+    fn open_file_links(&mut self) -> Result<(), ProbeError> {
+        for &(program, category, name) in file_tracepoints() {
+            let perr = |source| ProbeError::Program {
+                name: program.to_owned(),
+                source,
+            };
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::Missing("a file-tracking program"))?
+                .try_into()
+                .map_err(perr)?;
+            let link = prog.attach(category, name).map_err(perr)?;
+            self.file_links.push((program, link));
+        }
+        Ok(())
+    }
+
+    fn close_file_links(&mut self) {
+        for (program, link) in self.file_links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(program)
+                && let Ok(tp) = <&mut TracePoint>::try_from(p)
+            {
+                let _ = tp.detach(link);
+            }
+        }
+    }
+
+    /// In window mode, follow files from now on (`true`) or stop (`false`). The cost of syscall
+    /// tracepoints is paid only while a window is open.
+    pub fn file_window(&mut self, open: bool) {
+        if self.file_tracking != FileTracking::SyscallWindow {
+            return;
+        }
+        if open && self.file_links.is_empty() {
+            if let Err(e) = self.open_file_links() {
+                tracing::warn!("opening a file-tracking window: {e}");
+                self.close_file_links();
+            }
+        } else if !open && !self.file_links.is_empty() {
+            self.close_file_links();
+        }
+    }
+
+    /// Load and attach an fexit program on a kernel function.
+    fn attach_fexit(
+        &mut self,
+        btf: Option<&aya::Btf>,
+        program: &str,
+        function: &str,
+    ) -> Result<(), ProbeError> {
+        let btf = btf.ok_or(ProbeError::Missing("kernel BTF (for trampolines)"))?;
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let p: &mut aya::programs::FExit = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("a trampoline program"))?
+            .try_into()
+            .map_err(perr)?;
+        p.load(function, btf).map_err(perr)?;
+        p.attach().map_err(perr)?;
+        let id = p.info().map_err(perr)?.id();
+        self.programs.push(LoadedProgram {
+            name: program.to_owned(),
+            id,
+        });
+        Ok(())
+    }
+
+    /// Load a tracepoint program once.
+    fn load_tracepoint(&mut self, program: &str) -> Result<(), ProbeError> {
+        if self.programs.iter().any(|p| p.name == program) {
+            return Ok(());
+        }
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("a tracepoint program"))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        let id = prog.info().map_err(perr)?.id();
+        self.programs.push(LoadedProgram {
+            name: program.to_owned(),
+            id,
+        });
+        Ok(())
     }
 
     fn attach_tracepoint(

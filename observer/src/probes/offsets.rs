@@ -15,15 +15,17 @@ pub const TRACEPOINTS: [(&str, &str, &str); 6] = [
     ("covobs_signal_deliver", "signal", "signal_deliver"),
 ];
 
-/// Syscall tracepoints that make name matching exact; optional (CONFIG_FTRACE_SYSCALLS).
-pub const EXEC_SYSCALL_TRACEPOINTS: [(&str, &str, &str); 4] = [
-    ("covobs_execve_enter", "syscalls", "sys_enter_execve"),
-    ("covobs_execve_enter", "syscalls", "sys_enter_execveat"),
-    ("covobs_execve_exit", "syscalls", "sys_exit_execve"),
-    ("covobs_execve_exit", "syscalls", "sys_exit_execveat"),
+/// Kernel functions followed with BPF trampolines (fexit): (program, function).
+pub const FILE_TRAMPOLINES: [(&str, &str); 2] = [
+    ("covobs_vfs_write", "vfs_write"),
+    ("covobs_filp_open", "do_filp_open"),
 ];
 
-/// Syscall tracepoints that show which files a thread writes while it is inside a dump function.
+/// The fallback where trampolines are unavailable: syscall tracepoints that show which files a
+/// thread writes while it is inside a dump function. Enabling any syscall tracepoint sends every
+/// system call of every task through the kernel's slow path: measured, it costs a syscall-heavy
+/// process on this kind of machine a third of its throughput, so these are used only by attach,
+/// and only when the trampolines cannot be.
 pub const FILE_SYSCALL_TRACEPOINTS: [(&str, &str, &str); 9] = [
     ("covobs_openat_enter", "syscalls", "sys_enter_openat"),
     ("covobs_openat_exit", "syscalls", "sys_exit_openat"),

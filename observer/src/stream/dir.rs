@@ -78,7 +78,9 @@ impl Sink for DirSink {
                         .meta
                         .file
                         .rsplit_once('.')
-                        .map_or(artifact.meta.file.clone(), |(stem, _)| format!("{stem}.json"));
+                        .map_or(artifact.meta.file.clone(), |(stem, _)| {
+                            format!("{stem}.json")
+                        });
                     let meta = serde_json::to_vec_pretty(&artifact.meta)?;
                     Self::write_synced(&dir.join(meta_name), &meta)?;
                     // The new names must survive a crash too.

@@ -120,7 +120,9 @@ pub fn describe(event: &Event) -> String {
             } else {
                 functions.join(", ")
             },
-            note.as_deref().map(|n| format!(" - {n}")).unwrap_or_default()
+            note.as_deref()
+                .map(|n| format!(" - {n}"))
+                .unwrap_or_default()
         ),
         Body::Trigger {
             signal,
@@ -129,14 +131,20 @@ pub fn describe(event: &Event) -> String {
             ..
         } => {
             let rts: Vec<&str> = runtimes.iter().map(|r| r.as_str()).collect();
-            format!("sent {signal} to thread {tid} ({method}) to dump {}", rts.join("+"))
+            format!(
+                "sent {signal} to thread {tid} ({method}) to dump {}",
+                rts.join("+")
+            )
         }
         Body::DumpStart {
             runtime,
             function,
             trigger,
             ..
-        } => format!("{} dump starts on thread {tid} ({function}, {trigger:?})", runtime.as_str()),
+        } => format!(
+            "{} dump starts on thread {tid} ({function}, {trigger:?})",
+            runtime.as_str()
+        ),
         Body::DumpEnd {
             runtime,
             ret,
