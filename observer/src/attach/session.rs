@@ -342,12 +342,12 @@ impl Session {
             if let Some(state) = self.targets.get_mut(&pid) {
                 for rt in &t.runtimes {
                     if let Some(p) = state.unanswered(*rt) {
-                        if let Some(id) = request {
-                            if !p.requests.contains(&id) {
-                                p.requests.push(id);
-                                if let Some(r) = self.requests.get_mut(&id) {
-                                    r.remaining += 1;
-                                }
+                        if let Some(id) = request
+                            && !p.requests.contains(&id)
+                        {
+                            p.requests.push(id);
+                            if let Some(r) = self.requests.get_mut(&id) {
+                                r.remaining += 1;
                             }
                         }
                         joined.push(*rt);
