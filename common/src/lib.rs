@@ -211,6 +211,16 @@ pub struct KernelOffsets {
     /// Bit offset of `task_struct.in_execve` (set while the task is inside exec), or u32::MAX
     /// when this kernel has no such field.
     pub task_in_execve_bit: u32,
+    /// `task_struct.pid` (thread id) and `.tgid`, `k_sigaction.sa.sa_handler` / `.sa_flags`,
+    /// `kernel_siginfo.si_errno` / `.si_code`: what the raw signal tracepoints read.
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub ka_sa_handler: u32,
+    pub ka_sa_flags: u32,
+    pub siginfo_errno: u32,
+    pub siginfo_code: u32,
+    /// 1 when the six offsets above are valid (raw signal tracepoints can be used).
+    pub signals_valid: u32,
     pub _pad: u32,
 }
 

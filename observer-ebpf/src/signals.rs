@@ -1,5 +1,9 @@
 //! Signals to and on watched threads.
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_comm,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use covobs_common::{SignalRecord, kind};
 
 use crate::maps::{config, current, header, normalize_comm, reserve, tgid_watched, tid_watched};
@@ -94,4 +98,110 @@ fn on_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     });
     entry.submit(0);
     Ok(())
+}
+
+/// Kernel-internal siginfo pointers that are not pointers (SEND_SIG_NOINFO, SEND_SIG_PRIV).
+const SEND_SIG_PRIV: u64 = 1;
+const SI_USER: i32 = 0;
+const SI_KERNEL: i32 = 0x80;
+
+#[inline(always)]
+fn read_i32(addr: u64) -> i32 {
+    // SAFETY: a helper-checked kernel read; a bad address yields 0.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const i32) }.unwrap_or(0)
+}
+
+/// si_errno and si_code as the perf tracepoint computes them (TP_STORE_SIGINFO).
+#[inline(always)]
+fn siginfo(cfg: &covobs_common::Config, info: u64) -> (i32, i32) {
+    match info {
+        0 => (0, SI_USER),
+        SEND_SIG_PRIV => (0, SI_KERNEL),
+        p => (
+            read_i32(p + u64::from(cfg.kernel.siginfo_errno)),
+            read_i32(p + u64::from(cfg.kernel.siginfo_code)),
+        ),
+    }
+}
+
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+/// int result)`, as a raw tracepoint: no trace record is built for the many signals of
+/// processes nobody watches, only the arguments are looked at.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn covobs_raw_signal_generate(ctx: RawTracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let task: u64 = ctx.arg(2);
+    let target = read_i32(task + u64::from(cfg.kernel.task_pid)) as u32;
+    let Some(target_tgid) = tid_watched(target) else {
+        return 0;
+    };
+    let cur = current();
+    let Ok(mut comm) = bpf_get_current_comm() else {
+        return 0;
+    };
+    normalize_comm(&mut comm);
+    let sig: u64 = ctx.arg(0);
+    let (errno, code) = siginfo(cfg, ctx.arg(1));
+    let group: u64 = ctx.arg(3);
+    let result: u64 = ctx.arg(4);
+    let Some(mut entry) = reserve::<SignalRecord>(kind::SIGNAL_GENERATE) else {
+        return 0;
+    };
+    entry.write(SignalRecord {
+        hdr: header(kind::SIGNAL_GENERATE, cur.tgid, cur.tid),
+        sig: sig as i32,
+        code,
+        errno,
+        result: result as i32,
+        target_tid: target,
+        target_tgid,
+        group: group as u32,
+        _pad: 0,
+        sa_handler: 0,
+        sa_flags: 0,
+        comm,
+    });
+    entry.submit(0);
+    0
+}
+
+/// `signal_deliver(int sig, struct kernel_siginfo *info, struct k_sigaction *ka)`, raw.
+#[raw_tracepoint(tracepoint = "signal_deliver")]
+pub fn covobs_raw_signal_deliver(ctx: RawTracePointContext) -> u32 {
+    let cur = current();
+    if tgid_watched(cur.tgid).is_none() {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let sig: u64 = ctx.arg(0);
+    let (errno, code) = siginfo(cfg, ctx.arg(1));
+    let ka: u64 = ctx.arg(2);
+    // SAFETY: helper-checked kernel reads at BTF offsets of the k_sigaction.
+    let (sa_handler, sa_flags) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_probe_read_kernel((ka + u64::from(cfg.kernel.ka_sa_handler)) as *const u64)
+                .unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel((ka + u64::from(cfg.kernel.ka_sa_flags)) as *const u64)
+                .unwrap_or(0),
+        )
+    };
+    let Some(mut entry) = reserve::<SignalRecord>(kind::SIGNAL_DELIVER) else {
+        return 0;
+    };
+    entry.write(SignalRecord {
+        hdr: header(kind::SIGNAL_DELIVER, cur.tgid, cur.tid),
+        sig: sig as i32,
+        code,
+        errno,
+        result: 0,
+        target_tid: cur.tid,
+        target_tgid: cur.tgid,
+        group: 0,
+        _pad: 0,
+        sa_handler,
+        sa_flags,
+        comm: [0; 16],
+    });
+    entry.submit(0);
+    0
 }

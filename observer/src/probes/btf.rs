@@ -31,7 +31,23 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
         sb_s_dev: off("super_block", "s_dev")?,
         valid: 1,
         task_in_execve_bit: member_bit_offset(&btf, "task_struct", "in_execve").unwrap_or(u32::MAX),
-        _pad: 0,
+        ..signal_offsets(&btf).unwrap_or_default()
+    })
+}
+
+/// Offsets for the raw signal tracepoints; an error leaves them to the perf tracepoints.
+fn signal_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let off = |s: &str, m: &str| member_offset(btf, s, m);
+    let sa = off("k_sigaction", "sa")?;
+    Ok(KernelOffsets {
+        task_pid: off("task_struct", "pid")?,
+        task_tgid: off("task_struct", "tgid")?,
+        ka_sa_handler: sa + off("sigaction", "sa_handler")?,
+        ka_sa_flags: sa + off("sigaction", "sa_flags")?,
+        siginfo_errno: off("kernel_siginfo", "si_errno")?,
+        siginfo_code: off("kernel_siginfo", "si_code")?,
+        signals_valid: 1,
+        ..Default::default()
     })
 }
 
@@ -117,5 +133,9 @@ mod tests {
         assert_eq!(k.valid, 1);
         assert!(k.task_files > 0 && k.file_f_pos > 0 && k.inode_i_sb > 0);
         assert_ne!(k.fdt_max_fds, k.fdt_fd);
+        assert_eq!(k.signals_valid, 1);
+        // The siginfo layout is ABI: si_signo, si_errno, si_code.
+        assert_eq!((k.siginfo_errno, k.siginfo_code), (4, 8));
+        assert_eq!(k.ka_sa_handler, 0);
     }
 }

@@ -190,7 +190,20 @@ impl Probes {
             file_links: Vec::new(),
             uprobe_links: Vec::new(),
         };
+        let raw_signals = config.kernel.signals_valid != 0
+            && offsets::RAW_SIGNAL_TRACEPOINTS
+                .iter()
+                .all(|(program, tp)| match probes.attach_raw_tracepoint(program, tp) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!("{e}: signals followed by perf tracepoints");
+                        false
+                    }
+                });
         for (program, category, name) in offsets::TRACEPOINTS {
+            if raw_signals && category == "signal" {
+                continue;
+            }
             probes.attach_tracepoint(program, category, name)?;
         }
         if let Some(policy) = opts.file_tracking {
@@ -320,6 +333,27 @@ impl Probes {
         p.load(function, btf).map_err(perr)?;
         p.attach().map_err(perr)?;
         let id = p.info().map_err(perr)?.id();
+        self.programs.push(LoadedProgram {
+            name: program.to_owned(),
+            id,
+        });
+        Ok(())
+    }
+
+    fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut aya::programs::RawTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("a raw tracepoint program"))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        prog.attach(tracepoint).map_err(perr)?;
+        let id = prog.info().map_err(perr)?.id();
         self.programs.push(LoadedProgram {
             name: program.to_owned(),
             id,

@@ -15,6 +15,14 @@ pub const TRACEPOINTS: [(&str, &str, &str); 6] = [
     ("covobs_signal_deliver", "signal", "signal_deliver"),
 ];
 
+/// Signals are frequent on some machines: where the kernel's BTF gives the offsets, these raw
+/// tracepoints replace the last two above (no trace record is built for every signal of every
+/// process): (program, tracepoint).
+pub const RAW_SIGNAL_TRACEPOINTS: [(&str, &str); 2] = [
+    ("covobs_raw_signal_generate", "signal_generate"),
+    ("covobs_raw_signal_deliver", "signal_deliver"),
+];
+
 /// Kernel functions followed with BPF trampolines (fexit): (program, function).
 pub const FILE_TRAMPOLINES: [(&str, &str); 2] = [
     ("covobs_vfs_write", "vfs_write"),
