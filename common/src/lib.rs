@@ -267,8 +267,19 @@ pub struct Config {
     pub self_tgid: u32,
     /// `config_flags::*`.
     pub flags: u32,
+    /// Signals reported (bit sig-1); 0 reports every signal. Filtered in the kernel, so a
+    /// signal-heavy target costs covobs nothing for the signals it does not care about.
+    pub signal_mask: u64,
     pub tp: TracepointOffsets,
     pub kernel: KernelOffsets,
+}
+
+impl Config {
+    /// Whether signal `sig` is reported.
+    #[inline(always)]
+    pub fn reports_signal(&self, sig: u64) -> bool {
+        self.signal_mask == 0 || (sig >= 1 && sig <= 64 && self.signal_mask & (1u64 << (sig - 1)) != 0)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -22,6 +22,11 @@ fn on_generate(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(target_tgid) = tid_watched(target) else {
         return Ok(());
     };
+    // SAFETY: offset from the format file, helper-checked read.
+    let sig = unsafe { ctx.read_at::<i32>(usize::from(cfg.tp.gen_sig)) }?;
+    if !cfg.reports_signal(sig as u64) {
+        return Ok(());
+    }
     let cur = current();
     let mut comm = bpf_get_current_comm()?;
     normalize_comm(&mut comm);
@@ -67,6 +72,10 @@ fn on_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
     let cur = current();
     if tgid_watched(cur.tgid).is_none() {
+        return Ok(());
+    }
+    // SAFETY: offset from the format file, helper-checked read.
+    if !cfg.reports_signal(unsafe { ctx.read_at::<i32>(usize::from(cfg.tp.del_sig)) }? as u64) {
         return Ok(());
     }
     // SAFETY: offsets from the format file, helper-checked reads.
@@ -130,6 +139,10 @@ fn siginfo(cfg: &covobs_common::Config, info: u64) -> (i32, i32) {
 #[raw_tracepoint(tracepoint = "signal_generate")]
 pub fn covobs_raw_signal_generate(ctx: RawTracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
+    let sig: u64 = ctx.arg(0);
+    if !cfg.reports_signal(sig) {
+        return 0;
+    }
     let task: u64 = ctx.arg(2);
     let target = read_i32(task + u64::from(cfg.kernel.task_pid)) as u32;
     let Some(target_tgid) = tid_watched(target) else {
@@ -140,7 +153,6 @@ pub fn covobs_raw_signal_generate(ctx: RawTracePointContext) -> u32 {
         return 0;
     };
     normalize_comm(&mut comm);
-    let sig: u64 = ctx.arg(0);
     let (errno, code) = siginfo(cfg, ctx.arg(1));
     let group: u64 = ctx.arg(3);
     let result: u64 = ctx.arg(4);
@@ -174,6 +186,9 @@ pub fn covobs_raw_signal_deliver(ctx: RawTracePointContext) -> u32 {
     }
     let Some(cfg) = config() else { return 0 };
     let sig: u64 = ctx.arg(0);
+    if !cfg.reports_signal(sig) {
+        return 0;
+    }
     let (errno, code) = siginfo(cfg, ctx.arg(1));
     let ka: u64 = ctx.arg(2);
     // SAFETY: helper-checked kernel reads at BTF offsets of the k_sigaction.

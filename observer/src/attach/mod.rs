@@ -47,6 +47,15 @@ pub struct AttachOptions {
     pub command: Vec<String>,
 }
 
+/// The signals an attach reports: its dump signal (to confirm each delivery) and those that end a
+/// target. A target's own signal traffic is filtered out in the kernel.
+pub fn attach_signal_mask(dump: Signal) -> u64 {
+    use Signal::*;
+    [dump, SIGKILL, SIGTERM, SIGINT, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE]
+        .iter()
+        .fold(0u64, |m, s| m | (1u64 << (*s as i32 - 1)))
+}
+
 /// The default session directory: ./covobs-out/<UTC timestamp>.
 pub fn default_out_dir() -> PathBuf {
     let secs = clock::realtime_ns() / 1_000_000_000;
@@ -78,6 +87,7 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
     let probe_opts = ProbeOptions {
         ebpf_log: opts.ebpf_log,
         file_tracking: Some(opts.file_tracking),
+        signal_mask: attach_signal_mask(opts.signal),
         ..Default::default()
     };
     let mut probes = Probes::load(&probe_opts).map_err(|e| {

@@ -30,6 +30,9 @@ use crate::{
     trigger::{self, ThreadRef, choose_threads},
 };
 
+/// How long a file-tracking window stays open after the last dump covobs asked for.
+const WINDOW_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runtimes whose dumps covobs can collect today.
 pub fn collectable(runtime: Runtime) -> bool {
     matches!(runtime, Runtime::Llvm)
@@ -80,6 +83,8 @@ pub struct Session {
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
     pub history: Vec<serde_json::Value>,
+    /// Since when no dump covobs asked for is expected (the window closes after WINDOW_LINGER).
+    window_idle_since: Option<std::time::Instant>,
 }
 
 fn event(pid: u32, tid: u32, body: Body) -> Event {
@@ -117,6 +122,7 @@ impl Session {
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
+            window_idle_since: None,
         }
     }
 
@@ -462,10 +468,20 @@ impl Session {
             || self.dumps_active()
     }
 
-    /// Close the file-tracking window once no dump covobs asked for is expected or running.
+    /// Close the file-tracking window once no dump covobs asked for has been expected or running
+    /// for a quiet second: back-to-back dumps (a short --interval) keep one window open instead
+    /// of opening and closing it for each.
     fn close_window_when_idle(&mut self) {
-        if !self.targets.values().any(|t| !t.pending.is_empty()) && !self.dumps_active() {
-            self.probes.file_window(false);
+        let busy = self.targets.values().any(|t| !t.pending.is_empty()) || self.dumps_active();
+        let now = std::time::Instant::now();
+        match (busy, self.window_idle_since) {
+            (true, _) => self.window_idle_since = None,
+            (false, None) => self.window_idle_since = Some(now),
+            (false, Some(since)) if now.duration_since(since) >= WINDOW_LINGER => {
+                self.probes.file_window(false);
+                self.window_idle_since = None;
+            }
+            (false, Some(_)) => {}
         }
     }
 

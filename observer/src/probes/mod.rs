@@ -126,6 +126,8 @@ pub struct ProbeOptions {
     pub ebpf_log: bool,
     /// Follow the files dumping threads write (attach needs it; watch does not).
     pub file_tracking: Option<FileTrackingPolicy>,
+    /// Signals to report (bit sig-1; 0: all).
+    pub signal_mask: u64,
 }
 
 impl Default for ProbeOptions {
@@ -134,6 +136,7 @@ impl Default for ProbeOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             ebpf_log: false,
             file_tracking: None,
+            signal_mask: 0,
         }
     }
 }
@@ -146,6 +149,7 @@ impl Probes {
         let tracefs = tracefs::root()?;
         let self_tgid = std::process::id();
         let mut config = offsets::config(&tracefs, self_tgid)?;
+        config.signal_mask = opts.signal_mask;
         match btf::kernel_offsets() {
             Ok(k) => config.kernel = k,
             Err(e) => tracing::warn!(
@@ -286,12 +290,25 @@ impl Probes {
         Ok(())
     }
 
+    /// Detach the window's tracepoints. Unregistering a tracepoint waits for RCU grace periods
+    /// (tens of milliseconds each): the links are dropped on a thread of their own so the event
+    /// loop never waits for that.
     fn close_file_links(&mut self) {
+        let mut owned = Vec::new();
         for (program, link) in self.file_links.drain(..) {
             if let Some(p) = self.ebpf.program_mut(program)
                 && let Ok(tp) = <&mut TracePoint>::try_from(p)
+                && let Ok(link) = tp.take_link(link)
             {
-                let _ = tp.detach(link);
+                owned.push(link);
+            }
+        }
+        if !owned.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("covobs-detach".into())
+                .spawn(move || drop(owned));
+            if let Err(e) = spawned {
+                tracing::warn!("detaching file-tracking tracepoints: {e}");
             }
         }
     }
@@ -302,13 +319,16 @@ impl Probes {
         if self.file_tracking != FileTracking::SyscallWindow {
             return;
         }
+        let started = std::time::Instant::now();
         if open && self.file_links.is_empty() {
             if let Err(e) = self.open_file_links() {
                 tracing::warn!("opening a file-tracking window: {e}");
                 self.close_file_links();
             }
+            tracing::debug!("file-tracking window opened in {:?}", started.elapsed());
         } else if !open && !self.file_links.is_empty() {
             self.close_file_links();
+            tracing::debug!("file-tracking window closed in {:?}", started.elapsed());
         }
     }
 

@@ -88,6 +88,7 @@ pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
     Ok(Config {
         self_tgid,
         flags,
+        signal_mask: 0,
         kernel: Default::default(),
         tp: TracepointOffsets {
             exec_filename: exec.offset("filename")?,

@@ -104,6 +104,15 @@ pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), Tr
         return Err(TriggerError::NotHandled { pid, signal });
     }
     if masks.blocks(sig) {
+        // A thread running its handler for this very signal blocks it until the handler returns:
+        // look again before calling the block persistent.
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let again = Masks::read(pid, tid).map_err(|_| TriggerError::Gone { pid, tid })?;
+            if !again.blocks(sig) {
+                return Ok(());
+            }
+        }
         return Err(TriggerError::Blocked { pid, tid, signal });
     }
     Ok(())
