@@ -28,6 +28,8 @@ pub mod kind {
     /// The dumping thread opened / wrote a file during a dump (`FileOpenRecord`, `FileWriteRecord`).
     pub const FILE_OPEN: u32 = 12;
     pub const FILE_WRITE: u32 = 13;
+    /// The OCaml probe sent a requested signal with bpf_send_signal_thread (`SignalSentRecord`).
+    pub const BPF_SIGNAL_SENT: u32 = 14;
     /// One past the largest kind: the size of the per-kind drop counters.
     pub const MAX: u32 = 16;
 }
@@ -39,6 +41,10 @@ pub mod watch {
     /// Added by the kernel because its name matched `WATCH_COMMS` at exec or rename.
     pub const BY_NAME: u32 = 2;
 }
+
+/// Bit of a dump uprobe's cookie: the dump function has no uretprobe (OCaml code); the return of
+/// the runtime's end marker function ends it.
+pub const COOKIE_ENDS_AT_MARKER: u64 = 1 << 63;
 
 /// `Header::_reserved` of a `DUMP_START`.
 pub mod dump_flags {
@@ -146,6 +152,38 @@ pub struct DumpRecord {
     pub ret: i64,
     /// end: when the matching start happened (0 if the start was not seen).
     pub start_ns: u64,
+}
+
+/// Per-thread hits of the OCaml runtime probes (`OCAML_HITS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OcamlHits {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub hits: u64,
+    pub last_ns: u64,
+}
+
+/// `BPF_SIGNAL_SENT`: header = the thread that was signalled (it hit an OCaml runtime probe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalSentRecord {
+    pub hdr: Header,
+    pub sig: u32,
+    pub _pad: u32,
+    /// bpf_send_signal_thread's return value.
+    pub ret: i64,
+    /// When userspace asked (CLOCK_BOOTTIME ns).
+    pub requested_ns: u64,
+}
+
+/// A request for the OCaml probe to signal a thread (`SEND_SIGNAL` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignalRequest {
+    pub sig: u32,
+    pub _pad: u32,
+    pub requested_ns: u64,
 }
 
 /// Where a file descriptor of the current task points, read from the kernel's own structures.
@@ -278,7 +316,8 @@ impl Config {
     /// Whether signal `sig` is reported.
     #[inline(always)]
     pub fn reports_signal(&self, sig: u64) -> bool {
-        self.signal_mask == 0 || (sig >= 1 && sig <= 64 && self.signal_mask & (1u64 << (sig - 1)) != 0)
+        self.signal_mask == 0
+            || (sig >= 1 && sig <= 64 && self.signal_mask & (1u64 << (sig - 1)) != 0)
     }
 }
 
@@ -286,6 +325,10 @@ impl Config {
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with no padding-sensitive invariants; any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OcamlHits {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SignalRequest {}
 }
 
 const _: () = {
@@ -297,4 +340,5 @@ const _: () = {
     assert!(core::mem::size_of::<DumpRecord>() == 48);
     assert!(core::mem::size_of::<FileOpenRecord>() == 328);
     assert!(core::mem::size_of::<FileWriteRecord>() == 80);
+    assert!(core::mem::size_of::<SignalSentRecord>() == 48);
 };

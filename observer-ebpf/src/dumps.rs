@@ -24,6 +24,9 @@ use crate::maps::{config, current, header, reserve, tgid_watched};
 pub struct DumpState {
     pub cookie: u64,
     pub start_ns: u64,
+    /// The dump function has no uretprobe: `covobs_dump_end_marker` ends it.
+    pub ends_at_marker: bool,
+    pub _pad: [u8; 7],
 }
 
 #[repr(C)]
@@ -75,6 +78,8 @@ pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
         &DumpState {
             cookie,
             start_ns: hdr.ts_ns,
+            ends_at_marker: cookie & covobs_common::COOKIE_ENDS_AT_MARKER != 0,
+            _pad: [0; 7],
         },
         0,
     );
@@ -118,6 +123,34 @@ pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
             cookie,
             ret,
             start_ns,
+        });
+        entry.submit(0);
+    }
+    0
+}
+
+/// The end of a dump that cannot carry a uretprobe: bisect's writer is OCaml code, and OCaml's
+/// GC walks the stack by return addresses, so a hijacked one crashes the target. Its last act is
+/// flushing the channel (`caml_ml_flush`, C in the OCaml runtime): a uretprobe on that C function
+/// ends the dump of a thread that is in one, and does nothing otherwise.
+#[uretprobe]
+pub fn covobs_dump_end_marker(ctx: RetProbeContext) -> u32 {
+    let cur = current();
+    // SAFETY: the value is copied at once.
+    let Some(state) = (unsafe { IN_DUMP.get(&cur.tid) }).copied() else {
+        return 0;
+    };
+    if !state.ends_at_marker {
+        return 0;
+    }
+    let _ = IN_DUMP.remove(&cur.tid);
+    let ret: i64 = ctx.ret();
+    if let Some(mut entry) = reserve::<DumpRecord>(kind::DUMP_END) {
+        entry.write(DumpRecord {
+            hdr: header(kind::DUMP_END, cur.tgid, cur.tid),
+            cookie: state.cookie,
+            ret,
+            start_ns: state.start_ns,
         });
         entry.submit(0);
     }

@@ -130,6 +130,8 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let _ = WATCHED_TIDS.remove(&cur.tid);
+    let _ = crate::ocaml::OCAML_HITS.remove(&cur.tid);
+    let _ = crate::ocaml::SEND_SIGNAL.remove(&cur.tid);
     // 1: the whole group died; 0: one thread; 2: unknown (old kernel), userspace decides from the
     // threads it has seen exit.
     let group_dead: u64 = if cfg.flags & config_flags::EXIT_HAS_GROUP_DEAD != 0 {

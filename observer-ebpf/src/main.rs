@@ -11,6 +11,8 @@ mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod ocaml;
+#[cfg(target_arch = "bpf")]
 mod selftest;
 #[cfg(target_arch = "bpf")]
 mod signals;

@@ -194,10 +194,14 @@ pub fn covobs_raw_signal_deliver(ctx: RawTracePointContext) -> u32 {
     // SAFETY: helper-checked kernel reads at BTF offsets of the k_sigaction.
     let (sa_handler, sa_flags) = unsafe {
         (
-            aya_ebpf::helpers::bpf_probe_read_kernel((ka + u64::from(cfg.kernel.ka_sa_handler)) as *const u64)
-                .unwrap_or(0),
-            aya_ebpf::helpers::bpf_probe_read_kernel((ka + u64::from(cfg.kernel.ka_sa_flags)) as *const u64)
-                .unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                (ka + u64::from(cfg.kernel.ka_sa_handler)) as *const u64,
+            )
+            .unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                (ka + u64::from(cfg.kernel.ka_sa_flags)) as *const u64,
+            )
+            .unwrap_or(0),
         )
     };
     let Some(mut entry) = reserve::<SignalRecord>(kind::SIGNAL_DELIVER) else {

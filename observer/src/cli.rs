@@ -76,6 +76,13 @@ pub struct AttachArgs {
     /// Do not write the report at the end (`covobs report DIR` can write it later).
     #[arg(long)]
     pub no_report: bool,
+    /// How the dump signal reaches the OCaml thread: from covobs (pidfd), or from eBPF with
+    /// bpf_send_signal_thread the next time that thread runs a probed OCaml runtime function.
+    #[arg(long, value_enum, default_value = "pidfd")]
+    pub deliver: crate::attach::Deliver,
+    /// The name of the thread that runs OCaml, used where the runtime's symbols are stripped.
+    #[arg(long, default_value = "ffi-ocaml-executor-thread")]
+    pub ocaml_thread_name: String,
     /// Where the kernel cannot attach BPF trampolines: follow dump outputs with syscall
     /// tracepoints only around the dumps covobs triggers (window), for the whole session
     /// (always: exact for the target's own dumps too, but every system call on the machine pays),
@@ -129,6 +136,9 @@ pub struct WatchArgs {
     /// Forward the eBPF programs' own log messages (debugging covobs).
     #[arg(long)]
     pub ebpf_log: bool,
+    /// The name of the thread that runs OCaml, used where the runtime's symbols are stripped.
+    #[arg(long, default_value = "ffi-ocaml-executor-thread")]
+    pub ocaml_thread_name: String,
 }
 
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {

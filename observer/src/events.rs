@@ -127,6 +127,25 @@ pub enum Body {
         /// Nanoseconds from dump_end to the artifact being written and synced.
         latency_ns: u64,
     },
+    /// Thread `tid` runs the OCaml runtime of process `pid` (found at first, or OCaml moved).
+    OcamlThread {
+        name: String,
+        /// runtime probes, or thread name (where the runtime's symbols are stripped).
+        method: String,
+        /// The thread that ran OCaml before, if another.
+        previous_tid: Option<u32>,
+        /// Runtime probe hits a second on this thread.
+        hits_per_sec: f64,
+    },
+    /// A dump signal covobs sent was delivered: on thread `tid`; `ok` when that is the thread it
+    /// was meant for.
+    Delivery {
+        signal: String,
+        intended_tid: u32,
+        ok: bool,
+        /// Nanoseconds from sending (or asking eBPF to send) to delivery.
+        latency_ns: u64,
+    },
     /// Something was not observed or not collected; `reason` says why.
     Lost {
         reason: String,
@@ -153,6 +172,8 @@ impl Event {
             Body::DumpStart { .. } => "dump_start",
             Body::DumpEnd { .. } => "dump_end",
             Body::Artifact { .. } => "artifact",
+            Body::OcamlThread { .. } => "ocaml_thread",
+            Body::Delivery { .. } => "delivery",
         }
     }
 }

@@ -72,6 +72,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 wait: args.wait,
                 follow_forks: args.follow_forks,
                 ebpf_log: args.ebpf_log,
+                ocaml_thread_name: args.ocaml_thread_name,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -96,6 +97,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                 dump_timeout: args.dump_timeout,
                 no_report: args.no_report,
                 file_tracking: args.file_tracking,
+                observe_only: false,
+                deliver: args.deliver,
+                ocaml_thread_name: args.ocaml_thread_name,
                 command: std::env::args().collect(),
             })
             .await?;

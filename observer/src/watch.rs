@@ -1,15 +1,13 @@
 //! `covobs watch`: live threads, processes and signals of the targets, triggering nothing.
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use crate::{
     BadInput,
     events::{Body, Event},
-    probes::{ProbeOptions, Probes, records},
-    stream::{HumanSink, JsonLinesSink, Pipeline, Sender, Sink},
+    probes::{Probes, records},
+    stream::Sender,
     sys::clock,
-    target::{TargetSpec, Tracker},
+    target::TargetSpec,
 };
 
 pub struct WatchOptions {
@@ -20,6 +18,7 @@ pub struct WatchOptions {
     pub wait: bool,
     pub follow_forks: bool,
     pub ebpf_log: bool,
+    pub ocaml_thread_name: String,
 }
 
 /// Map a library error to BadInput (exit 2) when the user or the machine must change something.
@@ -34,99 +33,31 @@ pub fn classify<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// `watch` is an attach session that only observes: discovery, OCaml thread identity and dump
+/// probes, but no signal, no collection and no output directory.
 pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
-    let mut shutdown = Shutdown::install(opts.duration);
-    crate::require_privileges()?;
-    let probe_opts = ProbeOptions {
+    crate::attach::run(crate::attach::AttachOptions {
+        target: opts.target,
+        out: None,
+        interval: None,
+        once: false,
+        duration: opts.duration,
+        signal: nix::sys::signal::Signal::SIGUSR2,
+        thread: crate::trigger::ThreadChoice::Auto,
+        force: false,
+        json: opts.json,
+        wait: opts.wait,
+        follow_forks: opts.follow_forks,
         ebpf_log: opts.ebpf_log,
-        ..Default::default()
-    };
-    let mut probes = Probes::load(&probe_opts).map_err(|e| {
-        let bad = e.is_bad_input();
-        classify(e, bad)
-    })?;
-    let mut tracker = Tracker::new(opts.target.clone(), opts.follow_forks);
-    let initial = tracker.start(&mut probes, opts.wait).map_err(|e| {
-        let bad = e.is_bad_input();
-        classify(e, bad)
-    })?;
-    if initial.is_empty()
-        && let Some(pattern) = tracker.pattern()
-    {
-        eprintln!(
-            "covobs: no process named {:?} yet; waiting for one",
-            pattern.as_str()
-        );
-    }
-
-    let sink: Box<dyn Sink> = if opts.json {
-        Box::new(JsonLinesSink::new(std::io::stdout(), "stdout"))
-    } else {
-        Box::new(HumanSink::new(std::io::stdout()))
-    };
-    let pipeline = Pipeline::new(vec![sink])?;
-    let tx = pipeline.sender();
-    for event in initial {
-        tx.event(event).await;
-    }
-
-    let mut reader = probes
-        .take_reader()
-        .context("opening the eBPF ring buffer")?;
-    let mut drops = DropWatch::default();
-    let mut batch = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-
-    loop {
-        tokio::select! {
-            read = reader.read(&mut batch) => {
-                read.context("reading the eBPF ring buffer")?;
-                forward(&mut tracker, &mut probes, &mut batch, &tx).await;
-                if tracker.finished() {
-                    break;
-                }
-            }
-            _ = tick.tick() => drops.report(&probes, &tx).await,
-            _ = shutdown.wait() => break,
-        }
-    }
-    reader.drain(&mut batch);
-    forward(&mut tracker, &mut probes, &mut batch, &tx).await;
-    drops.report(&probes, &tx).await;
-    let bad = reader.bad_records;
-    // Detach every program before the last output is written.
-    drop(reader);
-    drop(probes);
-    drop(tx);
-    let stats = pipeline.finish().await?;
-    if !opts.json {
-        eprintln!(
-            "covobs: {} events, {} lost to a full ring buffer{}; every probe detached",
-            stats.events,
-            drops.total,
-            if bad > 0 {
-                format!(", {bad} undecodable")
-            } else {
-                String::new()
-            }
-        );
-    }
-    Ok(())
-}
-
-async fn forward(
-    tracker: &mut Tracker,
-    probes: &mut Probes,
-    batch: &mut Vec<records::Record>,
-    tx: &Sender,
-) {
-    for record in batch.drain(..) {
-        if let records::Record::Event(decoded) = record {
-            for event in tracker.on_record(probes, decoded) {
-                tx.event(event).await;
-            }
-        }
-    }
+        dump_timeout: Duration::from_secs(1),
+        no_report: true,
+        file_tracking: crate::probes::FileTrackingPolicy::Off,
+        observe_only: true,
+        deliver: crate::attach::Deliver::Pidfd,
+        ocaml_thread_name: opts.ocaml_thread_name,
+        command: Vec::new(),
+    })
+    .await
 }
 
 /// Turns the kernel's per-CPU drop counters into `lost` events as they grow.

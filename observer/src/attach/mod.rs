@@ -16,10 +16,14 @@ use crate::{
     watch::{DropWatch, Shutdown, classify},
 };
 
+mod adopt;
+mod collector;
 pub mod control;
+mod delivery;
 pub mod progress;
 pub mod session;
 pub mod targets;
+mod triggering;
 
 use session::Session;
 
@@ -43,17 +47,36 @@ pub struct AttachOptions {
     pub no_report: bool,
     /// Where trampolines are unavailable: when syscall tracepoints may follow dump outputs.
     pub file_tracking: crate::probes::FileTrackingPolicy,
+    /// `covobs watch`: observe only (no signal, no collection, no output directory).
+    pub observe_only: bool,
+    /// How a dump signal reaches the OCaml thread.
+    pub deliver: Deliver,
+    /// The OCaml thread's name, for binaries whose runtime symbols are stripped.
+    pub ocaml_thread_name: String,
     /// The command line, for session.json.
     pub command: Vec<String>,
+}
+
+/// How the dump signal for the OCaml runtime is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deliver {
+    /// From covobs, through a thread pidfd (tgkill where pidfds cannot name threads).
+    Pidfd,
+    /// From eBPF, with bpf_send_signal_thread, the next time the OCaml thread enters a probed
+    /// OCaml runtime function: it lands exactly there. Other runtimes' signals go by pidfd.
+    Bpf,
 }
 
 /// The signals an attach reports: its dump signal (to confirm each delivery) and those that end a
 /// target. A target's own signal traffic is filtered out in the kernel.
 pub fn attach_signal_mask(dump: Signal) -> u64 {
     use Signal::*;
-    [dump, SIGKILL, SIGTERM, SIGINT, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE]
-        .iter()
-        .fold(0u64, |m, s| m | (1u64 << (*s as i32 - 1)))
+    [
+        dump, SIGKILL, SIGTERM, SIGINT, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+    ]
+    .iter()
+    .fold(0u64, |m, s| m | (1u64 << (*s as i32 - 1)))
 }
 
 /// The default session directory: ./covobs-out/<UTC timestamp>.
@@ -84,10 +107,15 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
     let opts = Arc::new(opts);
     let started_unix = clock::realtime_ns();
 
+    // watch observes every signal and follows no file; attach the reverse.
     let probe_opts = ProbeOptions {
         ebpf_log: opts.ebpf_log,
-        file_tracking: Some(opts.file_tracking),
-        signal_mask: attach_signal_mask(opts.signal),
+        file_tracking: (!opts.observe_only).then_some(opts.file_tracking),
+        signal_mask: if opts.observe_only {
+            0
+        } else {
+            attach_signal_mask(opts.signal)
+        },
         ..Default::default()
     };
     let mut probes = Probes::load(&probe_opts).map_err(|e| {
@@ -100,12 +128,26 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
         classify(e, bad)
     })?;
 
-    // The output directory is created only once the target is known to exist: bad input leaves
-    // nothing behind.
-    let dir_sink = DirSink::create(&out_dir).map_err(|e| BadInput(e.to_string()))?;
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(dir_sink)];
+    if initial.is_empty()
+        && let Some(pattern) = tracker.pattern()
+    {
+        eprintln!(
+            "covobs: no process named {:?} yet; waiting for one",
+            pattern.as_str()
+        );
+    }
+
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if !opts.observe_only {
+        // The output directory is created only once the target is known to exist: bad input
+        // leaves nothing behind.
+        let dir_sink = DirSink::create(&out_dir).map_err(|e| BadInput(e.to_string()))?;
+        sinks.push(Box::new(dir_sink));
+    }
     if opts.json {
         sinks.push(Box::new(JsonLinesSink::new(std::io::stdout(), "stdout")));
+    } else if opts.observe_only {
+        sinks.push(Box::new(HumanSink::new(std::io::stdout())));
     } else {
         sinks.push(Box::new(HumanSink::coverage_view(std::io::stdout())));
     }
@@ -121,6 +163,9 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
     );
 
     let result = drive(&mut session, initial, &mut shutdown, &mut done_rx).await;
+    if opts.observe_only {
+        return finish_watch(session, pipeline, result).await;
+    }
     if let Err(e) = result {
         if e.downcast_ref::<BadInput>().is_some() {
             // Refused before anything was triggered: leave nothing behind.
@@ -152,7 +197,11 @@ async fn drive(
         .probes
         .take_reader()
         .context("opening the eBPF ring buffer")?;
-    let control = control::ControlServer::bind()?;
+    let control = if opts.observe_only {
+        None
+    } else {
+        Some(control::ControlServer::bind()?)
+    };
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
     let mut refusals = Vec::new();
@@ -164,6 +213,13 @@ async fn drive(
         };
         session.on_record_event(e).await;
         let dumpable = session.adopt(pid, &comm).await;
+        if opts.observe_only {
+            continue;
+        }
+        // The OCaml thread is known from the probes after their first counts.
+        if session.needs_ocaml_thread(pid) {
+            session.wait_for_ocaml_thread(pid, OCAML_WAIT).await;
+        }
         if dumpable.is_empty() {
             refusals.push(format!(
                 "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
@@ -179,7 +235,10 @@ async fn drive(
         eprintln!("covobs: warning: {r}");
     }
 
-    let mut progress = progress::Progress::new(!opts.json && !opts.no_report, &session.out_dir);
+    let mut progress = progress::Progress::new(
+        !opts.json && !opts.no_report && !opts.observe_only,
+        &session.out_dir,
+    );
     if opts.once {
         session.trigger_all("once").await;
     }
@@ -205,11 +264,12 @@ async fn drive(
                 progress.artifact(&session.out_dir, &outcome);
                 session.on_outcome(outcome).await;
             }
-            Some((req, responder)) = control.accept() => session.on_request(req, responder).await,
+            Some((req, responder)) = accept(control.as_ref()) => session.on_request(req, responder).await,
             _ = next_tick(&mut interval), if stopping_since.is_none() => {
                 session.trigger_all("interval").await;
             }
             _ = tick.tick() => {
+                session.update_ocaml().await;
                 session.expire().await;
                 drops.report(&session.probes, &session.sender()).await;
                 session.counters.ring_buffer_drops = drops.total;
@@ -217,7 +277,7 @@ async fn drive(
             }
             _ = shutdown.wait(), if stopping_since.is_none() => {
                 stopping_since = Some(tokio::time::Instant::now());
-                if !opts.once {
+                if !opts.once && !opts.observe_only {
                     session.trigger_all("detach").await;
                 }
             }
@@ -254,6 +314,39 @@ async fn drive(
     drops.report(&session.probes, &session.sender()).await;
     session.counters.ring_buffer_drops = drops.total;
     progress.finish(session);
+    Ok(())
+}
+
+/// How long attach waits, at start, for the probes to show which thread runs OCaml.
+const OCAML_WAIT: Duration = Duration::from_secs(3);
+
+/// The next `covobs dump` request; never, without a control socket (watch).
+async fn accept(
+    control: Option<&control::ControlServer>,
+) -> Option<(control::DumpRequest, control::Responder)> {
+    match control {
+        Some(c) => c.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// End a watch: detach everything, flush the output, one summary line.
+async fn finish_watch(
+    session: Session,
+    pipeline: Pipeline,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let json = session.opts.json;
+    let drops = session.counters.ring_buffer_drops;
+    drop(session);
+    let stats = pipeline.finish().await?;
+    result?;
+    if !json {
+        eprintln!(
+            "covobs: {} events, {drops} lost to a full ring buffer; every probe detached",
+            stats.events
+        );
+    }
     Ok(())
 }
 

@@ -32,7 +32,7 @@ pub struct TargetState {
     pub dumpable: Vec<Runtime>,
     pub llvm_profile: Option<llvm_path::Expanded>,
     /// The target's collector: finished dumps go there, in order (it owns the profile cursor).
-    pub collector: Option<tokio::sync::mpsc::UnboundedSender<super::session::CollectJob>>,
+    pub collector: Option<tokio::sync::mpsc::UnboundedSender<super::collector::CollectJob>>,
     pub pending: Vec<Pending>,
     /// Dumps seen per runtime (for summaries and tests).
     pub dumps: HashMap<Runtime, u64>,
@@ -132,13 +132,18 @@ impl HookTable {
             runtime,
             function: function.to_owned(),
         }));
-        let cookie = self.hooks.len() as u64;
+        let mut cookie = self.hooks.len() as u64;
+        if !runtime.dump_returns_probeable() {
+            cookie |= covobs_common::COOKIE_ENDS_AT_MARKER;
+        }
         self.by_place.insert(key, cookie);
         (cookie, true)
     }
 
     pub fn get(&self, cookie: u64) -> Option<Arc<HookRef>> {
-        let idx = usize::try_from(cookie).ok()?.checked_sub(1)?;
+        let idx = usize::try_from(cookie & !covobs_common::COOKIE_ENDS_AT_MARKER)
+            .ok()?
+            .checked_sub(1)?;
         self.hooks.get(idx).cloned()
     }
 }

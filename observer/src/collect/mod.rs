@@ -10,6 +10,8 @@ use sha2::Digest;
 
 use crate::discover::{Module, Runtime};
 
+pub mod bisect;
+pub mod gcov;
 pub mod llvm_path;
 pub mod llvm_raw;
 pub mod read;
@@ -197,6 +199,17 @@ pub struct ArtifactMeta {
     pub source: SourceInfo,
     pub format: FormatInfo,
     pub module: ModuleMeta,
+    /// For an artifact that is a directory: its files (name in the directory, path in the
+    /// target, bytes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartMeta>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartMeta {
+    pub file: String,
+    pub path: String,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -251,12 +264,14 @@ pub fn module_copy_path(module: &Module) -> Option<String> {
     Some(format!("modules/{id}/{}", module.file_name()))
 }
 
-/// A collected artifact: metadata plus the bytes, in the directory `<pid>-<comm>`.
+/// A collected artifact: metadata plus the bytes, in the directory `<pid>-<comm>`. With `parts`,
+/// the artifact is a directory (named by `meta.file`) of those files.
 #[derive(Clone, Debug)]
 pub struct Artifact {
     pub dir: String,
     pub meta: ArtifactMeta,
     pub data: Bytes,
+    pub parts: Vec<(String, Bytes)>,
 }
 
 pub fn checksum(data: &[u8]) -> String {
@@ -265,13 +280,214 @@ pub fn checksum(data: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// The bytes one dump produced in one file, validated.
+/// The bytes one dump produced in one file, validated. A dump that wrote several files of one
+/// kind (gcov: one .gcda per object file) gives one `Extracted` with `parts` (name, bytes).
 #[derive(Debug)]
 pub struct Extracted {
     pub data: Vec<u8>,
+    pub parts: Vec<(String, Vec<u8>)>,
     pub source: SourceInfo,
     pub format: FormatInfo,
     pub invalid_reason: Option<String>,
+}
+
+impl Extracted {
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64 + self.parts.iter().map(|(_, d)| d.len() as u64).sum::<u64>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where one target's runtimes put their dumps (owned by the target's collector).
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub llvm: Option<llvm_path::ProfileCursor>,
+    pub bisect: Option<bisect::BisectSource>,
+    /// gcov: the .gcda paths of the target (relocated by its environment).
+    pub gcda: Vec<String>,
+}
+
+/// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
+pub fn extract(
+    done: &FinishedDump,
+    root: &TargetDir,
+    sources: &mut Sources,
+) -> Result<Vec<Extracted>, CollectError> {
+    match done.dump.hook.runtime {
+        Runtime::Llvm => extract_llvm(done, root, sources.llvm.as_mut()),
+        Runtime::Bisect => extract_bisect(done, root, sources.bisect.as_mut()),
+        Runtime::Gcov => extract_gcov(done, root, &sources.gcda),
+        other => Err(CollectError::Fallback(format!(
+            "collecting {} dumps is not supported",
+            other.as_str()
+        ))),
+    }
+}
+
+/// A whole file the dump (re)wrote, checked by `check`.
+fn whole_file(
+    root: &TargetDir,
+    cwd: Option<&TargetDir>,
+    path: &str,
+    ino: Option<u64>,
+) -> Result<Vec<u8>, CollectError> {
+    let file = read::open_in_target(root, cwd, path)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(read::read_range(&file, path, ino, 0, len)?)
+}
+
+fn extract_bisect(
+    done: &FinishedDump,
+    root: &TargetDir,
+    mut source: Option<&mut bisect::BisectSource>,
+) -> Result<Vec<Extracted>, CollectError> {
+    let cwd = done.dump.cwd.as_ref();
+    let mut out = Vec::new();
+    for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
+        // The dump writes into a file its caller opened: no path from the kernel, only the inode.
+        let path = match (&f.path, f.ino, source.as_deref()) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(ino), Some(src)) => match src.path_of(root, cwd, ino) {
+                Some(p) => p,
+                None => {
+                    return Err(CollectError::Fallback(format!(
+                        "the dump wrote inode {ino}, which is not a {}*.coverage file",
+                        src.prefix
+                    )));
+                }
+            },
+            _ => continue,
+        };
+        let data = whole_file(root, cwd, &path, f.ino)?;
+        if let (Some(src), Some(ino)) = (source.as_deref_mut(), f.ino) {
+            src.mark_taken(ino);
+        }
+        out.push(checked_bisect(data, &path, f.ino, f.dev, "kernel"));
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let Some(src) = source else {
+        return Err(CollectError::NothingWritten { ret: done.ret });
+    };
+    // Outside a file-tracking window: the new coverage file under BISECT_FILE.
+    let Some(path) = src.untaken(root, cwd).into_iter().last() else {
+        return Err(CollectError::Fallback(format!(
+            "no new {}*.coverage file appeared",
+            src.prefix
+        )));
+    };
+    let file = read::open_in_target(root, cwd, &path)?;
+    use std::os::unix::fs::MetadataExt;
+    let ino = file.metadata().map(|m| m.ino()).ok();
+    let data = whole_file(root, cwd, &path, ino)?;
+    if let Some(ino) = ino {
+        src.mark_taken(ino);
+    }
+    Ok(vec![checked_bisect(data, &path, ino, None, "environment")])
+}
+
+fn checked_bisect(
+    data: Vec<u8>,
+    path: &str,
+    ino: Option<u64>,
+    dev: Option<u64>,
+    located_by: &'static str,
+) -> Extracted {
+    let invalid_reason = bisect::parse(&data).err().map(|e| e.to_string());
+    Extracted {
+        data,
+        parts: Vec::new(),
+        source: SourceInfo {
+            path: path.to_owned(),
+            offset: 0,
+            inode: ino,
+            dev,
+            located_by,
+        },
+        format: FormatInfo {
+            name: "bisect-coverage",
+            version: 4,
+        },
+        invalid_reason,
+    }
+}
+
+fn extract_gcov(
+    done: &FinishedDump,
+    root: &TargetDir,
+    gcda: &[String],
+) -> Result<Vec<Extracted>, CollectError> {
+    let cwd = done.dump.cwd.as_ref();
+    let mut files: Vec<(String, Option<u64>, &'static str)> = done
+        .dump
+        .files
+        .iter()
+        .filter(|f| f.bytes > 0)
+        .filter_map(|f| f.path.clone().map(|p| (p, f.ino, "kernel")))
+        .collect();
+    if files.is_empty() {
+        // Outside a window: the .gcda files the binary names that changed during the dump.
+        let since = done.dump.start_ns;
+        files = gcda
+            .iter()
+            .filter(|p| modified_since(root, cwd, p, since))
+            .map(|p| (p.clone(), None, "environment"))
+            .collect();
+    }
+    if files.is_empty() {
+        return Err(CollectError::Fallback(format!(
+            "the gcov runtime wrote nothing (returned {}): GCC's runtime dumps once until __gcov_reset() is called",
+            done.ret
+        )));
+    }
+    let mut parts = Vec::new();
+    let mut problems = Vec::new();
+    let located_by = files[0].2;
+    for (path, ino, _) in &files {
+        let data = whole_file(root, cwd, path, *ino)?;
+        if let Err(e) = gcov::parse(&data) {
+            problems.push(format!("{path}: {e}"));
+        }
+        parts.push((path.clone(), data));
+    }
+    Ok(vec![Extracted {
+        data: Vec::new(),
+        parts,
+        source: SourceInfo {
+            path: files[0].0.clone(),
+            offset: 0,
+            inode: None,
+            dev: None,
+            located_by,
+        },
+        format: FormatInfo {
+            name: "gcov-gcda",
+            version: 0,
+        },
+        invalid_reason: (!problems.is_empty()).then(|| problems.join("; ")),
+    }])
+}
+
+/// Whether a file was changed after `since_boot_ns` (CLOCK_BOOTTIME).
+fn modified_since(
+    root: &TargetDir,
+    cwd: Option<&TargetDir>,
+    path: &str,
+    since_boot_ns: u64,
+) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(f) = read::open_in_target(root, cwd, path) else {
+        return false;
+    };
+    let Ok(m) = f.metadata() else { return false };
+    let mtime_unix_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    let since_unix_ns = i128::from(since_boot_ns) + crate::sys::clock::boot_to_unix_offset_ns();
+    // Filesystem timestamps are coarse (jiffies): allow 20 ms.
+    mtime_unix_ns + 20_000_000 >= since_unix_ns
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +571,7 @@ fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
     match llvm_raw::parse(&data, true) {
         Ok(p) => Extracted {
             data,
+            parts: Vec::new(),
             source,
             format: FormatInfo {
                 name: "llvm-raw-profile",
@@ -364,6 +581,7 @@ fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
         },
         Err(e) => Extracted {
             data,
+            parts: Vec::new(),
             source,
             format: FormatInfo {
                 name: "llvm-raw-profile",

@@ -37,6 +37,13 @@ pub struct ElfInfo {
     pub position_independent: bool,
     /// Loadable segments: (virtual address, memory size, file offset).
     pub segments: Vec<(u64, u64, u64)>,
+    /// Read-only data mentions `OCAMLRUNPARAM`: the OCaml runtime is linked in (found even when
+    /// its symbols are stripped).
+    pub ocaml_runtime_text: bool,
+    /// Read-only data holds `BISECT-COVERAGE-4`: the bisect_ppx runtime is linked in.
+    pub bisect_runtime_text: bool,
+    /// The `.gcda` files gcov's runtime will write (paths compiled into the binary).
+    pub gcda_paths: Vec<String>,
 }
 
 impl ElfInfo {
@@ -56,6 +63,7 @@ impl ElfInfo {
                 continue;
             }
             if let Some(file_offset) = self.file_offset(found.vaddr) {
+                // The debug file has no code: the entry bytes are read from this file later.
                 self.hooks.push(FoundHook {
                     file_offset,
                     ..found.clone()
@@ -76,6 +84,25 @@ pub struct FoundHook {
     pub symbol: String,
     pub vaddr: u64,
     pub file_offset: u64,
+    /// The first bytes of the function's code (to tell cheap probe points from dear ones).
+    pub entry: [u8; 8],
+}
+
+impl FoundHook {
+    /// Whether a uprobe here is cheap: x86-64 uprobes emulate `push` (about 0.5 us a hit on
+    /// this kind of machine) but single-step most other first instructions (about 9.5 us).
+    pub fn cheap_entry(&self) -> bool {
+        let code = match self.entry {
+            // endbr64 is a hint; the instruction after it is the one that counts.
+            [0xf3, 0x0f, 0x1e, 0xfa, rest @ ..] => rest.to_vec(),
+            e => e.to_vec(),
+        };
+        match code.as_slice() {
+            [0x50..=0x57, ..] => true,
+            [0x41, 0x50..=0x57, ..] => true,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -138,6 +165,20 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
     }
     if let Ok(Some((name, _crc))) = obj.gnu_debuglink() {
         info.debuglink = Some(String::from_utf8_lossy(name).into_owned());
+    }
+    if let Some(rodata) = obj.section_by_name(".rodata")
+        && let Ok(bytes) = rodata.data()
+    {
+        info.ocaml_runtime_text = memchr::memmem::find(bytes, b"OCAMLRUNPARAM").is_some();
+        info.bisect_runtime_text = memchr::memmem::find(bytes, b"BISECT-COVERAGE-4").is_some();
+        info.gcda_paths = bytes
+            .split(|b| *b == 0)
+            .filter(|s| s.ends_with(b".gcda") && s.len() > 5 && s.len() < 4096)
+            .filter_map(|s| std::str::from_utf8(s).ok())
+            .map(str::to_owned)
+            .collect();
+        info.gcda_paths.sort();
+        info.gcda_paths.dedup();
     }
     for section in obj.sections() {
         let Ok(name) = section.name() else { continue };
@@ -202,11 +243,16 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
                 continue;
             }
             if let Some(off) = file_offset(sym.address()) {
+                let mut entry = [0u8; 8];
+                if let Some(code) = data.get(off as usize..off as usize + 8) {
+                    entry.copy_from_slice(code);
+                }
                 info.hooks.push(FoundHook {
                     hook,
                     symbol: name.to_owned(),
                     vaddr: sym.address(),
                     file_offset: off,
+                    entry,
                 });
             }
         }

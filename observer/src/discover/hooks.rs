@@ -31,6 +31,12 @@ impl Runtime {
         }
     }
 
+    /// Its dump function is native code whose return address may be hijacked by a uretprobe.
+    /// Not OCaml: OCaml's GC walks the stack by return addresses and would crash on one.
+    pub fn dump_returns_probeable(self) -> bool {
+        !matches!(self, Self::Bisect | Self::Ocaml)
+    }
+
     /// A coverage runtime, not a helper covobs probes for context.
     pub fn is_coverage(self) -> bool {
         !matches!(self, Self::Ocaml | Self::Libc)
@@ -56,6 +62,8 @@ pub enum Role {
     Dump,
     /// Zeroes the counters.
     Reset,
+    /// Its return ends a dump whose own function cannot carry a uretprobe (bisect).
+    DumpEnd,
     /// Steady-state OCaml runtime function: hits per thread tell which thread runs OCaml.
     OcamlRuntime,
     /// The process is exiting (libc `exit`).
@@ -100,6 +108,8 @@ pub static HOOKS: &[Hook] = &[
         Exact("__llvm_profile_reset_counters"),
     ),
     hook(Runtime::Gcov, Role::Dump, Exact("__gcov_dump")),
+    // GCC's exit-time dump (a destructor) goes through here, not through __gcov_dump.
+    hook(Runtime::Gcov, Role::Dump, Exact("__gcov_exit")),
     hook(Runtime::Gcov, Role::Reset, Exact("__gcov_reset")),
     hook(Runtime::Sancov, Role::Dump, Exact("__sanitizer_cov_dump")),
     hook(
@@ -118,8 +128,15 @@ pub static HOOKS: &[Hook] = &[
         Role::Reset,
         Prefix("camlBisect_common__reset_counters_"),
     ),
+    // write_runtime_data ends by flushing its channel: the C function that does it.
+    hook(Runtime::Bisect, Role::DumpEnd, Exact("caml_ml_flush")),
     hook(Runtime::Libc, Role::ProcessExit, Exact("exit")),
     hook(Runtime::Ocaml, Role::OcamlRuntime, Exact("caml_call_gc")),
+    hook(
+        Runtime::Ocaml,
+        Role::OcamlRuntime,
+        Exact("caml_garbage_collection"),
+    ),
     hook(
         Runtime::Ocaml,
         Role::OcamlRuntime,

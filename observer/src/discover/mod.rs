@@ -173,6 +173,12 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
     {
         without_symbols.push(Runtime::Sancov);
     }
+    if elf.bisect_runtime_text && !runtimes.contains(&Runtime::Bisect) {
+        without_symbols.push(Runtime::Bisect);
+    }
+    if elf.ocaml_runtime_text && !runtimes.contains(&Runtime::Ocaml) {
+        without_symbols.push(Runtime::Ocaml);
+    }
     Module {
         file,
         path: path.to_owned(),

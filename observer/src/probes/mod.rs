@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
-use covobs_common::{COMM_LEN, Config, kind};
+use covobs_common::{COMM_LEN, Config, OcamlHits, SignalRequest, kind};
 
 use crate::sys::{
     bpf::{self, BpfUnavailable},
@@ -76,6 +76,8 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     selftest: Array<MapData, u64>,
+    ocaml_hits: HashMap<MapData, u32, OcamlHits>,
+    send_signal: HashMap<MapData, u32, SignalRequest>,
     programs: Vec<LoadedProgram>,
     /// How the files a dumping thread writes are followed.
     pub file_tracking: FileTracking,
@@ -180,6 +182,8 @@ impl Probes {
         let drops = take(&mut ebpf, "DROPS")?;
         let events = take(&mut ebpf, "EVENTS")?;
         let selftest = take(&mut ebpf, "SELFTEST")?;
+        let ocaml_hits = take(&mut ebpf, "OCAML_HITS")?;
+        let send_signal = take(&mut ebpf, "SEND_SIGNAL")?;
 
         let mut probes = Self {
             ebpf,
@@ -189,21 +193,23 @@ impl Probes {
             drops,
             events: Some(events),
             selftest,
+            ocaml_hits,
+            send_signal,
             programs: Vec::new(),
             file_tracking: FileTracking::Off,
             file_links: Vec::new(),
             uprobe_links: Vec::new(),
         };
         let raw_signals = config.kernel.signals_valid != 0
-            && offsets::RAW_SIGNAL_TRACEPOINTS
-                .iter()
-                .all(|(program, tp)| match probes.attach_raw_tracepoint(program, tp) {
+            && offsets::RAW_SIGNAL_TRACEPOINTS.iter().all(|(program, tp)| {
+                match probes.attach_raw_tracepoint(program, tp) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!("{e}: signals followed by perf tracepoints");
                         false
                     }
-                });
+                }
+            });
         for (program, category, name) in offsets::TRACEPOINTS {
             if raw_signals && category == "signal" {
                 continue;
@@ -494,10 +500,63 @@ impl Probes {
         file_offset: u64,
         cookie: u64,
     ) -> Result<(), ProbeError> {
-        for program in ["covobs_dump_enter", "covobs_dump_exit"] {
-            self.attach_uprobe(program, file, file_offset, cookie, None)?;
+        self.attach_uprobe("covobs_dump_enter", file, file_offset, cookie, None)?;
+        if cookie & covobs_common::COOKIE_ENDS_AT_MARKER == 0 {
+            self.attach_uprobe("covobs_dump_exit", file, file_offset, cookie, None)?;
         }
         Ok(())
+    }
+
+    /// The end of dumps that have no uretprobe: a uretprobe on the runtime's end marker function
+    /// (a C function) in process `pid`.
+    pub fn attach_dump_end_marker(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        self.attach_uprobe("covobs_dump_end_marker", file, file_offset, 0, Some(pid))
+    }
+
+    /// Count, per thread of `pid`, calls of an OCaml runtime function (a uprobe in that process
+    /// only): the thread that runs OCaml shows up in `ocaml_hits`.
+    pub fn attach_ocaml_probe(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        self.attach_uprobe("covobs_ocaml_hit", file, file_offset, 0, Some(pid))
+    }
+
+    /// Hits of the OCaml runtime probes so far, per thread.
+    pub fn ocaml_hits(&self) -> Vec<(u32, OcamlHits)> {
+        self.ocaml_hits.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Ask the OCaml runtime probe to send `sig` to thread `tid` the next time it runs there.
+    pub fn request_bpf_signal(
+        &mut self,
+        tid: u32,
+        sig: i32,
+        now_ns: u64,
+    ) -> Result<(), ProbeError> {
+        self.send_signal
+            .insert(
+                &tid,
+                &SignalRequest {
+                    sig: sig as u32,
+                    _pad: 0,
+                    requested_ns: now_ns,
+                },
+                0,
+            )
+            .map_err(map_err("SEND_SIGNAL"))
+    }
+
+    /// Withdraw a request the OCaml thread did not take (it stopped running OCaml).
+    pub fn cancel_bpf_signal(&mut self, tid: u32) -> bool {
+        self.send_signal.remove(&tid).is_ok()
     }
 
     /// Mark `pid` as exiting when it calls the C library's exit() (a uprobe in that process only,

@@ -1,7 +1,7 @@
 //! Decoding of the eBPF programs' ring-buffer records into events.
 use covobs_common::{
     COMM_LEN, DumpRecord, ExecRecord, FileIdentity, FileOpenRecord, FileWriteRecord, Header,
-    SignalRecord, TaskRecord, kind,
+    SignalRecord, SignalSentRecord, TaskRecord, kind,
 };
 
 use crate::events::{Body, Event, handler_name, signal_name, signal_result_name};
@@ -52,6 +52,13 @@ pub enum Record {
     },
     /// The doctor's self-test uprobe fired.
     Selftest { hdr: Header },
+    /// An OCaml runtime probe sent a requested signal to the thread that hit it.
+    BpfSignalSent {
+        hdr: Header,
+        sig: u32,
+        ret: i64,
+        requested_ns: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +143,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
             });
         }
         kind::SELFTEST => return Ok(Record::Selftest { hdr }),
+        kind::BPF_SIGNAL_SENT => {
+            let r: SignalSentRecord = read(bytes, hdr.kind)?;
+            return Ok(Record::BpfSignalSent {
+                hdr,
+                sig: r.sig,
+                ret: r.ret,
+                requested_ns: r.requested_ns,
+            });
+        }
         _ => {}
     }
     decode_event(hdr, bytes).map(Record::Event)

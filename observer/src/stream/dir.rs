@@ -73,7 +73,17 @@ impl Sink for DirSink {
                 let result = (|| -> std::io::Result<u64> {
                     let dir = self.root.join(&artifact.dir);
                     fs::create_dir_all(&dir)?;
-                    Self::write_synced(&dir.join(&artifact.meta.file), &artifact.data)?;
+                    if artifact.parts.is_empty() {
+                        Self::write_synced(&dir.join(&artifact.meta.file), &artifact.data)?;
+                    } else {
+                        // A dump that wrote several files: a directory of them.
+                        let sub = dir.join(&artifact.meta.file);
+                        fs::create_dir(&sub)?;
+                        for (name, data) in &artifact.parts {
+                            Self::write_synced(&sub.join(name), data)?;
+                        }
+                        File::open(&sub)?.sync_all()?;
+                    }
                     let meta_name = artifact
                         .meta
                         .file

@@ -124,6 +124,36 @@ pub fn describe(event: &Event) -> String {
                 .map(|n| format!(" - {n}"))
                 .unwrap_or_default()
         ),
+        Body::OcamlThread {
+            name,
+            method,
+            previous_tid,
+            hits_per_sec,
+        } => format!(
+            "OCaml runs on thread {tid} {name:?} (by {method}{}){}",
+            if *hits_per_sec > 0.0 {
+                format!(", {hits_per_sec:.0} runtime hits/s")
+            } else {
+                String::new()
+            },
+            previous_tid
+                .map(|p| format!("; before: thread {p}"))
+                .unwrap_or_default()
+        ),
+        Body::Delivery {
+            signal,
+            intended_tid,
+            ok,
+            latency_ns,
+        } => format!(
+            "{signal} delivered on thread {tid}{} after {:.3} ms",
+            if *ok {
+                String::new()
+            } else {
+                format!(" INSTEAD OF thread {intended_tid}")
+            },
+            *latency_ns as f64 / 1e6
+        ),
         Body::Trigger {
             signal,
             runtimes,

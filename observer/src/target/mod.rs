@@ -158,5 +158,6 @@ pub fn path_in_root(pid: i32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(relative)
 }
 
+pub mod ocaml;
 pub mod tracker;
 pub use tracker::{TrackError, Tracked, Tracker};

@@ -278,6 +278,10 @@ impl Tracker {
                     tid,
                     body: Body::ThreadExit { name: comm.clone() },
                 });
+                // The process is known by its own name, not its last thread's.
+                if let Some(t) = self.targets.get(&pid) {
+                    *comm = t.process.comm.clone();
+                }
                 self.exited += 1;
                 self.drop_target(probes, pid);
             }

@@ -1,0 +1,240 @@
+//! Setting up a newly watched process: its runtimes, their probes, how to tell its OCaml thread,
+//! copies of its instrumented modules, and its collector.
+use super::{collector::CollectorSetup, session::*};
+use crate::{
+    collect::bisect::BisectSource,
+    discover::Mapped,
+    target::ocaml::{Method, comm_of},
+};
+
+/// OCaml runtime functions worth probing, most useful first (facts.md: steady-state, hit every
+/// few milliseconds on the OCaml thread; `caml_leave_blocking_section` shows lock hand-over).
+const OCAML_PROBES: [&str; 5] = [
+    "caml_alloc_small_dispatch",
+    "caml_check_urgent_gc",
+    "caml_leave_blocking_section",
+    "caml_garbage_collection",
+    "caml_call_gc",
+];
+
+impl Session {
+    /// Set up a newly watched process. Returns the runtimes a signal can make it dump.
+    pub async fn adopt(&mut self, pid: u32, comm: &str) -> Vec<Runtime> {
+        let mut state = TargetState::new(pid, comm);
+        let mapped = match self.discovery.scan(pid as i32) {
+            Ok(m) => m,
+            Err(e) => {
+                self.lost(pid, pid, "runtime discovery", e.to_string())
+                    .await;
+                Vec::new()
+            }
+        };
+        for m in &mapped {
+            for exit in m.module.hooks(Runtime::Libc, Role::ProcessExit) {
+                if let Err(e) = self
+                    .probes
+                    .attach_exit_probe(&m.open_path, exit.file_offset, pid)
+                {
+                    tracing::warn!("exit-time dumps of {pid} will be reported as its own: {e}");
+                }
+            }
+            self.probe_ocaml(pid, m).await;
+            let stripped: Vec<Runtime> = m
+                .module
+                .without_symbols
+                .iter()
+                .copied()
+                .filter(|r| r.is_coverage())
+                .collect();
+            for rt in stripped {
+                self.runtime_found(pid, m, rt, Vec::new(), Some(
+                    "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed".into(),
+                ))
+                .await;
+            }
+            let mut by_runtime: BTreeMap<Runtime, Vec<String>> = BTreeMap::new();
+            // Dumps that cannot carry a uretprobe end where their runtime's end marker returns:
+            // without that marker, they are not probed at all.
+            let marker = m
+                .module
+                .hooks(Runtime::Bisect, Role::DumpEnd)
+                .next()
+                .cloned();
+            let mut marked = false;
+            for (runtime, function, offset) in targets::dump_hooks(m) {
+                if !runtime.dump_returns_probeable() {
+                    let Some(end) = &marker else {
+                        tracing::warn!(
+                            "{}: no caml_ml_flush to end its {} dumps on; not probed",
+                            m.module.path,
+                            runtime.as_str()
+                        );
+                        continue;
+                    };
+                    if !marked {
+                        if let Err(e) =
+                            self.probes
+                                .attach_dump_end_marker(&m.open_path, end.file_offset, pid)
+                        {
+                            tracing::warn!("{}: {e}", end.symbol);
+                            continue;
+                        }
+                        marked = true;
+                    }
+                }
+                let (cookie, _) = self.hooks.register(m, runtime, &function, offset);
+                match self.probes.attach_dump_probe(&m.open_path, offset, cookie) {
+                    Ok(()) => {
+                        by_runtime.entry(runtime).or_default().push(function);
+                        if !state.dumpable.contains(&runtime) {
+                            state.dumpable.push(runtime);
+                        }
+                    }
+                    Err(e) => {
+                        self.lost(
+                            pid,
+                            pid,
+                            "dump probe",
+                            format!("{function} in {}: {e}", m.module.path),
+                        )
+                        .await;
+                    }
+                }
+            }
+            for (runtime, functions) in by_runtime {
+                self.runtime_found(pid, m, runtime, functions, None).await;
+            }
+            if !self.opts.observe_only
+                && m.module.has_coverage()
+                && let Some(copy) = collect::module_copy_path(&m.module)
+            {
+                self.tx.module(copy, m.open_path.clone()).await;
+            }
+        }
+        if let Some(m) = mapped
+            .iter()
+            .find(|m| m.module.runtimes.contains(&Runtime::Llvm))
+        {
+            let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
+            state.llvm_profile = Some(llvm_path::for_process(
+                pid,
+                rustc,
+                m.module.build_id.as_deref(),
+            ));
+        }
+        let has = |rt: Runtime| mapped.iter().any(|m| m.module.runtimes.contains(&rt));
+        let gcda: Vec<String> = mapped
+            .iter()
+            .filter(|m| m.module.runtimes.contains(&Runtime::Gcov))
+            .flat_map(|m| collect::gcov::paths_for_process(pid, &m.module.elf.gcda_paths))
+            .collect();
+        state.modules = mapped.clone();
+        if !self.opts.observe_only
+            && let Some(root) = state.root.clone()
+        {
+            let (jobs, rx) = mpsc::unbounded_channel();
+            tokio::spawn(target_collector(
+                rx,
+                CollectorSetup {
+                    root,
+                    llvm_profile: state.llvm_profile.clone(),
+                    bisect: has(Runtime::Bisect).then(|| BisectSource::for_process(pid)),
+                    gcda: gcda.clone(),
+                    dir: state.dir.clone(),
+                    comm: state.comm.clone(),
+                },
+                self.seq.clone(),
+                self.tx.clone(),
+                self.done_tx.clone(),
+            ));
+            state.collector = Some(jobs);
+        }
+        let dumpable = state.dumpable.clone();
+        self.history.push(serde_json::json!({
+            "pid": pid,
+            "comm": comm,
+            "exe": self.tracker.get(pid).and_then(|t| t.process.exe.clone()),
+            "runtimes": state.modules.iter().flat_map(|m| m.module.runtimes.iter().map(move |r| serde_json::json!({
+                "runtime": r, "module": m.module.path, "build_id": m.module.build_id,
+            }))).collect::<Vec<_>>(),
+            "llvm_profile_file": state.llvm_profile.as_ref().map(|e| e.pattern.clone()),
+            "gcda_files": gcda,
+        }));
+        self.targets.insert(pid, state);
+        dumpable
+    }
+
+    async fn runtime_found(
+        &mut self,
+        pid: u32,
+        m: &Mapped,
+        runtime: Runtime,
+        functions: Vec<String>,
+        note: Option<String>,
+    ) {
+        self.tx
+            .event(event(
+                pid,
+                pid,
+                Body::RuntimeFound {
+                    runtime,
+                    module: m.module.path.clone(),
+                    build_id: m.module.build_id.clone(),
+                    symbols: m.module.symbol_source.to_owned(),
+                    functions,
+                    producer: ModuleMeta::of(&m.module).producer,
+                    note,
+                },
+            ))
+            .await;
+    }
+
+    /// The OCaml runtime: probe its steady-state functions in this process (only the cheap
+    /// entry points: a probe on a function called hundreds of times a second must not show in
+    /// the target's throughput), or, stripped, fall back to the thread name.
+    async fn probe_ocaml(&mut self, pid: u32, m: &Mapped) {
+        let hooks: Vec<_> = m.module.hooks(Runtime::Ocaml, Role::OcamlRuntime).collect();
+        if hooks.is_empty() {
+            if m.module.without_symbols.contains(&Runtime::Ocaml) && !self.ocaml.has_ocaml(pid) {
+                let name = comm_of(&self.opts.ocaml_thread_name);
+                self.ocaml.track(pid, Method::Name(name.clone()));
+                self.runtime_found(pid, m, Runtime::Ocaml, Vec::new(), Some(format!(
+                    "stripped: no OCaml runtime symbols to probe; the OCaml thread is the one named {name:?} (--ocaml-thread-name)"
+                )))
+                .await;
+                tracing::warn!(
+                    "process {pid}: the OCaml runtime's symbols are stripped; finding its thread by the name {name:?}"
+                );
+            }
+            return;
+        }
+        let mut probed = Vec::new();
+        for wanted in OCAML_PROBES {
+            let Some(h) = hooks.iter().find(|h| h.symbol == wanted) else {
+                continue;
+            };
+            if !h.cheap_entry() {
+                tracing::debug!(
+                    "{wanted}: its first instruction would be single-stepped; not probed"
+                );
+                continue;
+            }
+            match self
+                .probes
+                .attach_ocaml_probe(&m.open_path, h.file_offset, pid)
+            {
+                Ok(()) => probed.push(wanted.to_owned()),
+                Err(e) => tracing::warn!("probing {wanted} in {}: {e}", m.module.path),
+            }
+            if probed.len() == 3 {
+                break;
+            }
+        }
+        if probed.is_empty() {
+            return;
+        }
+        self.ocaml.track(pid, Method::Probes);
+        self.runtime_found(pid, m, Runtime::Ocaml, probed, None)
+            .await;
+    }
+}

@@ -1,0 +1,221 @@
+//! Each target's collector: takes its finished dumps in order (so the profile cursor moves as the
+//! target wrote), reads and validates what they wrote off the async threads, hands the artifacts
+//! to the pipeline, waits until they are durable, and reports them. It owns the target's
+//! `collect::Sources`.
+use super::session::*;
+use crate::collect::{Extracted, PartMeta, Sources};
+
+/// A finished dump for a target's collector, and the `covobs dump` requests it answers.
+pub struct CollectJob {
+    pub done: FinishedDump,
+    pub requests: Vec<u64>,
+}
+
+/// What a collector needs to know about its target.
+pub struct CollectorSetup {
+    pub root: Arc<TargetDir>,
+    pub llvm_profile: Option<llvm_path::Expanded>,
+    pub bisect: Option<collect::bisect::BisectSource>,
+    pub gcda: Vec<String>,
+    pub dir: String,
+    pub comm: String,
+}
+
+pub(super) async fn target_collector(
+    mut jobs: mpsc::UnboundedReceiver<CollectJob>,
+    setup: CollectorSetup,
+    seq: Arc<AtomicU64>,
+    tx: Sender,
+    done_tx: mpsc::UnboundedSender<Outcome>,
+) {
+    let CollectorSetup {
+        root,
+        llvm_profile,
+        bisect,
+        gcda,
+        dir,
+        comm,
+    } = setup;
+    // Cursors start after what the files hold now: those are dumps from before covobs attached.
+    let start_root = root.clone();
+    let mut sources = tokio::task::spawn_blocking(move || {
+        let mut bisect = bisect;
+        if let Some(b) = bisect.as_mut() {
+            b.skip_existing(&start_root, None);
+        }
+        Sources {
+            llvm: llvm_profile.map(|p| llvm_path::ProfileCursor::new(p, &start_root, None)),
+            bisect,
+            gcda,
+        }
+    })
+    .await
+    .unwrap_or_default();
+    while let Some(job) = jobs.recv().await {
+        let job_root = root.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = collect::extract(&job.done, &job_root, &mut sources);
+            (r, sources, job)
+        })
+        .await;
+        let Ok((extracted, s, job)) = joined else {
+            // The blocking task panicked: nothing sensible is left of this target's state.
+            return;
+        };
+        sources = s;
+        deliver(job, extracted, &dir, &comm, &seq, &tx, &done_tx).await;
+    }
+}
+
+/// Hand one dump's artifacts to the pipeline (or report it lost).
+async fn deliver(
+    job: CollectJob,
+    extracted: Result<Vec<Extracted>, collect::CollectError>,
+    dir: &str,
+    comm: &str,
+    seq: &AtomicU64,
+    tx: &Sender,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+) {
+    let CollectJob { done, requests } = job;
+    let pid = done.dump.pid;
+    let tid = done.dump.tid;
+    let hook = done.dump.hook.clone();
+    let runtime = hook.runtime;
+    let trigger = done.dump.trigger;
+    let (start_ns, end_ns, ret) = (done.dump.start_ns, done.end_ns, done.ret);
+    let list = match extracted {
+        Ok(l) => l,
+        Err(e) => {
+            let reason = format!(
+                "{} dump on thread {tid} (returned {ret}): {e}",
+                runtime.as_str()
+            );
+            lost_event(tx, pid, tid, runtime, &reason).await;
+            let _ = done_tx.send(Outcome {
+                pid,
+                requests,
+                result: Err(reason),
+            });
+            return;
+        }
+    };
+    for x in list {
+        let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let file = format!("{n:06}-{}.{}", runtime.as_str(), runtime.extension());
+        let valid = x.invalid_reason.is_none();
+        let bytes = x.len();
+        let checksum = if x.parts.is_empty() {
+            collect::checksum(&x.data)
+        } else {
+            let all: Vec<u8> = x
+                .parts
+                .iter()
+                .flat_map(|(_, d)| d.iter().copied())
+                .collect();
+            collect::checksum(&all)
+        };
+        // (name in the artifact directory, path in the target, bytes)
+        let parts: Vec<(String, String, bytes::Bytes)> = x
+            .parts
+            .into_iter()
+            .map(|(path, data)| (part_name(&path), path, bytes::Bytes::from(data)))
+            .collect();
+        let meta = ArtifactMeta {
+            seq: n,
+            runtime,
+            pid,
+            tid,
+            comm: comm.to_owned(),
+            trigger,
+            start_ns,
+            end_ns,
+            collected_ns: clock::boot_ns(),
+            bytes,
+            checksum,
+            valid,
+            invalid_reason: x.invalid_reason.clone(),
+            file: file.clone(),
+            source: x.source.clone(),
+            format: x.format.clone(),
+            module: ModuleMeta::of(&hook.module),
+            parts: parts
+                .iter()
+                .map(|(name, path, data)| PartMeta {
+                    file: name.clone(),
+                    path: path.clone(),
+                    bytes: data.len() as u64,
+                })
+                .collect(),
+        };
+        let durable = tx
+            .artifact(Artifact {
+                dir: dir.to_owned(),
+                meta,
+                data: x.data.into(),
+                parts: parts
+                    .into_iter()
+                    .map(|(name, _, data)| (name, data))
+                    .collect(),
+            })
+            .await;
+        let rel = format!("{dir}/{file}");
+        let written = match durable.await {
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(e)) => Err(format!("writing {rel}: {e}")),
+            Err(_) => Err(format!("writing {rel}: the output pipeline closed")),
+        };
+        let result = match written {
+            Ok(at) => {
+                tx.event(Event {
+                    ts_ns: at,
+                    pid,
+                    tid,
+                    body: Body::Artifact {
+                        seq: n,
+                        runtime,
+                        file: rel.clone(),
+                        bytes,
+                        valid,
+                        source_path: x.source.path.clone(),
+                        offset: x.source.offset,
+                        trigger,
+                        latency_ns: at.saturating_sub(end_ns),
+                    },
+                })
+                .await;
+                match x.invalid_reason {
+                    None => Ok(rel),
+                    Some(why) => Err(format!("{rel} is not valid {}: {why}", x.format.name)),
+                }
+            }
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = &result {
+            lost_event(tx, pid, tid, runtime, reason).await;
+        }
+        let _ = done_tx.send(Outcome {
+            pid,
+            requests: requests.clone(),
+            result,
+        });
+    }
+}
+
+async fn lost_event(tx: &Sender, pid: u32, tid: u32, runtime: Runtime, reason: &str) {
+    tx.event(event(
+        pid,
+        tid,
+        Body::Lost {
+            reason: reason.to_owned(),
+            what: runtime.as_str().into(),
+            count: 1,
+        },
+    ))
+    .await;
+}
+
+/// A file name for a path inside an artifact directory: gcov's own mangling ('/' -> '#').
+fn part_name(path: &str) -> String {
+    path.trim_start_matches('/').replace('/', "#")
+}

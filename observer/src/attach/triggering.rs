@@ -1,0 +1,392 @@
+//! Asking targets for dumps: signals to the right threads, the dumps expected from them, their
+//! deadlines, and the `covobs dump` requests waiting for them.
+use super::session::*;
+
+impl Session {
+    /// At the end: every signal still unanswered is lost.
+    pub async fn expire_all(&mut self) {
+        for t in self.targets.values_mut() {
+            for p in t.pending.iter_mut() {
+                p.deadline_ns = 0;
+            }
+        }
+        self.expire().await;
+    }
+
+    /// Check that a target can be signalled safely: every thread that would get the signal.
+    pub fn check_triggerable(&self, pid: u32) -> Result<(), String> {
+        let state = self.targets.get(&pid).ok_or("not attached")?;
+        let threads = self.thread_ids(pid);
+        let plan = choose_threads(
+            self.opts.thread,
+            pid as i32,
+            &threads,
+            &state.dumpable,
+            self.ocaml_tid(pid),
+        )
+        .map_err(|e| e.to_string())?;
+        for t in plan {
+            trigger::check_safe(pid as i32, t.tid, self.opts.signal, self.opts.force)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn thread_ids(&self, pid: u32) -> Vec<i32> {
+        self.tracker
+            .get(pid)
+            .map(|t| t.threads.keys().map(|t| *t as i32).collect())
+            .unwrap_or_default()
+    }
+
+    /// Send the dump signal(s) to one target. Returns the "pid/tid runtimes" signalled.
+    pub async fn trigger(
+        &mut self,
+        pid: u32,
+        reason: &str,
+        request: Option<u64>,
+    ) -> Result<Vec<String>, String> {
+        let sig = self.opts.signal;
+        let (dumpable, threads) = match self.targets.get(&pid) {
+            Some(s) => (s.dumpable.clone(), self.thread_ids(pid)),
+            None => return Err(format!("process {pid} is not attached")),
+        };
+        if dumpable.is_empty() {
+            return Err(format!(
+                "process {pid} has no dump function covobs can trigger"
+            ));
+        }
+        let plan = choose_threads(
+            self.opts.thread,
+            pid as i32,
+            &threads,
+            &dumpable,
+            self.ocaml_tid(pid),
+        )
+        .map_err(|e| e.to_string())?;
+        // The files the dump writes are followed from before the signal leaves.
+        self.probes.file_window(true);
+        let now = clock::boot_ns();
+        let deadline = now + targets::ns(self.opts.dump_timeout);
+        let mut sent = Vec::new();
+        let mut runtimes_sent: Vec<Runtime> = Vec::new();
+        for t in &plan {
+            // Runtimes with a signal still unanswered: that signal will bring their dump.
+            let mut joined = Vec::new();
+            if let Some(state) = self.targets.get_mut(&pid) {
+                for rt in &t.runtimes {
+                    if let Some(p) = state.unanswered(*rt) {
+                        if let Some(id) = request
+                            && !p.requests.contains(&id)
+                        {
+                            p.requests.push(id);
+                            if let Some(r) = self.requests.get_mut(&id) {
+                                r.remaining += 1;
+                            }
+                        }
+                        joined.push(*rt);
+                    }
+                }
+            }
+            let needed: Vec<Runtime> = t
+                .runtimes
+                .iter()
+                .copied()
+                .filter(|r| !joined.contains(r))
+                .collect();
+            if needed.is_empty() {
+                sent.push(format!("{pid}/{} (already asked)", t.tid));
+                continue;
+            }
+            if let Err(e) = trigger::check_safe(pid as i32, t.tid, sig, self.opts.force) {
+                self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
+                    .await;
+                continue;
+            }
+            let Some(thread) = ThreadRef::get(pid as i32, t.tid) else {
+                continue;
+            };
+            // The OCaml thread's signal can leave from eBPF, on that thread, the next time it
+            // runs OCaml (--deliver bpf); the trigger event comes when it does.
+            let via_bpf = needed.contains(&Runtime::Bisect)
+                && self.ocaml_tid(pid) == Some(t.tid)
+                && self.bpf_delivery(pid);
+            let sent_now = if via_bpf {
+                self.probes
+                    .request_bpf_signal(t.tid as u32, sig as i32, now)
+                    .map(|()| None)
+                    .map_err(|e| trigger::TriggerError::Choice(e.to_string()))
+            } else {
+                trigger::send(thread, sig).map(Some)
+            };
+            match sent_now {
+                Ok(method) => {
+                    self.expect_delivery(pid, t.tid as u32, sig as i32, via_bpf);
+                    self.counters.dumps_triggered += 1;
+                    sent.push(format!(
+                        "{pid}/{} {}",
+                        t.tid,
+                        needed
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join("+")
+                    ));
+                    if let Some(method) = method {
+                        self.tx
+                            .event(event(
+                                pid,
+                                t.tid as u32,
+                                Body::Trigger {
+                                    signal: signal_name(sig as i32),
+                                    runtimes: needed.clone(),
+                                    method: format!("{method:?}"),
+                                    reason: reason.to_owned(),
+                                },
+                            ))
+                            .await;
+                    }
+                    for rt in &needed {
+                        if !runtimes_sent.contains(rt) {
+                            runtimes_sent.push(*rt);
+                        }
+                    }
+                    // --thread all: many signals, one dump per runtime expected.
+                    if self.opts.thread != trigger::ThreadChoice::All {
+                        self.push_pending(pid, t.tid as u32, needed, now, deadline, request);
+                    }
+                }
+                Err(e) => {
+                    self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
+                        .await
+                }
+            }
+        }
+        if self.opts.thread == trigger::ThreadChoice::All && !runtimes_sent.is_empty() {
+            self.push_pending(pid, pid, runtimes_sent, now, deadline, request);
+        }
+        if sent.is_empty() {
+            self.close_window_when_idle();
+            return Err(format!("no dump signal could be sent to process {pid}"));
+        }
+        Ok(sent)
+    }
+
+    pub(super) fn push_pending(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        runtimes: Vec<Runtime>,
+        now: u64,
+        deadline: u64,
+        request: Option<u64>,
+    ) {
+        if let Some(r) = request.and_then(|id| self.requests.get_mut(&id)) {
+            r.remaining += runtimes.len();
+        }
+        if let Some(s) = self.targets.get_mut(&pid) {
+            s.pending.push(Pending {
+                tid,
+                runtimes,
+                sent_ns: now,
+                deadline_ns: deadline,
+                started: Vec::new(),
+                requests: request.into_iter().collect(),
+            });
+        }
+    }
+
+    pub async fn trigger_all(&mut self, reason: &str) {
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        for pid in pids {
+            if let Err(e) = self.trigger(pid, reason, None).await {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Close the file-tracking window once no dump covobs asked for has been expected or running
+    /// for a quiet second: back-to-back dumps (a short --interval) keep one window open instead
+    /// of opening and closing it for each.
+    pub(super) fn close_window_when_idle(&mut self) {
+        let busy = self.targets.values().any(|t| !t.pending.is_empty()) || self.dumps_active();
+        let now = std::time::Instant::now();
+        match (busy, self.window_idle_since) {
+            (true, _) => self.window_idle_since = None,
+            (false, None) => self.window_idle_since = Some(now),
+            (false, Some(since)) if now.duration_since(since) >= WINDOW_LINGER => {
+                self.probes.file_window(false);
+                self.window_idle_since = None;
+            }
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// A collection finished.
+    pub async fn on_outcome(&mut self, o: Outcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match &o.result {
+            Ok(_) => self.counters.artifacts += 1,
+            Err(_) => self.counters.lost += 1,
+        }
+        let (file, lost) = match o.result {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(e)),
+        };
+        for id in o.requests {
+            self.finish_request(Some(id), 1, file.clone(), lost.clone())
+                .await;
+        }
+    }
+
+    pub(super) async fn finish_request(
+        &mut self,
+        request: Option<u64>,
+        count: usize,
+        file: Option<String>,
+        lost: Option<String>,
+    ) {
+        let Some(id) = request else { return };
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        r.remaining = r.remaining.saturating_sub(count);
+        if let Some(f) = file {
+            r.response.artifacts.push(f);
+        }
+        if let Some(l) = lost {
+            r.response.lost.push(l);
+        }
+        if r.remaining == 0
+            && let Some(r) = self.requests.remove(&id)
+        {
+            let mut response = r.response;
+            response.ok = response.lost.is_empty();
+            if !response.ok {
+                response.error = Some(response.lost.join("; "));
+            }
+            r.responder.send(response).await;
+        }
+    }
+
+    /// Signals and dumps that took too long.
+    pub async fn expire(&mut self) {
+        self.close_window_when_idle();
+        let now = clock::boot_ns();
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        for pid in pids {
+            let expired = self
+                .targets
+                .get_mut(&pid)
+                .map(|t| t.expired(now))
+                .unwrap_or_default();
+            for p in expired {
+                let missing: Vec<Runtime> = p
+                    .runtimes
+                    .iter()
+                    .copied()
+                    .filter(|r| !p.started.contains(r))
+                    .collect();
+                for rt in &missing {
+                    self.lost(
+                        pid,
+                        p.tid,
+                        rt.as_str(),
+                        format!(
+                            "no {} dump started within {:?} after {} to thread {}",
+                            rt.as_str(),
+                            self.opts.dump_timeout,
+                            signal_name(self.opts.signal as i32),
+                            p.tid
+                        ),
+                    )
+                    .await;
+                }
+                let started = p.runtimes.len() - missing.len();
+                if started > 0 {
+                    // Started but not finished: keep waiting for dump_end without a deadline;
+                    // report that it is slow.
+                    self.lost(
+                        pid,
+                        p.tid,
+                        "dump",
+                        format!(
+                            "a dump on process {pid} did not finish within {:?}",
+                            self.opts.dump_timeout
+                        ),
+                    )
+                    .await;
+                }
+                for id in &p.requests {
+                    self.finish_request(
+                        Some(*id),
+                        p.runtimes.len(),
+                        None,
+                        Some("timed out".into()),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Handle `covobs dump`.
+    pub async fn on_request(&mut self, req: DumpRequest, responder: Responder) {
+        let pids: Vec<u32> = match &req {
+            DumpRequest::Pid(p) => self
+                .targets
+                .keys()
+                .copied()
+                .filter(|t| *t as i32 == *p)
+                .collect(),
+            DumpRequest::Name(n) => self
+                .targets
+                .values()
+                .filter(|t| t.comm == *n || self.tracker.pattern().is_some_and(|p| p.as_str() == n))
+                .map(|t| t.pid)
+                .collect(),
+        };
+        if pids.is_empty() {
+            responder
+                .send(DumpResponse {
+                    not_mine: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        self.requests.insert(
+            id,
+            RequestState {
+                responder,
+                remaining: 0,
+                response: DumpResponse {
+                    session_dir: self.out_dir.display().to_string(),
+                    ..Default::default()
+                },
+            },
+        );
+        let mut errors = Vec::new();
+        for pid in pids {
+            match self.trigger(pid, "request", Some(id)).await {
+                Ok(sent) => {
+                    if let Some(r) = self.requests.get_mut(&id) {
+                        r.response.triggered.extend(sent);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(r) = self.requests.get(&id)
+            && r.remaining == 0
+            && let Some(r) = self.requests.remove(&id)
+        {
+            let mut response = r.response;
+            response.ok = false;
+            response.error = Some(errors.join("; "));
+            r.responder.send(response).await;
+        }
+    }
+}
