@@ -551,7 +551,13 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     assert_eq!(art.s("trigger"), "signal");
     let meta = artifacts(&out);
     assert_eq!(meta[0].0["source"]["located_by"], "kernel", "{}", meta[0].0);
-    let after = covobs.bpf_ids();
+    // The window lingers a second after the last dump, then closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = covobs.bpf_ids();
+    while after.links.len() != idle.links.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = covobs.bpf_ids();
+    }
     assert_eq!(
         idle.links.len(),
         after.links.len(),

@@ -66,6 +66,7 @@ impl Session {
         .map_err(|e| e.to_string())?;
         // The files the dump writes are followed from before the signal leaves.
         self.probes.file_window(true);
+        self.window_idle_since = None;
         let now = clock::boot_ns();
         let deadline = now + targets::ns(self.opts.dump_timeout);
         let mut sent = Vec::new();

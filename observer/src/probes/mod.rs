@@ -83,6 +83,8 @@ pub struct Probes {
     pub file_tracking: FileTracking,
     /// Links of the syscall tracepoints while a window is open.
     file_links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
+    /// The thread detaching the previous window's links, while it runs.
+    detaching: Option<std::thread::JoinHandle<()>>,
     /// Uprobes attached so far: (program, file, offset, pid), so each is attached once.
     uprobe_links: Vec<(&'static str, std::path::PathBuf, u64, Option<u32>)>,
 }
@@ -198,6 +200,7 @@ impl Probes {
             programs: Vec::new(),
             file_tracking: FileTracking::Off,
             file_links: Vec::new(),
+            detaching: None,
             uprobe_links: Vec::new(),
         };
         let raw_signals = config.kernel.signals_valid != 0
@@ -310,11 +313,12 @@ impl Probes {
             }
         }
         if !owned.is_empty() {
-            let spawned = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name("covobs-detach".into())
-                .spawn(move || drop(owned));
-            if let Err(e) = spawned {
-                tracing::warn!("detaching file-tracking tracepoints: {e}");
+                .spawn(move || drop(owned))
+            {
+                Ok(handle) => self.detaching = Some(handle),
+                Err(e) => tracing::warn!("detaching file-tracking tracepoints: {e}"),
             }
         }
     }
@@ -327,6 +331,13 @@ impl Probes {
         }
         let started = std::time::Instant::now();
         if open && self.file_links.is_empty() {
+            // The kernel refuses a program on a tracepoint it is still attached to: let the
+            // previous window finish detaching first (rare: windows linger between dumps).
+            if let Some(handle) = self.detaching.take()
+                && handle.join().is_err()
+            {
+                tracing::warn!("the previous file-tracking window failed to detach");
+            }
             if let Err(e) = self.open_file_links() {
                 tracing::warn!("opening a file-tracking window: {e}");
                 self.close_file_links();
