@@ -123,7 +123,7 @@ impl Session {
             ));
         }
         let has = |rt: Runtime| mapped.iter().any(|m| m.module.runtimes.contains(&rt));
-        let gcda: Vec<String> = mapped
+        let gcda: Vec<(String, String)> = mapped
             .iter()
             .filter(|m| m.module.runtimes.contains(&Runtime::Gcov))
             .flat_map(|m| collect::gcov::paths_for_process(pid, &m.module.elf.gcda_paths))
@@ -158,7 +158,7 @@ impl Session {
                 "runtime": r, "module": m.module.path, "build_id": m.module.build_id,
             }))).collect::<Vec<_>>(),
             "llvm_profile_file": state.llvm_profile.as_ref().map(|e| e.pattern.clone()),
-            "gcda_files": gcda,
+            "gcda_files": gcda.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
         }));
         self.targets.insert(pid, state);
         dumpable

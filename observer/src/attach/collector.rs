@@ -16,7 +16,7 @@ pub struct CollectorSetup {
     pub root: Arc<TargetDir>,
     pub llvm_profile: Option<llvm_path::Expanded>,
     pub bisect: Option<collect::bisect::BisectSource>,
-    pub gcda: Vec<String>,
+    pub gcda: Vec<(String, String)>,
     pub dir: String,
     pub comm: String,
 }

@@ -27,7 +27,8 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Check a .gcda: magic, version, then records (tag, length) that end exactly at the end. The
+/// Check a .gcda: magic, version, then records (tag, length) that end exactly at the end (or at
+/// the zero word libgcov writes after the last record). The
 /// record length is in bytes since GCC 12 and in 4-byte words before; either reading must fit.
 pub fn parse(data: &[u8]) -> Result<Gcda, GcdaError> {
     let magic = u32_at(data, 0).ok_or(GcdaError::TooShort(data.len()))?;
@@ -57,13 +58,16 @@ pub fn parse(data: &[u8]) -> Result<Gcda, GcdaError> {
         let mut at = header;
         let mut records = 0;
         let ok = loop {
-            if at == data.len() {
+            // libgcov ends the data with a zero word.
+            if at == data.len() || (data.len() - at == 4 && u32_at(data, at) == Some(0)) {
                 break true;
             }
             let (Some(_tag), Some(len)) = (u32_at(data, at), u32_at(data, at + 4)) else {
                 break false;
             };
-            let next = at + 8 + len as usize * unit;
+            // GCC 12+: a negative length says "that many counters, all zero, not stored".
+            let stored = if (len as i32) < 0 { 0 } else { len as usize };
+            let next = at + 8 + stored * unit;
             if next > data.len() {
                 break false;
             }
@@ -98,8 +102,9 @@ pub fn relocate(path: &str, prefix: Option<&str>, strip: usize) -> String {
     )
 }
 
-/// Where a process's gcov runtime writes: the paths of the binary, as its environment moves them.
-pub fn paths_for_process(pid: u32, compiled: &[String]) -> Vec<String> {
+/// Where a process's gcov runtime writes: (the path compiled into the binary, where the
+/// environment moves it). The compiled path is where the compiler left the `.gcno` notes.
+pub fn paths_for_process(pid: u32, compiled: &[String]) -> Vec<(String, String)> {
     let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let var = |name: &str| {
         environ
@@ -114,8 +119,16 @@ pub fn paths_for_process(pid: u32, compiled: &[String]) -> Vec<String> {
         .unwrap_or(0);
     compiled
         .iter()
-        .map(|p| relocate(p, prefix.as_deref(), strip))
+        .map(|p| (p.clone(), relocate(p, prefix.as_deref(), strip)))
         .collect()
+}
+
+/// The notes file the compiler wrote beside the object: `<compiled path>.gcno`.
+pub fn gcno_of(compiled_gcda: &str) -> String {
+    match compiled_gcda.strip_suffix(".gcda") {
+        Some(stem) => format!("{stem}.gcno"),
+        None => format!("{compiled_gcda}.gcno"),
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +146,7 @@ mod tests {
             b.extend_from_slice(&((payload.len() / unit) as u32).to_le_bytes());
             b.extend_from_slice(payload);
         }
+        b.extend_from_slice(&0u32.to_le_bytes());
         b
     }
 

@@ -306,8 +306,8 @@ impl Extracted {
 pub struct Sources {
     pub llvm: Option<llvm_path::ProfileCursor>,
     pub bisect: Option<bisect::BisectSource>,
-    /// gcov: the .gcda paths of the target (relocated by its environment).
-    pub gcda: Vec<String>,
+    /// gcov: the .gcda files of the target: (compiled-in path, relocated path).
+    pub gcda: Vec<(String, String)>,
 }
 
 /// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
@@ -419,7 +419,7 @@ fn checked_bisect(
 fn extract_gcov(
     done: &FinishedDump,
     root: &TargetDir,
-    gcda: &[String],
+    gcda: &[(String, String)],
 ) -> Result<Vec<Extracted>, CollectError> {
     let cwd = done.dump.cwd.as_ref();
     let mut files: Vec<(String, Option<u64>, &'static str)> = done
@@ -434,8 +434,8 @@ fn extract_gcov(
         let since = done.dump.start_ns;
         files = gcda
             .iter()
-            .filter(|p| modified_since(root, cwd, p, since))
-            .map(|p| (p.clone(), None, "environment"))
+            .filter(|(_, p)| modified_since(root, cwd, p, since))
+            .map(|(_, p)| (p.clone(), None, "environment"))
             .collect();
     }
     if files.is_empty() {
@@ -453,6 +453,17 @@ fn extract_gcov(
             problems.push(format!("{path}: {e}"));
         }
         parts.push((path.clone(), data));
+        // The notes the report needs, from where the compiler left them (the compiled-in path,
+        // not the one GCOV_PREFIX moved the data to); the same for every dump, but small.
+        let compiled = gcda
+            .iter()
+            .find(|(_, relocated)| relocated == path)
+            .map_or(path.as_str(), |(c, _)| c.as_str());
+        let gcno = gcov::gcno_of(compiled);
+        match whole_file(root, cwd, &gcno, None) {
+            Ok(notes) => parts.push((gcno, notes)),
+            Err(e) => problems.push(format!("{gcno} (the notes the report needs): {e}")),
+        }
     }
     Ok(vec![Extracted {
         data: Vec::new(),
