@@ -317,7 +317,7 @@ impl Config {
     #[inline(always)]
     pub fn reports_signal(&self, sig: u64) -> bool {
         self.signal_mask == 0
-            || (sig >= 1 && sig <= 64 && self.signal_mask & (1u64 << (sig - 1)) != 0)
+            || ((1..=64).contains(&sig) && self.signal_mask & (1u64 << (sig - 1)) != 0)
     }
 }
 
