@@ -97,11 +97,7 @@ impl FoundHook {
             [0xf3, 0x0f, 0x1e, 0xfa, rest @ ..] => rest.to_vec(),
             e => e.to_vec(),
         };
-        match code.as_slice() {
-            [0x50..=0x57, ..] => true,
-            [0x41, 0x50..=0x57, ..] => true,
-            _ => false,
-        }
+        matches!(code.as_slice(), [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
     }
 }
 
