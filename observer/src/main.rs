@@ -124,7 +124,12 @@ async fn run(command: Command) -> Result<ExitCode> {
                     println!("signalled {t}");
                 }
                 for a in &response.artifacts {
-                    println!("collected {}/{a}", response.session_dir);
+                    println!(
+                        "collected {}",
+                        std::path::Path::new(&response.session_dir)
+                            .join(a)
+                            .display()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

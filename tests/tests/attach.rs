@@ -545,7 +545,23 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     let mut covobs = attach(&["--pid", &pid, "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
     let idle = covobs.bpf_ids();
-    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid]));
+    // An attach that is stuck (its socket takes connections, nobody answers) does not hold up
+    // the one that watches the target.
+    let stuck_path = PathBuf::from(format!(
+        "/run/covobs/attach-0-stuck-{}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&stuck_path);
+    let stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("stuck socket");
+    let asked = Instant::now();
+    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid, "--timeout", "30s"]));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(stuck);
+    let _ = std::fs::remove_file(&stuck_path);
     // The dump was located by the kernel, and the window closed again after it.
     let art = covobs.wait_event(T, "the artifact", |e| e.kind() == "artifact");
     assert_eq!(art.s("trigger"), "signal");

@@ -7,15 +7,20 @@ use crate::{
     target::ocaml::{Method, comm_of},
 };
 
-/// OCaml runtime functions worth probing, most useful first (facts.md: steady-state, hit every
-/// few milliseconds on the OCaml thread; `caml_leave_blocking_section` shows lock hand-over).
-const OCAML_PROBES: [&str; 5] = [
-    "caml_alloc_small_dispatch",
-    "caml_check_urgent_gc",
+/// OCaml runtime functions worth probing, best first: `caml_leave_blocking_section` runs when a
+/// thread takes the runtime lock back (lock hand-over, a few hundred times a second at most for
+/// a thread that waits on I/O); `caml_alloc_small_dispatch` once per minor collection (the
+/// steady signal of a thread that computes without blocking). Functions called per allocation
+/// or per poll (`caml_check_urgent_gc`, `caml_c_call`) are too hot: every hit costs a trap.
+const OCAML_PROBES: [&str; 4] = [
     "caml_leave_blocking_section",
+    "caml_alloc_small_dispatch",
     "caml_garbage_collection",
     "caml_call_gc",
 ];
+
+/// At most this many OCaml runtime probes per process.
+const OCAML_PROBES_MAX: usize = 2;
 
 impl Session {
     /// Set up a newly watched process. Returns the runtimes a signal can make it dump.
@@ -197,7 +202,8 @@ impl Session {
         if hooks.is_empty() {
             if m.module.without_symbols.contains(&Runtime::Ocaml) && !self.ocaml.has_ocaml(pid) {
                 let name = comm_of(&self.opts.ocaml_thread_name);
-                self.ocaml.track(pid, Method::Name(name.clone()));
+                self.ocaml
+                    .track(pid, Method::Name(name.clone()), clock::boot_ns());
                 self.runtime_found(pid, m, Runtime::Ocaml, Vec::new(), Some(format!(
                     "stripped: no OCaml runtime symbols to probe; the OCaml thread is the one named {name:?} (--ocaml-thread-name)"
                 )))
@@ -226,14 +232,14 @@ impl Session {
                 Ok(()) => probed.push(wanted.to_owned()),
                 Err(e) => tracing::warn!("probing {wanted} in {}: {e}", m.module.path),
             }
-            if probed.len() == 3 {
+            if probed.len() == OCAML_PROBES_MAX {
                 break;
             }
         }
         if probed.is_empty() {
             return;
         }
-        self.ocaml.track(pid, Method::Probes);
+        self.ocaml.track(pid, Method::Probes, clock::boot_ns());
         self.runtime_found(pid, m, Runtime::Ocaml, probed, None)
             .await;
     }

@@ -141,7 +141,8 @@ impl Responder {
     }
 }
 
-/// The client side: ask every running attach until one watches the target.
+/// The client side: ask every running attach at once (one that is stuck or shutting down must
+/// not hold up the one that watches the target); the answers of all that watch it are merged.
 pub async fn request_dump(
     what: DumpRequest,
     timeout: Duration,
@@ -150,7 +151,7 @@ pub async fn request_dump(
         DumpRequest::Pid(p) => format!("process {p}"),
         DumpRequest::Name(n) => format!("a process named {n:?}"),
     };
-    let mut sockets: Vec<PathBuf> = std::fs::read_dir(DIR)
+    let sockets: Vec<PathBuf> = std::fs::read_dir(DIR)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
@@ -158,41 +159,162 @@ pub async fn request_dump(
                 .collect()
         })
         .unwrap_or_default();
-    sockets.sort();
+    let mut asking = tokio::task::JoinSet::new();
     for path in sockets {
-        // A socket left by a covobs that was killed refuses connections: skip it.
-        let Ok(mut stream) = UnixStream::connect(&path).await else {
-            continue;
-        };
-        let io = |source| ControlError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut line = serde_json::to_vec(&what).map_err(|e| io(e.into()))?;
-        line.push(b'\n');
-        stream.write_all(&line).await.map_err(io)?;
-        let mut answer = String::new();
-        let mut reader = BufReader::new(stream);
-        tokio::time::timeout(timeout, reader.read_line(&mut answer))
-            .await
-            .map_err(|_| io(std::io::Error::other("no answer in time")))?
-            .map_err(io)?;
-        let response: DumpResponse = serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
-        if response.not_mine {
-            continue;
-        }
-        if !response.ok {
-            return Err(ControlError::Refused(
-                response.error.unwrap_or_else(|| "failed".into()),
-            ));
-        }
-        return Ok(response);
+        let what = what.clone();
+        asking.spawn(async move {
+            let answer = tokio::time::timeout(timeout, ask(&path, &what)).await;
+            match answer {
+                Ok(r) => r,
+                Err(_) => Err(ControlError::Io {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other("no answer in time"),
+                }),
+            }
+        });
     }
-    Err(ControlError::NoAttach(label))
+    let mut mine: Vec<DumpResponse> = Vec::new();
+    let mut failures: Vec<ControlError> = Vec::new();
+    // Once one attach answered for the target, the others get a moment more (several attaches
+    // may watch the same name), not the whole timeout.
+    let mut rest_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match rest_deadline {
+            Some(d) => match tokio::time::timeout_at(d, asking.join_next()).await {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            None => asking.join_next().await,
+        };
+        let Some(joined) = next else { break };
+        match joined {
+            Ok(Ok(Some(response))) => {
+                mine.push(response);
+                rest_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(ControlError::Io {
+                path: DIR.into(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+    asking.abort_all();
+    if mine.is_empty() {
+        // A socket that answered nothing may belong to the attach that watches the target.
+        return Err(failures
+            .into_iter()
+            .next()
+            .unwrap_or(ControlError::NoAttach(label)));
+    }
+    merge(mine)
+}
+
+/// One attach's answer: `None` when it does not watch the target. A socket left by a covobs
+/// that was killed refuses the connection: that is `None` too.
+async fn ask(path: &Path, what: &DumpRequest) -> Result<Option<DumpResponse>, ControlError> {
+    let Ok(mut stream) = UnixStream::connect(path).await else {
+        return Ok(None);
+    };
+    let io = |source| ControlError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut line = serde_json::to_vec(what).map_err(|e| io(e.into()))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .await
+        .map_err(io)?;
+    if answer.is_empty() {
+        // Closed without answering: that attach is shutting down.
+        return Ok(None);
+    }
+    let response: DumpResponse = serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
+    Ok((!response.not_mine).then_some(response))
+}
+
+/// Several attaches that watch the target: one answer. Refused only when every one refused.
+fn merge(mine: Vec<DumpResponse>) -> Result<DumpResponse, ControlError> {
+    let single = mine.len() == 1;
+    let mut merged = DumpResponse::default();
+    let mut errors = Vec::new();
+    for mut r in mine {
+        if !single {
+            // Artifacts of different sessions: each named with its own session directory.
+            let dir = std::mem::take(&mut r.session_dir);
+            for a in &mut r.artifacts {
+                *a = Path::new(&dir).join(&*a).display().to_string();
+            }
+        }
+        if !r.ok {
+            errors.push(r.error.unwrap_or_else(|| "failed".into()));
+            continue;
+        }
+        merged.ok = true;
+        merged.triggered.extend(r.triggered);
+        merged.artifacts.extend(r.artifacts);
+        merged.lost.extend(r.lost);
+        if merged.session_dir.is_empty() {
+            merged.session_dir = r.session_dir;
+        }
+    }
+    if merged.ok {
+        Ok(merged)
+    } else {
+        Err(ControlError::Refused(errors.join("; ")))
+    }
 }
 
 fn is_attach_socket(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with("attach-") && n.ends_with(".sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(dir: &str, artifacts: &[&str]) -> DumpResponse {
+        DumpResponse {
+            ok: true,
+            artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+            session_dir: dir.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_answer_keeps_its_session_dir_and_several_name_theirs() {
+        let one = merge(vec![answer("/s1", &["p/a.profraw"])]).unwrap();
+        assert_eq!(
+            (one.session_dir.as_str(), one.artifacts),
+            ("/s1", vec!["p/a.profraw".to_string()])
+        );
+        let two = merge(vec![answer("/s1", &["a"]), answer("/s2", &["b"])]).unwrap();
+        assert_eq!(two.session_dir, "");
+        assert_eq!(
+            two.artifacts,
+            vec!["/s1/a".to_string(), "/s2/b".to_string()]
+        );
+    }
+
+    #[test]
+    fn refused_only_when_every_attach_refused() {
+        let refused = DumpResponse {
+            error: Some("no handler".into()),
+            ..Default::default()
+        };
+        assert!(merge(vec![refused.clone(), answer("/s", &["a"])]).is_ok());
+        let e = merge(vec![refused.clone(), refused]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "covobs attach answered: no handler; no handler"
+        );
+    }
 }

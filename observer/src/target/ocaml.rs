@@ -60,14 +60,15 @@ pub fn comm_of(name: &str) -> String {
 }
 
 impl OcamlThreads {
-    pub fn track(&mut self, pid: u32, method: Method) {
+    /// Start deciding for `pid` (probes attached, or name known) at `now_ns`.
+    pub fn track(&mut self, pid: u32, method: Method, now_ns: u64) {
         self.procs.insert(
             pid,
             PerProcess {
                 method,
                 current: None,
                 last: HashMap::new(),
-                last_ns: 0,
+                last_ns: now_ns,
             },
         );
     }
@@ -102,11 +103,7 @@ impl OcamlThreads {
             let live = threads(pid);
             let (chosen, rate) = match &p.method {
                 Method::Probes => {
-                    let secs = if p.last_ns == 0 {
-                        0.0
-                    } else {
-                        (now_ns.saturating_sub(p.last_ns)) as f64 / 1e9
-                    };
+                    let secs = now_ns.saturating_sub(p.last_ns) as f64 / 1e9;
                     let mut best: Option<(u32, u64)> = None;
                     let mut current_delta = 0;
                     for &(tid, tgid, count) in hits {
@@ -173,11 +170,15 @@ mod tests {
     #[test]
     fn the_thread_with_the_hits_is_the_ocaml_thread_and_changes_are_noticed() {
         let mut o = OcamlThreads::default();
-        o.track(10, Method::Probes);
+        o.track(10, Method::Probes, 500_000_000);
         assert_eq!(o.tid(10), None);
         let c = o.update(1_000_000_000, &[(11, 10, 50), (10, 10, 0)], threads);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].tid, c[0].previous), (11, None));
+        assert!(
+            (c[0].hits_per_sec - 100.0).abs() < 1e-6,
+            "50 hits in half a second"
+        );
         assert_eq!(o.tid(10), Some(11));
         // Still running there: no change, even if another thread also ran a little.
         assert!(
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn without_symbols_the_name_decides() {
         let mut o = OcamlThreads::default();
-        o.track(10, Method::Name(comm_of("ffi-ocaml-executor-thread")));
+        o.track(10, Method::Name(comm_of("ffi-ocaml-executor-thread")), 0);
         let c = o.update(1, &[], threads);
         assert_eq!(c[0].tid, 11);
         assert_eq!(comm_of("ffi-ocaml-executor-thread"), "ffi-ocaml-execu");

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod attach;
+mod ocaml;
 mod watch;
 
 pub fn run(which: &[String]) -> Result<()> {
@@ -22,6 +23,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("attach") {
         attach::run()?;
+    }
+    if wants("ocaml") {
+        ocaml::run()?;
     }
     Ok(())
 }
