@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn parses_bisects_format() {
-        let data = b"BISECT-COVERAGE-4 2 5 a.ml 3 10 20 30 3 1 0 4 9 dir/b.ml 1 7 1 0";
+        let data = b"BISECT-COVERAGE-4 2 4 a.ml 3 10 20 30 3 1 0 4 8 dir/b.ml 1 7 1 0";
         assert_eq!(
             parse(data),
             Ok(BisectSummary {
@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn rejects_truncation_and_garbage() {
-        let data = b"BISECT-COVERAGE-4 2 5 a.ml 3 10 20 30 3 1 0 4 9 dir/b.ml 1 7 1 0";
+        let data = b"BISECT-COVERAGE-4 2 4 a.ml 3 10 20 30 3 1 0 4 8 dir/b.ml 1 7 1 0";
         for cut in [18, 25, 40, data.len() - 2] {
             assert!(parse(&data[..cut]).is_err(), "cut at {cut}");
         }
