@@ -96,8 +96,14 @@ pub enum Body {
     Trigger {
         signal: String,
         runtimes: Vec<Runtime>,
+        /// pidfd, tgkill, bpf_send_signal_thread.
         method: String,
+        /// interval, once, detach, request.
         reason: String,
+        /// bpf_send_signal_thread: nanoseconds from the request to the send (the thread's
+        /// next OCaml runtime probe hit).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        waited_ns: Option<u64>,
     },
     /// A dump function was entered on thread `tid`.
     DumpStart {

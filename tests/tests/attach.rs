@@ -101,6 +101,13 @@ fn every_triggered_dump_gives_one_valid_artifact_with_the_exact_bytes() {
             "{fixture_name}: {} triggers",
             triggers.len()
         );
+        assert!(
+            triggers.iter().all(
+                |t| t.s("method") == "pidfd" && ["interval", "detach"].contains(&t.s("reason"))
+            ),
+            "{triggers:?}"
+        );
+        assert_eq!(triggers.last().unwrap().s("reason"), "detach");
         assert_eq!(
             ends.len(),
             triggers.len(),

@@ -250,9 +250,16 @@ fn bpf_send_signal_thread_lands_on_the_ocaml_thread() {
     let events = covobs.events().to_vec();
     let bpf: Vec<&Value> = of_kind(&events, "trigger")
         .into_iter()
-        .filter(|t| t.s("method").starts_with("bpf_send_signal_thread"))
+        .filter(|t| t.s("method") == "bpf_send_signal_thread")
         .collect();
     assert!(bpf.len() >= 3, "{bpf:?}");
+    // Sent when the OCaml thread next hit a runtime probe: within the fixture's 10 ms sleep.
+    assert!(
+        bpf.iter()
+            .all(|t| ["interval", "detach"].contains(&t.s("reason"))
+                && t.u("waited_ns") < 1_000_000_000),
+        "{bpf:?}"
+    );
     assert!(bpf.iter().all(|t| t.u("tid") == ocaml_tid));
     let deliveries = of_kind(&events, "delivery");
     assert!(deliveries.iter().all(|d| d["ok"] == true), "{deliveries:?}");

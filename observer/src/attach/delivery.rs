@@ -93,13 +93,21 @@ impl Session {
         self.opts.deliver == super::Deliver::Bpf && self.ocaml.method(pid) == Some(&Method::Probes)
     }
 
-    pub(super) fn expect_delivery(&mut self, pid: u32, tid: u32, sig: i32, via_bpf: bool) {
+    pub(super) fn expect_delivery(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        sig: i32,
+        via_bpf: bool,
+        reason: &'static str,
+    ) {
         self.expected.push(Expected {
             pid,
             tid,
             sig,
             sent_ns: clock::boot_ns(),
             via_bpf_pending: via_bpf,
+            reason,
         });
     }
 
@@ -112,12 +120,14 @@ impl Session {
         ret: i64,
         requested_ns: u64,
     ) {
+        let mut reason = "request";
         for x in self
             .expected
             .iter_mut()
             .filter(|x| x.pid == pid && x.tid == tid && x.via_bpf_pending)
         {
             x.via_bpf_pending = false;
+            reason = x.reason;
         }
         let runtimes = vec![Runtime::Bisect];
         let now = clock::boot_ns();
@@ -138,11 +148,9 @@ impl Session {
                 Body::Trigger {
                     signal: signal_name(sig as i32),
                     runtimes,
-                    method: format!(
-                        "bpf_send_signal_thread ({:.3} ms after the request)",
-                        now.saturating_sub(requested_ns) as f64 / 1e6
-                    ),
-                    reason: "bpf".into(),
+                    method: "bpf_send_signal_thread".into(),
+                    reason: reason.into(),
+                    waited_ns: Some(now.saturating_sub(requested_ns)),
                 },
             ))
             .await;

@@ -90,7 +90,7 @@ pub struct Session {
 }
 
 /// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Expected {
     pub pid: u32,
     pub tid: u32,
@@ -98,6 +98,8 @@ pub(super) struct Expected {
     pub sent_ns: u64,
     /// Asked of eBPF and not sent yet (the OCaml thread has not hit a probe since).
     pub via_bpf_pending: bool,
+    /// Why covobs asked for the dump (interval, once, detach, request).
+    pub reason: &'static str,
 }
 
 pub(super) fn event(pid: u32, tid: u32, body: Body) -> Event {

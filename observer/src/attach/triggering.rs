@@ -43,7 +43,7 @@ impl Session {
     pub async fn trigger(
         &mut self,
         pid: u32,
-        reason: &str,
+        reason: &'static str,
         request: Option<u64>,
     ) -> Result<Vec<String>, String> {
         let sig = self.opts.signal;
@@ -122,7 +122,7 @@ impl Session {
             };
             match sent_now {
                 Ok(method) => {
-                    self.expect_delivery(pid, t.tid as u32, sig as i32, via_bpf);
+                    self.expect_delivery(pid, t.tid as u32, sig as i32, via_bpf, reason);
                     self.counters.dumps_triggered += 1;
                     sent.push(format!(
                         "{pid}/{} {}",
@@ -141,8 +141,9 @@ impl Session {
                                 Body::Trigger {
                                     signal: signal_name(sig as i32),
                                     runtimes: needed.clone(),
-                                    method: format!("{method:?}"),
+                                    method: method.as_str().into(),
                                     reason: reason.to_owned(),
+                                    waited_ns: None,
                                 },
                             ))
                             .await;
@@ -197,7 +198,7 @@ impl Session {
         }
     }
 
-    pub async fn trigger_all(&mut self, reason: &str) {
+    pub async fn trigger_all(&mut self, reason: &'static str) {
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
             if let Err(e) = self.trigger(pid, reason, None).await {

@@ -158,6 +158,15 @@ pub enum Method {
     Tgkill,
 }
 
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ThreadPidfd => "pidfd",
+            Self::Tgkill => "tgkill",
+        }
+    }
+}
+
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
 /// Send `sig` to exactly this thread.
