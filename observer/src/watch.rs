@@ -98,6 +98,7 @@ impl DropWatch {
 pub struct Shutdown {
     interrupt: Option<tokio::signal::unix::Signal>,
     terminate: Option<tokio::signal::unix::Signal>,
+    duration: Option<Duration>,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -107,8 +108,15 @@ impl Shutdown {
         Self {
             interrupt: signal(SignalKind::interrupt()).ok(),
             terminate: signal(SignalKind::terminate()).ok(),
+            duration,
             deadline: duration.map(|d| tokio::time::Instant::now() + d),
         }
+    }
+
+    /// `--duration` counts from now: from the moment the probes are in place, as `--interval`
+    /// does, so a slow start (many modules to scan) does not eat into the observed time.
+    pub fn start_clock(&mut self) {
+        self.deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
     }
 
     /// Resolves when it is time to stop.

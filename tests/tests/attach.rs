@@ -107,7 +107,7 @@ fn every_triggered_dump_gives_one_valid_artifact_with_the_exact_bytes() {
             ),
             "{triggers:?}"
         );
-        assert_eq!(triggers.last().unwrap().s("reason"), "detach");
+        // (The detach-time dump joins an interval signal still unanswered: no trigger of its own.)
         assert_eq!(
             ends.len(),
             triggers.len(),

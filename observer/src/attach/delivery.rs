@@ -98,6 +98,7 @@ impl Session {
         pid: u32,
         tid: u32,
         sig: i32,
+        sent_ns: u64,
         via_bpf: bool,
         reason: &'static str,
     ) {
@@ -105,7 +106,7 @@ impl Session {
             pid,
             tid,
             sig,
-            sent_ns: clock::boot_ns(),
+            sent_ns,
             via_bpf_pending: via_bpf,
             reason,
         });

@@ -164,20 +164,25 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
 
     let result = drive(&mut session, initial, &mut shutdown, &mut done_rx).await;
     if opts.observe_only {
-        return finish_watch(session, pipeline, result).await;
+        return finish_watch(session, pipeline, result.map(drop)).await;
     }
-    if let Err(e) = result {
-        if e.downcast_ref::<BadInput>().is_some() {
-            // Refused before anything was triggered: leave nothing behind.
-            drop(session);
-            let _ = pipeline.finish().await;
-            let _ = std::fs::remove_dir_all(&out_dir);
-        } else {
-            let _ = finish(session, pipeline, &out_dir, started_unix).await;
+    let summary = match result {
+        Ok(line) => line,
+        Err(e) => {
+            if e.downcast_ref::<BadInput>().is_some() {
+                // Refused before anything was triggered: leave nothing behind.
+                drop(session);
+                let _ = pipeline.finish().await;
+                let _ = std::fs::remove_dir_all(&out_dir);
+            } else {
+                let _ = finish(session, pipeline, &out_dir, started_unix).await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     finish(session, pipeline, &out_dir, started_unix).await?;
+    // After the pipeline is flushed: the summary comes after the last event.
+    eprintln!("covobs: {summary}");
     if !opts.no_report {
         report(&out_dir).await;
     }
@@ -191,7 +196,7 @@ async fn drive(
     initial: Vec<crate::events::Event>,
     shutdown: &mut Shutdown,
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut reader = session
         .probes
@@ -239,6 +244,7 @@ async fn drive(
         !opts.json && !opts.no_report && !opts.observe_only,
         &session.out_dir,
     );
+    shutdown.start_clock();
     if opts.once {
         session.trigger_all("once").await;
     }
@@ -313,8 +319,7 @@ async fn drive(
     }
     drops.report(&session.probes, &session.sender()).await;
     session.counters.ring_buffer_drops = drops.total;
-    progress.finish(session);
-    Ok(())
+    Ok(progress.finish(session))
 }
 
 /// How long attach waits, at start, for the probes to show which thread runs OCaml.

@@ -70,13 +70,14 @@ impl Progress {
         }
     }
 
-    pub fn finish(&mut self, s: &Session) {
+    /// Stop drawing; the session's summary line, for the caller to print once the events
+    /// are all out.
+    pub fn finish(&mut self, s: &Session) -> String {
         self.feed = None;
-        let line = self.line(s);
-        match self.bar.take() {
-            Some(bar) => bar.finish_with_message(line),
-            None => eprintln!("covobs: {line}"),
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
+        self.line(s)
     }
 }
 

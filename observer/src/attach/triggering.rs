@@ -112,6 +112,8 @@ impl Session {
             let via_bpf = needed.contains(&Runtime::Bisect)
                 && self.ocaml_tid(pid) == Some(t.tid)
                 && self.bpf_delivery(pid);
+            // Taken before the signal leaves: the kernel may deliver it before send() returns.
+            let sent_ns = clock::boot_ns();
             let sent_now = if via_bpf {
                 self.probes
                     .request_bpf_signal(t.tid as u32, sig as i32, now)
@@ -122,7 +124,7 @@ impl Session {
             };
             match sent_now {
                 Ok(method) => {
-                    self.expect_delivery(pid, t.tid as u32, sig as i32, via_bpf, reason);
+                    self.expect_delivery(pid, t.tid as u32, sig as i32, sent_ns, via_bpf, reason);
                     self.counters.dumps_triggered += 1;
                     sent.push(format!(
                         "{pid}/{} {}",
@@ -134,19 +136,19 @@ impl Session {
                             .join("+")
                     ));
                     if let Some(method) = method {
-                        self.tx
-                            .event(event(
-                                pid,
-                                t.tid as u32,
-                                Body::Trigger {
-                                    signal: signal_name(sig as i32),
-                                    runtimes: needed.clone(),
-                                    method: method.as_str().into(),
-                                    reason: reason.to_owned(),
-                                    waited_ns: None,
-                                },
-                            ))
-                            .await;
+                        let mut sent_event = event(
+                            pid,
+                            t.tid as u32,
+                            Body::Trigger {
+                                signal: signal_name(sig as i32),
+                                runtimes: needed.clone(),
+                                method: method.as_str().into(),
+                                reason: reason.to_owned(),
+                                waited_ns: None,
+                            },
+                        );
+                        sent_event.ts_ns = sent_ns;
+                        self.tx.event(sent_event).await;
                     }
                     for rt in &needed {
                         if !runtimes_sent.contains(rt) {

@@ -31,6 +31,17 @@ pub enum Trigger {
     Exit,
 }
 
+impl Trigger {
+    /// As in the events and the artifact metadata.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "signal",
+            Self::SelfDump => "self",
+            Self::Exit => "exit",
+        }
+    }
+}
+
 /// One file the dumping thread touched.
 #[derive(Clone, Debug, Default)]
 pub struct FileTrace {

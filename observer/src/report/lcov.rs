@@ -85,7 +85,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Coverage, ReportError> {
                 let mut parts = value.split(',');
                 let line_no = number(parts.next().unwrap_or("")).map_err(err)?;
                 let hits = count(parts.next().unwrap_or("")).map_err(err)?;
-                *f.lines.entry(line_no).or_default() += hits;
+                let sum = f.lines.entry(line_no).or_default();
+                *sum = sum.saturating_add(hits);
             }
             "BRDA" => {
                 let parts: Vec<&str> = value.splitn(4, ',').collect();
@@ -136,11 +137,13 @@ fn number(s: &str) -> Result<u32, String> {
 }
 
 /// Hit counts: llvm-cov and gcov write integers; some tools write floats or negative numbers for
-/// saturated counters. Anything negative counts as 0.
+/// saturated counters. Anything negative counts as 0, including llvm-cov's negative counter
+/// expressions printed as u64 (above i64::MAX): a profile written while a function was mid-way,
+/// e.g. from inside a loop (a counter subtracted before its twin was incremented).
 fn count(s: &str) -> Result<u64, String> {
     let s = s.trim();
     if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
+        return Ok(if i64::try_from(n).is_err() { 0 } else { n });
     }
     match s.parse::<f64>() {
         Ok(x) if x.is_finite() => Ok(if x <= 0.0 { 0 } else { x.round() as u64 }),
@@ -176,7 +179,7 @@ impl Current {
     fn finish(mut self) -> FileCoverage {
         for (name, hits) in self.fnda {
             match self.file.functions.iter_mut().find(|f| f.name == name) {
-                Some(f) => f.hits += hits,
+                Some(f) => f.hits = f.hits.saturating_add(hits),
                 None => self.file.functions.push(Function {
                     name,
                     line: 0,
@@ -323,6 +326,21 @@ end_of_record
         assert_eq!(r.totals().lines, Counts::new(4, 4));
         assert_eq!(r.totals().functions, Counts::new(2, 2));
         assert_eq!(r.files["/tmp/rep/r.rs"].computed().lines, Counts::new(3, 3));
+    }
+
+    #[test]
+    fn negative_counter_expressions_count_as_zero_and_sums_saturate() {
+        // llvm-cov prints a counter expression that came out negative (a profile written from
+        // inside a loop) as a u64: -10 here.
+        let text = "SF:/r.rs\nDA:1,18446744073709551606\nDA:2,3\nDA:3,-1\nend_of_record\n\
+                    SF:/r.rs\nDA:2,18446744073709551615\nend_of_record\n";
+        let mut cov = parse(text, "test").expect("parse");
+        let f = &cov.files["/r.rs"];
+        assert_eq!((f.lines[&1], f.lines[&2], f.lines[&3]), (0, 3, 0));
+        let mut big = parse("SF:/r.rs\nDA:2,9223372036854775807\nend_of_record\n", "t").unwrap();
+        big.merge(&big.clone());
+        cov.merge(&big);
+        assert_eq!(cov.files["/r.rs"].lines[&2], u64::MAX);
     }
 
     #[test]

@@ -197,11 +197,13 @@ impl FileCoverage {
         }
     }
 
-    /// Add another source's coverage of the same file: hit counts add up, items present in either
+    /// Add another source's coverage of the same file: hit counts add up (saturating: counts come
+    /// from the target's memory), items present in either
     /// are present in the result. The declared figures no longer apply.
     pub fn merge(&mut self, other: &FileCoverage) {
         for (&line, &hits) in &other.lines {
-            *self.lines.entry(line).or_default() += hits;
+            let sum = self.lines.entry(line).or_default();
+            *sum = sum.saturating_add(hits);
         }
         let mut by_name: BTreeMap<String, usize> = self
             .functions
@@ -213,7 +215,7 @@ impl FileCoverage {
             match by_name.entry(f.name.clone()) {
                 Entry::Occupied(e) => {
                     let mine = &mut self.functions[*e.get()];
-                    mine.hits += f.hits;
+                    mine.hits = mine.hits.saturating_add(f.hits);
                     mine.line = mine.line.min(f.line);
                 }
                 Entry::Vacant(e) => {
@@ -234,7 +236,7 @@ impl FileCoverage {
                     let mine = &mut self.branches[*e.get()];
                     mine.taken = match (mine.taken, b.taken) {
                         (None, None) => None,
-                        (x, y) => Some(x.unwrap_or(0) + y.unwrap_or(0)),
+                        (x, y) => Some(x.unwrap_or(0).saturating_add(y.unwrap_or(0))),
                     };
                 }
                 Entry::Vacant(e) => {

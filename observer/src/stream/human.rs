@@ -172,8 +172,9 @@ pub fn describe(event: &Event) -> String {
             trigger,
             ..
         } => format!(
-            "{} dump starts on thread {tid} ({function}, {trigger:?})",
-            runtime.as_str()
+            "{} dump starts on thread {tid} ({function}, {})",
+            runtime.as_str(),
+            trigger.as_str()
         ),
         Body::DumpEnd {
             runtime,
