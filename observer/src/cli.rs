@@ -172,4 +172,9 @@ pub struct ReportArgs {
         default_value = "lcov,html,cobertura,json"
     )]
     pub format: Vec<crate::report::Format>,
+    /// A directory bisect_ppx's relative OCaml source names start from (repeatable), tried
+    /// before the binary's compilation directory, the target's working directory, the binary's
+    /// directory and the current directory (each with its parents).
+    #[arg(long = "source-path", value_name = "DIR")]
+    pub source_path: Vec<std::path::PathBuf>,
 }

@@ -170,6 +170,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     use covobs::report;
     let opts = report::ReportOptions {
         formats: args.format.into_iter().collect(),
+        source_paths: args.source_path,
         ..report::ReportOptions::default()
     };
     let dir = args.dir;

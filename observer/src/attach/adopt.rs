@@ -159,6 +159,9 @@ impl Session {
             "pid": pid,
             "comm": comm,
             "exe": self.tracker.get(pid).and_then(|t| t.process.exe.clone()),
+            // Where relative names the target writes start from (bisect_ppx's sources, for the
+            // report), as this mount namespace sees it.
+            "cwd": std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
             "runtimes": state.modules.iter().flat_map(|m| m.module.runtimes.iter().map(move |r| serde_json::json!({
                 "runtime": r, "module": m.module.path, "build_id": m.module.build_id,
             }))).collect::<Vec<_>>(),

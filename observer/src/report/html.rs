@@ -136,6 +136,9 @@ fn cards(t: &Totals) -> String {
     if let Some(r) = t.regions {
         s.push_str(&card("Regions", r));
     }
+    if let Some(p) = t.points {
+        s.push_str(&card("Points (OCaml)", p));
+    }
     s.push_str("</div>");
     s
 }
@@ -263,6 +266,19 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         }
         b.push_str("</ul></div>");
     }
+    if !d.external.is_empty() {
+        b.push_str("<h2>Other reports</h2><ul>");
+        for e in &d.external {
+            let _ = write!(
+                b,
+                "<li><a href=\"../{}\">{}</a> <span class=\"note\">report/{}</span></li>",
+                escape(&e.path),
+                escape(&e.name),
+                escape(&e.path)
+            );
+        }
+        b.push_str("</ul>");
+    }
     let _ = write!(
         b,
         "<h2>Coverage over time</h2><p class=\"note\">Session coverage after each artifact, in collection order.</p>{}",
@@ -279,6 +295,7 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         );
     }
     let has_regions = d.totals.regions.is_some();
+    let has_points = d.totals.points.is_some();
     for lang in &d.languages {
         let _ = write!(
             b,
@@ -291,6 +308,9 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         b.push_str("<table><tr><th>File</th><th>Module</th><th>Lines</th><th>Functions</th><th>Branches</th>");
         if has_regions {
             b.push_str("<th>Regions</th>");
+        }
+        if has_points {
+            b.push_str("<th>Points</th>");
         }
         b.push_str("</tr>");
         for f in d.files.iter().filter(|f| f.language == lang.language) {
@@ -316,6 +336,9 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
             );
             if has_regions {
                 b.push_str(&pct_cell(f.totals.regions.unwrap_or_default()));
+            }
+            if has_points {
+                b.push_str(&pct_cell(f.totals.points.unwrap_or_default()));
             }
             b.push_str("</tr>");
         }
@@ -422,7 +445,7 @@ fn read_source(path: &str) -> Result<String, String> {
 
 /// Readable by everyone, or by the user who ran covobs through sudo, or covobs is not root
 /// (then the kernel decided already).
-fn readable_by_requester(meta: &fs::Metadata) -> bool {
+pub(crate) fn readable_by_requester(meta: &fs::Metadata) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return true;

@@ -10,6 +10,10 @@
 //! functions and branches are the union of both modules' LCOV records (hit counts added up), its
 //! regions the sum. Modules that share no file with another are counted from the figures of
 //! `llvm-cov export -summary-only` alone, which is what keeps a step cheap.
+//!
+//! bisect_ppx and gcov artifacts are units of their own (per module and runtime, see
+//! [`sources`]): converted right away, their coverage goes through the same ordered queue as the
+//! LLVM exports, so every timeline point holds exactly the artifacts up to its own.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
@@ -17,6 +21,8 @@ use std::{
     sync::{Mutex, mpsc},
     thread,
 };
+
+mod sources;
 
 use super::{
     ReportError, ReportOptions,
@@ -41,10 +47,13 @@ pub enum Progress {
     AlreadySeen,
 }
 
-/// One module (LLVM: an executable or a shared library, by build id) of the session.
+/// One module (LLVM: an executable or a shared library, by build id) of the session, for one
+/// runtime (a binary with LLVM and bisect_ppx coverage is two units).
 struct Unit {
     /// Display name: the module's file name.
     name: String,
+    /// "llvm", "bisect", "gcov".
+    runtime: String,
     meta: ModuleMeta,
     state: UnitState,
     /// Artifacts merged in.
@@ -63,6 +72,8 @@ struct Unit {
 
 enum UnitState {
     Llvm(Box<LlvmModule>),
+    Bisect(Box<super::bisect::BisectUnit>),
+    Gcov(Box<super::gcov::GcovUnit>),
     /// Cannot be reported (no tools, no module copy, export failed): why.
     Unavailable(String),
 }
@@ -71,12 +82,22 @@ impl Unit {
     fn llvm(&self) -> Option<&LlvmModule> {
         match &self.state {
             UnitState::Llvm(m) => Some(m),
-            UnitState::Unavailable(_) => None,
+            _ => None,
         }
     }
 
     fn version(&self) -> u64 {
-        self.llvm().map_or(0, |m| m.merged)
+        match &self.state {
+            UnitState::Llvm(m) => m.merged,
+            UnitState::Bisect(b) => b.steps,
+            UnitState::Gcov(g) => g.steps,
+            UnitState::Unavailable(_) => 0,
+        }
+    }
+
+    /// Its coverage is in the report.
+    fn reported(&self) -> bool {
+        !matches!(self.state, UnitState::Unavailable(_))
     }
 }
 
@@ -125,6 +146,8 @@ pub struct LiveCoverage {
     unchanged_since_point: bool,
     /// Artifacts whose merge was deferred: seq -> (pid, file).
     deferred: HashMap<u64, (u32, String)>,
+    /// session.json, once it exists (targets' working directories, for bisect's sources).
+    session_info: Option<super::session::SessionInfo>,
 }
 
 fn work_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -165,6 +188,7 @@ impl LiveCoverage {
             point_at: BTreeMap::new(),
             unchanged_since_point: false,
             deferred: HashMap::new(),
+            session_info: None,
         })
     }
 
@@ -341,6 +365,11 @@ impl LiveCoverage {
         }
         self.artifacts_seen += 1;
         self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
+        match a.meta.runtime.as_str() {
+            "bisect" => return self.dispatch_bisect(a),
+            "gcov" => return self.dispatch_gcov(a),
+            _ => {}
+        }
         if a.meta.runtime != "llvm" {
             if self.warned_runtimes.insert(a.meta.runtime.clone()) {
                 self.warnings.push(Warning {
@@ -373,7 +402,7 @@ impl LiveCoverage {
         let UnitState::Llvm(module) = &mut unit.state else {
             let reason = match &unit.state {
                 UnitState::Unavailable(why) => format!("module {}: {why}", unit.name),
-                UnitState::Llvm(_) => String::new(),
+                _ => String::new(),
             };
             return (self.exclude(a, reason), Vec::new());
         };
@@ -553,7 +582,7 @@ impl LiveCoverage {
 
     /// Record the session's figures now as the point of a step.
     fn push_point(&mut self, meta: PointMeta) {
-        if !matches!(self.units[meta.unit].state, UnitState::Llvm(_)) {
+        if !self.units[meta.unit].reported() {
             return;
         }
         let totals = match self.points.last() {
@@ -580,15 +609,18 @@ impl LiveCoverage {
         self.tools.get_or_insert_with(|| Toolsets::discover(&dirs))
     }
 
-    /// The unit of an artifact's module, created on first sight.
+    /// The unit of an artifact's module and runtime, created on first sight.
     fn unit_for(&mut self, a: &Artifact) -> usize {
         let meta = a.meta.module.clone().unwrap_or_default();
-        let key = meta
+        let mut key = meta
             .build_id
             .clone()
             .or_else(|| meta.copy.clone())
             .or_else(|| meta.path.clone())
             .unwrap_or_default();
+        if a.meta.runtime != "llvm" {
+            key = format!("{}:{key}", a.meta.runtime);
+        }
         if let Some(&i) = self.unit_by_key.get(&key) {
             return i;
         }
@@ -601,8 +633,15 @@ impl LiveCoverage {
             .unwrap_or("(unknown module)")
             .to_string();
         let idx = self.units.len();
-        let state = match self.open_module(&meta, a, idx) {
-            Ok(m) => UnitState::Llvm(Box::new(m)),
+        let opened = match a.meta.runtime.as_str() {
+            "bisect" => Ok(self.open_bisect(&meta, a)),
+            "gcov" => Ok(UnitState::Gcov(Box::default())),
+            _ => self
+                .open_module(&meta, a, idx)
+                .map(|m| UnitState::Llvm(Box::new(m))),
+        };
+        let state = match opened {
+            Ok(state) => state,
             Err(why) => {
                 self.warnings.push(Warning {
                     module: Some(name.clone()),
@@ -613,6 +652,7 @@ impl LiveCoverage {
         };
         self.units.push(Unit {
             name,
+            runtime: a.meta.runtime.clone(),
             meta,
             state,
             artifacts: 0,
@@ -712,7 +752,7 @@ impl LiveCoverage {
     fn figures(&self) -> BTreeMap<String, FileFigures> {
         let mut owners: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, u) in self.units.iter().enumerate() {
-            if !matches!(u.state, UnitState::Llvm(_)) {
+            if !u.reported() {
                 continue;
             }
             for f in u.files.keys() {
@@ -800,7 +840,7 @@ impl LiveCoverage {
         self.apply_ready();
         let mut coverage = Coverage::default();
         for u in &self.units {
-            if let (UnitState::Llvm(_), Some(d)) = (&u.state, &u.detail) {
+            if let (true, Some(d)) = (u.reported(), &u.detail) {
                 coverage.merge(d);
             }
         }
@@ -812,19 +852,26 @@ impl LiveCoverage {
                 name: u.name.clone(),
                 path: u.meta.path.clone(),
                 build_id: u.meta.build_id.clone(),
-                runtime: "llvm".into(),
+                runtime: u.runtime.clone(),
                 producer: u.meta.producer.clone(),
-                tools: u.llvm().map(|m| m.tools.describe()),
+                tools: match &u.state {
+                    UnitState::Llvm(m) => Some(m.tools.describe()),
+                    UnitState::Bisect(_) => {
+                        Some("bisect_ppx points, lines from the OCaml sources".into())
+                    }
+                    UnitState::Gcov(g) => g.used.as_ref().map(|t| t.describe()),
+                    UnitState::Unavailable(_) => None,
+                },
                 artifacts: u.artifacts,
                 files: u.files.len(),
                 totals: total_of_files(&u.files),
                 unavailable: match &u.state {
                     UnitState::Unavailable(why) => Some(why.clone()),
-                    UnitState::Llvm(_) => None,
+                    _ => None,
                 },
             })
             .collect();
-        Ok(ReportData::new(
+        let mut data = ReportData::new(
             session,
             coverage,
             figures,
@@ -833,7 +880,9 @@ impl LiveCoverage {
             self.excluded.clone(),
             self.warnings.clone(),
             self.artifacts_seen,
-        ))
+        );
+        data.bisect = self.bisect_inputs();
+        Ok(data)
     }
 }
 

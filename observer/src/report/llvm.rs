@@ -278,6 +278,7 @@ pub fn parse_summary(json: &str) -> Result<BTreeMap<String, Totals>, String> {
                     functions: counts("functions"),
                     branches: counts("branches"),
                     regions: Some(counts("regions")),
+                    points: None,
                 },
             );
         }

@@ -7,17 +7,23 @@
 //!   ([`LiveCoverage::finish`]) without merging again what it merged already.
 //!
 //! Coverage from every runtime is turned into one model ([`model`]): LLVM source-based coverage
-//! through llvm-profdata/llvm-cov of the LLVM major that built each module ([`llvm_tools`]).
-//! gcov, bisect_ppx and kernel (kcov) coverage are further sources of the same model; until
-//! they are read, their artifacts are listed as left out.
+//! through llvm-profdata/llvm-cov of the LLVM major that built each module ([`llvm_tools`]),
+//! gcov coverage through the gcov of the GCC that wrote it ([`gcov`]), bisect_ppx (OCaml)
+//! coverage by mapping its points onto the sources' lines ([`bisect`]; bisect-ppx-report's own
+//! HTML and Cobertura are written beside, [`bisect_report`]). Kernel (kcov) coverage is a
+//! further source of the same model; until it is read, its artifacts are listed as left out.
 //!
 //! Nothing partial is left behind: the report is written to a temporary directory inside the
 //! session and swapped into place.
 use std::{collections::BTreeSet, fmt, path::PathBuf, str::FromStr};
 
+pub mod bisect;
+pub mod bisect_report;
 pub mod chart;
 pub mod cobertura;
+pub mod covmap;
 pub mod error;
+pub mod gcov;
 pub mod html;
 pub mod lcov;
 pub mod live;
@@ -26,6 +32,7 @@ pub mod llvm_tools;
 pub mod model;
 pub mod output;
 pub mod profraw;
+pub mod programs;
 pub mod session;
 pub mod summary;
 pub mod timeline;
@@ -85,6 +92,9 @@ pub struct ReportOptions {
     pub tool_dirs: Vec<PathBuf>,
     /// Worker threads for the exports (default: one per CPU).
     pub jobs: Option<usize>,
+    /// Directories bisect_ppx's relative source names may start from (`--source-path`), tried
+    /// before those covobs finds itself (see [`bisect`]).
+    pub source_paths: Vec<PathBuf>,
 }
 
 impl Default for ReportOptions {
@@ -93,6 +103,7 @@ impl Default for ReportOptions {
             formats: Format::ALL.into_iter().collect(),
             tool_dirs: Vec::new(),
             jobs: None,
+            source_paths: Vec::new(),
         }
     }
 }

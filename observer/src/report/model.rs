@@ -1,7 +1,9 @@
 //! The common coverage model every runtime's data is turned into: source files, their lines with
 //! hit counts, their functions with hit counts, their branches. LLVM coverage arrives as LCOV
-//! from `llvm-cov export`; gcov, bisect_ppx and kernel (kcov) coverage join the same model later,
-//! so there is one coverage.lcov, one summary and one HTML report per session.
+//! from `llvm-cov export`, gcov coverage as gcov's JSON ([`super::gcov`]), bisect_ppx coverage
+//! as instrumentation points turned into lines with the sources ([`super::bisect`]); kernel
+//! (kcov) coverage joins the same model later, so there is one coverage.lcov, one summary and one
+//! HTML report per session.
 use std::collections::{BTreeMap, btree_map::Entry};
 
 use serde::{Serialize, Serializer, ser::SerializeStruct};
@@ -68,6 +70,10 @@ pub struct Totals {
     /// Code regions: only LLVM source-based coverage knows them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regions: Option<Counts>,
+    /// Instrumentation points: only bisect_ppx (OCaml) knows them; they are what
+    /// `bisect-ppx-report summary` counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<Counts>,
 }
 
 impl Totals {
@@ -77,6 +83,9 @@ impl Totals {
         self.branches.add(other.branches);
         if let Some(r) = other.regions {
             self.regions.get_or_insert_with(Counts::default).add(r);
+        }
+        if let Some(p) = other.points {
+            self.points.get_or_insert_with(Counts::default).add(p);
         }
     }
 
@@ -98,6 +107,9 @@ impl Totals {
         ];
         if let Some(r) = self.regions {
             parts.push(describe_one("regions", r));
+        }
+        if let Some(p) = self.points {
+            parts.push(describe_one("points", p));
         }
         parts.join(", ")
     }
@@ -139,6 +151,13 @@ pub struct Declared {
     pub branches: Option<Counts>,
 }
 
+/// A bisect_ppx instrumentation point: a byte offset into the source file, and its hit count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    pub offset: u64,
+    pub hits: u64,
+}
+
 /// Coverage of one source file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileCoverage {
@@ -149,6 +168,8 @@ pub struct FileCoverage {
     pub functions: Vec<Function>,
     /// In the producer's order.
     pub branches: Vec<Branch>,
+    /// bisect_ppx points, in the producer's order (empty for every other runtime).
+    pub points: Vec<Point>,
     pub declared: Declared,
 }
 
@@ -183,6 +204,12 @@ impl FileCoverage {
                 self.branches.len() as u64,
             ),
             regions: None,
+            points: (!self.points.is_empty()).then(|| {
+                Counts::new(
+                    self.points.iter().filter(|p| p.hits > 0).count() as u64,
+                    self.points.len() as u64,
+                )
+            }),
         }
     }
 
@@ -194,6 +221,7 @@ impl FileCoverage {
             functions: self.declared.functions.unwrap_or(c.functions),
             branches: self.declared.branches.unwrap_or(c.branches),
             regions: None,
+            points: c.points,
         }
     }
 
@@ -245,6 +273,7 @@ impl FileCoverage {
                 }
             }
         }
+        merge_points(&mut self.points, &other.points);
         self.branches.sort_by(|a, b| {
             (a.line, branch_key(&a.block), branch_key(&a.branch)).cmp(&(
                 b.line,
@@ -266,6 +295,27 @@ impl FileCoverage {
             }
         }
         m
+    }
+}
+
+/// Add `other`'s points to `mine`: the n-th point at an offset is the same point in both (bisect
+/// may put several points at one offset); hits add up, points only in `other` are appended.
+fn merge_points(mine: &mut Vec<Point>, other: &[Point]) {
+    let mut index: BTreeMap<(u64, usize), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    for (i, p) in mine.iter().enumerate() {
+        let n = seen.entry(p.offset).or_default();
+        index.insert((p.offset, *n), i);
+        *n += 1;
+    }
+    let mut nth: BTreeMap<u64, usize> = BTreeMap::new();
+    for p in other {
+        let n = nth.entry(p.offset).or_default();
+        match index.get(&(p.offset, *n)) {
+            Some(&i) => mine[i].hits = mine[i].hits.saturating_add(p.hits),
+            None => mine.push(*p),
+        }
+        *n += 1;
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    Format, ReportError, ReportOptions, ReportSummary, cobertura, html, lcov,
+    Format, ReportError, ReportOptions, ReportSummary, bisect_report, cobertura, html, lcov,
     session::Session,
     summary::{ReportData, SummaryFile},
     timeline::TimelineFile,
@@ -53,6 +53,18 @@ pub fn write_report(
         .map_err(write_err(&session.dir))?;
     let root = staging.path();
     let mut written: Vec<PathBuf> = Vec::new();
+    // bisect_ppx's own reports first: the index links them and the summary has their warnings.
+    let bisect = bisect_report::write(root, &data.bisect, opts);
+    let patched;
+    let data = if bisect.external.is_empty() && bisect.warnings.is_empty() {
+        data
+    } else {
+        let mut d = data.clone();
+        d.external.extend(bisect.external);
+        d.warnings.extend(bisect.warnings);
+        patched = d;
+        &patched
+    };
     if opts.formats.contains(&Format::Lcov) {
         let p = root.join("coverage.lcov");
         create(&p, lcov::write(&data.coverage).as_bytes())?;
@@ -79,6 +91,7 @@ pub fn write_report(
         create(&p, cobertura::write(data).as_bytes())?;
         written.push(PathBuf::from("coverage.cobertura.xml"));
     }
+    written.extend(bisect.written);
     let dest = session.dir.join("report");
     swap_into_place(root, &dest)?;
     // The staging directory now holds the previous report (or nothing): dropped with it.

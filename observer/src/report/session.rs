@@ -68,6 +68,19 @@ impl SessionInfo {
             .collect()
     }
 
+    /// The working directory a target had when covobs adopted it (`targets[].cwd`).
+    pub fn cwd_of(&self, pid: u32) -> Option<String> {
+        self.raw
+            .as_ref()?
+            .get("targets")?
+            .as_array()?
+            .iter()
+            .find(|t| t.get("pid").and_then(|p| p.as_u64()) == Some(u64::from(pid)))?
+            .get("cwd")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// Session start and end as Unix nanoseconds, when known.
     pub fn span_unix_ns(&self) -> Option<(u64, u64)> {
         let r = self.raw.as_ref()?;
@@ -106,6 +119,19 @@ pub struct ArtifactMeta {
     pub format: Option<FormatMeta>,
     #[serde(default)]
     pub module: Option<ModuleMeta>,
+    /// A directory artifact's files (gcov: the .gcda files of one dump and their .gcno notes).
+    #[serde(default)]
+    pub parts: Vec<PartMeta>,
+}
+
+/// One file of a directory artifact.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PartMeta {
+    /// Its name inside the artifact directory.
+    pub file: String,
+    /// Where it was in the target.
+    pub path: String,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -296,6 +322,77 @@ impl Artifact {
             }
         }
         Ok(bytes)
+    }
+}
+
+impl Artifact {
+    /// The files of a directory artifact, re-checked like [`Artifact::check_recorded`]: each
+    /// named part is a plain file inside the artifact directory with its recorded size, and the
+    /// checksum covers them all in order. Returns (path in the target, bytes) per part.
+    pub fn check_recorded_parts(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        if !self.meta.valid {
+            return Err("the collector marked it invalid (see its lost event)".into());
+        }
+        if self.meta.parts.is_empty() {
+            return Err("a directory artifact whose metadata lists no parts".into());
+        }
+        let mut out = Vec::new();
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        for part in &self.meta.parts {
+            let name = Path::new(&part.file);
+            let mut comps = name.components();
+            if !matches!(
+                (comps.next(), comps.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            ) {
+                return Err(format!(
+                    "part {:?} is not a file name in the artifact directory",
+                    part.file
+                ));
+            }
+            let p = self.data_path.join(name);
+            let meta = fs::symlink_metadata(&p)
+                .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+            if !meta.is_file() {
+                return Err(format!("{} is not a regular file", p.display()));
+            }
+            let bytes = fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            if bytes.len() as u64 != part.bytes {
+                return Err(format!(
+                    "{}: {} bytes on disk, {} recorded in its metadata",
+                    p.display(),
+                    bytes.len(),
+                    part.bytes
+                ));
+            }
+            total += part.bytes;
+            hasher.update(&bytes);
+            out.push((part.path.clone(), bytes));
+        }
+        if let Some(n) = self.meta.bytes
+            && n != total
+        {
+            return Err(format!(
+                "its parts add up to {total} bytes, {n} recorded in its metadata"
+            ));
+        }
+        if let Some(sum) = &self.meta.checksum {
+            let Some(hex) = sum.strip_prefix("sha256:") else {
+                return Err(format!("unknown checksum kind {sum:?}"));
+            };
+            let got: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !got.eq_ignore_ascii_case(hex) {
+                return Err(format!(
+                    "checksum mismatch: its parts have sha256:{got}, its metadata says {sum}"
+                ));
+            }
+        }
+        Ok(out)
     }
 }
 

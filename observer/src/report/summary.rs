@@ -1,6 +1,7 @@
 //! What a report is made of (`ReportData`), and summary.json.
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -63,6 +64,22 @@ pub struct LanguageSummary {
     pub totals: Totals,
 }
 
+/// What bisect-ppx-report is run on: each process's latest `.coverage` file (counts are
+/// cumulative), and the directories the OCaml sources were found under.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BisectInputs {
+    pub files: Vec<PathBuf>,
+    pub source_roots: Vec<PathBuf>,
+}
+
+/// A report another tool wrote beside covobs' own (bisect-ppx-report's HTML and Cobertura).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExternalReport {
+    pub name: String,
+    /// Relative to `report/`.
+    pub path: String,
+}
+
 /// Everything a report is made of.
 #[derive(Clone, Debug)]
 pub struct ReportData {
@@ -80,6 +97,9 @@ pub struct ReportData {
     pub warnings: Vec<Warning>,
     /// Artifacts the session holds.
     pub artifacts: usize,
+    pub bisect: BisectInputs,
+    /// Reports by other tools, written beside this one.
+    pub external: Vec<ExternalReport>,
 }
 
 impl ReportData {
@@ -134,6 +154,8 @@ impl ReportData {
             excluded,
             warnings,
             artifacts,
+            bisect: BisectInputs::default(),
+            external: Vec::new(),
         }
     }
 
@@ -156,6 +178,9 @@ pub struct SummaryFile<'a> {
     pub languages: &'a [LanguageSummary],
     pub excluded: &'a [Excluded],
     pub warnings: &'a [Warning],
+    /// Reports by other tools beside this one (bisect-ppx-report's).
+    #[serde(skip_serializing_if = "<[ExternalReport]>::is_empty")]
+    pub other_reports: &'a [ExternalReport],
 }
 
 #[derive(Serialize)]
@@ -182,6 +207,7 @@ impl<'a> SummaryFile<'a> {
             languages: &d.languages,
             excluded: &d.excluded,
             warnings: &d.warnings,
+            other_reports: &d.external,
         }
     }
 }
@@ -199,6 +225,7 @@ mod tests {
             functions: Counts::new(1, 2),
             branches: Counts::new(0, 0),
             regions: r.map(|(h, t)| Counts::new(h, t)),
+            points: None,
         }
     }
 
