@@ -375,7 +375,7 @@ impl LiveCoverage {
                 self.warnings.push(Warning {
                     module: None,
                     message: format!(
-                        "{} artifacts are collected but not reported yet: only LLVM coverage is",
+                        "{} artifacts are collected but not reported yet: only LLVM, gcov and bisect_ppx coverage are",
                         a.meta.runtime
                     ),
                 });
