@@ -133,6 +133,25 @@ pub fn parse(data: &[u8]) -> Result<Vec<InstrumentedFile>, String> {
     Ok(files)
 }
 
+/// Write a `BISECT-COVERAGE-4` file, as bisect's runtime does.
+pub fn write(files: &[InstrumentedFile]) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut s = String::from("BISECT-COVERAGE-4");
+    // Writing to a String cannot fail.
+    let _ = write!(s, " {}", files.len());
+    for f in files {
+        let _ = write!(s, " {} {} {}", f.name.len(), f.name, f.points.len());
+        for p in &f.points {
+            let _ = write!(s, " {p}");
+        }
+        let _ = write!(s, " {}", f.counts.len());
+        for c in &f.counts {
+            let _ = write!(s, " {c}");
+        }
+    }
+    s.into_bytes()
+}
+
 /// Where each line of a source file starts, to map byte offsets to line numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineIndex {
@@ -308,18 +327,12 @@ fn load(path: &Path, max_offset: Option<u64>) -> Result<Source, String> {
     })
 }
 
-/// The latest dump of one process.
-#[derive(Clone, Debug)]
-struct Latest {
-    data: PathBuf,
-    files: Vec<InstrumentedFile>,
-}
-
 /// The bisect_ppx coverage of one module (the binary that links the instrumented OCaml code).
 #[derive(Debug)]
 pub struct BisectUnit {
     roots: SourceRoots,
-    latest: BTreeMap<u32, Latest>,
+    /// Each process's latest dump.
+    latest: BTreeMap<u32, Vec<InstrumentedFile>>,
     /// Recorded name -> its source, or why there is none (each resolved once).
     sources: HashMap<String, Result<Source, String>>,
     /// Names whose source was not found, not told yet (see [`BisectUnit::take_unresolved`]).
@@ -349,40 +362,35 @@ impl BisectUnit {
         }
     }
 
-    /// Take in a dump of process `pid` (the `.coverage` file at `data`, already parsed): it is
-    /// that process's coverage now.
-    pub fn add(&mut self, pid: u32, data: &Path, files: Vec<InstrumentedFile>) {
-        self.latest.insert(
-            pid,
-            Latest {
-                data: data.to_path_buf(),
-                files,
-            },
-        );
+    /// Take in a dump of process `pid` (a parsed `.coverage` file): it is that process's
+    /// coverage now.
+    pub fn add(&mut self, pid: u32, files: Vec<InstrumentedFile>) {
+        self.latest.insert(pid, files);
         self.steps += 1;
     }
 
-    /// Each process's latest `.coverage` file (what bisect-ppx-report is given).
-    pub fn inputs(&self) -> Vec<PathBuf> {
-        self.latest.values().map(|l| l.data.clone()).collect()
-    }
-
-    /// The directories sources were found in, for bisect-ppx-report's `--source-path`: for each
-    /// source, the directory its recorded name is relative to.
-    pub fn roots_used(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = Vec::new();
-        for (name, s) in &self.sources {
-            let Ok(s) = s else { continue };
-            let depth = Path::new(name).components().count();
-            let root = s.path.ancestors().nth(depth).map(Path::to_path_buf);
-            if let Some(r) = root
-                && !out.contains(&r)
-            {
-                out.push(r);
-            }
-        }
-        out.sort();
-        out
+    /// What bisect-ppx-report may be given: each process's latest dump with only the files
+    /// whose source was found (the names are the target's: bisect-ppx-report, run as root, must
+    /// not look up a name covobs did not check), and those sources by recorded name.
+    pub fn vetted(&self) -> (Vec<Vec<InstrumentedFile>>, BTreeMap<String, PathBuf>) {
+        let sources: BTreeMap<String, PathBuf> = self
+            .sources
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.as_ref().ok()?.path.clone())))
+            .collect();
+        let dumps = self
+            .latest
+            .values()
+            .map(|files| {
+                files
+                    .iter()
+                    .filter(|f| sources.contains_key(&f.name))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .filter(|files| !files.is_empty())
+            .collect();
+        (dumps, sources)
     }
 
     /// Names whose source was not found (each told once), with the reason.
@@ -410,8 +418,8 @@ impl BisectUnit {
     /// whose source is not found keeps its recorded name and has points but no lines.
     pub fn coverage(&mut self) -> Coverage {
         let mut merged: BTreeMap<String, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
-        for l in self.latest.values() {
-            for f in &l.files {
+        for files in self.latest.values() {
+            for f in files {
                 let e = merged
                     .entry(f.name.clone())
                     .or_insert_with(|| (f.points.clone(), vec![0; f.counts.len()]));
@@ -470,6 +478,8 @@ mod tests {
         assert_eq!(files[1].name, "dir/b.ml");
         assert_eq!(files[1].counts, [0]);
         assert_eq!(parse(b"BISECT-COVERAGE-4 0\n").expect("empty"), []);
+        // What covobs writes reads back the same, byte for byte.
+        assert_eq!(write(&files), DATA);
         // A name with spaces is length-prefixed, not split.
         let f = parse(b"BISECT-COVERAGE-4 1 6 a b.ml 1 0 1 2").expect("spaces");
         assert_eq!(f[0].name, "a b.ml");
@@ -533,21 +543,26 @@ mod tests {
             counts: counts.to_vec(),
         };
         // Process 1 dumps twice: the second dump replaces the first (cumulative counts).
-        u.add(1, Path::new("/x/1"), vec![file([1, 0, 0])]);
-        u.add(1, Path::new("/x/2"), vec![file([3, 0, 0])]);
+        u.add(1, vec![file([1, 0, 0])]);
+        u.add(1, vec![file([3, 0, 0])]);
         let c = u.coverage();
         let f = &c.files[&src.to_string_lossy().into_owned()];
         assert_eq!(f.lines, BTreeMap::from([(1, 3), (2, 0), (3, 0)]));
         assert_eq!(f.totals().points, Some(Counts::new(1, 3)));
         // Process 2 (a restart): its latest dump adds to process 1's.
-        u.add(2, Path::new("/x/3"), vec![file([2, 5, 0])]);
+        u.add(2, vec![file([2, 5, 0])]);
         let c = u.coverage();
         let f = &c.files[&src.to_string_lossy().into_owned()];
         assert_eq!(f.lines, BTreeMap::from([(1, 5), (2, 5), (3, 0)]));
         assert_eq!(f.totals().points, Some(Counts::new(2, 3)));
         assert_eq!(f.totals().lines, Counts::new(2, 3));
-        assert_eq!(u.inputs(), [PathBuf::from("/x/2"), PathBuf::from("/x/3")]);
-        assert_eq!(u.roots_used(), [dir.path().to_path_buf()]);
+        let (dumps, sources) = u.vetted();
+        assert_eq!(dumps.len(), 2);
+        assert_eq!(dumps[0][0].counts, [3, 0, 0]);
+        assert_eq!(
+            sources,
+            BTreeMap::from([("src/m.ml".to_string(), src.clone())])
+        );
         assert!(u.take_unresolved().is_empty());
     }
 
@@ -558,7 +573,6 @@ mod tests {
         let mut u = unit_in(dir.path());
         u.add(
             7,
-            Path::new("/x/1"),
             vec![
                 InstrumentedFile {
                     name: "gone.ml".into(),
@@ -579,6 +593,8 @@ mod tests {
             ],
         );
         let c = u.coverage();
+        // Only checked names go to bisect-ppx-report.
+        assert_eq!(u.vetted(), (Vec::new(), BTreeMap::new()));
         assert!(c.files["gone.ml"].lines.is_empty());
         assert_eq!(c.files["gone.ml"].totals().points, Some(Counts::new(1, 1)));
         assert!(c.files["short.ml"].lines.is_empty());

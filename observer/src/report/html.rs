@@ -345,7 +345,11 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         b.push_str("</table>");
     }
     if !d.modules.is_empty() {
-        b.push_str("<h2>Modules</h2><table><tr><th>Module</th><th>Build</th><th class=\"num\">Artifacts</th><th class=\"num\">Files</th><th>Lines</th><th>Functions</th><th>Branches</th><th>Regions</th></tr>");
+        b.push_str("<h2>Modules</h2><table><tr><th>Module</th><th>Build</th><th class=\"num\">Artifacts</th><th class=\"num\">Files</th><th>Lines</th><th>Functions</th><th>Branches</th><th>Regions</th>");
+        if has_points {
+            b.push_str("<th>Points</th>");
+        }
+        b.push_str("</tr>");
         for m in &d.modules {
             let mut about = Vec::new();
             if let Some(p) = &m.producer {
@@ -362,9 +366,10 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
             }
             let _ = write!(
                 b,
-                "<tr><td class=\"mod\" title=\"{}\">{}</td><td><small>{}</small></td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}</tr>",
+                "<tr><td class=\"mod\" title=\"{}\">{}<br><small>{}</small></td><td><small>{}</small></td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}",
                 escape(m.path.as_deref().unwrap_or("")),
                 escape(&m.name),
+                escape(&m.runtime),
                 about.join("<br>"),
                 m.artifacts,
                 m.files,
@@ -373,6 +378,10 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
                 pct_cell(m.totals.branches),
                 pct_cell(m.totals.regions.unwrap_or_default())
             );
+            if has_points {
+                b.push_str(&pct_cell(m.totals.points.unwrap_or_default()));
+            }
+            b.push_str("</tr>");
         }
         b.push_str("</table>");
     }

@@ -64,12 +64,12 @@ pub struct LanguageSummary {
     pub totals: Totals,
 }
 
-/// What bisect-ppx-report is run on: each process's latest `.coverage` file (counts are
-/// cumulative), and the directories the OCaml sources were found under.
+/// What bisect-ppx-report is run on: each process's latest dump (counts are cumulative) with
+/// only the files whose source covobs found and checked, and those sources by recorded name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BisectInputs {
-    pub files: Vec<PathBuf>,
-    pub source_roots: Vec<PathBuf>,
+    pub dumps: Vec<Vec<super::bisect::InstrumentedFile>>,
+    pub sources: BTreeMap<String, PathBuf>,
 }
 
 /// A report another tool wrote beside covobs' own (bisect-ppx-report's HTML and Cobertura).

@@ -88,7 +88,7 @@ impl LiveCoverage {
         if let Some(cwd) = cwd {
             b.add_root(Path::new(&cwd), "working directory");
         }
-        b.add(a.meta.pid, &a.data_path, files);
+        b.add(a.meta.pid, files);
         let cov = b.coverage();
         let missing = b.take_unresolved();
         unit.artifacts += 1;
@@ -210,25 +210,126 @@ impl LiveCoverage {
         (None, jobs)
     }
 
-    /// What bisect-ppx-report is run on: each process's latest .coverage file, and the roots
-    /// the sources were found under.
+    /// What bisect-ppx-report is run on (see [`BisectInputs`]).
     pub(super) fn bisect_inputs(&self) -> BisectInputs {
         let mut out = BisectInputs::default();
         for u in &self.units {
             if let UnitState::Bisect(b) = &u.state {
-                out.files.extend(b.inputs());
-                for r in b.roots_used() {
-                    if !out.source_roots.contains(&r) {
-                        out.source_roots.push(r);
-                    }
+                let (dumps, sources) = b.vetted();
+                out.dumps.extend(dumps);
+                for (name, path) in sources {
+                    out.sources.entry(name).or_insert(path);
                 }
             }
         }
-        for d in &self.opts.source_paths {
-            if !out.source_roots.contains(d) {
-                out.source_roots.push(d.clone());
-            }
-        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf, process::Command};
+
+    use super::*;
+    use crate::report::{Format, ReportOptions, model::Counts, session::sha256_hex};
+
+    const SOURCE: &str = "#include <stdlib.h>\n\
+        static int f(int n) {\n  int s = 0;\n  for (int i = 0; i < n; i++)\n    s += i & 1 ? i : -1;\n  return s;\n}\n\
+        int main(int argc, char **argv) {\n  int n = argc > 1 ? atoi(argv[1]) : 0;\n  if (n > 2)\n    return f(n) == 12345;\n  return 0;\n}\n";
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run the gcc --coverage program (its .gcda merges on write) and lay the .gcda and .gcno
+    /// out as gcov artifact `seq`, as the collector does; the metadata path.
+    fn dump(dir: &Path, seq: u64, arg: &str, tamper: bool) -> PathBuf {
+        run(Command::new(dir.join("p")).arg(arg).current_dir(dir));
+        let pdir = dir.join("session/77-p");
+        let art = pdir.join(format!("{seq:06}-gcov.gcda"));
+        fs::create_dir_all(&art).expect("mkdir");
+        let mut parts = Vec::new();
+        let mut all = Vec::new();
+        for ext in ["gcda", "gcno"] {
+            let path = dir.join(format!("p.{ext}"));
+            let bytes = fs::read(&path).expect("gcov file");
+            let name = path
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .replace('/', "#");
+            fs::write(art.join(&name), &bytes).expect("part");
+            parts.push(serde_json::json!({
+                "file": name, "path": path.to_string_lossy(), "bytes": bytes.len()
+            }));
+            all.extend_from_slice(&bytes);
+        }
+        let bytes = all.len();
+        if tamper {
+            all.push(0);
+        }
+        let meta = serde_json::json!({
+            "seq": seq, "runtime": "gcov", "pid": 77, "valid": true, "end_ns": seq * 1000,
+            "file": format!("{seq:06}-gcov.gcda"), "bytes": bytes,
+            "checksum": format!("sha256:{}", sha256_hex(&all)),
+            "format": {"name": "gcov-gcda", "version": 0},
+            "module": {"path": dir.join("p").to_string_lossy(), "build_id": "g1"},
+            "parts": parts,
+        });
+        let p = pdir.join(format!("{seq:06}-gcov.json"));
+        fs::write(&p, meta.to_string()).expect("metadata");
+        p
+    }
+
+    #[test]
+    fn gcov_artifacts_go_live_and_into_the_report() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        fs::write(dir.join("p.c"), SOURCE).expect("source");
+        run(Command::new("gcc")
+            .args(["--coverage", "-O0", "-o", "p", "p.c"])
+            .current_dir(dir));
+        let sdir = dir.join("session");
+        fs::create_dir_all(&sdir).expect("mkdir");
+        let opts = ReportOptions {
+            formats: [Format::Json, Format::Lcov].into_iter().collect(),
+            ..ReportOptions::default()
+        };
+        let mut live = LiveCoverage::new(&sdir, &opts).expect("live");
+        let point = |p: Progress| match p {
+            Progress::Point(p) => p,
+            other => panic!("expected a point, got {other:?}"),
+        };
+        let p1 = point(live.add(&dump(dir, 1, "0", false)).expect("add 1"));
+        assert_eq!(p1.runtime, "gcov");
+        assert_eq!(p1.totals.functions, Counts::new(1, 2));
+        // The second run reaches f: its .gcda (merged on write) is the coverage now.
+        let p2 = point(live.add(&dump(dir, 2, "9", false)).expect("add 2"));
+        assert!(p2.totals.lines.hit > p1.totals.lines.hit, "{p1:?} {p2:?}");
+        assert_eq!(p2.totals.functions, Counts::new(2, 2));
+        assert!(p2.totals.branches.total > 0);
+        // Parts that do not add up to the checksum are left out.
+        match live.add(&dump(dir, 3, "9", true)).expect("add 3") {
+            Progress::Excluded(e) => assert!(e.reason.contains("checksum"), "{e:?}"),
+            other => panic!("expected an exclusion, got {other:?}"),
+        }
+        let summary = live.finish().expect("finish");
+        assert_eq!(summary.reported, 2);
+        assert_eq!(summary.totals.functions, Counts::new(2, 2));
+        let lcov = fs::read_to_string(sdir.join("report/coverage.lcov")).expect("lcov");
+        let src = dir.join("p.c").to_string_lossy().into_owned();
+        assert!(lcov.contains(&format!("SF:{src}\n")), "{lcov}");
+        // main ran twice, f once (gcov's own counts).
+        assert!(lcov.contains("FNDA:2,main\n"), "{lcov}");
+        assert!(lcov.contains("FNDA:1,f\n"), "{lcov}");
+        let s: serde_json::Value =
+            serde_json::from_slice(&fs::read(sdir.join("report/summary.json")).expect("summary"))
+                .expect("json");
+        assert_eq!(s["modules"][0]["runtime"], "gcov");
+        assert_eq!(s["files"][0]["language"], "C");
     }
 }
