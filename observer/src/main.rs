@@ -168,6 +168,13 @@ fn init_logging(verbose: u8) {
 /// exits 1 (the report is still written, with the reasons).
 async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     use covobs::report;
+    if let Some(bad) = args.source_path.iter().find(|d| !d.is_dir()) {
+        return Err(BadInput(format!(
+            "--source-path {}: no such directory",
+            bad.display()
+        ))
+        .into());
+    }
     let opts = report::ReportOptions {
         formats: args.format.into_iter().collect(),
         source_paths: args.source_path,

@@ -768,6 +768,11 @@ fn report_refuses_bad_input_with_one_line() {
     let tmp = TempDir::new("report-bad");
     let dir = tmp.path().to_string_lossy().into_owned();
     one_line(&covobs(&["report", &dir]), "not a covobs session");
+    // A --source-path that is not a directory (a typo) is refused before anything is read.
+    one_line(
+        &covobs(&["report", &dir, "--source-path", "/nonexistent/src"]),
+        "--source-path /nonexistent/src: no such directory",
+    );
     // An unknown format is a usage error (clap's, with its usage hint).
     let out = covobs(&["report", &dir, "--format", "pdf"]);
     assert_eq!(out.status.code(), Some(2));

@@ -141,11 +141,17 @@ impl LiveCoverage {
         let cov = g.coverage();
         unit.artifacts += 1;
         let name = unit.name.clone();
+        // Told once each (the same .gcda usually has the same problem in every dump).
         for why in run.problems {
-            self.warnings.push(Warning {
-                module: Some(name.clone()),
-                message: format!("artifact {}: part of it is not reported: {why}", a.rel),
-            });
+            if self.warned_runtimes.insert(format!("gcov: {why}")) {
+                self.warnings.push(Warning {
+                    module: Some(name.clone()),
+                    message: format!(
+                        "part of its gcov coverage is not reported (first in {}): {why}",
+                        a.rel
+                    ),
+                });
+            }
         }
         self.apply_own(idx, cov, a)
     }
