@@ -533,3 +533,6 @@ pub fn alive(pid: i32) -> bool {
 pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e.kind() == kind).collect()
 }
+
+mod session;
+pub use session::*;

@@ -12,46 +12,51 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// Every artifact of a session with its bytes: (metadata, data), in seq order.
+fn artifacts_with_data(out: &Path) -> Vec<(Value, Vec<u8>)> {
+    artifacts(out)
+        .into_iter()
+        .map(|a| {
+            let data = a.data();
+            (a.meta, data)
+        })
+        .collect()
 }
 
-/// Every artifact of a session: (metadata, bytes).
-fn artifacts(out: &Path) -> Vec<(Value, Vec<u8>)> {
-    let mut found = Vec::new();
-    for dir in std::fs::read_dir(out).expect("session dir").flatten() {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        if !dir.path().is_dir() || name == "modules" || name == "report" {
-            continue;
-        }
-        for f in std::fs::read_dir(dir.path())
-            .expect("artifact dir")
-            .flatten()
-        {
-            let p = f.path();
-            if p.extension().is_some_and(|e| e == "json") {
-                let meta = read_json(&p);
-                let data = std::fs::read(dir.path().join(meta["file"].as_str().unwrap())).unwrap();
-                found.push((meta, data));
-            }
-        }
+/// A fixture running in a fresh temporary directory, with its LLVM_PROFILE_FILE there.
+struct Running {
+    tmp: TempDir,
+    target: Driven,
+    pid: i32,
+    /// The file the target's runtime writes.
+    profile: PathBuf,
+    /// Where a session's output goes.
+    out: PathBuf,
+}
+
+fn run_fixture(tag: &str, fixture_name: &str, args: &[&str]) -> Running {
+    let tmp = TempDir::new(tag);
+    let profile = tmp.path().join("target.profraw");
+    let out = tmp.path().join("out");
+    let target = start_fixture(
+        fixture_name,
+        args,
+        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
+        tmp.path(),
+    );
+    let pid = target.pid();
+    Running {
+        tmp,
+        target,
+        pid,
+        profile,
+        out,
     }
-    found.sort_by_key(|(m, _)| m["seq"].as_u64());
-    found
 }
 
 /// `llvm-profdata show` of the matching LLVM accepts the raw profile.
 fn assert_llvm_reads(tools: &LlvmTools, profraw: &Path) {
     run_ok(Command::new(&tools.profdata).arg("show").arg(profraw));
-}
-
-fn attach(args: &[&str]) -> Covobs {
-    let mut all = vec!["attach", "--json", "--no-report"];
-    all.extend_from_slice(args);
-    Covobs::start(&all)
 }
 
 #[test]
@@ -94,7 +99,7 @@ fn every_triggered_dump_gives_one_valid_artifact_with_the_exact_bytes() {
 
         let triggers = of_kind(&events, "trigger");
         let ends = of_kind(&events, "dump_end");
-        let arts = artifacts(&out);
+        let arts = artifacts_with_data(&out);
         // 4 interval ticks in 3 s, plus the dump at detach.
         assert!(
             triggers.len() >= 4,
@@ -166,16 +171,17 @@ fn every_triggered_dump_gives_one_valid_artifact_with_the_exact_bytes() {
 #[test]
 fn dumps_the_target_makes_on_its_own_and_at_exit_are_collected_without_triggering() {
     require_root();
-    let tmp = TempDir::new("attach-self");
-    let profile = tmp.path().join("self.profraw");
-    let out = tmp.path().join("out");
-    let mut target = start_fixture(
+    let Running {
+        tmp: _tmp,
+        mut target,
+        pid,
+        profile,
+        out,
+    } = run_fixture(
+        "attach-self",
         "llvm-rust-target",
         &["--self-dump-ms", "300"],
-        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
-        tmp.path(),
     );
-    let pid = target.pid();
     let mut covobs = attach(&["--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "three self dumps", |e| {
         e.kind() == "artifact" && e.u("seq") == 3
@@ -191,7 +197,7 @@ fn dumps_the_target_makes_on_its_own_and_at_exit_are_collected_without_triggerin
         of_kind(&events, "trigger").is_empty(),
         "covobs triggered nothing"
     );
-    let arts = artifacts(&out);
+    let arts = artifacts_with_data(&out);
     let triggers: Vec<&str> = arts
         .iter()
         .map(|(m, _)| m["trigger"].as_str().unwrap())
@@ -224,18 +230,13 @@ fn dumps_the_target_makes_on_its_own_and_at_exit_are_collected_without_triggerin
 #[test]
 fn a_target_without_a_handler_is_refused_and_stays_alive() {
     require_root();
-    let tmp = TempDir::new("attach-nohandler");
-    let out = tmp.path().join("out");
-    let mut target = start_fixture(
-        "llvm-c-target",
-        &["--no-handler"],
-        &[(
-            "LLVM_PROFILE_FILE",
-            tmp.path().join("p.profraw").to_str().unwrap(),
-        )],
-        tmp.path(),
-    );
-    let pid = target.pid();
+    let Running {
+        tmp: _tmp,
+        mut target,
+        pid,
+        out,
+        ..
+    } = run_fixture("attach-nohandler", "llvm-c-target", &["--no-handler"]);
     let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
@@ -311,7 +312,7 @@ fn a_target_killed_in_the_middle_of_a_dump_yields_a_lost_event_not_a_corrupt_art
     assert_eq!(lost.u("pid"), pid as u64);
     assert!(covobs.wait(T).success(), "{}", covobs.stderr());
     assert!(
-        artifacts(&out).is_empty(),
+        artifacts_with_data(&out).is_empty(),
         "no partial profile may be kept as an artifact"
     );
     drop(target);
@@ -320,15 +321,13 @@ fn a_target_killed_in_the_middle_of_a_dump_yields_a_lost_event_not_a_corrupt_art
 #[test]
 fn covobs_killed_with_sigkill_leaves_the_target_running_and_no_probe_behind() {
     require_root();
-    let tmp = TempDir::new("attach-sigkill");
-    let profile = tmp.path().join("k.profraw");
-    let target = start_fixture(
-        "llvm-c-target",
-        &[],
-        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
-        tmp.path(),
-    );
-    let pid = target.pid();
+    let Running {
+        tmp,
+        target,
+        pid,
+        profile,
+        ..
+    } = run_fixture("attach-sigkill", "llvm-c-target", &[]);
     let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
@@ -363,18 +362,14 @@ fn covobs_killed_with_sigkill_leaves_the_target_running_and_no_probe_behind() {
 #[test]
 fn covobs_dump_asks_a_running_attach_and_answers_with_the_artifact() {
     require_root();
-    let tmp = TempDir::new("attach-ondemand");
-    let out = tmp.path().join("out");
-    let target = start_fixture(
-        "llvm-rust-target",
-        &[],
-        &[(
-            "LLVM_PROFILE_FILE",
-            tmp.path().join("d.profraw").to_str().unwrap(),
-        )],
-        tmp.path(),
-    );
-    let pid = target.pid().to_string();
+    let Running {
+        tmp: _tmp,
+        target,
+        pid,
+        out,
+        ..
+    } = run_fixture("attach-ondemand", "llvm-rust-target", &[]);
+    let pid = pid.to_string();
     let mut covobs = attach(&["--pid", &pid, "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
     let answer = run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid, "--json"]));
@@ -397,7 +392,7 @@ fn covobs_dump_asks_a_running_attach_and_answers_with_the_artifact() {
     covobs.signal(libc::SIGINT);
     assert!(covobs.wait(T).success(), "{}", covobs.stderr());
     // The detach-time dump came after the requested one.
-    let arts = artifacts(&out);
+    let arts = artifacts_with_data(&out);
     assert_eq!(arts.len(), 2);
     drop(target);
 }
@@ -405,18 +400,13 @@ fn covobs_dump_asks_a_running_attach_and_answers_with_the_artifact() {
 #[test]
 fn a_dump_that_never_comes_is_reported_after_the_timeout() {
     require_root();
-    let tmp = TempDir::new("attach-timeout");
-    let out = tmp.path().join("out");
-    let target = start_fixture(
-        "llvm-c-target",
-        &[],
-        &[(
-            "LLVM_PROFILE_FILE",
-            tmp.path().join("t.profraw").to_str().unwrap(),
-        )],
-        tmp.path(),
-    );
-    let pid = target.pid();
+    let Running {
+        tmp: _tmp,
+        target,
+        pid,
+        out,
+        ..
+    } = run_fixture("attach-timeout", "llvm-c-target", &[]);
     let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
@@ -509,7 +499,7 @@ fn by_name_follows_a_restarted_target() {
     });
     covobs.signal(libc::SIGINT);
     assert!(covobs.wait(T).success(), "{}", covobs.stderr());
-    let arts = artifacts(&out);
+    let arts = artifacts_with_data(&out);
     let pids: std::collections::BTreeSet<u64> = arts
         .iter()
         .map(|(m, _)| m["pid"].as_u64().unwrap())
@@ -537,18 +527,14 @@ fn by_name_follows_a_restarted_target() {
 #[test]
 fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     require_root();
-    let tmp = TempDir::new("attach-window");
-    let out = tmp.path().join("out");
-    let target = start_fixture(
-        "llvm-c-target",
-        &[],
-        &[(
-            "LLVM_PROFILE_FILE",
-            tmp.path().join("w.profraw").to_str().unwrap(),
-        )],
-        tmp.path(),
-    );
-    let pid = target.pid().to_string();
+    let Running {
+        tmp: _tmp,
+        target,
+        pid,
+        out,
+        ..
+    } = run_fixture("attach-window", "llvm-c-target", &[]);
+    let pid = pid.to_string();
     let mut covobs = attach(&["--pid", &pid, "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
     let idle = covobs.bpf_ids();
@@ -572,7 +558,7 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     // The dump was located by the kernel, and the window closed again after it.
     let art = covobs.wait_event(T, "the artifact", |e| e.kind() == "artifact");
     assert_eq!(art.s("trigger"), "signal");
-    let meta = artifacts(&out);
+    let meta = artifacts_with_data(&out);
     assert_eq!(meta[0].0["source"]["located_by"], "kernel", "{}", meta[0].0);
     // The window lingers a second after the last dump, then closes.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -594,18 +580,18 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
 #[test]
 fn file_tracking_always_locates_the_targets_own_dumps_in_the_kernel_too() {
     require_root();
-    let tmp = TempDir::new("attach-always");
-    let out = tmp.path().join("out");
-    let target = start_fixture(
+    let Running {
+        tmp: _tmp,
+        target,
+        pid,
+        out,
+        ..
+    } = run_fixture(
+        "attach-always",
         "llvm-rust-target",
         &["--self-dump-ms", "250"],
-        &[(
-            "LLVM_PROFILE_FILE",
-            tmp.path().join("a.profraw").to_str().unwrap(),
-        )],
-        tmp.path(),
     );
-    let pid = target.pid().to_string();
+    let pid = pid.to_string();
     let mut covobs = attach(&[
         "--pid",
         &pid,
@@ -619,7 +605,7 @@ fn file_tracking_always_locates_the_targets_own_dumps_in_the_kernel_too() {
     });
     covobs.signal(libc::SIGINT);
     assert!(covobs.wait(T).success());
-    let arts = artifacts(&out);
+    let arts = artifacts_with_data(&out);
     let own: Vec<&Value> = arts
         .iter()
         .map(|(m, _)| m)

@@ -32,23 +32,9 @@ fn thread_name(pid: i32, tid: u64) -> String {
         .to_owned()
 }
 
+/// The metadata of every artifact of a session, in seq order.
 fn artifact_metas(out: &Path) -> Vec<Value> {
-    let mut metas = Vec::new();
-    for dir in std::fs::read_dir(out).expect("session").flatten() {
-        if !dir.path().is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(dir.path()).expect("dir").flatten() {
-            if f.path().extension().is_some_and(|e| e == "json") {
-                let v: Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
-                if v["seq"].is_u64() {
-                    metas.push(v);
-                }
-            }
-        }
-    }
-    metas.sort_by_key(|m| m["seq"].as_u64());
-    metas
+    artifacts(out).into_iter().map(|a| a.meta).collect()
 }
 
 /// Points a bisect coverage file visited (the format is text: see collect/bisect.rs).

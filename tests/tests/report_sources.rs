@@ -13,13 +13,6 @@ use std::{
 use covobs_tests::*;
 use serde_json::Value;
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -39,25 +32,12 @@ fn bisect_ppx_report() -> PathBuf {
 }
 
 /// A session's artifacts of one runtime, in seq order: (metadata file, metadata).
-fn artifacts(out: &Path, runtime: &str) -> Vec<(PathBuf, Value)> {
-    let mut found = Vec::new();
-    for dir in std::fs::read_dir(out).expect("session dir").flatten() {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        if !dir.path().is_dir() || name == "modules" || name == "report" {
-            continue;
-        }
-        for f in std::fs::read_dir(dir.path()).expect("dir").flatten() {
-            let p = f.path();
-            if p.extension().is_some_and(|e| e == "json") {
-                let meta = read_json(&p);
-                if meta["runtime"] == runtime {
-                    found.push((p, meta));
-                }
-            }
-        }
-    }
-    found.sort_by_key(|(_, m)| m["seq"].as_u64());
-    found
+fn artifacts_of(out: &Path, runtime: &str) -> Vec<(PathBuf, Value)> {
+    artifacts(out)
+        .into_iter()
+        .filter(|a| a.runtime() == runtime)
+        .map(|a| (a.meta_path, a.meta))
+        .collect()
 }
 
 /// The artifact a metadata file describes.
@@ -249,9 +229,9 @@ fn ocaml_and_c_coverage_are_reported_beside_rust_as_their_own_tools_count_them()
     let report = out.join("report");
     let summary = read_json(&report.join("summary.json"));
     let timeline = read_json(&report.join("timeline.json"));
-    let bisect = artifacts(&out, "bisect");
-    let gcov = artifacts(&out, "gcov");
-    let llvm = artifacts(&out, "llvm");
+    let bisect = artifacts_of(&out, "bisect");
+    let gcov = artifacts_of(&out, "gcov");
+    let llvm = artifacts_of(&out, "llvm");
     assert!(
         bisect.len() >= 5 && gcov.len() >= 5 && !llvm.is_empty(),
         "expected a dozen dumps of each: {} bisect, {} gcov, {} llvm\n{stderr}",
