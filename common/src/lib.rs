@@ -30,6 +30,10 @@ pub mod kind {
     pub const FILE_WRITE: u32 = 13;
     /// The OCaml probe sent a requested signal with bpf_send_signal_thread (`SignalSentRecord`).
     pub const BPF_SIGNAL_SENT: u32 = 14;
+    /// A task moved between cgroups while a cgroup is selected (`TaskRecord`: header = the task;
+    /// `flags` 1 = it entered the selection and the kernel watches it now, 0 = a watched process
+    /// left it).
+    pub const CGROUP_MOVE: u32 = 15;
     /// One past the largest kind: the size of the per-kind drop counters.
     pub const MAX: u32 = 16;
 }
@@ -40,11 +44,29 @@ pub mod watch {
     pub const FOLLOW_FORKS: u32 = 1;
     /// Added by the kernel because its name matched `WATCH_COMMS` at exec or rename.
     pub const BY_NAME: u32 = 2;
+    /// In the selected cgroup: its children are watched too (they are in the cgroup as well).
+    pub const CGROUP: u32 = 4;
 }
 
 /// Bit of a dump uprobe's cookie: the dump function has no uretprobe (OCaml code); the return of
 /// the runtime's end marker function ends it.
 pub const COOKIE_ENDS_AT_MARKER: u64 = 1 << 63;
+/// Slots of the `SELECT` array map: what makes the kernel start watching a process by itself.
+pub mod select {
+    /// Id of the selected cgroup v2 (0: no cgroup selection). Processes that exec, rename
+    /// themselves or are moved inside it (or below it) are watched.
+    pub const CGROUP: u32 = 0;
+    /// 1: a process in the cgroup must also have a watched name (`--cgroup` with `--name`).
+    pub const NAME_TOO: u32 = 1;
+    pub const LEN: u32 = 2;
+}
+
+/// `ExecRecord::old_tid` when the exec'ing thread's former id cannot be told in covobs' PID
+/// namespace (a non-leader thread exec'd; its old id went away with it).
+pub const OLD_TID_UNKNOWN: u32 = u32::MAX;
+
+/// `Header::_reserved` of a `PROCESS_FORK`: the kernel watches the child too.
+pub const FORK_CHILD_WATCHED: u32 = 1;
 
 /// `Header::_reserved` of a `DUMP_START`.
 pub mod dump_flags {
@@ -82,9 +104,9 @@ pub struct Header {
     pub _reserved: u32,
     /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, so userspace stamps its own events on the same clock.
     pub ts_ns: u64,
-    /// Process (thread group) id of the task the record is about, in the initial PID namespace.
+    /// Process (thread group) id of the task the record is about, in covobs' PID namespace.
     pub tgid: u32,
-    /// Thread id of that task, in the initial PID namespace.
+    /// Thread id of that task, in covobs' PID namespace.
     pub tid: u32,
 }
 
@@ -297,6 +319,48 @@ pub struct TracepointOffsets {
     pub _pad: u16,
 }
 
+/// `NsOffsets::flags`.
+pub mod ns_flags {
+    /// The PID-namespace offsets (and `task_comm`) are valid.
+    pub const PID: u32 = 1;
+    /// The cgroup offsets are valid.
+    pub const CGROUP: u32 = 2;
+}
+
+/// Where covobs stands (its PID namespace) and the kernel structure offsets (from BTF) the
+/// programs follow to give every id in that namespace and to tell a task's cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NsOffsets {
+    /// Inode of covobs' PID namespace; 0 when covobs runs in the initial one, where the kernel's
+    /// own ids are covobs' ids and nothing is translated.
+    pub pidns_ino: u32,
+    /// `ns_flags::*`.
+    pub flags: u32,
+    /// `task_struct.thread_pid`, `task_struct.signal`, `signal_struct.pids[PIDTYPE_TGID]`.
+    pub task_thread_pid: u32,
+    pub task_signal: u32,
+    pub signal_tgid_pid: u32,
+    /// `pid.level`, `pid.numbers`, the size of a `struct upid` and its `nr` / `ns` members.
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_nr: u32,
+    pub upid_ns: u32,
+    /// `pid_namespace.ns.inum`.
+    pub pidns_inum: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.level`, `cgroup.ancestors`,
+    /// `cgroup.kn`, `kernfs_node.id` (the cgroup id).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+}
+
 /// The single value of the `CONFIG` array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -310,6 +374,7 @@ pub struct Config {
     pub signal_mask: u64,
     pub tp: TracepointOffsets,
     pub kernel: KernelOffsets,
+    pub ns: NsOffsets,
 }
 
 impl Config {
@@ -341,4 +406,5 @@ const _: () = {
     assert!(core::mem::size_of::<FileOpenRecord>() == 328);
     assert!(core::mem::size_of::<FileWriteRecord>() == 80);
     assert!(core::mem::size_of::<SignalSentRecord>() == 48);
+    assert!(core::mem::size_of::<NsOffsets>() == 72);
 };

@@ -17,7 +17,7 @@ use covobs_common::{
     Config, DumpRecord, FileIdentity, FileOpenRecord, FileWriteRecord, PATH_LEN, kind,
 };
 
-use crate::maps::{config, current, header, reserve, tgid_watched};
+use crate::maps::{config, current, header, kernel_current, reserve, tgid_watched};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -45,11 +45,14 @@ pub struct PendingWrite {
     offset: i64,
 }
 
-/// Threads inside a dump function now: tid -> the dump.
+/// Threads inside a dump function now: kernel tid -> the dump. This map and the ones below are
+/// keyed by the kernel's ids: they never leave the programs, and the syscall hooks that look
+/// them up on every call pay no translation.
 #[map]
 static IN_DUMP: HashMap<u32, DumpState> = HashMap::with_max_entries(4096, 0);
 
-/// Processes that called exit(): their dumps from now on are the runtimes' exit-time dumps.
+/// Processes that called exit() (kernel tgid): their dumps from now on are the runtimes'
+/// exit-time dumps.
 #[map]
 pub static EXITING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -63,18 +66,20 @@ static PENDING_WRITE: HashMap<u32, PendingWrite> = HashMap::with_max_entries(409
 
 #[uprobe]
 pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
-    let cur = current();
+    let Some(cfg) = config() else { return 0 };
+    let Some(cur) = current(cfg) else { return 0 };
     if tgid_watched(cur.tgid).is_none() {
         return 0;
     }
+    let kernel = kernel_current();
     // SAFETY: the helper reads the cookie of the link that fired; ctx is this program's context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let mut hdr = header(kind::DUMP_START, cur.tgid, cur.tid);
-    if EXITING.get_ptr(&cur.tgid).is_some() {
+    if EXITING.get_ptr(&kernel.tgid).is_some() {
         hdr._reserved = covobs_common::dump_flags::EXITING;
     }
     let _ = IN_DUMP.insert(
-        &cur.tid,
+        &kernel.tid,
         &DumpState {
             cookie,
             start_ns: hdr.ts_ns,
@@ -98,24 +103,26 @@ pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
 /// A uprobe on the C library's `exit()`, attached per watched process.
 #[uprobe]
 pub fn covobs_exit_call(_ctx: ProbeContext) -> u32 {
-    let cur = current();
-    if tgid_watched(cur.tgid).is_some() {
-        let _ = EXITING.insert(&cur.tgid, &1, 0);
+    let Some(cfg) = config() else { return 0 };
+    if current(cfg).is_some_and(|cur| tgid_watched(cur.tgid).is_some()) {
+        let _ = EXITING.insert(&kernel_current().tgid, &1, 0);
     }
     0
 }
 
 #[uretprobe]
 pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
-    let cur = current();
+    let Some(cfg) = config() else { return 0 };
+    let Some(cur) = current(cfg) else { return 0 };
     if tgid_watched(cur.tgid).is_none() {
         return 0;
     }
+    let kernel_tid = kernel_current().tid;
     // SAFETY: as in covobs_dump_enter.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied at once; entries are only removed by this thread's own exit.
-    let start_ns = unsafe { IN_DUMP.get(&cur.tid) }.map_or(0, |s| s.start_ns);
-    let _ = IN_DUMP.remove(&cur.tid);
+    let start_ns = unsafe { IN_DUMP.get(&kernel_tid) }.map_or(0, |s| s.start_ns);
+    let _ = IN_DUMP.remove(&kernel_tid);
     let ret: i64 = ctx.ret();
     if let Some(mut entry) = reserve::<DumpRecord>(kind::DUMP_END) {
         entry.write(DumpRecord {
@@ -135,15 +142,18 @@ pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
 /// ends the dump of a thread that is in one, and does nothing otherwise.
 #[uretprobe]
 pub fn covobs_dump_end_marker(ctx: RetProbeContext) -> u32 {
-    let cur = current();
+    let kernel_tid = kernel_current().tid;
     // SAFETY: the value is copied at once.
-    let Some(state) = (unsafe { IN_DUMP.get(&cur.tid) }).copied() else {
+    let Some(state) = (unsafe { IN_DUMP.get(&kernel_tid) }).copied() else {
         return 0;
     };
     if !state.ends_at_marker {
         return 0;
     }
-    let _ = IN_DUMP.remove(&cur.tid);
+    let _ = IN_DUMP.remove(&kernel_tid);
+    let Some(cur) = config().and_then(current) else {
+        return 0;
+    };
     let ret: i64 = ctx.ret();
     if let Some(mut entry) = reserve::<DumpRecord>(kind::DUMP_END) {
         entry.write(DumpRecord {
@@ -157,6 +167,7 @@ pub fn covobs_dump_end_marker(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The dump thread `tid` (kernel id) is in.
 #[inline(always)]
 pub fn in_dump(tid: u32) -> Option<DumpState> {
     // SAFETY: copied out at once.
@@ -166,8 +177,8 @@ pub fn in_dump(tid: u32) -> Option<DumpState> {
 /// `syscalls:sys_enter_openat`.
 #[tracepoint]
 pub fn covobs_openat_enter(ctx: TracePointContext) -> u32 {
-    let cur = current();
-    if in_dump(cur.tid).is_none() {
+    let kernel = kernel_current();
+    if in_dump(kernel.tid).is_none() {
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
@@ -181,7 +192,7 @@ pub fn covobs_openat_enter(ctx: TracePointContext) -> u32 {
     };
     if let (Ok(filename), Ok(flags), Ok(dfd)) = args {
         let _ = PENDING_OPEN.insert(
-            &cur.tid,
+            &kernel.tid,
             &PendingOpen {
                 filename,
                 flags: flags as i32,
@@ -196,15 +207,16 @@ pub fn covobs_openat_enter(ctx: TracePointContext) -> u32 {
 /// `syscalls:sys_exit_openat`.
 #[tracepoint]
 pub fn covobs_openat_exit(ctx: TracePointContext) -> u32 {
-    let cur = current();
+    let kernel = kernel_current();
     // SAFETY: copied out at once.
-    let Some(open) = (unsafe { PENDING_OPEN.get(&cur.tid) }).copied() else {
+    let Some(open) = (unsafe { PENDING_OPEN.get(&kernel.tid) }).copied() else {
         return 0;
     };
-    let _ = PENDING_OPEN.remove(&cur.tid);
-    let (Some(cfg), Some(dump)) = (config(), in_dump(cur.tid)) else {
+    let _ = PENDING_OPEN.remove(&kernel.tid);
+    let (Some(cfg), Some(dump)) = (config(), in_dump(kernel.tid)) else {
         return 0;
     };
+    let Some(cur) = current(cfg) else { return 0 };
     // SAFETY: offset from the format file, helper-checked read.
     let ret = unsafe { ctx.read_at::<i64>(usize::from(cfg.tp.sys_exit_ret)) }.unwrap_or(-1);
     let Some(mut entry) = reserve::<FileOpenRecord>(kind::FILE_OPEN) else {
@@ -236,8 +248,8 @@ pub fn covobs_openat_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn write_enter(ctx: &TracePointContext, call: u32) -> u32 {
-    let cur = current();
-    if in_dump(cur.tid).is_none() {
+    let kernel = kernel_current();
+    if in_dump(kernel.tid).is_none() {
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
@@ -250,7 +262,7 @@ fn write_enter(ctx: &TracePointContext, call: u32) -> u32 {
         -1
     };
     let _ = PENDING_WRITE.insert(
-        &cur.tid,
+        &kernel.tid,
         &PendingWrite {
             fd: fd as i32,
             call,
@@ -284,15 +296,16 @@ pub fn covobs_pwritev_enter(ctx: TracePointContext) -> u32 {
 /// `syscalls:sys_exit_write` and friends: one program for all of them.
 #[tracepoint]
 pub fn covobs_write_exit(ctx: TracePointContext) -> u32 {
-    let cur = current();
+    let kernel = kernel_current();
     // SAFETY: copied out at once.
-    let Some(w) = (unsafe { PENDING_WRITE.get(&cur.tid) }).copied() else {
+    let Some(w) = (unsafe { PENDING_WRITE.get(&kernel.tid) }).copied() else {
         return 0;
     };
-    let _ = PENDING_WRITE.remove(&cur.tid);
-    let (Some(cfg), Some(dump)) = (config(), in_dump(cur.tid)) else {
+    let _ = PENDING_WRITE.remove(&kernel.tid);
+    let (Some(cfg), Some(dump)) = (config(), in_dump(kernel.tid)) else {
         return 0;
     };
+    let Some(cur) = current(cfg) else { return 0 };
     // SAFETY: offset from the format file, helper-checked read.
     let ret = unsafe { ctx.read_at::<i64>(usize::from(cfg.tp.sys_exit_ret)) }.unwrap_or(-1);
     let file = if w.fd >= 0 {

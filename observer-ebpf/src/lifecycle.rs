@@ -6,17 +6,24 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_current_comm, generated::bpf_probe_read_kernel_str},
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use covobs_common::{
-    CLONE_THREAD, COMM_LEN, ExecRecord, PATH_LEN, TaskRecord, config_flags, kind, watch,
+    CLONE_THREAD, COMM_LEN, Config, ExecRecord, FORK_CHILD_WATCHED, OLD_TID_UNKNOWN, PATH_LEN,
+    TaskRecord, config_flags, kind, watch,
 };
 
-use crate::maps::{
-    WATCHED_TGIDS, WATCHED_TIDS, comm_watched, config, current, header, normalize_comm, reserve,
-    tgid_watched, tid_watched,
+/// `clone3(2)` flag: the child starts in the cgroup named by the caller, not its parent's.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+use crate::{
+    maps::{
+        Current, WATCHED_TGIDS, WATCHED_TIDS, config, current, header, kernel_current,
+        normalize_comm, reserve, selected_cgroup, selects, tgid_watched, tid_watched,
+    },
+    ns,
 };
 
 /// `sched:sched_process_exec`, in the context of the task after exec.
@@ -28,7 +35,7 @@ pub fn covobs_exec(ctx: TracePointContext) -> u32 {
 
 fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
-    let cur = current();
+    let cur = current(cfg).ok_or(0)?;
     if cur.tgid == cfg.self_tgid {
         return Ok(());
     }
@@ -36,12 +43,12 @@ fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     normalize_comm(&mut comm);
     let mut newly_watched = 0;
     if tgid_watched(cur.tgid).is_none() {
-        if !comm_watched(&comm) {
+        let Some(flags) = selects(&comm, ns::current_in_cgroup) else {
             return Ok(());
-        }
-        WATCHED_TGIDS.insert(&cur.tgid, &watch::BY_NAME, 0)?;
+        };
+        WATCHED_TGIDS.insert(&cur.tgid, &flags, 0)?;
         newly_watched = 1;
-        debug!(ctx, "exec of tgid {} matched a watched name", cur.tgid);
+        debug!(ctx, "exec of tgid {} matched the selection", cur.tgid);
     }
     // exec leaves one thread, now with tid == tgid; the others' exits were reported already.
     WATCHED_TIDS.insert(&cur.tid, &cur.tgid, 0)?;
@@ -49,7 +56,16 @@ fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offsets come from the tracepoint's format file; reads are bounds-checked by the helper.
     let loc: u32 = unsafe { ctx.read_at(usize::from(cfg.tp.exec_filename)) }?;
     // SAFETY: as above.
-    let old_tid: i32 = unsafe { ctx.read_at(usize::from(cfg.tp.exec_old_pid)) }?;
+    let kernel_old_tid: i32 = unsafe { ctx.read_at(usize::from(cfg.tp.exec_old_pid)) }?;
+    // The tracepoint gives the kernel's id of the thread that called exec. When it was the leader
+    // that is the process's own id; a non-leader's former id in covobs' namespace is gone.
+    let old_tid = if cfg.ns.pidns_ino == 0 {
+        kernel_old_tid as u32
+    } else if kernel_old_tid as u32 == kernel_current().tid {
+        cur.tid
+    } else {
+        OLD_TID_UNKNOWN
+    };
 
     let Some(mut entry) = reserve::<ExecRecord>(kind::PROCESS_EXEC) else {
         return Ok(());
@@ -59,7 +75,7 @@ fn on_exec(ctx: &TracePointContext) -> Result<(), i64> {
     // fields are written through raw pointers so no reference to uninitialised memory is formed.
     unsafe {
         addr_of_mut!((*rec).hdr).write(header(kind::PROCESS_EXEC, cur.tgid, cur.tid));
-        addr_of_mut!((*rec).old_tid).write(old_tid as u32);
+        addr_of_mut!((*rec).old_tid).write(old_tid);
         addr_of_mut!((*rec).newly_watched).write(newly_watched);
         addr_of_mut!((*rec).comm).write(comm);
         let name = ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize);
@@ -81,7 +97,8 @@ pub fn covobs_newtask(ctx: TracePointContext) -> u32 {
 
 fn on_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
-    let cur = current();
+    // This program runs only where covobs sees kernel ids (the initial PID namespace).
+    let cur = kernel_current();
     let Some(flags) = tgid_watched(cur.tgid) else {
         return Ok(());
     };
@@ -93,26 +110,92 @@ fn on_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     let mut comm: [u8; COMM_LEN] = unsafe { ctx.read_at(usize::from(cfg.tp.newtask_comm)) }?;
     normalize_comm(&mut comm);
     let child = child as u32;
-
-    let (record_kind, child_tgid) = if clone_flags & CLONE_THREAD != 0 {
-        WATCHED_TIDS.insert(&child, &cur.tgid, 0)?;
-        (kind::THREAD_START, cur.tgid)
+    let child_tgid = if clone_flags & CLONE_THREAD != 0 {
+        cur.tgid
     } else {
-        if flags & watch::FOLLOW_FORKS != 0 {
-            WATCHED_TGIDS.insert(&child, &flags, 0)?;
-            WATCHED_TIDS.insert(&child, &child, 0)?;
-        }
-        (kind::PROCESS_FORK, child)
+        child
     };
-    emit_task(
-        record_kind,
+    // Without BTF the child's cgroup cannot be read: it is its parent's unless it was cloned
+    // into another one.
+    let follow = flags & watch::FOLLOW_FORKS != 0
+        || (flags & watch::CGROUP != 0 && clone_flags & CLONE_INTO_CGROUP == 0);
+    new_task(
         &cur,
-        child_tgid,
-        child,
+        flags,
+        Current {
+            tgid: child_tgid,
+            tid: child,
+        },
         clone_flags,
+        follow,
         &comm,
-        &[0; COMM_LEN],
-    );
+    )
+}
+
+/// `task_newtask(struct task_struct *task, u64 clone_flags)` as a raw tracepoint, in the
+/// creator's context: the new task itself is at hand, so its ids in covobs' namespace and its
+/// cgroup can be read.
+#[raw_tracepoint(tracepoint = "task_newtask")]
+pub fn covobs_raw_newtask(ctx: RawTracePointContext) -> u32 {
+    let _ = on_raw_newtask(&ctx);
+    0
+}
+
+fn on_raw_newtask(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(0)?;
+    let cur = current(cfg).ok_or(0)?;
+    let Some(flags) = tgid_watched(cur.tgid) else {
+        return Ok(());
+    };
+    let task: u64 = ctx.arg(0);
+    let clone_flags: u64 = ctx.arg(1);
+    // A child in a PID namespace covobs cannot see has no id here: nothing to report.
+    let child = ns::task_ids(cfg, task).ok_or(0)?;
+    let comm = ns::task_comm(cfg, task);
+    // A child of a process in the selected cgroup is in it too, unless it was cloned into
+    // another one (CLONE_INTO_CGROUP): check where it is.
+    let follow = flags & watch::FOLLOW_FORKS != 0
+        || (flags & watch::CGROUP != 0
+            && selected_cgroup().is_some_and(|id| ns::task_in_cgroup(cfg, task, id)));
+    new_task(&cur, flags, child, clone_flags, follow, &comm)
+}
+
+/// A watched process created a thread or a child: watch the thread, and the child when `follow`.
+#[inline(always)]
+fn new_task(
+    parent: &Current,
+    flags: u32,
+    child: Current,
+    clone_flags: u64,
+    follow: bool,
+    comm: &[u8; COMM_LEN],
+) -> Result<(), i64> {
+    let mut watched_child = 0;
+    let record_kind = if clone_flags & CLONE_THREAD != 0 {
+        WATCHED_TIDS.insert(&child.tid, &parent.tgid, 0)?;
+        kind::THREAD_START
+    } else {
+        if follow {
+            WATCHED_TGIDS.insert(&child.tgid, &flags, 0)?;
+            WATCHED_TIDS.insert(&child.tid, &child.tgid, 0)?;
+            watched_child = FORK_CHILD_WATCHED;
+        }
+        kind::PROCESS_FORK
+    };
+    let Some(mut entry) = reserve::<TaskRecord>(record_kind) else {
+        return Ok(());
+    };
+    let mut hdr = header(record_kind, parent.tgid, parent.tid);
+    hdr._reserved = watched_child;
+    entry.write(TaskRecord {
+        hdr,
+        other_tgid: child.tgid,
+        other_tid: child.tid,
+        flags: clone_flags,
+        comm: *comm,
+        comm2: [0; COMM_LEN],
+    });
+    entry.submit(0);
     Ok(())
 }
 
@@ -125,7 +208,7 @@ pub fn covobs_exit(ctx: TracePointContext) -> u32 {
 
 fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
-    let cur = current();
+    let cur = current(cfg).ok_or(0)?;
     if tid_watched(cur.tid).is_none() && tgid_watched(cur.tgid).is_none() {
         return Ok(());
     }
@@ -142,7 +225,7 @@ fn on_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let record_kind = if group_dead == 1 {
         let _ = WATCHED_TGIDS.remove(&cur.tgid);
-        let _ = crate::dumps::EXITING.remove(&cur.tgid);
+        let _ = crate::dumps::EXITING.remove(&kernel_current().tgid);
         kind::PROCESS_EXIT
     } else {
         kind::THREAD_EXIT
@@ -179,35 +262,87 @@ fn on_rename(ctx: &TracePointContext) -> Result<(), i64> {
     let mut new: [u8; COMM_LEN] = unsafe { ctx.read_at(usize::from(cfg.tp.rename_newcomm)) }?;
     normalize_comm(&mut old);
     normalize_comm(&mut new);
+    // This program runs only where covobs sees kernel ids (the initial PID namespace).
+    let cur = kernel_current();
+    let renamed_self = tid == cur.tid;
+    renamed(cfg, &cur, tid, renamed_self, &old, &new)
+}
 
-    let cur = current();
+/// `task_rename(struct task_struct *task, const char *comm)` as a raw tracepoint: the task (and
+/// so its ids in covobs' namespace) is at hand; its name is still the old one.
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn covobs_raw_rename(ctx: RawTracePointContext) -> u32 {
+    let _ = on_raw_rename(&ctx);
+    0
+}
+
+fn on_raw_rename(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let cfg = config().ok_or(0)?;
+    let task: u64 = ctx.arg(0);
+    let comm: u64 = ctx.arg(1);
+    let Some(ids) = ns::task_ids(cfg, task) else {
+        return Ok(());
+    };
+    let old = ns::task_comm(cfg, task);
+    let mut new = [0u8; COMM_LEN];
+    // SAFETY: the new name is a kernel string; the helper bounds the copy by COMM_LEN.
+    if unsafe {
+        bpf_probe_read_kernel_str(
+            new.as_mut_ptr().cast(),
+            COMM_LEN as u32,
+            comm as *const c_void,
+        )
+    } < 0
+    {
+        return Ok(());
+    }
+    normalize_comm(&mut new);
+    // SAFETY: helper without arguments.
+    let renamed_self = task == unsafe { bpf_get_current_task() };
+    let cur = Current {
+        tgid: ids.tgid,
+        tid: ids.tid,
+    };
+    renamed(cfg, &cur, ids.tid, renamed_self, &old, &new)
+}
+
+/// Thread `tid` took the name `new`; `cur` is the current task when `renamed_self`.
+#[inline(always)]
+fn renamed(
+    cfg: &Config,
+    cur: &Current,
+    tid: u32,
+    renamed_self: bool,
+    old: &[u8; COMM_LEN],
+    new: &[u8; COMM_LEN],
+) -> Result<(), i64> {
     let (tgid, newly_watched) = match tid_watched(tid) {
         Some(tgid) => (tgid, 0),
         // A process that renames its main thread to a watched name is picked up, like an exec
         // (exec's own rename is left to the exec hook, which follows it).
-        None if tid == cur.tid
+        None if renamed_self
             && cur.tid == cur.tgid
             && cur.tgid != cfg.self_tgid
             && !in_execve(cfg) =>
         {
-            if !comm_watched(&new) {
+            let Some(flags) = selects(new, ns::current_in_cgroup) else {
                 return Ok(());
-            }
-            WATCHED_TGIDS.insert(&cur.tgid, &watch::BY_NAME, 0)?;
+            };
+            WATCHED_TGIDS.insert(&cur.tgid, &flags, 0)?;
             WATCHED_TIDS.insert(&cur.tid, &cur.tgid, 0)?;
             (cur.tgid, 1)
         }
         None => return Ok(()),
     };
-    let renamed = crate::maps::Current { tgid, tid };
+    let renamed = Current { tgid, tid };
     emit_task(
         kind::THREAD_RENAME,
         &renamed,
         tgid,
         tid,
         newly_watched,
-        &old,
-        &new,
+        old,
+        new,
     );
     Ok(())
 }
@@ -215,7 +350,7 @@ fn on_rename(ctx: &TracePointContext) -> Result<(), i64> {
 #[inline(always)]
 fn emit_task(
     record_kind: u32,
-    task: &crate::maps::Current,
+    task: &Current,
     other_tgid: u32,
     other_tid: u32,
     flags: u64,
@@ -240,7 +375,7 @@ fn emit_task(
 /// exec renames the task before sched_process_exec fires, and that rename must not be taken for
 /// a prctl(PR_SET_NAME).
 #[inline(always)]
-fn in_execve(cfg: &covobs_common::Config) -> bool {
+fn in_execve(cfg: &Config) -> bool {
     let bit = cfg.kernel.task_in_execve_bit;
     if cfg.kernel.valid == 0 || bit == u32::MAX {
         return false;

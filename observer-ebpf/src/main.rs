@@ -5,11 +5,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod cgroups;
+#[cfg(target_arch = "bpf")]
 mod dumps;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod ns;
 #[cfg(target_arch = "bpf")]
 mod ocaml;
 #[cfg(target_arch = "bpf")]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use covobs_common::{COMM_LEN, Config, Header, kind};
+use covobs_common::{COMM_LEN, Config, Header, kind, select};
 
 /// Every record for userspace. Userspace sets the real size with `map_max_entries` before load.
 #[map]
@@ -27,21 +27,63 @@ pub static WATCHED_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0)
 #[map]
 pub static WATCH_COMMS: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(64, 0);
 
+/// What makes the kernel watch a process by itself besides a name: `covobs_common::select` slots.
+#[map]
+pub static SELECT: Array<u64> = Array::with_max_entries(select::LEN, 0);
+
 /// Records lost because the ring buffer was full, per CPU and per record kind.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::MAX, 0);
 
+/// A task's process and thread ids, in covobs' PID namespace.
 pub struct Current {
     pub tgid: u32,
     pub tid: u32,
 }
 
+/// The current task's ids in covobs' PID namespace; None when it cannot be seen from there (its
+/// events are dropped).
 #[inline(always)]
-pub fn current() -> Current {
+pub fn current(cfg: &Config) -> Option<Current> {
+    if cfg.ns.pidns_ino == 0 {
+        return Some(kernel_current());
+    }
+    crate::ns::current_ids(cfg)
+}
+
+/// The current task's ids as the kernel numbers it (initial PID namespace): keys of the maps
+/// that only the programs use, so the busiest paths pay no translation.
+#[inline(always)]
+pub fn kernel_current() -> Current {
     let pid_tgid = bpf_get_current_pid_tgid();
     Current {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
+    }
+}
+
+/// The selected cgroup's id, when a cgroup is selected.
+#[inline(always)]
+pub fn selected_cgroup() -> Option<u64> {
+    SELECT.get(select::CGROUP).copied().filter(|id| *id != 0)
+}
+
+/// Whether a process that is not watched yet should be, now that it has this name: by name, by
+/// cgroup, or both (`in_cgroup` is asked only when a cgroup is selected). Returns its watch flags.
+#[inline(always)]
+pub fn selects(comm: &[u8; COMM_LEN], in_cgroup: impl FnOnce(u64) -> bool) -> Option<u32> {
+    match selected_cgroup() {
+        None => comm_watched(comm).then_some(covobs_common::watch::BY_NAME),
+        Some(id) => {
+            if !in_cgroup(id) {
+                return None;
+            }
+            if SELECT.get(select::NAME_TOO).copied().unwrap_or(0) != 0 {
+                comm_watched(comm).then_some(covobs_common::watch::BY_NAME)
+            } else {
+                Some(covobs_common::watch::CGROUP)
+            }
+        }
     }
 }
 

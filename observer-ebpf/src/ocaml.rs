@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use covobs_common::{OcamlHits, SignalRequest, SignalSentRecord, kind};
 
-use crate::maps::{current, header, reserve, tgid_watched};
+use crate::maps::{config, current, header, reserve, tgid_watched};
 
-/// tid -> hits of the OCaml runtime probes.
+/// tid (in covobs' PID namespace, as userspace reads it) -> hits of the OCaml runtime probes.
 #[map]
 pub static OCAML_HITS: HashMap<u32, OcamlHits> = HashMap::with_max_entries(16384, 0);
 
@@ -22,7 +22,9 @@ pub static SEND_SIGNAL: HashMap<u32, SignalRequest> = HashMap::with_max_entries(
 
 #[uprobe]
 pub fn covobs_ocaml_hit(_ctx: ProbeContext) -> u32 {
-    let cur = current();
+    let Some(cur) = config().and_then(current) else {
+        return 0;
+    };
     if tgid_watched(cur.tgid).is_none() {
         return 0;
     }

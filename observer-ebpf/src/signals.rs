@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use covobs_common::{SignalRecord, kind};
 
-use crate::maps::{config, current, header, normalize_comm, reserve, tgid_watched, tid_watched};
+use crate::{
+    maps::{Current, config, current, header, normalize_comm, reserve, tgid_watched, tid_watched},
+    ns,
+};
 
 /// `signal:signal_generate`, in the sender's context; the target is named by tid.
 #[tracepoint]
@@ -17,6 +20,11 @@ pub fn covobs_signal_generate(ctx: TracePointContext) -> u32 {
 
 fn on_generate(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
+    // The tracepoint names the receiver by its kernel id: only usable where covobs' ids are the
+    // kernel's (userspace attaches the raw program in a PID namespace).
+    if cfg.ns.pidns_ino != 0 {
+        return Ok(());
+    }
     // SAFETY: offsets from the format file, helper-checked reads.
     let target = unsafe { ctx.read_at::<i32>(usize::from(cfg.tp.gen_pid)) }? as u32;
     let Some(target_tgid) = tid_watched(target) else {
@@ -27,7 +35,7 @@ fn on_generate(ctx: &TracePointContext) -> Result<(), i64> {
     if !cfg.reports_signal(sig as u64) {
         return Ok(());
     }
-    let cur = current();
+    let cur = current(cfg).ok_or(0)?;
     let mut comm = bpf_get_current_comm()?;
     normalize_comm(&mut comm);
     // SAFETY: as above.
@@ -70,7 +78,7 @@ pub fn covobs_signal_deliver(ctx: TracePointContext) -> u32 {
 
 fn on_deliver(ctx: &TracePointContext) -> Result<(), i64> {
     let cfg = config().ok_or(0)?;
-    let cur = current();
+    let cur = current(cfg).ok_or(0)?;
     if tgid_watched(cur.tgid).is_none() {
         return Ok(());
     }
@@ -144,11 +152,20 @@ pub fn covobs_raw_signal_generate(ctx: RawTracePointContext) -> u32 {
         return 0;
     }
     let task: u64 = ctx.arg(2);
-    let target = read_i32(task + u64::from(cfg.kernel.task_pid)) as u32;
+    // The receiver's id in covobs' namespace; a task covobs cannot see is never watched.
+    let target = if cfg.ns.pidns_ino == 0 {
+        read_i32(task + u64::from(cfg.kernel.task_pid)) as u32
+    } else {
+        match ns::task_ids(cfg, task) {
+            Some(ids) => ids.tid,
+            None => return 0,
+        }
+    };
     let Some(target_tgid) = tid_watched(target) else {
         return 0;
     };
-    let cur = current();
+    // A sender outside covobs' namespace (the host, another container) has no id here: 0.
+    let cur = current(cfg).unwrap_or(Current { tgid: 0, tid: 0 });
     let Ok(mut comm) = bpf_get_current_comm() else {
         return 0;
     };
@@ -180,11 +197,11 @@ pub fn covobs_raw_signal_generate(ctx: RawTracePointContext) -> u32 {
 /// `signal_deliver(int sig, struct kernel_siginfo *info, struct k_sigaction *ka)`, raw.
 #[raw_tracepoint(tracepoint = "signal_deliver")]
 pub fn covobs_raw_signal_deliver(ctx: RawTracePointContext) -> u32 {
-    let cur = current();
+    let Some(cfg) = config() else { return 0 };
+    let Some(cur) = current(cfg) else { return 0 };
     if tgid_watched(cur.tgid).is_none() {
         return 0;
     }
-    let Some(cfg) = config() else { return 0 };
     let sig: u64 = ctx.arg(0);
     if !cfg.reports_signal(sig) {
         return 0;

@@ -13,7 +13,7 @@ use covobs_common::{Config, FileIdentity, FileOpenRecord, FileWriteRecord, PATH_
 
 use crate::{
     dumps::in_dump,
-    maps::{config, current, header, reserve},
+    maps::{config, current, header, kernel_current, reserve},
 };
 
 /// The inode behind a `struct file *`, and a position.
@@ -45,11 +45,11 @@ fn identify_file(cfg: &Config, file: u64, pos: i64) -> FileIdentity {
 /// offset after the bytes written (write(2) and pwrite64(2) both come through here).
 #[fexit(function = "vfs_write")]
 pub fn covobs_vfs_write(ctx: FExitContext) -> u32 {
-    let cur = current();
-    let Some(dump) = in_dump(cur.tid) else {
+    let Some(dump) = in_dump(kernel_current().tid) else {
         return 0;
     };
     let Some(cfg) = config() else { return 0 };
+    let Some(cur) = current(cfg) else { return 0 };
     let file: u64 = ctx.arg(0);
     let pos_ptr: u64 = ctx.arg(3);
     let ret: i64 = ctx.arg(4);
@@ -75,11 +75,11 @@ pub fn covobs_vfs_write(ctx: FExitContext) -> u32 {
 /// `struct file *` (or an error pointer): the path as the program gave it, and the inode.
 #[fexit(function = "do_filp_open")]
 pub fn covobs_filp_open(ctx: FExitContext) -> u32 {
-    let cur = current();
-    let Some(dump) = in_dump(cur.tid) else {
+    let Some(dump) = in_dump(kernel_current().tid) else {
         return 0;
     };
     let Some(cfg) = config() else { return 0 };
+    let Some(cur) = current(cfg) else { return 0 };
     let dfd: i32 = ctx.arg(0);
     let filename: u64 = ctx.arg(1);
     let file: u64 = ctx.arg(3);

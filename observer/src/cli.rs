@@ -107,14 +107,19 @@ pub struct DumpArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 pub struct TargetArgs {
-    /// The process to observe.
-    #[arg(long)]
+    /// The process to observe (its id in covobs' PID namespace).
+    #[arg(long, conflicts_with_all = ["name", "cgroup"])]
     pub pid: Option<i32>,
     /// Every process with this name (as `pgrep -x`), including ones that start later.
     #[arg(long)]
     pub name: Option<String>,
+    /// Every process in this cgroup v2 or below it (a container), including ones that start or
+    /// are moved there later: a directory of the cgroup2 mount, or a path as /proc/PID/cgroup
+    /// shows it. With --name, only the processes of the cgroup that have that name.
+    #[arg(long)]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Args, Debug)]

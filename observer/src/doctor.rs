@@ -81,6 +81,7 @@ pub fn run() -> Report {
         }
     };
     checks.push(btf());
+    checks.push(pid_namespace());
     let tracefs_root = match tracefs::root() {
         Ok(root) => {
             checks.push(check("tracefs", Status::Ok, root.display().to_string()));
@@ -161,6 +162,46 @@ fn privileges() -> Vec<Check> {
         out.push(ch);
     }
     out
+}
+
+/// covobs' PID namespace: the initial one (kernel ids as they are), or a container's, where the
+/// programs translate every id and need BTF for it.
+fn pid_namespace() -> Check {
+    use crate::target::PidNs;
+    match PidNs::own() {
+        Ok(ns) if ns.initial => check(
+            "PID namespace",
+            Status::Ok,
+            "the initial one: ids are the kernel's",
+        ),
+        Ok(ns) => {
+            let offsets = crate::probes::btf::load()
+                .map(|btf| crate::probes::namespaces::offsets(&btf, ns).flags)
+                .unwrap_or(0);
+            if offsets & covobs_common::ns_flags::PID != 0 {
+                check(
+                    "PID namespace",
+                    Status::Ok,
+                    format!(
+                        "a container's (inode {}): every id is given as this namespace sees it; processes outside it are not visible",
+                        ns.inode
+                    ),
+                )
+            } else {
+                check(
+                    "PID namespace",
+                    Status::Fail,
+                    format!(
+                        "a container's (inode {}), and without kernel BTF ids cannot be translated into it",
+                        ns.inode
+                    ),
+                )
+                .fix("use a kernel with CONFIG_DEBUG_INFO_BTF=y, or run covobs in the host's PID namespace (hostPID)")
+            }
+        }
+        Err(e) => check("PID namespace", Status::Fail, e.to_string())
+            .fix("mount a proc for covobs' own PID namespace at /proc"),
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {

@@ -19,7 +19,7 @@ pub struct Event {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Body {
-    /// covobs started watching a process (`reason`: pid, name, exec, rename, fork).
+    /// covobs started watching a process (`reason`: pid, name, cgroup, exec, rename, fork).
     Target {
         comm: String,
         exe: Option<String>,
@@ -55,6 +55,15 @@ pub enum Body {
     ThreadRename {
         old_name: String,
         name: String,
+    },
+    /// A process was moved into the selected cgroup (`entered`: it becomes a target) or a target
+    /// was moved out of it (it is no longer triggered, and is let go once the dumps covobs asked
+    /// it for are collected).
+    CgroupMove {
+        comm: String,
+        entered: bool,
+        /// The selected cgroup (its path in the hierarchy).
+        cgroup: String,
     },
     /// A signal was queued for thread `tid` of `pid`, sent by `sender_pid`/`sender_tid`.
     SignalGenerate {
@@ -170,6 +179,7 @@ impl Event {
             Body::ThreadStart { .. } => "thread_start",
             Body::ThreadExit { .. } => "thread_exit",
             Body::ThreadRename { .. } => "thread_rename",
+            Body::CgroupMove { .. } => "cgroup_move",
             Body::SignalGenerate { .. } => "signal_generate",
             Body::SignalDeliver { .. } => "signal_deliver",
             Body::Lost { .. } => "lost",

@@ -7,7 +7,7 @@ use covobs::{
     BadInput, attach,
     cli::{Cli, Command, TargetArgs},
     doctor,
-    target::{NamePattern, TargetSpec},
+    target::{Cgroup, NamePattern, TargetSpec},
     watch,
 };
 
@@ -110,6 +110,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             let what = match target_spec(&args.target)? {
                 TargetSpec::Pid(p) => attach::control::DumpRequest::Pid(p),
                 TargetSpec::Name(n) => attach::control::DumpRequest::Name(n.as_str().to_owned()),
+                TargetSpec::Cgroup { .. } => {
+                    return Err(BadInput(
+                        "covobs dump takes --pid or --name (of a process the attach watches)"
+                            .into(),
+                    )
+                    .into());
+                }
             };
             let response = attach::control::request_dump(what, args.timeout)
                 .await
@@ -138,12 +145,20 @@ async fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn target_spec(args: &TargetArgs) -> Result<TargetSpec, BadInput> {
-    match (&args.pid, &args.name) {
-        (Some(pid), _) => Ok(TargetSpec::Pid(*pid)),
-        (None, Some(name)) => NamePattern::new(name)
-            .map(TargetSpec::Name)
-            .map_err(|e| BadInput(e.to_string())),
-        (None, None) => Err(BadInput("give --pid or --name".into())),
+    let name = args
+        .name
+        .as_deref()
+        .map(NamePattern::new)
+        .transpose()
+        .map_err(|e| BadInput(e.to_string()))?;
+    match (&args.pid, name, &args.cgroup) {
+        (Some(pid), _, _) => Ok(TargetSpec::Pid(*pid)),
+        (None, name, Some(cgroup)) => Ok(TargetSpec::Cgroup {
+            cgroup: Cgroup::resolve(cgroup).map_err(|e| BadInput(e.to_string()))?,
+            name,
+        }),
+        (None, Some(name), None) => Ok(TargetSpec::Name(name)),
+        (None, None, None) => Err(BadInput("give --pid, --name or --cgroup".into())),
     }
 }
 

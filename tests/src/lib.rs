@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod ns;
+
 /// Fail the test unless it runs as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -117,8 +119,14 @@ pub struct Covobs {
 
 impl Covobs {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(covobs_bin())
-            .args(args)
+        let mut cmd = Command::new(covobs_bin());
+        cmd.args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Run covobs through a command of the test's own (in a namespace, from another directory).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

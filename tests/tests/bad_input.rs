@@ -107,6 +107,32 @@ fn a_pid_that_does_not_exist() {
 }
 
 #[test]
+fn a_target_that_exited_is_refused_and_nothing_is_left_behind() {
+    require_root();
+    // Exited but not reaped yet: /proc still lists it, as it does for a target that exits while
+    // covobs attaches.
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "true did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let tmp = TempDir::new("zombie");
+    let dir = tmp.path().join("out");
+    let pid_s = pid.to_string();
+    for args in [
+        vec!["watch", "--pid", &pid_s],
+        vec!["attach", "--pid", &pid_s, "--out", dir.to_str().unwrap()],
+    ] {
+        let out = run(covobs(&args));
+        assert_one_line_error(&out, 2, &format!("process {pid} has exited"));
+        assert!(!dir.exists());
+    }
+    child.wait().expect("reap");
+}
+
+#[test]
 fn a_kernel_thread_is_not_a_target() {
     require_root();
     // kthreadd is pid 2 in the initial PID namespace.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod fixtures;
+mod static_build;
 mod vm;
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
+    /// Build covobs statically linked (musl): the binary of the container image.
+    Static,
     /// Run covobs on the bundled demo workload and write a report.
     Demo,
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach).
@@ -55,11 +58,13 @@ fn main() -> Result<()> {
         Task::Fixtures => fixtures::build_all(),
         Task::Test { cargo_args } => {
             fixtures::build_all()?;
+            static_build::build()?;
             run(Command::new(env!("CARGO"))
                 .args(["test", "--workspace"])
                 .args(&cargo_args))?;
             vm::vm_test(&vm::VmArgs::default(), Vec::new())
         }
+        Task::Static => static_build::build().map(drop),
         Task::Demo => demo::run(),
         Task::Bench { which } => {
             fixtures::build_all()?;

@@ -157,6 +157,8 @@ impl Session {
         let dumpable = state.dumpable.clone();
         self.history.push(serde_json::json!({
             "pid": pid,
+            // What the process calls itself in its own PID namespace (1 in many containers).
+            "pid_in_own_namespace": crate::target::pidns::own_pid(pid),
             "comm": comm,
             "exe": self.tracker.get(pid).and_then(|t| t.process.exe.clone()),
             // Where relative names the target writes start from (bisect_ppx's sources, for the

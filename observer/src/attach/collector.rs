@@ -54,7 +54,8 @@ pub(super) async fn target_collector(
     while let Some(job) = jobs.recv().await {
         let job_root = root.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let r = collect::extract(&job.done, &job_root, &mut sources);
+            let root = job.done.dump.root.as_ref().unwrap_or(&job_root);
+            let r = collect::extract(&job.done, root, &mut sources);
             (r, sources, job)
         })
         .await;

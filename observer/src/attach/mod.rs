@@ -20,6 +20,7 @@ mod adopt;
 mod collector;
 pub mod control;
 mod delivery;
+mod leave;
 pub mod progress;
 pub mod session;
 pub mod targets;
@@ -85,7 +86,7 @@ pub fn default_out_dir() -> PathBuf {
     // SAFETY: gmtime_r writes into a valid, zeroed tm struct.
     let tm = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
-        let t = secs as libc::time_t;
+        let t: i64 = secs as i64;
         libc::gmtime_r(&t, &mut tm);
         tm
     };
@@ -128,13 +129,21 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
         classify(e, bad)
     })?;
 
-    if initial.is_empty()
-        && let Some(pattern) = tracker.pattern()
-    {
-        eprintln!(
-            "covobs: no process named {:?} yet; waiting for one",
-            pattern.as_str()
-        );
+    if initial.is_empty() {
+        match (tracker.pattern(), tracker.spec().cgroup()) {
+            (Some(pattern), None) => eprintln!(
+                "covobs: no process named {:?} yet; waiting for one",
+                pattern.as_str()
+            ),
+            (pattern, Some(cgroup)) => eprintln!(
+                "covobs: no process{} in cgroup {} yet; waiting for one",
+                pattern
+                    .map(|p| format!(" named {:?}", p.as_str()))
+                    .unwrap_or_default(),
+                cgroup.path
+            ),
+            (None, None) => {}
+        }
     }
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -225,7 +234,15 @@ async fn drive(
         if session.needs_ocaml_thread(pid) {
             session.wait_for_ocaml_thread(pid, OCAML_WAIT).await;
         }
-        if dumpable.is_empty() {
+        let gone = session
+            .tracker
+            .get(pid)
+            .is_some_and(|t| !t.process.is_alive());
+        if gone {
+            refusals.push(format!(
+                "process {pid} ({comm}) exited while covobs was attaching"
+            ));
+        } else if dumpable.is_empty() {
             refusals.push(format!(
                 "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
             ));
@@ -277,6 +294,7 @@ async fn drive(
             _ = tick.tick() => {
                 session.update_ocaml().await;
                 session.expire().await;
+                session.release_left();
                 drops.report(&session.probes, &session.sender()).await;
                 session.counters.ring_buffer_drops = drops.total;
                 progress.update(session);
@@ -374,6 +392,7 @@ async fn finish(
 ) -> anyhow::Result<()> {
     let programs = session.probes.programs().to_vec();
     let file_tracking = session.probes.file_tracking;
+    let pidns = session.probes.pidns;
     let opts = session.opts.clone();
     let counters = session.counters.clone();
     let history = std::mem::take(&mut session.history);
@@ -399,6 +418,7 @@ async fn finish(
             "file_tracking_policy": opts.file_tracking,
         },
         "file_tracking": file_tracking,
+        "pid_namespace": pidns,
         "targets": history,
         "programs": programs,
         "counters": {

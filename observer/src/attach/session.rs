@@ -356,6 +356,7 @@ impl Session {
             start_ns: ts,
             trigger,
             cwd: TargetDir::open(pid as i32, "cwd").ok(),
+            root: TargetDir::open(pid as i32, "root").ok(),
             files: Vec::new(),
         });
     }

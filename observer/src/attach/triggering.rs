@@ -51,6 +51,11 @@ impl Session {
             Some(s) => (s.dumpable.clone(), self.thread_ids(pid)),
             None => return Err(format!("process {pid} is not attached")),
         };
+        if self.has_left(pid) {
+            return Err(format!(
+                "process {pid} was moved out of the selected cgroup: no longer a target"
+            ));
+        }
         if dumpable.is_empty() {
             return Err(format!(
                 "process {pid} has no dump function covobs can trigger"
@@ -201,7 +206,12 @@ impl Session {
     }
 
     pub async fn trigger_all(&mut self, reason: &'static str) {
-        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        let pids: Vec<u32> = self
+            .targets
+            .keys()
+            .copied()
+            .filter(|pid| !self.has_left(*pid))
+            .collect();
         for pid in pids {
             if let Err(e) = self.trigger(pid, reason, None).await {
                 tracing::warn!("{e}");

@@ -66,7 +66,8 @@ pub fn expand(
     }
 }
 
-/// The profile file pattern of a process: LLVM_PROFILE_FILE from /proc/PID/environ, else the
+/// The profile file pattern of process `pid` (in covobs' PID namespace): LLVM_PROFILE_FILE from
+/// /proc/PID/environ, else the
 /// default of the producing compiler (rustc: `default_%m_%p.profraw`, clang: `default.profraw`).
 pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
     let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -86,11 +87,17 @@ pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
                 "default.profraw".to_owned()
             }
         });
-    let hostname = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
-    expand(&pattern, pid, &hostname, var("TMPDIR").as_deref(), build_id)
+    // %p and %h are what the target itself sees: its id in its own PID namespace (a process in
+    // a container is often 1 there) and its UTS namespace's host name.
+    let own_pid = crate::target::pidns::own_pid(pid).unwrap_or(pid);
+    let hostname = crate::target::pidns::hostname_of(pid).unwrap_or_default();
+    expand(
+        &pattern,
+        own_pid,
+        &hostname,
+        var("TMPDIR").as_deref(),
+        build_id,
+    )
 }
 
 /// Where the next dump of a target will land in the profile file its environment names: covobs

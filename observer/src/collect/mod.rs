@@ -67,6 +67,9 @@ pub struct ActiveDump {
     pub start_ns: u64,
     pub trigger: Trigger,
     pub cwd: Option<TargetDir>,
+    /// The target's root when the dump started: a target that changed its root since covobs
+    /// attached (chroot, pivot_root in a new mount namespace) writes into the new one.
+    pub root: Option<TargetDir>,
     pub files: Vec<FileTrace>,
 }
 

@@ -4,7 +4,7 @@
 //! build-id), not per process: a restarted daemon costs nothing to rescan.
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -137,10 +137,10 @@ impl Discovery {
         if info.symbol_source != "symtab"
             && let Some(debug_file) = find_debug_file(pid, &info)
         {
-            match elf::read(&debug_file) {
+            match elf::read(&debug_file.open_path()) {
                 Ok(d) if d.build_id == info.build_id => info.adopt_debug_symbols(&d),
-                Ok(_) => tracing::debug!("{}: build-id differs, ignored", debug_file.display()),
-                Err(e) => tracing::debug!("{}: {e}", debug_file.display()),
+                Ok(_) => tracing::debug!("{}: build-id differs, ignored", debug_file.path),
+                Err(e) => tracing::debug!("{}: {e}", debug_file.path),
             }
         }
         let module = Arc::new(describe(id, &mapping.path, info));
@@ -193,26 +193,44 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
 }
 
 /// A separate debug file for a stripped module, looked up inside the target's root the way gdb
-/// does: /usr/lib/debug/.build-id/ab/cdef....debug, then the .gnu_debuglink name.
-fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<PathBuf> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
+/// does: /usr/lib/debug/.build-id/ab/cdef....debug, then the .gnu_debuglink name. Opened with
+/// every symlink resolved inside that root (never in covobs' own filesystem view).
+fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<DebugFile> {
+    let root = crate::collect::TargetDir::open(pid, "root").ok()?;
+    let mut candidates = Vec::new();
     if let Some(id) = &info.build_id
         && id.len() > 2
     {
-        let p = root.join(format!(
-            "usr/lib/debug/.build-id/{}/{}.debug",
+        candidates.push(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
             &id[..2],
             &id[2..]
         ));
-        if p.is_file() {
-            return Some(p);
-        }
     }
-    let link = info.debuglink.as_deref()?;
-    let p = root.join("usr/lib/debug").join(link);
-    p.is_file().then_some(p).filter(|p| is_inside(p, &root))
+    if let Some(link) = info.debuglink.as_deref()
+        && !link.contains('/')
+    {
+        candidates.push(format!("/usr/lib/debug/{link}"));
+    }
+    candidates.into_iter().find_map(|path| {
+        let file = crate::collect::read::open_in_target(&root, None, &path).ok()?;
+        file.metadata()
+            .is_ok_and(|m| m.is_file())
+            .then_some(DebugFile { file, path })
+    })
 }
 
-fn is_inside(path: &Path, root: &Path) -> bool {
-    path.starts_with(root)
+/// A debug file opened inside a target's root.
+struct DebugFile {
+    file: std::fs::File,
+    /// As the target names it.
+    path: String,
+}
+
+impl DebugFile {
+    /// A path that opens this very file (through covobs' own descriptor).
+    fn open_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
 }

@@ -15,10 +15,17 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
 }
 
+/// This kernel's BTF (parsed once: it is a few megabytes).
+pub fn load() -> Result<Btf, BtfError> {
+    Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| BtfError::Unavailable(e.to_string()))
+}
+
 pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file("/sys/kernel/btf/vmlinux")
-        .map_err(|e| BtfError::Unavailable(e.to_string()))?;
-    let off = |s: &str, m: &str| member_offset(&btf, s, m);
+    kernel_offsets_in(&load()?)
+}
+
+pub fn kernel_offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let off = |s: &str, m: &str| member_offset(btf, s, m);
     Ok(KernelOffsets {
         task_files: off("task_struct", "files")?,
         files_fdt: off("files_struct", "fdt")?,
@@ -30,8 +37,8 @@ pub fn kernel_offsets() -> Result<KernelOffsets, BtfError> {
         inode_i_sb: off("inode", "i_sb")?,
         sb_s_dev: off("super_block", "s_dev")?,
         valid: 1,
-        task_in_execve_bit: member_bit_offset(&btf, "task_struct", "in_execve").unwrap_or(u32::MAX),
-        ..signal_offsets(&btf).unwrap_or_default()
+        task_in_execve_bit: member_bit_offset(btf, "task_struct", "in_execve").unwrap_or(u32::MAX),
+        ..signal_offsets(btf).unwrap_or_default()
     })
 }
 
@@ -104,6 +111,18 @@ fn find_in(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
         }
     }
     None
+}
+
+/// Size in bytes of a struct.
+pub fn struct_size(btf: &Btf, strukt: &str) -> Result<u32, BtfError> {
+    btf.resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.to_owned()))?
+        .iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s.size() as u32),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))
 }
 
 /// The struct or union type of an (anonymous) member, through typedefs and qualifiers.

@@ -17,9 +17,11 @@ use crate::sys::{
 };
 
 pub mod btf;
+pub mod namespaces;
 pub mod offsets;
 pub mod reader;
 pub mod records;
+pub mod test_run;
 
 pub use reader::EventReader;
 
@@ -54,12 +56,22 @@ pub enum ProbeError {
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error(transparent)]
+    PidNs(#[from] crate::target::pidns::PidNsError),
+    #[error(
+        "covobs runs in a PID namespace of its own; giving ids in it needs what this kernel lacks: {0}"
+    )]
+    NamespaceUnsupported(String),
 }
 
 impl ProbeError {
     /// A kernel or privilege that cannot do what covobs needs: the user must change something.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Self::Bpf(_) | Self::Tracefs(_))
+        match self {
+            Self::Bpf(_) | Self::Tracefs(_) | Self::NamespaceUnsupported(_) => true,
+            Self::PidNs(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
 }
 
@@ -78,6 +90,14 @@ pub struct Probes {
     selftest: Array<MapData, u64>,
     ocaml_hits: HashMap<MapData, u32, OcamlHits>,
     send_signal: HashMap<MapData, u32, SignalRequest>,
+    select: Array<MapData, u64>,
+    /// Held for the programs loaded later (uprobes): their map references are fds of this
+    /// process, and a dropped map's fd would be closed under them.
+    _config: Array<MapData, Config>,
+    /// covobs' PID namespace: every id in the records is in it.
+    pub pidns: crate::target::PidNs,
+    /// `covobs_common::ns_flags` of the offsets the programs got.
+    ns_flags: u32,
     programs: Vec<LoadedProgram>,
     /// How the files a dumping thread writes are followed.
     pub file_tracking: FileTracking,
@@ -86,8 +106,14 @@ pub struct Probes {
     /// The thread detaching the previous window's links, while it runs.
     detaching: Option<std::thread::JoinHandle<()>>,
     /// Uprobes attached so far: (program, file, offset, pid), so each is attached once.
-    uprobe_links: Vec<(&'static str, std::path::PathBuf, u64, Option<u32>)>,
+    /// Keyed by the file's identity (device, inode), not its path: two processes of one binary
+    /// name it by two /proc/PID/map_files paths, and a second uprobe on the same inode would
+    /// report every dump twice.
+    uprobe_links: Vec<UprobeLink>,
 }
+
+/// One uprobe attached: (program, file (device, inode), file offset, process or all).
+type UprobeLink = (&'static str, (u64, u64), u64, Option<u32>);
 
 /// A program covobs loaded: name and kernel id (for leak checks and `session.json`).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -150,16 +176,36 @@ impl Probes {
     /// tracepoints. Nothing is watched until `watch_process` or `watch_name`.
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
         bpf::probe()?;
+        let pidns = crate::target::PidNs::own()?;
         let tracefs = tracefs::root()?;
         let self_tgid = std::process::id();
         let mut config = offsets::config(&tracefs, self_tgid)?;
         config.signal_mask = opts.signal_mask;
-        match btf::kernel_offsets() {
-            Ok(k) => config.kernel = k,
+        match btf::load() {
+            Ok(btf) => {
+                match btf::kernel_offsets_in(&btf) {
+                    Ok(k) => config.kernel = k,
+                    Err(e) => tracing::warn!(
+                        "{e}: files written by dumps are identified by path only, not by inode"
+                    ),
+                }
+                config.ns = namespaces::offsets(&btf, pidns);
+            }
             Err(e) => tracing::warn!(
                 "{e}: files written by dumps are identified by path only, not by inode"
             ),
         }
+        // Outside the initial PID namespace every id the programs report is translated: that
+        // needs the task offsets and the raw tracepoints that hand over task pointers.
+        let raw_lifecycle =
+            config.kernel.signals_valid != 0 && config.ns.flags & covobs_common::ns_flags::PID != 0;
+        if !pidns.initial && !raw_lifecycle {
+            return Err(ProbeError::NamespaceUnsupported(
+                "kernel BTF with task_struct, pid and pid_namespace (/sys/kernel/btf/vmlinux)"
+                    .into(),
+            ));
+        }
+        config.ns.pidns_ino = pidns.config_inode();
         raise_memlock();
 
         // aya-log level 0 turns every log statement in the programs into a cheap no-op.
@@ -186,6 +232,7 @@ impl Probes {
         let selftest = take(&mut ebpf, "SELFTEST")?;
         let ocaml_hits = take(&mut ebpf, "OCAML_HITS")?;
         let send_signal = take(&mut ebpf, "SEND_SIGNAL")?;
+        let select = take(&mut ebpf, "SELECT")?;
 
         let mut probes = Self {
             ebpf,
@@ -197,6 +244,10 @@ impl Probes {
             selftest,
             ocaml_hits,
             send_signal,
+            select,
+            _config: config_map,
+            pidns,
+            ns_flags: config.ns.flags,
             programs: Vec::new(),
             file_tracking: FileTracking::Off,
             file_links: Vec::new(),
@@ -213,8 +264,34 @@ impl Probes {
                     }
                 }
             });
+        if !probes.pidns.initial {
+            let level = probes.learn_pidns_level()?;
+            probes.pidns.level = Some(level);
+        }
+        if !pidns.initial && !raw_signals {
+            return Err(ProbeError::NamespaceUnsupported(
+                "raw tracepoints on signal_generate and signal_deliver".into(),
+            ));
+        }
+        // Thread creation and renames through raw tracepoints too where BTF allows: they hand
+        // over the task, so its ids in covobs' namespace and its cgroup can be read.
+        let raw_tasks = raw_lifecycle
+            && offsets::RAW_TASK_TRACEPOINTS.iter().all(|(program, tp)| {
+                match probes.attach_raw_tracepoint(program, tp) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!("{e}: tasks followed by perf tracepoints");
+                        false
+                    }
+                }
+            });
+        if !pidns.initial && !raw_tasks {
+            return Err(ProbeError::NamespaceUnsupported(
+                "raw tracepoints on task_newtask and task_rename".into(),
+            ));
+        }
         for (program, category, name) in offsets::TRACEPOINTS {
-            if raw_signals && category == "signal" {
+            if (raw_signals && category == "signal") || (raw_tasks && category == "task") {
                 continue;
             }
             probes.attach_tracepoint(program, category, name)?;
@@ -377,6 +454,52 @@ impl Probes {
         Ok(())
     }
 
+    /// The level of covobs' PID namespace, learnt by a program run once in covobs' own context;
+    /// the programs need it to give ids there.
+    fn learn_pidns_level(&mut self) -> Result<u32, ProbeError> {
+        use std::os::fd::AsFd as _;
+        let program = "covobs_pidns_level";
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut aya::programs::RawTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing(program))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        let checked = test_run::run_raw_tracepoint(prog.fd().map_err(perr)?.as_fd());
+        let id = prog.info().map_err(perr)?.id();
+        self.programs.push(LoadedProgram {
+            name: program.to_owned(),
+            id,
+        });
+        match checked {
+            Ok(0) => {}
+            Ok(code) => {
+                return Err(ProbeError::NamespaceUnsupported(format!(
+                    "the kernel's task structures as BTF describes them (check {code} failed)"
+                )));
+            }
+            Err(e) => {
+                return Err(ProbeError::NamespaceUnsupported(format!(
+                    "running a program in covobs' own context (BPF_PROG_TEST_RUN, Linux 5.10): {e}"
+                )));
+            }
+        }
+        let map = self
+            .ebpf
+            .map("PIDNS_LEVEL")
+            .ok_or(ProbeError::Missing("PIDNS_LEVEL"))?;
+        let levels: Array<_, u32> = Array::try_from(map).map_err(map_err("PIDNS_LEVEL"))?;
+        let stored = levels.get(&0, 0).map_err(map_err("PIDNS_LEVEL"))?;
+        stored
+            .checked_sub(1)
+            .ok_or(ProbeError::Missing("the PID namespace's level"))
+    }
+
     fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), ProbeError> {
         let perr = |source| ProbeError::Program {
             name: program.to_owned(),
@@ -475,6 +598,25 @@ impl Probes {
     /// Forget a thread that exited (the kernel does this itself; used where it cannot know).
     pub fn forget_thread(&mut self, tid: u32) {
         let _ = self.tids.remove(&tid);
+    }
+
+    /// Watch every process in cgroup `id` (or below it) that execs, renames itself or is moved
+    /// there from now on; with `name_too`, only those with a watched name.
+    pub fn select_cgroup(&mut self, id: u64, name_too: bool) -> Result<(), ProbeError> {
+        use covobs_common::select;
+        self.select
+            .set(select::NAME_TOO, &u64::from(name_too), 0)
+            .map_err(map_err("SELECT"))?;
+        self.select
+            .set(select::CGROUP, &id, 0)
+            .map_err(map_err("SELECT"))?;
+        if self.ns_flags & covobs_common::ns_flags::CGROUP == 0 {
+            tracing::warn!(
+                "this kernel's BTF lacks the cgroup structures: processes moved into the cgroup are picked up at their next exec only"
+            );
+            return Ok(());
+        }
+        self.attach_raw_tracepoint("covobs_cgroup_attach", "cgroup_attach_task")
     }
 
     /// Start watching every process that takes this name later (exec, or prctl on its main thread).
@@ -589,17 +731,27 @@ impl Probes {
         cookie: u64,
         pid: Option<u32>,
     ) -> Result<(), ProbeError> {
-        if self
-            .uprobe_links
-            .iter()
-            .any(|(p, f, o, q)| *p == program && f == file && *o == file_offset && *q == pid)
-        {
-            return Ok(());
-        }
         let perr = |source| ProbeError::Program {
             name: program.to_owned(),
             source,
         };
+        let identity = {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(file).map_err(|e| {
+                perr(aya::programs::ProgramError::IOError(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", file.display()),
+                )))
+            })?;
+            (meta.dev(), meta.ino())
+        };
+        if self
+            .uprobe_links
+            .iter()
+            .any(|(p, f, o, q)| *p == program && *f == identity && *o == file_offset && *q == pid)
+        {
+            return Ok(());
+        }
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(program)
@@ -624,7 +776,7 @@ impl Probes {
         };
         prog.attach([point], file, scope).map_err(perr)?;
         self.uprobe_links
-            .push((program, file.to_path_buf(), file_offset, pid));
+            .push((program, identity, file_offset, pid));
         Ok(())
     }
 

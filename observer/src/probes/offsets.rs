@@ -23,6 +23,13 @@ pub const RAW_SIGNAL_TRACEPOINTS: [(&str, &str); 2] = [
     ("covobs_raw_signal_deliver", "signal_deliver"),
 ];
 
+/// Where BTF gives the task offsets, these replace the two `task` tracepoints above: they hand
+/// the task itself over (its ids in covobs' PID namespace, its name, its cgroup).
+pub const RAW_TASK_TRACEPOINTS: [(&str, &str); 2] = [
+    ("covobs_raw_newtask", "task_newtask"),
+    ("covobs_raw_rename", "task_rename"),
+];
+
 /// Kernel functions followed with BPF trampolines (fexit): (program, function).
 pub const FILE_TRAMPOLINES: [(&str, &str); 2] = [
     ("covobs_vfs_write", "vfs_write"),
@@ -90,6 +97,7 @@ pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
         flags,
         signal_mask: 0,
         kernel: Default::default(),
+        ns: Default::default(),
         tp: TracepointOffsets {
             exec_filename: exec.offset("filename")?,
             exec_pid: exec.offset("pid")?,

@@ -173,6 +173,7 @@ fn decode_event(hdr: Header, bytes: &[u8]) -> Result<Decoded, RecordError> {
         }
         kind::PROCESS_FORK => {
             let r: TaskRecord = read(bytes, hdr.kind)?;
+            newly_watched = hdr._reserved & covobs_common::FORK_CHILD_WATCHED != 0;
             let body = Body::ProcessFork {
                 child_pid: r.other_tgid,
                 comm: comm(&r.comm),
@@ -199,6 +200,17 @@ fn decode_event(hdr: Header, bytes: &[u8]) -> Result<Decoded, RecordError> {
                 Body::ThreadExit {
                     name: comm(&r.comm),
                 }
+            };
+            (hdr.tgid, hdr.tid, body)
+        }
+        kind::CGROUP_MOVE => {
+            let r: TaskRecord = read(bytes, hdr.kind)?;
+            newly_watched = r.flags == 1;
+            let body = Body::CgroupMove {
+                comm: comm(&r.comm),
+                entered: newly_watched,
+                // The tracker knows which cgroup is selected.
+                cgroup: String::new(),
             };
             (hdr.tgid, hdr.tid, body)
         }
@@ -259,6 +271,7 @@ pub fn kind_name(k: u32) -> &'static str {
         kind::THREAD_START => "thread_start",
         kind::THREAD_EXIT => "thread_exit",
         kind::THREAD_RENAME => "thread_rename",
+        kind::CGROUP_MOVE => "cgroup_move",
         kind::SIGNAL_GENERATE => "signal_generate",
         kind::SIGNAL_DELIVER => "signal_deliver",
         kind::DUMP_START => "dump_start",

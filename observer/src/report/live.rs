@@ -163,11 +163,22 @@ impl LiveCoverage {
         if !session_dir.is_dir() {
             return Err(ReportError::NoSuchDir(session_dir.to_path_buf()));
         }
-        let tmp = std::env::temp_dir();
-        let work = tempfile::Builder::new()
-            .prefix("covobs-report-")
-            .tempdir()
-            .map_err(work_err(&tmp))?;
+        // $TMPDIR or /tmp; a container image with nothing but covobs (docs/deploy/Dockerfile)
+        // has neither, and then the work happens in a directory of the session, removed at the
+        // end like the other.
+        let work = match tempfile::Builder::new().prefix("covobs-report-").tempdir() {
+            Ok(work) => work,
+            Err(e) => {
+                tracing::debug!(
+                    "{}: {e}; working in the session",
+                    std::env::temp_dir().display()
+                );
+                tempfile::Builder::new()
+                    .prefix(".covobs-report-")
+                    .tempdir_in(session_dir)
+                    .map_err(work_err(session_dir))?
+            }
+        };
         Ok(Self {
             session_dir: session_dir.to_path_buf(),
             opts: opts.clone(),

@@ -111,16 +111,8 @@ pub fn write_report(
 /// Put `staging` at `dest`: exchanged atomically with an existing `dest` (which then sits at
 /// `staging`), or renamed when there is none.
 fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     match fs::symlink_metadata(dest) {
-        Ok(m) if m.is_dir() => renameat2(
-            AT_FDCWD,
-            staging,
-            AT_FDCWD,
-            dest,
-            RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(|e| write_err(dest)(std::io::Error::from(e))),
+        Ok(m) if m.is_dir() => exchange(staging, dest).map_err(write_err(dest)),
         Ok(_) => Err(write_err(dest)(std::io::Error::other(
             "exists and is not a directory; covobs leaves it alone",
         ))),
@@ -128,6 +120,33 @@ fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
             fs::rename(staging, dest).map_err(write_err(dest))
         }
         Err(e) => Err(write_err(dest)(e)),
+    }
+}
+
+/// renameat2(RENAME_EXCHANGE) as a raw system call: nix wraps it for glibc only, and the musl
+/// covobs is statically linked with has no wrapper.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("path with a NUL byte"))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths that renameat2 only reads; plain integer flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -74,6 +74,17 @@ pub fn describe(event: &Event) -> String {
             if *followed { " (watched)" } else { "" }
         ),
         Body::ProcessExit { comm } => format!("process {comm} exited (last thread {tid})"),
+        Body::CgroupMove {
+            comm,
+            entered,
+            cgroup,
+        } => {
+            if *entered {
+                format!("{comm} moved into cgroup {cgroup}")
+            } else {
+                format!("{comm} moved out of cgroup {cgroup}: no longer a target")
+            }
+        }
         Body::ThreadStart { name, parent_tid } => {
             format!("thread {tid} started by {parent_tid} as {name:?}")
         }

@@ -23,7 +23,7 @@ pub fn boot_to_unix_offset_ns() -> i128 {
 /// Local wall-clock `HH:MM:SS.mmm` of a CLOCK_BOOTTIME stamp, for human output.
 pub fn wall_time_of(boot_ns: u64, offset_ns: i128) -> String {
     let unix_ns = i128::from(boot_ns) + offset_ns;
-    let secs = (unix_ns / 1_000_000_000) as libc::time_t;
+    let secs = (unix_ns / 1_000_000_000) as i64;
     let millis = ((unix_ns % 1_000_000_000) / 1_000_000) as u32;
     // SAFETY: `tm` is a plain C struct fully written by localtime_r before being read; `secs` is a
     // valid time_t. localtime_r is thread-safe (unlike localtime).

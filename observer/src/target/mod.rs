@@ -7,9 +7,13 @@ use std::{
 
 use procfs::process::Process as ProcfsProcess;
 
+pub mod cgroup;
 pub mod name;
+pub mod pidns;
 
+pub use cgroup::Cgroup;
 pub use name::NamePattern;
+pub use pidns::PidNs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -19,6 +23,8 @@ pub enum TargetError {
     KernelThread(i32),
     #[error("process {pid} exited or was replaced (its start time changed)")]
     Gone { pid: i32 },
+    #[error("process {0} has exited (a zombie its parent has not reaped): nothing to observe")]
+    Exited(i32),
     #[error("reading /proc/{pid}: {source}")]
     Proc { pid: i32, source: procfs::ProcError },
 }
@@ -26,7 +32,10 @@ pub enum TargetError {
 impl TargetError {
     /// Errors caused by what the user asked for, not by covobs or the system.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Self::NoSuchProcess(_) | Self::KernelThread(_))
+        matches!(
+            self,
+            Self::NoSuchProcess(_) | Self::KernelThread(_) | Self::Exited(_)
+        )
     }
 }
 
@@ -35,6 +44,29 @@ impl TargetError {
 pub enum TargetSpec {
     Pid(i32),
     Name(NamePattern),
+    /// Every process in a cgroup (or below it), now and later; with a name, only those with it.
+    Cgroup {
+        cgroup: Cgroup,
+        name: Option<NamePattern>,
+    },
+}
+
+impl TargetSpec {
+    /// The name processes must have, if any.
+    pub fn pattern(&self) -> Option<&NamePattern> {
+        match self {
+            Self::Name(p) => Some(p),
+            Self::Cgroup { name, .. } => name.as_ref(),
+            Self::Pid(_) => None,
+        }
+    }
+
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        match self {
+            Self::Cgroup { cgroup, .. } => Some(cgroup),
+            _ => None,
+        }
+    }
 }
 
 /// A running process, pinned by its start time.
@@ -72,6 +104,9 @@ impl Process {
         // Kernel threads have no memory map: PF_KTHREAD in the flags.
         if stat.flags & 0x0020_0000 != 0 {
             return Err(TargetError::KernelThread(pid));
+        }
+        if matches!(stat.state, 'Z' | 'X') {
+            return Err(TargetError::Exited(pid));
         }
         Ok(Self {
             pid,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use covobs_common::watch;
 
-use super::{NamePattern, Process, TargetError, TargetSpec, Thread, threads_of};
+use super::{
+    NamePattern, Process, TargetError, TargetSpec, Thread, cgroup::CgroupError, threads_of,
+};
 use crate::{
     events::{Body, Event},
     probes::{ProbeError, Probes, records::Decoded},
@@ -22,6 +24,10 @@ pub enum TrackError {
     Probe(#[from] ProbeError),
     #[error("no process named {0:?} is running (add --wait to wait for one)")]
     NoMatch(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("no process{name} in cgroup {cgroup} (add --wait to wait for one)")]
+    NoneInCgroup { cgroup: String, name: String },
 }
 
 impl TrackError {
@@ -29,7 +35,8 @@ impl TrackError {
         match self {
             Self::Target(e) => e.is_bad_input(),
             Self::Probe(e) => e.is_bad_input(),
-            Self::NoMatch(_) => true,
+            Self::NoMatch(_) | Self::NoneInCgroup { .. } => true,
+            Self::Cgroup(e) => e.is_bad_input(),
         }
     }
 }
@@ -41,6 +48,8 @@ pub struct Tracked {
     /// Live threads: tid -> current name.
     pub threads: BTreeMap<u32, String>,
     pub reason: &'static str,
+    /// It was moved out of the selected cgroup: no longer a target, released once idle.
+    pub left: bool,
 }
 
 impl Tracked {
@@ -74,11 +83,16 @@ impl Tracker {
     }
 
     fn watch_flags(&self) -> u32 {
-        if self.follow_forks {
+        let mut flags = if self.follow_forks {
             watch::FOLLOW_FORKS
         } else {
             0
+        };
+        // Children of a process in the selected cgroup are in it too.
+        if let TargetSpec::Cgroup { name: None, .. } = self.spec {
+            flags |= watch::CGROUP;
         }
+        flags
     }
 
     /// Watch what the spec names now; for a name, also every process that takes it later.
@@ -95,10 +109,30 @@ impl Tracker {
                 }
                 found
             }
+            TargetSpec::Cgroup { cgroup, name } => {
+                // The kernel selection first, as for a name: a process started in the cgroup
+                // while we list it is caught by the kernel.
+                if let Some(pattern) = name {
+                    probes.watch_name(pattern.comm_key())?;
+                }
+                probes.select_cgroup(cgroup.id, name.is_some())?;
+                let found = self.in_cgroup(&[])?;
+                if found.is_empty() && !wait {
+                    return Err(TrackError::NoneInCgroup {
+                        cgroup: cgroup.dir.display().to_string(),
+                        name: name
+                            .as_ref()
+                            .map(|n| format!(" named {:?}", n.as_str()))
+                            .unwrap_or_default(),
+                    });
+                }
+                found
+            }
         };
         let reason = match self.spec {
             TargetSpec::Pid(_) => "pid",
             TargetSpec::Name(_) => "name",
+            TargetSpec::Cgroup { .. } => "cgroup",
         };
         let mut events = Vec::new();
         for process in found {
@@ -106,7 +140,39 @@ impl Tracker {
                 events.push(event);
             }
         }
+        // A child forked by a listed process before that process was watched: list again until
+        // the kernel has seen everything (each round only finds processes forked meanwhile).
+        if matches!(self.spec, TargetSpec::Cgroup { .. }) {
+            for _ in 0..3 {
+                let known: Vec<i32> = self.targets.keys().map(|p| *p as i32).collect();
+                let more = self.in_cgroup(&known)?;
+                if more.is_empty() {
+                    break;
+                }
+                for process in more {
+                    if let Some(event) = self.add(probes, process, reason)? {
+                        events.push(event);
+                    }
+                }
+            }
+        }
         Ok(events)
+    }
+
+    /// The processes in the selected cgroup (with the selected name) now, except `known`.
+    fn in_cgroup(&self, known: &[i32]) -> Result<Vec<Process>, TrackError> {
+        let Some(cgroup) = self.spec.cgroup() else {
+            return Ok(Vec::new());
+        };
+        let me = std::process::id() as i32;
+        Ok(cgroup
+            .processes()?
+            .into_iter()
+            .filter(|pid| *pid != me && !known.contains(pid))
+            // Gone, a kernel thread (none in a cgroup v2 leaf, but the root has them) or a zombie.
+            .filter_map(|pid| Process::get(pid).ok())
+            .filter(|p| self.spec.pattern().is_none_or(|n| n.matches(p)))
+            .collect())
     }
 
     /// Start watching a process; returns its `target` event, or None if it was already watched.
@@ -139,10 +205,25 @@ impl Tracker {
                 .collect(),
             reason,
             process,
+            left: false,
         };
         let event = target_event(&tracked);
         self.targets.insert(pid, tracked);
         Ok(Some(event))
+    }
+
+    /// Stop watching a process that left the selection (its dumps covobs waited for are in).
+    pub fn release(&mut self, probes: &mut Probes, pid: u32) {
+        self.drop_target(probes, pid);
+    }
+
+    /// Processes that left the selection and are still watched.
+    pub fn left(&self) -> Vec<u32> {
+        self.targets
+            .values()
+            .filter(|t| t.left)
+            .map(|t| t.process.pid as u32)
+            .collect()
     }
 
     fn drop_target(&mut self, probes: &mut Probes, pid: u32) {
@@ -164,7 +245,7 @@ impl Tracker {
                 return None;
             }
         };
-        if let TargetSpec::Name(pattern) = &self.spec
+        if let Some(pattern) = self.spec.pattern()
             && reason != "fork"
             && !pattern.matches(&process)
         {
@@ -196,7 +277,17 @@ impl Tracker {
         let mut out = Vec::new();
 
         match &mut event.body {
-            Body::ProcessExec { comm, .. } => {
+            Body::ProcessExec { comm, old_tid, .. } => {
+                if *old_tid == covobs_common::OLD_TID_UNKNOWN {
+                    // In a PID namespace the kernel cannot name a non-leader that exec'd: it is
+                    // the one thread besides the leader that did not exit before the exec.
+                    let others: Vec<u32> = self
+                        .targets
+                        .get(&pid)
+                        .map(|t| t.threads.keys().copied().filter(|t| *t != pid).collect())
+                        .unwrap_or_default();
+                    *old_tid = if others.len() == 1 { others[0] } else { 0 };
+                }
                 if !self.targets.contains_key(&pid) {
                     let reason = if newly_watched { "exec" } else { "fork" };
                     match self.adopt(probes, pid, reason) {
@@ -216,14 +307,37 @@ impl Tracker {
                 followed,
                 ..
             } => {
-                *followed = self.follow_forks;
-                if self.follow_forks {
+                // The kernel watches the child when forks are followed, or when it is in the
+                // selected cgroup like its parent.
+                *followed = self.follow_forks || newly_watched;
+                if *followed {
                     let child = *child_pid;
                     out.push(event.clone());
                     if let Some(target) = self.adopt(probes, child, "fork") {
                         out.push(target);
                     }
                     return out;
+                }
+            }
+            Body::CgroupMove {
+                entered, cgroup, ..
+            } => {
+                if let Some(selected) = self.spec.cgroup() {
+                    cgroup.clone_from(&selected.path);
+                }
+                if *entered {
+                    if self.targets.contains_key(&pid) {
+                        return out;
+                    }
+                    out.push(event);
+                    if let Some(target) = self.adopt(probes, pid, "cgroup") {
+                        out.push(target);
+                    }
+                    return out;
+                }
+                match self.targets.get_mut(&pid) {
+                    Some(t) if !t.left => t.left = true,
+                    _ => return out,
                 }
             }
             Body::ThreadStart { name, .. } => {
@@ -309,10 +423,7 @@ impl Tracker {
     }
 
     pub fn pattern(&self) -> Option<&NamePattern> {
-        match &self.spec {
-            TargetSpec::Name(p) => Some(p),
-            TargetSpec::Pid(_) => None,
-        }
+        self.spec.pattern()
     }
 }
 

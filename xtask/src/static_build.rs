@@ -1,0 +1,57 @@
+//! `cargo xtask static`: covobs linked statically against musl, the binary of the container
+//! image (docs/deploy/Dockerfile). It runs on any x86_64 Linux with no other file.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Where the build lands.
+pub fn binary() -> PathBuf {
+    crate::workspace_root().join(format!("target/{TARGET}/release/covobs"))
+}
+
+/// Build it, check that it asks for no dynamic loader, and say where it is.
+pub fn build() -> Result<PathBuf> {
+    crate::run(
+        Command::new(env!("CARGO"))
+            .current_dir(crate::workspace_root())
+            .args(["build", "--release", "--target", TARGET, "-p", "covobs"]),
+    )?;
+    let bin = binary();
+    let elf = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if has_interpreter(&elf)? {
+        bail!(
+            "{} asks for a dynamic loader (PT_INTERP): not static",
+            bin.display()
+        );
+    }
+    eprintln!(
+        "static covobs: {} ({} KiB)",
+        bin.display(),
+        elf.len() / 1024
+    );
+    Ok(bin)
+}
+
+/// Whether a 64-bit little-endian ELF has a PT_INTERP program header.
+fn has_interpreter(elf: &[u8]) -> Result<bool> {
+    let field = |at: usize, len: usize| -> Result<u64> {
+        let bytes = elf.get(at..at + len).context("truncated ELF header")?;
+        let mut v = [0u8; 8];
+        v[..len].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(v))
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02") {
+        bail!("not a 64-bit ELF file");
+    }
+    let phoff = field(32, 8)? as usize;
+    let phentsize = field(54, 2)? as usize;
+    let phnum = field(56, 2)? as usize;
+    for i in 0..phnum {
+        if field(phoff + i * phentsize, 4)? == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
