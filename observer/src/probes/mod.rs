@@ -215,7 +215,7 @@ impl Probes {
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
-                "/covobs"
+                "/covobs-ebpf"
             )))
             .map_err(ProbeError::Load)?;
         if opts.ebpf_log {

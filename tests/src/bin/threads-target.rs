@@ -72,7 +72,9 @@ fn main() {
                     let _ = writeln!(out, "stopped {name} {tid}");
                 }
             }
-            ["quit"] => break,
+            // exit(3) without dropping `threads`: their channels stay open, so the threads still
+            // block when exit_group kills them (SIGKILL), instead of racing it to a clean end.
+            ["quit"] => std::process::exit(0),
             _ => {
                 let _ = writeln!(out, "? {line}");
             }
