@@ -34,8 +34,13 @@ pub mod kind {
     /// `flags` 1 = it entered the selection and the kernel watches it now, 0 = a watched process
     /// left it).
     pub const CGROUP_MOVE: u32 = 15;
+    /// Part of a final snapshot: counter bytes copied in the kernel as a process exits
+    /// (`SnapChunkRecord`, on the `SNAPSHOTS` ring buffer).
+    pub const SNAP_CHUNK: u32 = 24;
+    /// The end of a final snapshot (`SnapEndRecord`): every chunk of it was sent before.
+    pub const SNAP_END: u32 = 25;
     /// One past the largest kind: the size of the per-kind drop counters.
-    pub const MAX: u32 = 16;
+    pub const MAX: u32 = 32;
 }
 
 /// Flags of a watched tgid (`WATCHED_TGIDS` value).
@@ -78,6 +83,17 @@ pub mod dump_flags {
 pub mod config_flags {
     /// `sched_process_exit` has a `group_dead` field (kernels before 6.9 lack it).
     pub const EXIT_HAS_GROUP_DEAD: u32 = 1;
+}
+
+/// Final snapshots: the ranges of a process's memory (coverage counters) the kernel copies when
+/// its last thread exits, while that memory still exists.
+pub mod snap {
+    /// Bytes of a `SnapChunkRecord`: one page, so one unreadable page never hides another.
+    pub const CHUNK_BYTES: usize = 4096;
+    /// Ranges per process.
+    pub const MAX_REGIONS: usize = 16;
+    /// `SnapEndRecord::hook`: where the copy was made.
+    pub const HOOK_SCHED_PROCESS_EXIT: u32 = 1;
 }
 
 /// Slots of the `SELFTEST` array map used by `covobs doctor`.
@@ -252,6 +268,58 @@ pub struct FileWriteRecord {
     pub file: FileIdentity,
 }
 
+/// One range of a process's memory to copy at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapRegion {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// `SNAP_REGIONS` value: what to copy when this process exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapRegions {
+    /// Set by userspace; comes back in the records, so a copy is matched to its registration.
+    pub generation: u64,
+    pub count: u32,
+    pub _pad: u32,
+    pub regions: [SnapRegion; snap::MAX_REGIONS],
+}
+
+/// `SNAP_CHUNK`: bytes `offset..offset + len` of region `region`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SnapChunkRecord {
+    pub hdr: Header,
+    pub generation: u64,
+    pub offset: u64,
+    pub region: u32,
+    pub len: u32,
+    /// bpf_probe_read_user's error (the page was not resident, or the memory was gone), else 0;
+    /// the bytes are then zero.
+    pub error: i32,
+    pub _pad: u32,
+    pub data: [u8; snap::CHUNK_BYTES],
+}
+
+/// `SNAP_END`: a final snapshot is complete.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SnapEndRecord {
+    pub hdr: Header,
+    pub generation: u64,
+    pub regions: u32,
+    pub chunks: u32,
+    /// Chunks whose read failed (sent, zero-filled).
+    pub failed: u32,
+    /// Chunks that did not fit in the ring buffer (not sent).
+    pub dropped: u32,
+    /// `snap::HOOK_*`.
+    pub hook: u32,
+    pub _pad: u32,
+}
+
 /// Offsets of kernel structure fields (from BTF) that the programs follow to identify the file
 /// behind a descriptor. All zero when BTF is unavailable (`FileIdentity::known` stays 0).
 #[repr(C)]
@@ -394,6 +462,8 @@ mod pod {
     unsafe impl aya::Pod for super::OcamlHits {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SignalRequest {}
+    // SAFETY: as above: `#[repr(C)]` integers only, explicit padding, any bit pattern is valid.
+    unsafe impl aya::Pod for super::SnapRegions {}
 }
 
 const _: () = {
@@ -407,4 +477,7 @@ const _: () = {
     assert!(core::mem::size_of::<FileWriteRecord>() == 80);
     assert!(core::mem::size_of::<SignalSentRecord>() == 48);
     assert!(core::mem::size_of::<NsOffsets>() == 72);
+    assert!(core::mem::size_of::<SnapRegions>() == 16 + 16 * snap::MAX_REGIONS);
+    assert!(core::mem::size_of::<SnapChunkRecord>() == 56 + snap::CHUNK_BYTES);
+    assert!(core::mem::size_of::<SnapEndRecord>() == 56);
 };

@@ -21,6 +21,8 @@ mod selftest;
 #[cfg(target_arch = "bpf")]
 mod signals;
 #[cfg(target_arch = "bpf")]
+mod snapshot;
+#[cfg(target_arch = "bpf")]
 mod vfs;
 
 #[cfg(target_arch = "bpf")]

@@ -34,6 +34,32 @@ pub enum Command {
     Attach(AttachArgs),
     /// Ask a running `covobs attach` for a dump of its target now; prints what was collected.
     Dump(DumpArgs),
+    /// Read a process's coverage counters from its memory (no signal) and write the files its
+    /// coverage runtimes would write.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// The process to snapshot.
+    #[arg(long)]
+    pub pid: i32,
+    /// Output file (one instrumented module); with several, a stem: <stem>.<module>.<ext>.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How `attach` gets the coverage of its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Signal the target; its runtime dumps; covobs collects what it wrote.
+    Signal,
+    /// Read the counters from the target's memory: no signal, no handler needed.
+    Snapshot,
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +81,10 @@ pub struct AttachArgs {
     /// The signal that makes the target dump.
     #[arg(long, default_value = "SIGUSR2", value_parser = parse_signal)]
     pub signal: nix::sys::signal::Signal,
+    /// signal: make the target dump (it needs a handler); snapshot: read its counters from
+    /// memory on each --interval tick, no signal at all.
+    #[arg(long, value_enum, default_value = "signal")]
+    pub mode: Mode,
     /// Which thread gets the signal: auto, main, ocaml, all, or a thread id.
     #[arg(long, default_value = "auto")]
     pub thread: crate::trigger::ThreadChoice,

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod events;
 pub mod probes;
 pub mod report;
+pub mod snapshot;
 pub mod stream;
 pub mod sys;
 pub mod target;

@@ -100,9 +100,26 @@ async fn run(command: Command) -> Result<ExitCode> {
                 observe_only: false,
                 deliver: args.deliver,
                 ocaml_thread_name: args.ocaml_thread_name,
+                mode: args.mode,
                 command: std::env::args().collect(),
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(args) => {
+            let out = args.out.clone();
+            let written =
+                tokio::task::spawn_blocking(move || covobs::snapshot::command::run(args.pid, &out))
+                    .await?
+                    .map_err(|e| match e.is_bad_input() {
+                        true => anyhow::Error::new(BadInput(e.to_string())),
+                        false => anyhow::Error::new(e),
+                    })?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&written)?);
+            } else {
+                print!("{}", covobs::snapshot::command::render(&written));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dump(args) => {

@@ -55,6 +55,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         observe_only: true,
         deliver: crate::attach::Deliver::Pidfd,
         ocaml_thread_name: opts.ocaml_thread_name,
+        mode: crate::cli::Mode::Signal,
         command: Vec::new(),
     })
     .await

@@ -54,6 +54,8 @@ pub struct AttachOptions {
     pub deliver: Deliver,
     /// The OCaml thread's name, for binaries whose runtime symbols are stripped.
     pub ocaml_thread_name: String,
+    /// Signal the targets, or snapshot their memory.
+    pub mode: crate::cli::Mode,
     /// The command line, for session.json.
     pub command: Vec<String>,
 }
@@ -412,7 +414,7 @@ async fn finish(
             "once": opts.once,
             "thread": format!("{:?}", opts.thread).to_lowercase(),
             "signal": opts.signal.as_str(),
-            "mode": "signal",
+            "mode": opts.mode,
             "force": opts.force,
             "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
             "file_tracking_policy": opts.file_tracking,

@@ -18,6 +18,7 @@ use crate::sys::{
 
 pub mod btf;
 pub mod namespaces;
+pub mod final_snapshots;
 pub mod offsets;
 pub mod reader;
 pub mod records;
@@ -62,6 +63,8 @@ pub enum ProbeError {
         "covobs runs in a PID namespace of its own; giving ids in it needs what this kernel lacks: {0}"
     )]
     NamespaceUnsupported(String),
+    #[error("watching the {0} ring buffer: {1}")]
+    Poll(&'static str, #[source] std::io::Error),
 }
 
 impl ProbeError {
@@ -158,6 +161,8 @@ pub struct ProbeOptions {
     pub file_tracking: Option<FileTrackingPolicy>,
     /// Signals to report (bit sig-1; 0: all).
     pub signal_mask: u64,
+    /// Size of the ring buffer final snapshots come back through (a power of two).
+    pub snapshot_ring_bytes: u32,
 }
 
 impl Default for ProbeOptions {
@@ -167,6 +172,7 @@ impl Default for ProbeOptions {
             ebpf_log: false,
             file_tracking: None,
             signal_mask: 0,
+            snapshot_ring_bytes: final_snapshots::IDLE_SNAPSHOT_RING_BYTES,
         }
     }
 }
@@ -212,6 +218,7 @@ impl Probes {
         let log_level: u8 = if opts.ebpf_log { 4 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("SNAPSHOTS", opts.snapshot_ring_bytes)
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),

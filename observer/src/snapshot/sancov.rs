@@ -1,0 +1,136 @@
+//! SanitizerCoverage from memory: targets built with
+//! `-fsanitize-coverage=inline-8bit-counters,pc-table` keep one 8-bit counter per edge in
+//! `__sancov_cntrs` and, in `__sancov_pcs`, one (PC, flags) pair per counter, in the same order.
+//! A snapshot reads the counters; the PC table (relocated pointers, never written afterwards) is
+//! read once. It yields the `.sancov` file the sanitizer runtime would write for the covered
+//! edges (64-bit magic, then module-relative PCs, ascending) and an AFL-style bucketed map of the
+//! counters.
+use std::sync::Arc;
+
+use super::{
+    SnapshotError,
+    memory::{self, Range, ReadTiming},
+};
+
+/// `.sancov` magic for 64-bit PCs.
+pub const MAGIC_64: u64 = 0xC0BF_FFFF_FFFF_FF64;
+/// `__sancov_pcs` flag of the entry block of a function.
+pub const PC_FLAG_FUNC_ENTRY: u64 = 1;
+
+#[derive(Clone, Debug)]
+pub struct SancovPlan {
+    pub counters: Range,
+    /// Module-relative PC of each counter's block (the run-time PC minus the load bias, which is
+    /// what the sanitizer runtime writes), and its flags.
+    pub pcs: Arc<[(u64, u64)]>,
+}
+
+/// Read the PC table of a module and check that it matches its counters.
+pub fn plan(pid: i32, counters: Range, pcs: Range, bias: u64) -> Result<SancovPlan, SnapshotError> {
+    if pcs.len != counters.len * 16 {
+        return Err(SnapshotError::Unsupported(format!(
+            "__sancov_pcs has {} bytes for {} counters (expected 16 bytes each: is it built with inline-8bit-counters,pc-table?)",
+            pcs.len, counters.len
+        )));
+    }
+    let (table, _) = memory::read_vec(pid, pcs)?;
+    let words: Vec<u64> = table
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|w| u64::from_le_bytes(*w))
+        .collect();
+    let pcs: Vec<(u64, u64)> = words
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|[pc, flags]| (pc.wrapping_sub(bias), *flags))
+        .collect();
+    Ok(SancovPlan {
+        counters,
+        pcs: pcs.into(),
+    })
+}
+
+impl SancovPlan {
+    pub fn read(&self, pid: i32) -> Result<(Vec<u8>, ReadTiming), SnapshotError> {
+        Ok(memory::read_vec(pid, self.counters)?)
+    }
+
+    /// The `.sancov` bytes of the edges whose counter is not zero.
+    pub fn sancov_file(&self, counters: &[u8]) -> Vec<u8> {
+        let mut pcs: Vec<u64> = counters
+            .iter()
+            .zip(self.pcs.iter())
+            .filter(|(c, _)| **c != 0)
+            .map(|(_, (pc, _))| *pc)
+            .collect();
+        pcs.sort_unstable();
+        pcs.dedup();
+        let mut out = Vec::with_capacity(8 + pcs.len() * 8);
+        out.extend_from_slice(&MAGIC_64.to_le_bytes());
+        for pc in pcs {
+            out.extend_from_slice(&pc.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// AFL's hit-count buckets: 1, 2, 3, 4-7, 8-15, 16-31, 32-127, 128+ (one bit each).
+pub fn bucket(count: u8) -> u8 {
+    match count {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        3 => 4,
+        4..=7 => 8,
+        8..=15 => 16,
+        16..=31 => 32,
+        32..=127 => 64,
+        128.. => 128,
+    }
+}
+
+/// The counters, bucketed: one byte per edge, in counter order.
+pub fn bucketed(counters: &[u8]) -> Vec<u8> {
+    counters.iter().map(|c| bucket(*c)).collect()
+}
+
+/// Parse a `.sancov` file: the module-relative PCs it lists.
+pub fn parse_sancov(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.len() < 8 || !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    let words: Vec<u64> = bytes
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|w| u64::from_le_bytes(*w))
+        .collect();
+    (words[0] == MAGIC_64).then(|| words[1..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_like_afl() {
+        let got: Vec<u8> = [0u8, 1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 127, 128, 255]
+            .iter()
+            .map(|c| bucket(*c))
+            .collect();
+        assert_eq!(got, [0, 1, 2, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128]);
+    }
+
+    #[test]
+    fn sancov_lists_covered_edges_sorted() {
+        let plan = SancovPlan {
+            counters: Range { addr: 0, len: 4 },
+            pcs: vec![(0x30, 1), (0x10, 0), (0x20, 1), (0x10, 0)].into(),
+        };
+        let bytes = plan.sancov_file(&[5, 1, 0, 3]);
+        assert_eq!(parse_sancov(&bytes), Some(vec![0x10, 0x30]));
+        assert_eq!(&bytes[..8], &MAGIC_64.to_le_bytes());
+    }
+}
