@@ -85,6 +85,10 @@ pub struct AttachArgs {
     /// memory on each --interval tick, no signal at all.
     #[arg(long, value_enum, default_value = "signal")]
     pub mode: Mode,
+    /// With --mode signal: also take a final snapshot from memory when a target dies without
+    /// its runtime dumping at exit (SIGKILL, a crash). --mode snapshot always does.
+    #[arg(long)]
+    pub final_snapshot: bool,
     /// Which thread gets the signal: auto, main, ocaml, all, or a thread id.
     #[arg(long, default_value = "auto")]
     pub thread: crate::trigger::ThreadChoice,

@@ -161,6 +161,25 @@ pub enum Body {
         /// Nanoseconds from sending (or asking eBPF to send) to delivery.
         latency_ns: u64,
     },
+    /// covobs read a module's counters from the target's memory (`trigger` snapshot), or the
+    /// kernel copied them as the process exited (`final`); `file` is the artifact. `covered`
+    /// counters are executed ones, `new_covered` those that were not in the module's previous
+    /// snapshot in this process, `reset` those covered before and zero now.
+    Snapshot {
+        runtime: Runtime,
+        module: String,
+        trigger: Trigger,
+        file: String,
+        counters: u64,
+        covered: u64,
+        new_covered: u64,
+        reset: u64,
+        /// How the counters were read (`process_vm_readv`, `ebpf:sched_process_exit`), how many
+        /// bytes, and how long the copy took.
+        method: String,
+        bytes_read: u64,
+        read_ns: u64,
+    },
     /// Something was not observed or not collected; `reason` says why.
     Lost {
         reason: String,
@@ -190,6 +209,7 @@ impl Event {
             Body::Artifact { .. } => "artifact",
             Body::OcamlThread { .. } => "ocaml_thread",
             Body::Delivery { .. } => "delivery",
+            Body::Snapshot { .. } => "snapshot",
         }
     }
 }

@@ -101,6 +101,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 deliver: args.deliver,
                 ocaml_thread_name: args.ocaml_thread_name,
                 mode: args.mode,
+                final_snapshot: args.final_snapshot,
                 command: std::env::args().collect(),
             })
             .await?;

@@ -56,6 +56,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         deliver: crate::attach::Deliver::Pidfd,
         ocaml_thread_name: opts.ocaml_thread_name,
         mode: crate::cli::Mode::Signal,
+        final_snapshot: false,
         command: Vec::new(),
     })
     .await

@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod freeze;
 pub mod ns;
 
 /// Fail the test unless it runs as root.

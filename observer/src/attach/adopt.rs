@@ -170,7 +170,14 @@ impl Session {
             "llvm_profile_file": state.llvm_profile.as_ref().map(|e| e.pattern.clone()),
             "gcda_files": gcda.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
         }));
+        let snapshot_runtimes = self
+            .snapshots
+            .adopt(pid, comm, &state.dir, &state.modules)
+            .await;
         self.targets.insert(pid, state);
+        if self.opts.mode == Mode::Snapshot {
+            return snapshot_runtimes;
+        }
         dumpable
     }
 

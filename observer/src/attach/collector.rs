@@ -148,6 +148,7 @@ async fn deliver(
                     bytes: data.len() as u64,
                 })
                 .collect(),
+            snapshot: None,
         };
         let durable = tx
             .artifact(Artifact {
@@ -158,6 +159,7 @@ async fn deliver(
                     .into_iter()
                     .map(|(name, _, data)| (name, data))
                     .collect(),
+                extra: Vec::new(),
             })
             .await;
         let rel = format!("{dir}/{file}");

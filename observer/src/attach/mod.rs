@@ -23,6 +23,7 @@ mod delivery;
 mod leave;
 pub mod progress;
 pub mod session;
+pub mod snapshots;
 pub mod targets;
 mod triggering;
 
@@ -56,6 +57,8 @@ pub struct AttachOptions {
     pub ocaml_thread_name: String,
     /// Signal the targets, or snapshot their memory.
     pub mode: crate::cli::Mode,
+    /// Signal mode: take final snapshots too (snapshot mode always does).
+    pub final_snapshot: bool,
     /// The command line, for session.json.
     pub command: Vec<String>,
 }
@@ -119,6 +122,7 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
         } else {
             attach_signal_mask(opts.signal)
         },
+        snapshot_ring_bytes: crate::probes::final_snapshots::DEFAULT_SNAPSHOT_RING_BYTES,
         ..Default::default()
     };
     let mut probes = Probes::load(&probe_opts).map_err(|e| {
@@ -218,6 +222,8 @@ async fn drive(
     } else {
         Some(control::ControlServer::bind()?)
     };
+    let mut finals = session.snapshots.take_reader();
+    let mut final_batch = Vec::new();
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
     let mut refusals = Vec::new();
@@ -245,9 +251,14 @@ async fn drive(
                 "process {pid} ({comm}) exited while covobs was attaching"
             ));
         } else if dumpable.is_empty() {
-            refusals.push(format!(
-                "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
-            ));
+            refusals.push(match opts.mode {
+                crate::cli::Mode::Signal => format!(
+                    "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
+                ),
+                crate::cli::Mode::Snapshot => format!(
+                    "process {pid} ({comm}) has no coverage counters covobs can read (looked for __llvm_prf_cnts and __sancov_cntrs)"
+                ),
+            });
         } else if let Err(why) = session.check_triggerable(pid) {
             refusals.push(why);
         }
@@ -285,6 +296,10 @@ async fn drive(
                     session.on_record(record).await;
                 }
             }
+            read = read_finals(&mut finals, &mut final_batch) => {
+                read.context("reading the final-snapshot ring buffer")?;
+                session.on_final_records(final_batch.drain(..)).await;
+            }
             Some(outcome) = done_rx.recv() => {
                 progress.artifact(&session.out_dir, &outcome);
                 session.on_outcome(outcome).await;
@@ -311,7 +326,7 @@ async fn drive(
         if opts.once
             && stopping_since.is_none()
             && !session.busy()
-            && session.counters.dumps_triggered > 0
+            && session.counters.dumps_triggered + session.counters.snapshots > 0
         {
             stopping_since = Some(tokio::time::Instant::now());
         }
@@ -329,6 +344,10 @@ async fn drive(
     reader.drain(&mut batch);
     for record in batch.drain(..) {
         session.on_record(record).await;
+    }
+    if let Some(f) = finals.as_mut() {
+        f.drain(&mut final_batch);
+        session.on_final_records(final_batch.drain(..)).await;
     }
     session.expire_all().await;
     while session.in_flight > 0 {
@@ -351,6 +370,17 @@ async fn accept(
 ) -> Option<(control::DumpRequest, control::Responder)> {
     match control {
         Some(c) => c.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next records of the final-snapshot ring buffer; never, without one.
+async fn read_finals(
+    reader: &mut Option<crate::probes::final_snapshots::FinalReader>,
+    out: &mut Vec<crate::snapshot::exit::FinalRecord>,
+) -> std::io::Result<()> {
+    match reader {
+        Some(r) => r.read(out).await,
         None => std::future::pending().await,
     }
 }
@@ -415,6 +445,7 @@ async fn finish(
             "thread": format!("{:?}", opts.thread).to_lowercase(),
             "signal": opts.signal.as_str(),
             "mode": opts.mode,
+            "final_snapshot": opts.final_snapshot || opts.mode == crate::cli::Mode::Snapshot,
             "force": opts.force,
             "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
             "file_tracking_policy": opts.file_tracking,
@@ -429,6 +460,7 @@ async fn finish(
             "lost": counters.lost,
             "ring_buffer_drops": counters.ring_buffer_drops,
             "dumps_triggered": counters.dumps_triggered,
+            "snapshots": counters.snapshots,
             "dumps_seen": counters.dumps_seen,
         },
     });

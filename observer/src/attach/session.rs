@@ -15,9 +15,11 @@ pub(super) use super::{
     AttachOptions,
     collector::{CollectJob, target_collector},
     control::{DumpRequest, DumpResponse, Responder},
+    snapshots::Snapshots,
     targets::{self, HookTable, Pending, TargetState},
 };
 pub(super) use crate::{
+    cli::Mode,
     collect::{
         self, ActiveDump, Artifact, ArtifactMeta, DumpTracker, FinishedDump, ModuleMeta, TargetDir,
         Trigger, llvm_path,
@@ -60,6 +62,8 @@ pub struct Counters {
     pub invalid_artifacts: u64,
     pub lost: u64,
     pub ring_buffer_drops: u64,
+    /// Snapshots asked for (`--mode snapshot`), one per target and tick.
+    pub snapshots: u64,
 }
 
 pub struct Session {
@@ -87,6 +91,8 @@ pub struct Session {
     pub(super) ocaml: crate::target::ocaml::OcamlThreads,
     /// Signals covobs sent, waiting for their signal_deliver.
     pub(super) expected: Vec<Expected>,
+    /// Snapshots from memory, and the final ones the kernel copies at exit.
+    pub snapshots: Snapshots,
 }
 
 /// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
@@ -114,12 +120,22 @@ pub(super) fn event(pid: u32, tid: u32, body: Body) -> Event {
 impl Session {
     pub fn new(
         opts: Arc<AttachOptions>,
-        probes: Probes,
+        mut probes: Probes,
         tracker: Tracker,
         tx: Sender,
         done_tx: mpsc::UnboundedSender<Outcome>,
         out_dir: PathBuf,
     ) -> Self {
+        let seq = Arc::new(AtomicU64::new(0));
+        let snapshots = Snapshots::new(
+            &mut probes,
+            opts.mode,
+            opts.final_snapshot && !opts.observe_only,
+            crate::probes::final_snapshots::DEFAULT_SNAPSHOT_RING_BYTES,
+            tx.clone(),
+            seq.clone(),
+            done_tx.clone(),
+        );
         Self {
             opts,
             probes,
@@ -129,7 +145,7 @@ impl Session {
             targets: BTreeMap::new(),
             dumps: DumpTracker::default(),
             tx,
-            seq: Arc::new(AtomicU64::new(0)),
+            seq,
             done_tx,
             requests: HashMap::new(),
             next_request: 1,
@@ -140,6 +156,7 @@ impl Session {
             window_idle_since: None,
             ocaml: Default::default(),
             expected: Vec::new(),
+            snapshots,
         }
     }
 
@@ -168,9 +185,28 @@ impl Session {
         self.tx.event(e).await;
     }
 
+    /// Read the counters of one target now (`--mode snapshot`). Returns the artifacts to expect.
+    pub(super) fn snapshot(&mut self, pid: u32, requests: Vec<u64>) -> usize {
+        let n = self.snapshots.request(pid, requests);
+        if n > 0 {
+            self.counters.snapshots += 1;
+            self.in_flight += n;
+        }
+        n
+    }
+
+    /// Records of the kernel's final-snapshot ring buffer.
+    pub async fn on_final_records(
+        &mut self,
+        records: impl Iterator<Item = crate::snapshot::exit::FinalRecord>,
+    ) {
+        self.in_flight += self.snapshots.on_records(records).await;
+    }
+
     /// Dumps still expected or running, and collections not finished.
     pub fn busy(&self) -> bool {
-        self.in_flight > 0
+        self.snapshots.busy()
+            || self.in_flight > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
     }
@@ -265,6 +301,7 @@ impl Session {
             self.adopt(pid, &comm).await;
         }
         if exec {
+            self.snapshots.exec(pid).await;
             // A new program image: its runtimes may differ.
             let comm = self
                 .tracker
@@ -287,6 +324,7 @@ impl Session {
             .await;
         }
         if exited {
+            self.snapshots.exited(pid);
             self.ocaml.forget(pid);
             self.expected.retain(|x| x.pid != pid);
         }
@@ -333,6 +371,9 @@ impl Session {
         } else {
             Trigger::SelfDump
         };
+        if trigger == Trigger::Exit {
+            self.snapshots.exit_dump_seen(pid, &hook.module);
+        }
         if let Some(t) = self.targets.get_mut(&pid) {
             *t.dumps.entry(hook.runtime).or_default() += 1;
         }

@@ -5,6 +5,7 @@ use super::session::*;
 impl Session {
     /// At the end: every signal still unanswered is lost.
     pub async fn expire_all(&mut self) {
+        self.snapshots.expire(true).await;
         for t in self.targets.values_mut() {
             for p in t.pending.iter_mut() {
                 p.deadline_ns = 0;
@@ -15,6 +16,10 @@ impl Session {
 
     /// Check that a target can be signalled safely: every thread that would get the signal.
     pub fn check_triggerable(&self, pid: u32) -> Result<(), String> {
+        if self.opts.mode == Mode::Snapshot {
+            // Nothing is sent to it.
+            return Ok(());
+        }
         let state = self.targets.get(&pid).ok_or("not attached")?;
         let threads = self.thread_ids(pid);
         let plan = choose_threads(
@@ -206,6 +211,18 @@ impl Session {
     }
 
     pub async fn trigger_all(&mut self, reason: &'static str) {
+        if self.opts.mode == Mode::Snapshot {
+            let pids: Vec<u32> = self
+                .snapshots
+                .pids()
+                .into_iter()
+                .filter(|pid| !self.has_left(*pid))
+                .collect();
+            for pid in pids {
+                self.snapshot(pid, Vec::new());
+            }
+            return;
+        }
         let pids: Vec<u32> = self
             .targets
             .keys()
@@ -285,6 +302,7 @@ impl Session {
 
     /// Signals and dumps that took too long.
     pub async fn expire(&mut self) {
+        self.snapshots.expire(false).await;
         self.close_window_when_idle();
         let now = clock::boot_ns();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
@@ -383,7 +401,22 @@ impl Session {
             },
         );
         let mut errors = Vec::new();
-        for pid in pids {
+        if self.opts.mode == Mode::Snapshot {
+            for &pid in &pids {
+                let n = self.snapshot(pid, vec![id]);
+                if let Some(r) = self.requests.get_mut(&id) {
+                    r.remaining += n;
+                    if n > 0 {
+                        r.response.triggered.push(format!("{pid} snapshot"));
+                    }
+                }
+                if n == 0 {
+                    errors.push(format!("process {pid} has nothing to snapshot"));
+                }
+            }
+        }
+        let signal_mode = self.opts.mode == Mode::Signal;
+        for pid in pids.into_iter().filter(|_| signal_mode) {
             match self.trigger(pid, "request", Some(id)).await {
                 Ok(sent) => {
                     if let Some(r) = self.requests.get_mut(&id) {

@@ -29,6 +29,10 @@ pub enum Trigger {
     SelfDump,
     /// The runtime's exit-time dump (the process called exit()).
     Exit,
+    /// covobs read the counters from the target's memory.
+    Snapshot,
+    /// covobs' last snapshot, copied in the kernel as the process exited.
+    Final,
 }
 
 impl Trigger {
@@ -217,6 +221,9 @@ pub struct ArtifactMeta {
     /// target, bytes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<PartMeta>,
+    /// Snapshots: how the counters were read and what they added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshot::SnapshotInfo>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -286,6 +293,8 @@ pub struct Artifact {
     pub meta: ArtifactMeta,
     pub data: Bytes,
     pub parts: Vec<(String, Bytes)>,
+    /// Files that go beside the artifact, same stem, these extensions (a sancov counter map).
+    pub extra: Vec<(&'static str, Bytes)>,
 }
 
 pub fn checksum(data: &[u8]) -> String {

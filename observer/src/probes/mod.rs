@@ -94,8 +94,8 @@ pub struct Probes {
     ocaml_hits: HashMap<MapData, u32, OcamlHits>,
     send_signal: HashMap<MapData, u32, SignalRequest>,
     select: Array<MapData, u64>,
-    /// Held for the programs loaded later (uprobes): their map references are fds of this
-    /// process, and a dropped map's fd would be closed under them.
+    /// Held for the programs loaded later (uprobes, the final-snapshot program): their map
+    /// references are fds of this process, and a dropped map's fd would be closed under them.
     _config: Array<MapData, Config>,
     /// covobs' PID namespace: every id in the records is in it.
     pub pidns: crate::target::PidNs,

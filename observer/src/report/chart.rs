@@ -210,6 +210,7 @@ mod tests {
                 lines: Counts::new(hit, 10),
                 ..Totals::default()
             },
+            module_added: None,
         }
     }
 

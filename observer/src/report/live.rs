@@ -68,6 +68,8 @@ struct Unit {
     shared: bool,
     /// Digests of the counters of the artifacts merged in.
     seen_counters: HashSet<String>,
+    /// The module's own totals at its last timeline point (what the next one added is from).
+    last_point: Option<Totals>,
 }
 
 enum UnitState {
@@ -602,6 +604,10 @@ impl LiveCoverage {
             _ => total_of(&self.figures()),
         };
         self.unchanged_since_point = true;
+        let unit = &mut self.units[meta.unit];
+        let module_totals = total_of_files(&unit.files);
+        let before = unit.last_point.replace(module_totals);
+        let module_added = super::timeline::Added::between(before.as_ref(), &module_totals);
         self.points.push(TimelinePoint {
             index: self.points.len() + 1,
             seq: meta.seq,
@@ -612,6 +618,7 @@ impl LiveCoverage {
             trigger: meta.trigger,
             end_ns: meta.end_ns,
             totals,
+            module_added: Some(module_added),
         });
     }
 
@@ -673,6 +680,7 @@ impl LiveCoverage {
             file_set: None,
             shared: false,
             seen_counters: HashSet::new(),
+            last_point: None,
         });
         self.unit_by_key.insert(key, idx);
         idx

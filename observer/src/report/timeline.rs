@@ -23,6 +23,34 @@ pub struct TimelinePoint {
     /// Cumulative coverage of the whole session (every module) after this artifact.
     #[serde(flatten)]
     pub totals: Totals,
+    /// What this artifact added to its module: what it covers that the module's previous point
+    /// did not (all of its coverage for the module's first). Snapshot deltas, seen through the
+    /// report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_added: Option<Added>,
+}
+
+/// Newly covered lines, functions, regions and branches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Added {
+    pub lines: u64,
+    pub functions: u64,
+    pub regions: u64,
+    pub branches: u64,
+}
+
+impl Added {
+    /// From the coverage before (None: nothing yet) to the coverage after.
+    pub fn between(before: Option<&Totals>, after: &Totals) -> Self {
+        let b = before.copied().unwrap_or_default();
+        let hit = |c: Option<super::model::Counts>| c.map_or(0, |c| c.hit);
+        Self {
+            lines: after.lines.hit.saturating_sub(b.lines.hit),
+            functions: after.functions.hit.saturating_sub(b.functions.hit),
+            regions: hit(after.regions).saturating_sub(hit(b.regions)),
+            branches: after.branches.hit.saturating_sub(b.branches.hit),
+        }
+    }
 }
 
 impl TimelinePoint {
@@ -69,6 +97,7 @@ mod tests {
                 lines: Counts::new(lines.0, lines.1),
                 ..Totals::default()
             },
+            module_added: None,
         }
     }
 
@@ -81,6 +110,28 @@ mod tests {
         assert_eq!(v["seq"], 1);
         assert!(v.get("regions").is_none());
         assert!(v.get("tid").is_none());
+    }
+
+    #[test]
+    fn added_counts_newly_covered_items() {
+        let before = Totals {
+            lines: Counts::new(3, 10),
+            regions: Some(Counts::new(4, 20)),
+            ..Totals::default()
+        };
+        let after = Totals {
+            lines: Counts::new(5, 10),
+            functions: Counts::new(1, 2),
+            regions: Some(Counts::new(9, 20)),
+            ..Totals::default()
+        };
+        let a = Added::between(Some(&before), &after);
+        assert_eq!((a.lines, a.functions, a.regions, a.branches), (2, 1, 5, 0));
+        assert_eq!(Added::between(None, &after).lines, 5);
+        let mut p = point(1, (1, 2));
+        p.module_added = Some(a);
+        let v = serde_json::to_value(&p).expect("json");
+        assert_eq!(v["module_added"]["regions"], 5);
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct SnapshotInfo {
     /// The live ranges read (counters, bitmap): the copy's window and size.
     pub read: ReadTiming,
     pub load_bias: u64,
+    /// Run-time address of the counters.
+    pub counters_addr: u64,
     pub counters: u64,
     /// Covered counters, and what this snapshot added since the previous one of the module.
     #[serde(flatten)]
@@ -150,6 +152,7 @@ impl ModulePlan {
         live.resize(2, Vec::new());
         let bitmap = live.pop().unwrap_or_default();
         let counters = live.pop().unwrap_or_default();
+        let counters_addr = self.live_ranges().first().map_or(0, |r| r.addr);
         let consistency = if method == "process_vm_readv" {
             format!(
                 "counters copied in one process_vm_readv of {} bytes over {} ns while the target ran: each counter is a value it held in that window",
@@ -178,6 +181,7 @@ impl ModulePlan {
                         method,
                         read,
                         load_bias: self.load_bias,
+                        counters_addr,
                         counters: n as u64,
                         delta: Delta {
                             covered: covered.count(),
@@ -204,6 +208,7 @@ impl ModulePlan {
                         method,
                         read,
                         load_bias: self.load_bias,
+                        counters_addr,
                         counters: counters.len() as u64,
                         delta: Delta {
                             covered: covered.count(),

@@ -84,13 +84,15 @@ impl Sink for DirSink {
                         }
                         File::open(&sub)?.sync_all()?;
                     }
-                    let meta_name = artifact
+                    let stem = artifact
                         .meta
                         .file
                         .rsplit_once('.')
-                        .map_or(artifact.meta.file.clone(), |(stem, _)| {
-                            format!("{stem}.json")
-                        });
+                        .map_or(artifact.meta.file.as_str(), |(stem, _)| stem);
+                    for (ext, data) in &artifact.extra {
+                        Self::write_synced(&dir.join(format!("{stem}.{ext}")), data)?;
+                    }
+                    let meta_name = format!("{stem}.json");
                     let meta = serde_json::to_vec_pretty(&artifact.meta)?;
                     Self::write_synced(&dir.join(meta_name), &meta)?;
                     // The new names must survive a crash too.

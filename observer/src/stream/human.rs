@@ -208,6 +208,21 @@ pub fn describe(event: &Event) -> String {
             "#{seq} {file}: {bytes} bytes from {source_path}{}",
             if *valid { "" } else { " (INVALID)" }
         ),
+        Body::Snapshot {
+            runtime,
+            module,
+            trigger,
+            counters,
+            covered,
+            new_covered,
+            read_ns,
+            ..
+        } => format!(
+            "{} {trigger:?} of {}: {covered}/{counters} counters covered, +{new_covered} new (read in {} us)",
+            runtime.as_str(),
+            module.rsplit('/').next().unwrap_or(module),
+            read_ns / 1000
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 mod attach;
 mod ocaml;
+mod snapshot;
 mod watch;
 
 pub fn run(which: &[String]) -> Result<()> {
@@ -26,6 +27,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("ocaml") {
         ocaml::run()?;
+    }
+    if wants("snapshot") {
+        snapshot::run()?;
     }
     Ok(())
 }
