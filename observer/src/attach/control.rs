@@ -120,6 +120,45 @@ impl ControlServer {
     }
 }
 
+impl ControlServer {
+    /// Accept requests on a task of their own. `accept` reads the request after taking the
+    /// connection: dropped half-way (a `select!` branch that lost), it would close a client's
+    /// connection under it; a channel receive can be dropped safely.
+    pub fn serve(self) -> Requests {
+        let path = self.path.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let task = tokio::spawn(async move {
+            while let Some(request) = self.accept().await {
+                if tx.send(request).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Requests { rx, task, path }
+    }
+}
+
+/// Requests accepted by [`ControlServer::serve`]. Dropping it stops accepting and removes the
+/// socket.
+pub struct Requests {
+    rx: tokio::sync::mpsc::Receiver<(DumpRequest, Responder)>,
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl Requests {
+    pub async fn next(&mut self) -> Option<(DumpRequest, Responder)> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -217,10 +217,10 @@ async fn drive(
         .probes
         .take_reader()
         .context("opening the eBPF ring buffer")?;
-    let control = if opts.observe_only {
+    let mut control = if opts.observe_only {
         None
     } else {
-        Some(control::ControlServer::bind()?)
+        Some(control::ControlServer::bind()?.serve())
     };
     let mut finals = session.snapshots.take_reader();
     let mut final_batch = Vec::new();
@@ -304,7 +304,7 @@ async fn drive(
                 progress.artifact(&session.out_dir, &outcome);
                 session.on_outcome(outcome).await;
             }
-            Some((req, responder)) = accept(control.as_ref()) => session.on_request(req, responder).await,
+            Some((req, responder)) = accept(control.as_mut()) => session.on_request(req, responder).await,
             _ = next_tick(&mut interval), if stopping_since.is_none() => {
                 session.trigger_all("interval").await;
             }
@@ -366,10 +366,10 @@ const OCAML_WAIT: Duration = Duration::from_secs(3);
 
 /// The next `covobs dump` request; never, without a control socket (watch).
 async fn accept(
-    control: Option<&control::ControlServer>,
+    control: Option<&mut control::Requests>,
 ) -> Option<(control::DumpRequest, control::Responder)> {
     match control {
-        Some(c) => c.accept().await,
+        Some(c) => c.next().await,
         None => std::future::pending().await,
     }
 }
