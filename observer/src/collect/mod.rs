@@ -42,6 +42,8 @@ impl Trigger {
             Self::Signal => "signal",
             Self::SelfDump => "self",
             Self::Exit => "exit",
+            Self::Snapshot => "snapshot",
+            Self::Final => "final",
         }
     }
 }
