@@ -1,5 +1,6 @@
 //! Snapshots from memory, against real targets: a memory snapshot equals the runtime's own dump
-//! of the same counters (Rust, LLVM 23, raw profile v11; C, clang 14, v8); `--mode snapshot`
+//! of the same counters (Rust, LLVM 23, raw profile v11; C, clang 14, v8; an executable and a
+//! shared library instrumented in one process, one file each); `--mode snapshot`
 //! covers a target that has no handler for any signal; a target killed with SIGKILL (or crashing,
 //! or exiting) after reaching new code has that code in its final snapshot; SanitizerCoverage
 //! snapshots list exactly the edges a small C program ran.
@@ -175,6 +176,107 @@ fn a_memory_snapshot_of_a_rust_target_is_its_runtimes_own_dump() {
 #[test]
 fn a_memory_snapshot_of_a_c_target_is_its_runtimes_own_dump() {
     snapshot_equals_the_runtimes_own_dump("llvm-c-target");
+}
+
+/// The LCOV llvm-cov exports for a raw profile of one module.
+fn lcov_of(tools: &LlvmTools, profraw: &Path, object: &Path, work: &Path) -> String {
+    let one = LlvmTools {
+        profdata: tools.profdata.clone(),
+        cov: tools.cov.clone(),
+        objects: vec![object.to_path_buf()],
+        major: tools.major,
+    };
+    lcov(&one, profraw, work)
+}
+
+/// Two instrumented modules in one process (a PIE executable and a shared library, each with its
+/// own profile runtime, at different load biases): one snapshot file per module, each the same as
+/// what that module's own runtime writes at the same point.
+#[test]
+fn a_memory_snapshot_of_two_modules_is_what_each_runtime_dumps() {
+    require_root();
+    let name = "llvm-multi-target";
+    let tools = llvm_tools(name);
+    let exe = fixture(name);
+    let lib = fixture("libcovshared.so");
+    assert_eq!(tools.objects, [exe.clone(), lib.clone()]);
+    let tmp = TempDir::new("snap-eq-multi");
+    let pause = tmp.path().join("pause");
+    std::fs::write(&pause, b"").unwrap();
+    let profile = tmp.path().join("runtime.profraw");
+    let target = start_fixture(
+        name,
+        &["--pause-file", pause.to_str().unwrap()],
+        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
+        tmp.path(),
+    );
+    let pid = target.pid();
+    std::fs::remove_file(&pause).unwrap();
+    std::thread::sleep(Duration::from_millis(1600));
+    std::fs::write(&pause, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let exe_dump = symbol_address(pid, &exe, "__llvm_profile_write_file");
+    let lib_dump = symbol_address(pid, &lib, "__llvm_profile_write_file");
+    assert_ne!(load_bias(pid, &exe), load_bias(pid, &lib));
+    let stem = tmp.path().join("snap.profraw");
+    let (exe_own, lib_own) = (
+        tmp.path().join("exe.profraw"),
+        tmp.path().join("lib.profraw"),
+    );
+    let written = {
+        let frozen = Frozen::stop_quiescent(pid);
+        let written = snapshot_cmd(pid, &stem);
+        // Each runtime appends its own module's profile to the same file: one at a time.
+        assert_eq!(frozen.call(exe_dump), 0, "the executable's dump failed");
+        std::fs::rename(&profile, &exe_own).unwrap();
+        assert_eq!(frozen.call(lib_dump), 0, "the library's dump failed");
+        std::fs::rename(&profile, &lib_own).unwrap();
+        written
+    };
+    let written = written.as_array().expect("a list").clone();
+    assert_eq!(written.len(), 2, "{written:?}");
+    for (object, own, file_name) in [
+        (&exe, &exe_own, "snap.llvm-multi-target.profraw"),
+        (&lib, &lib_own, "snap.libcovshared.so.profraw"),
+    ] {
+        let w = written
+            .iter()
+            .find(|w| {
+                w["module"]
+                    .as_str()
+                    .is_some_and(|m| Path::new(m).file_name() == object.file_name())
+            })
+            .unwrap_or_else(|| panic!("no snapshot of {}: {written:?}", object.display()));
+        assert_eq!(
+            w["snapshot"]["load_bias"].as_u64(),
+            Some(load_bias(pid, object))
+        );
+        let snap = tmp.path().join(file_name);
+        assert!(
+            w["file"].as_str().is_some_and(|f| f.ends_with(file_name)),
+            "{w}"
+        );
+        let (mine, runtime) = (std::fs::read(&snap).unwrap(), std::fs::read(own).unwrap());
+        assert_eq!(mine.len(), runtime.len(), "{file_name}: sizes differ");
+        let (show_mine, show_runtime) = (show(&tools, &snap), show(&tools, own));
+        assert_eq!(show_mine, show_runtime, "{file_name}: llvm-profdata show");
+        assert!(counts_by_function(&show_mine).len() > 3, "{show_mine}");
+        assert_eq!(
+            lcov_of(&tools, &snap, object, tmp.path()),
+            lcov_of(&tools, own, object, tmp.path()),
+            "{file_name}: llvm-cov LCOV"
+        );
+        assert!(
+            mine == runtime,
+            "{file_name}: not byte for byte the runtime's dump"
+        );
+    }
+    // The library's phases that ran have counts, the last one did not run yet.
+    let lib_show = show(&tools, &lib_own);
+    assert!(entry_count(&lib_show, "phase_route") > 0, "{lib_show}");
+    assert_eq!(entry_count(&lib_show, "phase_final"), 0);
+    drop(target);
 }
 
 fn read_json(path: &Path) -> Value {
