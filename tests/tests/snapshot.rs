@@ -399,9 +399,19 @@ fn a_target_without_a_signal_handler_is_covered_by_snapshot_mode() {
     drop(target);
 }
 
-/// A target that reaches new code after the last interval snapshot and then dies: its final
-/// snapshot (copied in the kernel at exit) has that code.
-fn final_snapshot_after(fixture_name: &str, signal: i32) {
+/// How the session gets coverage while the target lives.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `--mode snapshot`, a target with no handler.
+    Snapshot,
+    /// `--final-snapshot` in signal mode, a target with a handler.
+    SignalWithFinal,
+}
+
+/// A target that reaches new code after the last snapshot or dump and then dies: its final
+/// snapshot (copied in the kernel at exit) has that code. In signal mode, a target whose runtime
+/// dumped at exit gets no final snapshot (it would add nothing).
+fn final_snapshot_after(fixture_name: &str, signal: i32, mode: Mode) {
     require_root();
     let tools = llvm_tools(fixture_name);
     let tmp = TempDir::new(&format!("snap-final-{signal}"));
@@ -409,7 +419,10 @@ fn final_snapshot_after(fixture_name: &str, signal: i32) {
     let pause = tmp.path().join("pause");
     std::fs::write(&pause, b"").unwrap();
     let mut cmd = Command::new(fixture(fixture_name));
-    cmd.args(["--no-handler", "--pause-file", pause.to_str().unwrap()])
+    if mode == Mode::Snapshot {
+        cmd.arg("--no-handler");
+    }
+    cmd.args(["--pause-file", pause.to_str().unwrap()])
         .env("LLVM_PROFILE_FILE", tmp.path().join("own.profraw"))
         .current_dir(tmp.path());
     // A crash must not leave a core file behind.
@@ -428,34 +441,53 @@ fn final_snapshot_after(fixture_name: &str, signal: i32) {
     let ready = target.line();
     assert!(ready.ends_with("ready"), "{ready}");
     let pid = target.pid();
-    let mut covobs = Covobs::start(&[
-        "attach",
-        "--json",
-        "--no-report",
-        "--mode",
-        "snapshot",
+    let pid_s = pid.to_string();
+    let mut args = vec!["attach", "--json", "--no-report"];
+    args.extend(match mode {
+        Mode::Snapshot => ["--mode", "snapshot"],
+        Mode::SignalWithFinal => ["--mode", "signal"],
+    });
+    if mode == Mode::SignalWithFinal {
+        args.push("--final-snapshot");
+    }
+    args.extend([
         "--pid",
-        &pid.to_string(),
+        &pid_s,
         "--interval",
         "1h",
         "--out",
         out.to_str().unwrap(),
     ]);
+    let mut covobs = Covobs::start(&args);
     covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
-    // A snapshot while paused (covobs dump asks the session for one)...
-    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid.to_string()]));
-    let first = covobs.wait_event(T, "the first snapshot", |e| e.kind() == "snapshot");
-    assert_eq!(first.s("trigger"), "snapshot");
-    // ...then new code, and death before any other snapshot.
+    // A snapshot (or a dump) while paused: covobs dump asks the session for one...
+    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid_s]));
+    let first_trigger = match mode {
+        Mode::Snapshot => "snapshot",
+        Mode::SignalWithFinal => "signal",
+    };
+    covobs.wait_event(T, "the first artifact", |e| {
+        e.kind() == "artifact" && e.s("trigger") == first_trigger
+    });
+    // ...then new code, and death before any other.
     std::fs::remove_file(&pause).unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: kill on our own child.
     unsafe { libc::kill(pid, signal) };
-    let last = covobs.wait_event(T, "the final snapshot", |e| {
-        e.kind() == "snapshot" && e.s("trigger") == "final"
-    });
-    assert!(last.u("new_covered") > 0, "{last}");
-    assert_eq!(last.s("method"), "ebpf:sched_process_exit");
+    let runtime_dumps_at_exit = signal == libc::SIGTERM;
+    let final_expected = mode == Mode::Snapshot || !runtime_dumps_at_exit;
+    if final_expected {
+        let last = covobs.wait_event(T, "the final snapshot", |e| {
+            e.kind() == "snapshot" && e.s("trigger") == "final"
+        });
+        assert!(last.u("new_covered") > 0, "{last}");
+        assert_eq!(last.s("method"), "ebpf:sched_process_exit");
+    }
+    if runtime_dumps_at_exit {
+        covobs.wait_event(T, "the exit dump's artifact", |e| {
+            e.kind() == "artifact" && e.s("trigger") == "exit"
+        });
+    }
     let status = covobs.wait(T);
     assert!(status.success(), "{}", covobs.stderr());
     target.wait();
@@ -467,55 +499,84 @@ fn final_snapshot_after(fixture_name: &str, signal: i32) {
     );
 
     let arts = artifacts(&out);
-    let snapshots: Vec<&(Value, PathBuf)> = arts
-        .iter()
-        .filter(|(m, _)| m["trigger"] == "snapshot" || m["trigger"] == "final")
-        .collect();
-    assert_eq!(snapshots.len(), 2, "{arts:?}");
-    let (first_meta, first_file) = snapshots[0];
-    let (final_meta, final_file) = snapshots[1];
-    assert_eq!(first_meta["trigger"], "snapshot");
-    assert_eq!(final_meta["trigger"], "final");
-    assert_eq!(final_meta["valid"], true);
-    assert_eq!(
-        final_meta["snapshot"].get("unreadable_bytes"),
-        None,
-        "{final_meta}"
-    );
-    let (before, after) = (show(&tools, first_file), show(&tools, final_file));
-    // The phase-1 function ran only after the first snapshot: zero there, counted in the final one.
+    let of = |trigger: &str| -> Vec<&(Value, PathBuf)> {
+        arts.iter()
+            .filter(|(m, _)| m["trigger"] == trigger)
+            .collect()
+    };
+    let firsts = of(first_trigger);
+    assert_eq!(firsts.len(), 1, "{arts:?}");
+    let before = show(&tools, &firsts[0].1);
+    // The phase-1 function ran only after the first snapshot or dump: zero there.
     assert_eq!(entry_count(&before, "phase_checksum"), 0);
-    assert!(entry_count(&after, "phase_checksum") > 0, "{after}");
-    if signal == libc::SIGTERM {
-        // A normal exit: the runtime dumped too, and its dump has the same counts (nothing ran in
-        // between but the exit path).
-        let exit_dump = arts
-            .iter()
-            .find(|(m, _)| m["trigger"] == "exit")
-            .map(|(_, f)| show(&tools, f));
-        if let Some(d) = exit_dump {
+    let finals = of("final");
+    let exits = of("exit");
+    assert_eq!(exits.len(), usize::from(runtime_dumps_at_exit), "{arts:?}");
+    if !final_expected {
+        assert!(
+            finals.is_empty(),
+            "the exit dump made it redundant: {arts:?}"
+        );
+        assert!(
+            !of_kind(&events, "snapshot")
+                .iter()
+                .any(|e| e.s("trigger") == "final")
+        );
+    } else {
+        assert_eq!(finals.len(), 1, "{arts:?}");
+        let (final_meta, final_file) = finals[0];
+        assert_eq!(final_meta["valid"], true);
+        assert_eq!(
+            final_meta["snapshot"].get("unreadable_bytes"),
+            None,
+            "{final_meta}"
+        );
+        let after = show(&tools, final_file);
+        assert!(entry_count(&after, "phase_checksum") > 0, "{after}");
+        if runtime_dumps_at_exit {
+            // A normal exit: the runtime's exit-time dump has the same counts as the final
+            // snapshot (nothing ran in between but the exit path).
+            let d = show(&tools, &exits[0].1);
             assert_eq!(
                 entry_count(&d, "phase_checksum"),
                 entry_count(&after, "phase_checksum")
             );
         }
     }
+    if runtime_dumps_at_exit {
+        let d = show(&tools, &exits[0].1);
+        assert!(entry_count(&d, "phase_checksum") > 0, "{d}");
+    }
 }
 
 #[test]
 fn a_target_killed_with_sigkill_keeps_its_last_coverage_in_a_final_snapshot() {
-    final_snapshot_after("llvm-rust-target", libc::SIGKILL);
+    final_snapshot_after("llvm-rust-target", libc::SIGKILL, Mode::Snapshot);
 }
 
 /// The C target has no SIGSEGV handler (Rust's std has one, for stack overflows).
 #[test]
 fn a_crashing_target_keeps_its_last_coverage_in_a_final_snapshot() {
-    final_snapshot_after("llvm-c-target", libc::SIGSEGV);
+    final_snapshot_after("llvm-c-target", libc::SIGSEGV, Mode::Snapshot);
 }
 
 #[test]
 fn an_exiting_target_keeps_its_last_coverage_in_a_final_snapshot() {
-    final_snapshot_after("llvm-rust-target", libc::SIGTERM);
+    final_snapshot_after("llvm-rust-target", libc::SIGTERM, Mode::Snapshot);
+}
+
+/// Signal mode with --final-snapshot: a SIGKILLed target's coverage since its last dump is in
+/// its final snapshot.
+#[test]
+fn signal_mode_with_final_snapshot_keeps_a_sigkilled_targets_coverage() {
+    final_snapshot_after("llvm-c-target", libc::SIGKILL, Mode::SignalWithFinal);
+}
+
+/// Signal mode with --final-snapshot: a target whose runtime dumps at exit gets no final
+/// snapshot on top of that dump.
+#[test]
+fn signal_mode_with_final_snapshot_keeps_the_exit_dump_alone() {
+    final_snapshot_after("llvm-rust-target", libc::SIGTERM, Mode::SignalWithFinal);
 }
 
 /// Function name -> [start, end) from llvm-nm -S.

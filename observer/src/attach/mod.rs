@@ -298,6 +298,12 @@ async fn drive(
             }
             read = read_finals(&mut finals, &mut final_batch) => {
                 read.context("reading the final-snapshot ring buffer")?;
+                // What the exiting process did before (an exit-time dump starting) is in the
+                // main ring buffer: handle it first, so a final copy knows about that dump.
+                reader.drain(&mut batch);
+                for record in batch.drain(..) {
+                    session.on_record(record).await;
+                }
                 session.on_final_records(final_batch.drain(..)).await;
             }
             Some(outcome) = done_rx.recv() => {

@@ -316,6 +316,16 @@ impl Snapshots {
             let Some(t) = self.targets.remove(&pid) else {
                 continue;
             };
+            let keep: Vec<bool> = t
+                .plans
+                .iter()
+                .map(|p| self.mode == Mode::Snapshot || !t.exit_dumped.contains(&p.module.file))
+                .collect();
+            let n = keep.iter().filter(|k| **k).count();
+            if n == 0 {
+                // Every module's runtime dumped at exit (signal mode): nothing to add.
+                continue;
+            }
             if copy.dropped > 0 {
                 self.tx
                     .event(lost(
@@ -329,13 +339,34 @@ impl Snapshots {
                     ))
                     .await;
             }
-            let keep: Vec<bool> = t
-                .plans
-                .iter()
-                .map(|p| self.mode == Mode::Snapshot || !t.exit_dumped.contains(&p.module.file))
-                .collect();
-            let n = keep.iter().filter(|k| **k).count();
-            if n > 0 && t.jobs.send(Job::Final { copy, keep }).is_ok() {
+            let total: u64 = copy.regions.iter().map(|r| r.len() as u64).sum();
+            if total > 0 && copy.unreadable_bytes >= total {
+                // Nothing was read: a snapshot of zeros would claim the coverage vanished.
+                self.tx
+                    .event(lost(
+                        pid,
+                        "final snapshot",
+                        format!(
+                            "the kernel could not read any of the {total} bytes of counters at exit ({}): the process's memory was already gone (kernels that trace sched_process_exit after releasing it) or not resident; coverage reached since the last snapshot is lost",
+                            copy.hook
+                        ),
+                    ))
+                    .await;
+                continue;
+            }
+            if copy.dropped == 0 && copy.unreadable_bytes > 0 {
+                self.tx
+                    .event(lost(
+                        pid,
+                        "final snapshot",
+                        format!(
+                            "{} of {total} bytes of counters could not be read at exit (pages not resident): they are zero in the final snapshot",
+                            copy.unreadable_bytes
+                        ),
+                    ))
+                    .await;
+            }
+            if t.jobs.send(Job::Final { copy, keep }).is_ok() {
                 expected += n;
             }
         }
@@ -446,6 +477,7 @@ fn take(pid: u32, plans: &[ModulePlan], job: Job) -> Vec<Result<Snapshot, String
             .collect(),
         Job::Final { copy, .. } => {
             let mut regions = copy.regions.into_iter();
+            let mut unreadable = copy.unreadable.into_iter();
             let read = ReadTiming {
                 start_ns: copy.start_ns,
                 end_ns: copy.end_ns,
@@ -458,7 +490,7 @@ fn take(pid: u32, plans: &[ModulePlan], job: Job) -> Vec<Result<Snapshot, String
                     let n = p.live_ranges().len();
                     let live: Vec<Vec<u8>> = regions.by_ref().take(n).collect();
                     let bytes: u64 = live.iter().map(|b| b.len() as u64).sum();
-                    let unreadable = copy.unreadable_bytes.min(bytes);
+                    let unreadable: u64 = unreadable.by_ref().take(n).sum();
                     Ok(p.build(
                         live,
                         ReadTiming { bytes, ..read },

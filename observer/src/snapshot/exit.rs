@@ -95,7 +95,9 @@ pub struct FinalCopy {
     pub end_ns: u64,
     /// One buffer per registered range.
     pub regions: Vec<Vec<u8>>,
-    /// Bytes the kernel could not read (zero in `regions`).
+    /// Per range: bytes the kernel could not read or that never arrived (zero in `regions`).
+    pub unreadable: Vec<u64>,
+    /// Their sum.
     pub unreadable_bytes: u64,
     /// Chunks that did not fit in the ring buffer: the copy is incomplete.
     pub dropped: u32,
@@ -105,9 +107,22 @@ pub struct FinalCopy {
 struct Partial {
     generation: u64,
     regions: Vec<Vec<u8>>,
-    received: u64,
-    unreadable: u64,
+    /// Per range: bytes received, and bytes received as unreadable.
+    received: Vec<u64>,
+    unreadable: Vec<u64>,
     start_ns: u64,
+}
+
+impl Partial {
+    fn new(generation: u64, ranges: &[Range], start_ns: u64) -> Self {
+        Self {
+            generation,
+            regions: ranges.iter().map(|r| vec![0u8; r.len as usize]).collect(),
+            received: vec![0; ranges.len()],
+            unreadable: vec![0; ranges.len()],
+            start_ns,
+        }
+    }
 }
 
 /// Puts chunks back together, per process.
@@ -143,22 +158,20 @@ impl Assembler {
                 if *reg_gen != generation {
                     return None;
                 }
-                let p = self.partial.entry(hdr.tgid).or_insert_with(|| Partial {
-                    generation,
-                    regions: ranges.iter().map(|r| vec![0u8; r.len as usize]).collect(),
-                    received: 0,
-                    unreadable: 0,
-                    start_ns: hdr.ts_ns,
-                });
-                let buf = p.regions.get_mut(region as usize)?;
+                let p = self
+                    .partial
+                    .entry(hdr.tgid)
+                    .or_insert_with(|| Partial::new(generation, ranges, hdr.ts_ns));
+                let r = region as usize;
+                let buf = p.regions.get_mut(r)?;
                 let at = offset as usize;
                 let end = at.checked_add(data.len())?.min(buf.len());
                 if at < end {
                     buf[at..end].copy_from_slice(&data[..end - at]);
-                }
-                p.received += data.len() as u64;
-                if error != 0 {
-                    p.unreadable += data.len() as u64;
+                    p.received[r] += (end - at) as u64;
+                    if error != 0 {
+                        p.unreadable[r] += (end - at) as u64;
+                    }
                 }
                 None
             }
@@ -168,16 +181,16 @@ impl Assembler {
                     return None;
                 }
                 let (reg_gen, ranges) = self.registered.remove(&pid)?;
-                let p = self.partial.remove(&pid).unwrap_or(Partial {
-                    generation: reg_gen,
-                    regions: ranges.iter().map(|r| vec![0u8; r.len as usize]).collect(),
-                    received: 0,
-                    unreadable: 0,
-                    start_ns: end.hdr.ts_ns,
-                });
-                let expected: u64 = ranges.iter().map(|r| r.len).sum();
+                let p = self
+                    .partial
+                    .remove(&pid)
+                    .unwrap_or_else(|| Partial::new(reg_gen, &ranges, end.hdr.ts_ns));
                 // Chunks lost on the way count as unreadable too.
-                let missing = expected.saturating_sub(p.received);
+                let unreadable: Vec<u64> = ranges
+                    .iter()
+                    .zip(p.received.iter().zip(&p.unreadable))
+                    .map(|(r, (got, bad))| bad + r.len.saturating_sub(*got))
+                    .collect();
                 Some(FinalCopy {
                     pid,
                     tid: end.hdr.tid,
@@ -185,7 +198,8 @@ impl Assembler {
                     start_ns: p.start_ns,
                     end_ns: end.hdr.ts_ns,
                     regions: p.regions,
-                    unreadable_bytes: p.unreadable + missing,
+                    unreadable_bytes: unreadable.iter().sum(),
+                    unreadable,
                     dropped: end.dropped,
                     hook: match end.hook {
                         snap::HOOK_SCHED_PROCESS_EXIT => "ebpf:sched_process_exit",
@@ -249,10 +263,44 @@ mod tests {
         let done = a.add(FinalRecord::End(end)).expect("complete");
         assert_eq!(done.regions[0][..16], [1; 16]);
         assert_eq!(done.regions[1], [9, 8, 7, 6]);
+        assert_eq!(done.unreadable, [4, 0]);
         assert_eq!(done.unreadable_bytes, 4);
         assert_eq!((done.start_ns, done.end_ns), (10, 20));
         // A stale generation is ignored.
         a.register(7, 4, vec![Range { addr: 0, len: 4 }]);
         assert!(a.add(FinalRecord::End(end)).is_none());
+    }
+
+    #[test]
+    fn chunks_that_never_came_are_unreadable() {
+        let mut a = Assembler::default();
+        a.register(
+            7,
+            1,
+            vec![Range { addr: 0, len: 8 }, Range { addr: 64, len: 6 }],
+        );
+        let got = FinalRecord::Chunk {
+            hdr: hdr(kind::SNAP_CHUNK, 10),
+            generation: 1,
+            region: 0,
+            offset: 0,
+            error: 0,
+            data: vec![5; 8],
+        };
+        assert!(a.add(got).is_none());
+        let end = SnapEndRecord {
+            hdr: hdr(kind::SNAP_END, 20),
+            generation: 1,
+            regions: 2,
+            chunks: 1,
+            failed: 0,
+            dropped: 1,
+            hook: snap::HOOK_SCHED_PROCESS_EXIT,
+            _pad: 0,
+        };
+        let done = a.add(FinalRecord::End(end)).expect("complete");
+        assert_eq!(done.unreadable, [0, 6]);
+        assert_eq!(done.regions[1], [0; 6]);
+        assert_eq!(done.dropped, 1);
     }
 }
