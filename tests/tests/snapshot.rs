@@ -14,7 +14,7 @@ use std::{
 use covobs_tests::{
     Covobs, EventExt, LlvmTools, TempDir, alive, covobs_bin, fixture,
     freeze::{Frozen, load_bias, symbol_address},
-    llvm_tools, of_kind, require_root, run_ok, start_fixture,
+    llvm_tools, of_kind, read_json, require_root, run_ok, start_fixture,
 };
 use serde_json::Value;
 
@@ -279,32 +279,15 @@ fn a_memory_snapshot_of_two_modules_is_what_each_runtime_dumps() {
     drop(target);
 }
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-/// Every artifact metadata file of a session, by seq.
+/// Every artifact of a session (metadata, data file), by seq.
 fn artifacts(out: &Path) -> Vec<(Value, PathBuf)> {
-    let mut found = Vec::new();
-    for dir in std::fs::read_dir(out).unwrap().flatten() {
-        let p = dir.path();
-        if !p.is_dir()
-            || p.file_name()
-                .is_some_and(|n| n == "modules" || n == "report")
-        {
-            continue;
-        }
-        for f in std::fs::read_dir(&p).unwrap().flatten() {
-            let path = f.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let meta = read_json(&path);
-                let file = p.join(meta["file"].as_str().unwrap());
-                found.push((meta, file));
-            }
-        }
-    }
-    found.sort_by_key(|(m, _)| m["seq"].as_u64());
-    found
+    covobs_tests::artifacts(out)
+        .into_iter()
+        .map(|a| {
+            let file = a.data_path();
+            (a.meta, file)
+        })
+        .collect()
 }
 
 #[test]
