@@ -78,8 +78,8 @@ impl LlvmPlan {
 
     /// Read the counters (and bitmap) in one process_vm_readv.
     pub fn read(&self, pid: i32) -> Result<(Vec<u8>, Vec<u8>, ReadTiming), SnapshotError> {
-        let mut counters = vec![0u8; self.counters.len as usize];
-        let mut bitmap = vec![0u8; self.bitmap.len as usize];
+        let mut counters = memory::buffer(self.counters.len as usize);
+        let mut bitmap = memory::buffer(self.bitmap.len as usize);
         let timing = if self.bitmap.len > 0 {
             memory::read_ranges(
                 pid,
