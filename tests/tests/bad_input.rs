@@ -244,3 +244,48 @@ fn doctor_says_attaching_works_here_and_kcov_is_missing() {
         "{text}"
     );
 }
+
+/// `covobs snapshot` and `attach --mode snapshot` on what they cannot read: one line, exit code
+/// 2, no file written; an existing output file is never overwritten.
+#[test]
+fn snapshots_of_nothing_readable() {
+    require_root();
+    let tmp = TempDir::new("bad-snapshot");
+    let out = tmp.path().join("x.profraw");
+    let out_s = out.to_str().unwrap();
+    let o = run(covobs(&["snapshot", "--pid", "999999999", "--out", out_s]));
+    assert_one_line_error(&o, 2, "no such process: 999999999");
+
+    let mut sleep = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let pid = sleep.id().to_string();
+    let o = run(covobs(&["snapshot", "--pid", &pid, "--out", out_s]));
+    assert_one_line_error(&o, 2, "no coverage counters covobs can read");
+    let session = tmp.path().join("session");
+    let o = run(covobs(&[
+        "attach",
+        "--mode",
+        "snapshot",
+        "--pid",
+        &pid,
+        "--out",
+        session.to_str().unwrap(),
+    ]));
+    assert_one_line_error(&o, 2, "no coverage counters covobs can read");
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+    assert!(!out.exists());
+    assert!(!session.exists());
+
+    let target = start_fixture("llvm-c-target", &[], &[], tmp.path());
+    std::fs::write(&out, b"keep").unwrap();
+    let o = run(covobs(&[
+        "snapshot",
+        "--pid",
+        &target.pid().to_string(),
+        "--out",
+        out_s,
+    ]));
+    assert_one_line_error(&o, 2, "covobs never overwrites output");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+    drop(target);
+}
