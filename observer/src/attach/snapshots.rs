@@ -447,7 +447,9 @@ async fn worker(
             }
             let result = match result {
                 Ok(mut snap) => {
-                    let d = deltas.update(pid, &snap.module.path, snap.covered.clone());
+                    // A module can carry both LLVM and SanitizerCoverage counters: one history each.
+                    let key = format!("{} {}", snap.runtime.as_str(), snap.module.path);
+                    let d = deltas.update(pid, &key, snap.covered.clone());
                     snap.info.delta = d;
                     deliver(pid, &comm, &dir, trigger, snap, &seq, &tx).await
                 }
