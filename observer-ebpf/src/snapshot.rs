@@ -43,11 +43,12 @@ struct Copy {
 /// built for the exits of the many processes nobody registered.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn covobs_final_snapshot(ctx: RawTracePointContext) -> u32 {
-    let cur = current();
+    let Some(cfg) = config() else { return 0 };
+    // Registered by covobs under its own PID namespace's ids (a process it cannot see has none).
+    let Some(cur) = current(cfg) else { return 0 };
     let Some(regions) = SNAP_REGIONS.get_ptr(&cur.tgid) else {
         return 0;
     };
-    let Some(cfg) = config() else { return 0 };
     let last_thread = if cfg.flags & config_flags::EXIT_HAS_GROUP_DEAD != 0 {
         let group_dead: u64 = ctx.arg(1);
         group_dead & 0xff != 0
