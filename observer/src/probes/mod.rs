@@ -17,8 +17,8 @@ use crate::sys::{
 };
 
 pub mod btf;
-pub mod namespaces;
 pub mod final_snapshots;
+pub mod namespaces;
 pub mod offsets;
 pub mod reader;
 pub mod records;
