@@ -174,6 +174,7 @@ impl Session {
             .snapshots
             .adopt(pid, comm, &state.dir, &state.modules)
             .await;
+        self.count_snapshot_losses();
         self.targets.insert(pid, state);
         if self.opts.mode == Mode::Snapshot {
             return snapshot_runtimes;

@@ -201,6 +201,12 @@ impl Session {
         records: impl Iterator<Item = crate::snapshot::exit::FinalRecord>,
     ) {
         self.in_flight += self.snapshots.on_records(records).await;
+        self.count_snapshot_losses();
+    }
+
+    /// Count the `lost` events the snapshot side sent on its own.
+    pub(super) fn count_snapshot_losses(&mut self) {
+        self.counters.lost += self.snapshots.take_lost();
     }
 
     /// Dumps still expected or running, and collections not finished.
@@ -302,6 +308,7 @@ impl Session {
         }
         if exec {
             self.snapshots.exec(pid).await;
+            self.count_snapshot_losses();
             // A new program image: its runtimes may differ.
             let comm = self
                 .tracker

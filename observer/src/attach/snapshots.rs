@@ -68,6 +68,8 @@ pub struct Snapshots {
     tx: Sender,
     seq: Arc<AtomicU64>,
     done_tx: mpsc::UnboundedSender<Outcome>,
+    /// `lost` events sent since the session last took the count (`take_lost`).
+    lost: u64,
 }
 
 fn event(pid: u32, tid: u32, body: Body) -> Event {
@@ -125,7 +127,20 @@ impl Snapshots {
             tx,
             seq,
             done_tx,
+            lost: 0,
         }
+    }
+
+    /// A `lost` event of the snapshot side itself (not of a snapshot job, which the session
+    /// counts from its outcome).
+    async fn report_lost(&mut self, e: Event) {
+        self.lost += 1;
+        self.tx.event(e).await;
+    }
+
+    /// The `lost` events sent since the last call, for the session's counters.
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     /// The reader of the kernel's final copies (the session loop polls it). Taken once.
@@ -162,17 +177,17 @@ impl Snapshots {
         let (plans, failed) = match planned {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                self.tx.event(lost(pid, "snapshot", e.to_string())).await;
+                self.report_lost(lost(pid, "snapshot", e.to_string())).await;
                 return Vec::new();
             }
             Err(e) => {
-                self.tx.event(lost(pid, "snapshot", e.to_string())).await;
+                self.report_lost(lost(pid, "snapshot", e.to_string())).await;
                 return Vec::new();
             }
         };
         for (module, e) in failed {
-            self.tx
-                .event(lost(
+            self
+                .report_lost(lost(
                     pid,
                     "snapshot",
                     format!("{} cannot be snapshotted: {e}", module.path),
@@ -195,8 +210,8 @@ impl Snapshots {
                     registered = true;
                 }
                 Err(e) => {
-                    self.tx
-                        .event(lost(
+                    self
+                        .report_lost(lost(
                             pid,
                             "final snapshot",
                             format!("registering it in the kernel: {e}"),
@@ -205,14 +220,14 @@ impl Snapshots {
                 }
             },
             (Some(_), Err(e)) => {
-                self.tx
-                    .event(lost(pid, "final snapshot", e.to_string()))
+                self
+                    .report_lost(lost(pid, "final snapshot", e.to_string()))
                     .await
             }
             (None, _) => {
                 let why = self.kernel_error.clone().unwrap_or_default();
-                self.tx
-                    .event(lost(
+                self
+                    .report_lost(lost(
                         pid,
                         "final snapshot",
                         format!("coverage reached after the last snapshot is lost at exit: {why}"),
@@ -277,8 +292,8 @@ impl Snapshots {
     pub async fn exec(&mut self, pid: u32) {
         if self.targets.contains_key(&pid) {
             self.forget(pid);
-            self.tx
-                .event(lost(
+            self
+                .report_lost(lost(
                     pid,
                     "final snapshot",
                     "the process called exec: coverage reached since its last snapshot went with the old program image".into(),
@@ -327,8 +342,8 @@ impl Snapshots {
                 continue;
             }
             if copy.dropped > 0 {
-                self.tx
-                    .event(lost(
+                self
+                    .report_lost(lost(
                         pid,
                         "final snapshot",
                         format!(
@@ -342,8 +357,8 @@ impl Snapshots {
             let total: u64 = copy.regions.iter().map(|r| r.len() as u64).sum();
             if total > 0 && copy.unreadable_bytes >= total {
                 // Nothing was read: a snapshot of zeros would claim the coverage vanished.
-                self.tx
-                    .event(lost(
+                self
+                    .report_lost(lost(
                         pid,
                         "final snapshot",
                         format!(
@@ -355,8 +370,8 @@ impl Snapshots {
                 continue;
             }
             if copy.dropped == 0 && copy.unreadable_bytes > 0 {
-                self.tx
-                    .event(lost(
+                self
+                    .report_lost(lost(
                         pid,
                         "final snapshot",
                         format!(
@@ -389,8 +404,8 @@ impl Snapshots {
             let registered = self.targets.get(&pid).is_some_and(|t| t.registered);
             self.forget(pid);
             if registered {
-                self.tx
-                    .event(lost(
+                self
+                    .report_lost(lost(
                         pid,
                         "final snapshot",
                         "the kernel sent no copy of the counters at exit (the process's memory was gone, or the copy did not fit in the ring buffer)".into(),

@@ -6,6 +6,7 @@ impl Session {
     /// At the end: every signal still unanswered is lost.
     pub async fn expire_all(&mut self) {
         self.snapshots.expire(true).await;
+        self.count_snapshot_losses();
         for t in self.targets.values_mut() {
             for p in t.pending.iter_mut() {
                 p.deadline_ns = 0;
@@ -303,6 +304,7 @@ impl Session {
     /// Signals and dumps that took too long.
     pub async fn expire(&mut self) {
         self.snapshots.expire(false).await;
+        self.count_snapshot_losses();
         self.close_window_when_idle();
         let now = clock::boot_ns();
         let pids: Vec<u32> = self.targets.keys().copied().collect();
