@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{HashMap, RingBuf},
     programs::RawTracePointContext,
 };
-use covobs_common::{SnapChunkRecord, SnapEndRecord, SnapRegions, config_flags, kind, snap};
+use covobs_common::{SnapChunkRecord, SnapEndRecord, SnapRegions, kind, snap};
 
 use crate::maps::{config, current, header};
 
@@ -43,19 +43,27 @@ struct Copy {
 /// built for the exits of the many processes nobody registered.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn covobs_final_snapshot(ctx: RawTracePointContext) -> u32 {
+    let group_dead: u64 = ctx.arg(1);
+    final_snapshot(Some(group_dead & 0xff != 0))
+}
+
+/// The same for kernels whose `sched_process_exit` has only the task argument (no `group_dead`):
+/// a program that reads a second argument cannot attach there.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn covobs_final_snapshot_leader(_ctx: RawTracePointContext) -> u32 {
+    final_snapshot(None)
+}
+
+#[inline(always)]
+fn final_snapshot(group_dead: Option<bool>) -> u32 {
     let Some(cfg) = config() else { return 0 };
     // Registered by covobs under its own PID namespace's ids (a process it cannot see has none).
     let Some(cur) = current(cfg) else { return 0 };
     let Some(regions) = SNAP_REGIONS.get_ptr(&cur.tgid) else {
         return 0;
     };
-    let last_thread = if cfg.flags & config_flags::EXIT_HAS_GROUP_DEAD != 0 {
-        let group_dead: u64 = ctx.arg(1);
-        group_dead & 0xff != 0
-    } else {
-        // Older kernels do not say; the leader is the best guess (it usually exits last).
-        cur.tid == cur.tgid
-    };
+    // Without `group_dead` the leader is the best guess (it usually exits last).
+    let last_thread = group_dead.unwrap_or(cur.tid == cur.tgid);
     if !last_thread {
         return 0;
     }

@@ -186,13 +186,12 @@ impl Snapshots {
             }
         };
         for (module, e) in failed {
-            self
-                .report_lost(lost(
-                    pid,
-                    "snapshot",
-                    format!("{} cannot be snapshotted: {e}", module.path),
-                ))
-                .await;
+            self.report_lost(lost(
+                pid,
+                "snapshot",
+                format!("{} cannot be snapshotted: {e}", module.path),
+            ))
+            .await;
         }
         if plans.is_empty() {
             return Vec::new();
@@ -210,29 +209,26 @@ impl Snapshots {
                     registered = true;
                 }
                 Err(e) => {
-                    self
-                        .report_lost(lost(
-                            pid,
-                            "final snapshot",
-                            format!("registering it in the kernel: {e}"),
-                        ))
-                        .await
+                    self.report_lost(lost(
+                        pid,
+                        "final snapshot",
+                        format!("registering it in the kernel: {e}"),
+                    ))
+                    .await
                 }
             },
             (Some(_), Err(e)) => {
-                self
-                    .report_lost(lost(pid, "final snapshot", e.to_string()))
+                self.report_lost(lost(pid, "final snapshot", e.to_string()))
                     .await
             }
             (None, _) => {
                 let why = self.kernel_error.clone().unwrap_or_default();
-                self
-                    .report_lost(lost(
-                        pid,
-                        "final snapshot",
-                        format!("coverage reached after the last snapshot is lost at exit: {why}"),
-                    ))
-                    .await
+                self.report_lost(lost(
+                    pid,
+                    "final snapshot",
+                    format!("coverage reached after the last snapshot is lost at exit: {why}"),
+                ))
+                .await
             }
         }
         let mut runtimes: Vec<Runtime> = plans.iter().map(|p| p.runtime()).collect();

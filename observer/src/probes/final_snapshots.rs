@@ -33,7 +33,14 @@ impl Probes {
         &mut self,
         ring_bytes: u32,
     ) -> Result<(FinalSnapshots, FinalReader), ProbeError> {
-        self.attach_raw_tracepoint("covobs_final_snapshot", "sched_process_exit")?;
+        // Kernels whose tracepoint has no `group_dead` pass one argument: a program that reads a
+        // second one is refused at attach time, so they get the variant that does not.
+        let program = if self.config_flags & covobs_common::config_flags::EXIT_HAS_GROUP_DEAD != 0 {
+            "covobs_final_snapshot"
+        } else {
+            "covobs_final_snapshot_leader"
+        };
+        self.attach_raw_tracepoint(program, "sched_process_exit")?;
         let regions = take(&mut self.ebpf, "SNAP_REGIONS")?;
         let ring: RingBuf<MapData> = take(&mut self.ebpf, "SNAPSHOTS")?;
         // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd (which

@@ -101,6 +101,8 @@ pub struct Probes {
     pub pidns: crate::target::PidNs,
     /// `covobs_common::ns_flags` of the offsets the programs got.
     ns_flags: u32,
+    /// `covobs_common::config_flags` the programs got.
+    config_flags: u32,
     programs: Vec<LoadedProgram>,
     /// How the files a dumping thread writes are followed.
     pub file_tracking: FileTracking,
@@ -255,6 +257,7 @@ impl Probes {
             _config: config_map,
             pidns,
             ns_flags: config.ns.flags,
+            config_flags: config.flags,
             programs: Vec::new(),
             file_tracking: FileTracking::Off,
             file_links: Vec::new(),
