@@ -39,8 +39,54 @@ pub mod kind {
     pub const SNAP_CHUNK: u32 = 24;
     /// The end of a final snapshot (`SnapEndRecord`): every chunk of it was sent before.
     pub const SNAP_END: u32 = 25;
+    /// A watched thread called one of kcov's ioctls (`KcovRecord`).
+    pub const KCOV_IOCTL: u32 = 20;
+    /// Part of the kcov buffer copied at a `KCOV_DISABLE` (`KcovChunkRecord`).
+    pub const KCOV_CHUNK: u32 = 21;
     /// One past the largest kind: the size of the per-kind drop counters.
     pub const MAX: u32 = 32;
+}
+
+/// Linux kcov (`include/uapi/linux/kcov.h`).
+pub mod kcov {
+    /// `_IOR('c', 1, unsigned long)`: size the buffer (argument: entries, word 0 included).
+    pub const INIT_TRACE: u32 = 0x8008_6301;
+    /// `_IO('c', 100)`: start tracing this thread (argument: `TRACE_PC` or `TRACE_CMP`).
+    pub const ENABLE: u32 = 0x6364;
+    /// `_IO('c', 101)`: stop tracing this thread.
+    pub const DISABLE: u32 = 0x6365;
+    /// `_IOW('c', 102, struct kcov_remote_arg)` (24-byte header).
+    pub const REMOTE_ENABLE: u32 = 0x4018_6366;
+    pub const TRACE_PC: u64 = 0;
+    pub const TRACE_CMP: u64 = 1;
+    /// `enum kcov_mode` of the kernel's `struct kcov` (kernel/kcov.c).
+    pub const MODE_DISABLED: u32 = 0;
+    pub const MODE_INIT: u32 = 1;
+    pub const MODE_TRACE_PC: u32 = 2;
+    pub const MODE_TRACE_CMP: u32 = 3;
+    /// Words of the buffer one `KcovChunkRecord` carries: one page, so a chunk never reaches
+    /// past the end of the (page-rounded) buffer.
+    pub const CHUNK_WORDS: usize = 512;
+    /// Chunks copied at most per `KCOV_DISABLE` (the rest is read from covobs' own view).
+    pub const MAX_CHUNKS: u32 = 64;
+    /// How far back from the end of the buffer the programs look for the first PC of their
+    /// own uprobe trap by default (see `KcovConfig::anchor_pc`).
+    pub const ANCHOR_WINDOW: u32 = 512;
+    /// The most they look back.
+    pub const MAX_ANCHOR_WINDOW: u32 = 1 << 16;
+}
+
+/// `KcovRecord::flags`.
+pub mod kcov_flags {
+    /// The file behind the descriptor is kcov's (inode checked in the kernel).
+    pub const IS_KCOV: u32 = 1;
+    /// The first PC of covobs' own uprobe trap was found: `count` is exactly what the thread
+    /// had recorded when it called ioctl().
+    pub const EXACT: u32 = 2;
+    /// Not every chunk fit in the ring buffer, or the buffer was larger than `MAX_CHUNKS`.
+    pub const TRUNCATED: u32 = 4;
+    /// The calibration thread of covobs itself made this call.
+    pub const CALIBRATION: u32 = 8;
 }
 
 /// Flags of a watched tgid (`WATCHED_TGIDS` value).
@@ -429,6 +475,81 @@ pub struct NsOffsets {
     pub kn_id: u32,
 }
 
+/// A kcov ioctl of a watched thread (`KCOV_IOCTL`), seen by a uprobe on the C library's
+/// `ioctl()` before the call, in the thread itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KcovRecord {
+    pub hdr: Header,
+    /// The kernel's `struct kcov` behind the descriptor: one identity per kcov file.
+    pub kcov: u64,
+    /// The chunks of this call carry the same id.
+    pub event_id: u64,
+    /// The ioctl's arguments.
+    pub arg: u64,
+    pub cmd: u32,
+    pub fd: i32,
+    /// `kcov_flags::*`.
+    pub flags: u32,
+    /// `struct kcov` `mode` at the call (`kcov::MODE_*`).
+    pub mode: u32,
+    /// `struct kcov` `size`: entries of the buffer, word 0 included.
+    pub size: u64,
+    /// Word 0 of the buffer as read by the program (it includes the trap's own PCs).
+    pub raw_count: u64,
+    /// Entries (PC mode) or records (CMP mode) the thread had when it called ioctl().
+    pub count: u64,
+    /// Words copied into chunks (word 0 included).
+    pub words: u64,
+    /// Chunks submitted.
+    pub chunks: u32,
+    /// `KCOV_REMOTE_ENABLE`: `trace_mode` and `area_size` of the `kcov_remote_arg`.
+    pub remote_mode: u32,
+    pub remote_area_size: u32,
+    pub _pad: u32,
+    pub remote_handles: u64,
+    pub remote_common_handle: u64,
+}
+
+/// `KCOV_CHUNK`: words `[index * CHUNK_WORDS, index * CHUNK_WORDS + words)` of the buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KcovChunkRecord {
+    pub hdr: Header,
+    pub event_id: u64,
+    pub index: u32,
+    /// Meaningful words in `data`.
+    pub words: u32,
+    pub data: [u64; kcov::CHUNK_WORDS],
+}
+
+/// What the kcov program needs to know about this kernel, from userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KcovConfig {
+    /// Offsets (BTF): `file.private_data`, `struct kcov` `mode`, `size`, `area`.
+    pub file_private_data: u32,
+    pub kcov_mode: u32,
+    pub kcov_size: u32,
+    pub kcov_area: u32,
+    /// Identity of /sys/kernel/debug/kcov: inode and kernel `dev_t` (major << 20 | minor).
+    pub ino: u64,
+    pub dev: u32,
+    /// 1 when the fields above are valid.
+    pub valid: u32,
+    /// The first PC (PC mode) / comparison ip (CMP mode) the kernel records for a thread that
+    /// hits a uprobe: everything from its last occurrence on was recorded because covobs' own
+    /// probe trapped, after the program read its count. 0: unknown (counts are then the raw
+    /// word 0). Learned by calibration on a thread of covobs.
+    pub anchor_pc: u64,
+    pub anchor_cmp: u64,
+    /// The thread of covobs whose kcov ioctls calibrate the anchors (0: none).
+    pub calibration_tid: u32,
+    /// Entries searched back for the anchor (0: `kcov::ANCHOR_WINDOW`); calibration sets it
+    /// from the length of the trap it measured.
+    pub anchor_window: u32,
+}
+
 /// The single value of the `CONFIG` array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -443,6 +564,7 @@ pub struct Config {
     pub tp: TracepointOffsets,
     pub kernel: KernelOffsets,
     pub ns: NsOffsets,
+    pub kcov: KcovConfig,
 }
 
 impl Config {
@@ -480,4 +602,7 @@ const _: () = {
     assert!(core::mem::size_of::<SnapRegions>() == 16 + 16 * snap::MAX_REGIONS);
     assert!(core::mem::size_of::<SnapChunkRecord>() == 56 + snap::CHUNK_BYTES);
     assert!(core::mem::size_of::<SnapEndRecord>() == 56);
+    assert!(core::mem::size_of::<KcovRecord>() == 128);
+    assert!(core::mem::size_of::<KcovChunkRecord>() == 40 + 8 * kcov::CHUNK_WORDS);
+    assert!(core::mem::size_of::<KcovConfig>() == 56);
 };

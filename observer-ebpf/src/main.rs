@@ -9,6 +9,8 @@ mod cgroups;
 #[cfg(target_arch = "bpf")]
 mod dumps;
 #[cfg(target_arch = "bpf")]
+mod kcov;
+#[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -37,6 +37,42 @@ pub enum Command {
     /// Read a process's coverage counters from its memory (no signal) and write the files its
     /// coverage runtimes would write.
     Snapshot(SnapshotArgs),
+    /// Launch a command and collect its coverage (with --kernel, the kernel code its system
+    /// calls reach too, through kcov); one session and report for both.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Also collect the kernel coverage of the command (kcov: its first thread, from its exec
+    /// to its exit).
+    #[arg(long)]
+    pub kernel: bool,
+    /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// kcov buffer size in entries (word 0 included); PCs beyond it are dropped by the kernel.
+    #[arg(long, default_value_t = crate::run::DEFAULT_KCOV_ENTRIES)]
+    pub kcov_entries: usize,
+    /// Also print events as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not write the report at the end (`covobs report DIR` can write it later).
+    #[arg(long)]
+    pub no_report: bool,
+    /// The kernel image with debug info for symbolizing kernel PCs (default: found by the
+    /// running kernel's build id).
+    #[arg(long)]
+    pub vmlinux: Option<std::path::PathBuf>,
+    /// As for attach.
+    #[arg(long, value_enum, default_value = "window")]
+    pub file_tracking: crate::probes::FileTrackingPolicy,
+    /// Forward the eBPF programs' own log messages (debugging covobs).
+    #[arg(long)]
+    pub ebpf_log: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +162,10 @@ pub struct AttachArgs {
     /// Forward the eBPF programs' own log messages (debugging covobs).
     #[arg(long)]
     pub ebpf_log: bool,
+    /// The kernel image with debug info for symbolizing kernel PCs (kcov users' coverage;
+    /// default: found by the running kernel's build id).
+    #[arg(long)]
+    pub vmlinux: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -216,4 +256,7 @@ pub struct ReportArgs {
     /// directory and the current directory (each with its parents).
     #[arg(long = "source-path", value_name = "DIR")]
     pub source_path: Vec<std::path::PathBuf>,
+    /// The kernel image with debug info for kcov artifacts (default: found by their build id).
+    #[arg(long)]
+    pub vmlinux: Option<std::path::PathBuf>,
 }

@@ -460,16 +460,36 @@ fn uprobe_multi() -> Check {
 }
 
 fn kcov() -> Check {
-    if Path::new("/sys/kernel/debug/kcov").exists() {
-        check("kcov", Status::Ok, "/sys/kernel/debug/kcov present")
-    } else {
-        check(
+    let fix = "boot a kernel built with CONFIG_KCOV=y (and CONFIG_KCOV_ENABLE_COMPARISONS=y for comparison tracing) and mount debugfs on /sys/kernel/debug; covobs' test kernel is one (`cargo xtask kernel`, kernel/README.md)";
+    if let Err(e) = crate::kcov::kernel::available() {
+        return check(
             "kcov",
             Status::Warn,
-            "no /sys/kernel/debug/kcov: kernel coverage (`run --kernel`) is unavailable",
+            format!(
+                "{e}: kernel coverage (`covobs run --kernel`, kcov users' buffers) is unavailable"
+            ),
         )
-        .fix("boot a kernel built with CONFIG_KCOV=y (see `cargo xtask kernel`) and mount debugfs")
+        .fix(fix);
     }
+    // It opens; can a buffer be sized and mapped, and does BTF describe struct kcov (what the
+    // eBPF program follows from a kcov user's descriptor to its buffer)?
+    if let Err(e) = crate::kcov::buffer::OwnedBuffer::open(64) {
+        return check("kcov", Status::Warn, format!("{e}")).fix(fix);
+    }
+    let btf = crate::probes::btf::kcov_config();
+    if btf.valid == 0 {
+        return check(
+            "kcov",
+            Status::Warn,
+            "/sys/kernel/debug/kcov works, but this kernel's BTF lacks struct kcov: `run --kernel` works, kcov users' ioctls cannot be followed",
+        )
+        .fix("use a kernel with CONFIG_DEBUG_INFO_BTF=y");
+    }
+    check(
+        "kcov",
+        Status::Ok,
+        "/sys/kernel/debug/kcov works (buffer sized and mapped); BTF describes struct kcov",
+    )
 }
 
 fn memlock() -> Check {

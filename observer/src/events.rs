@@ -180,6 +180,9 @@ pub enum Body {
         bytes_read: u64,
         read_ns: u64,
     },
+    /// Kernel coverage (kcov) of thread `tid`: what its buffer held at a moment covobs saw
+    /// (crate::kcov::KcovEvent documents the fields).
+    Kcov(crate::kcov::KcovEvent),
     /// Something was not observed or not collected; `reason` says why.
     Lost {
         reason: String,
@@ -210,6 +213,7 @@ impl Event {
             Body::OcamlThread { .. } => "ocaml_thread",
             Body::Delivery { .. } => "delivery",
             Body::Snapshot { .. } => "snapshot",
+            Body::Kcov(_) => "kcov",
         }
     }
 }

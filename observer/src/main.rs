@@ -103,6 +103,41 @@ async fn run(command: Command) -> Result<ExitCode> {
                 mode: args.mode,
                 final_snapshot: args.final_snapshot,
                 command: std::env::args().collect(),
+                vmlinux: args.vmlinux,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            covobs::run::run(covobs::run::RunOptions {
+                command: args.command,
+                kernel: args.kernel,
+                kcov_entries: args.kcov_entries,
+                attach: attach::AttachOptions {
+                    // Replaced by the launched workload's pid.
+                    target: TargetSpec::Pid(0),
+                    out: args.out,
+                    interval: None,
+                    once: false,
+                    duration: None,
+                    signal: nix::sys::signal::Signal::SIGUSR2,
+                    thread: covobs::trigger::ThreadChoice::Auto,
+                    force: false,
+                    json: args.json,
+                    wait: false,
+                    follow_forks: false,
+                    ebpf_log: args.ebpf_log,
+                    dump_timeout: std::time::Duration::from_secs(10),
+                    no_report: args.no_report,
+                    file_tracking: args.file_tracking,
+                    observe_only: false,
+                    deliver: attach::Deliver::Pidfd,
+                    ocaml_thread_name: "ffi-ocaml-executor-thread".into(),
+                    command: std::env::args().collect(),
+                    vmlinux: args.vmlinux,
+                    mode: covobs::cli::Mode::Signal,
+                    final_snapshot: false,
+                },
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -211,6 +246,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     let opts = report::ReportOptions {
         formats: args.format.into_iter().collect(),
         source_paths: args.source_path,
+        vmlinux: args.vmlinux,
         ..report::ReportOptions::default()
     };
     let dir = args.dir;

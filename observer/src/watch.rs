@@ -58,6 +58,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         mode: crate::cli::Mode::Signal,
         final_snapshot: false,
         command: Vec::new(),
+        vmlinux: None,
     })
     .await
 }

@@ -411,6 +411,11 @@ impl Driven {
             .expect("the target did not answer within 20 s")
     }
 
+    /// The next line of output, or None when none came within `timeout` or the output ended.
+    pub fn try_line(&mut self, timeout: Duration) -> Result<String, RecvTimeoutError> {
+        self.lines.recv_timeout(timeout)
+    }
+
     /// Send a command and return the target's one-line answer.
     pub fn ask(&mut self, command: &str) -> String {
         writeln!(self.stdin, "{command}").expect("write to target");

@@ -32,7 +32,7 @@ enum Task {
     /// Run covobs on the bundled demo workload and write a report.
     Demo,
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach, ocaml,
-    /// snapshot).
+    /// snapshot, kcov).
     Bench { which: Vec<String> },
     /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
     Kernel,
@@ -44,6 +44,9 @@ enum Task {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// The guest half of `bench kcov` (run inside the kcov VM by the benchmark).
+    #[command(hide = true)]
+    BenchKcovGuest { share: std::path::PathBuf },
     /// Kernel-coverage tests in the kcov VM: the smoke test, or a test executable given after `--`.
     VmTest {
         #[command(flatten)]
@@ -63,7 +66,12 @@ fn main() -> Result<()> {
             run(Command::new(env!("CARGO"))
                 .args(["test", "--workspace"])
                 .args(&cargo_args))?;
-            vm::vm_test(&vm::VmArgs::default(), Vec::new())
+            vm::vm_test(&vm::VmArgs::default(), Vec::new())?;
+            let kcov = vm::VmArgs {
+                kcov: true,
+                ..vm::VmArgs::default()
+            };
+            vm::vm_test(&kcov, Vec::new())
         }
         Task::Static => static_build::build().map(drop),
         Task::Demo => demo::run(),
@@ -75,6 +83,7 @@ fn main() -> Result<()> {
         Task::Kernel => vm::kernel_cmd(),
         Task::VmRun { vm, command } => std::process::exit(vm::vm_run(&vm, command)),
         Task::VmTest { vm, command } => vm::vm_test(&vm, command),
+        Task::BenchKcovGuest { share } => bench::kcov::guest(&share),
     }
 }
 

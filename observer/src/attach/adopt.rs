@@ -26,8 +26,21 @@ impl Session {
     /// Set up a newly watched process. Returns the runtimes a signal can make it dump.
     pub async fn adopt(&mut self, pid: u32, comm: &str) -> Vec<Runtime> {
         let mut state = TargetState::new(pid, comm);
+        // The launched workload may be gone already (it ran to its end before covobs saw its
+        // exec): what covobs prepared before the exec stands in for what /proc no longer shows.
+        let prep = self
+            .launched_prep
+            .clone()
+            .filter(|_| self.launched == Some(pid));
+        if state.root.is_none() {
+            state.root = prep.as_ref().and_then(|p| p.root.clone());
+        }
         let mapped = match self.discovery.scan(pid as i32) {
+            Ok(m) if m.is_empty() && prep.is_some() => {
+                prep.iter().map(|p| p.program.clone()).collect()
+            }
             Ok(m) => m,
+            Err(_) if prep.is_some() => prep.iter().map(|p| p.program.clone()).collect(),
             Err(e) => {
                 self.lost(pid, pid, "runtime discovery", e.to_string())
                     .await;
@@ -121,11 +134,13 @@ impl Session {
             .find(|m| m.module.runtimes.contains(&Runtime::Llvm))
         {
             let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
-            state.llvm_profile = Some(llvm_path::for_process(
-                pid,
-                rustc,
-                m.module.build_id.as_deref(),
-            ));
+            state.llvm_profile = Some(
+                prep.as_ref()
+                    .and_then(|p| p.llvm_profile.clone())
+                    .unwrap_or_else(|| {
+                        llvm_path::for_process(pid, rustc, m.module.build_id.as_deref())
+                    }),
+            );
         }
         let has = |rt: Runtime| mapped.iter().any(|m| m.module.runtimes.contains(&rt));
         let gcda: Vec<(String, String)> = mapped
@@ -133,6 +148,13 @@ impl Session {
             .filter(|m| m.module.runtimes.contains(&Runtime::Gcov))
             .flat_map(|m| collect::gcov::paths_for_process(pid, &m.module.elf.gcda_paths))
             .collect();
+        let probe_ioctl = self.launched != Some(pid);
+        let kcov_events = self
+            .kcov
+            .adopt(&mut self.probes, pid, comm, &mapped, probe_ioctl);
+        for e in kcov_events {
+            self.tx.event(e).await;
+        }
         state.modules = mapped.clone();
         if !self.opts.observe_only
             && let Some(root) = state.root.clone()
@@ -147,6 +169,7 @@ impl Session {
                     gcda: gcda.clone(),
                     dir: state.dir.clone(),
                     comm: state.comm.clone(),
+                    launched: self.launched == Some(pid),
                 },
                 self.seq.clone(),
                 self.tx.clone(),

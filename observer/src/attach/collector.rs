@@ -19,6 +19,9 @@ pub struct CollectorSetup {
     pub gcda: Vec<(String, String)>,
     pub dir: String,
     pub comm: String,
+    /// The process is the workload covobs launched (`covobs run`): its profile file holds only
+    /// its own dumps, possibly made before covobs adopted it after its exec (a short workload).
+    pub launched: bool,
 }
 
 pub(super) async fn target_collector(
@@ -35,6 +38,7 @@ pub(super) async fn target_collector(
         gcda,
         dir,
         comm,
+        launched,
     } = setup;
     // Cursors start after what the files hold now: those are dumps from before covobs attached.
     let start_root = root.clone();
@@ -44,7 +48,13 @@ pub(super) async fn target_collector(
             b.skip_existing(&start_root, None);
         }
         Sources {
-            llvm: llvm_profile.map(|p| llvm_path::ProfileCursor::new(p, &start_root, None)),
+            llvm: llvm_profile.map(|p| {
+                if launched {
+                    llvm_path::ProfileCursor::from_start(p)
+                } else {
+                    llvm_path::ProfileCursor::new(p, &start_root, None)
+                }
+            }),
             bisect,
             gcda,
         }
@@ -140,6 +150,7 @@ async fn deliver(
             source: x.source.clone(),
             format: x.format.clone(),
             module: ModuleMeta::of(&hook.module),
+            kcov: None,
             parts: parts
                 .iter()
                 .map(|(name, path, data)| PartMeta {

@@ -20,6 +20,8 @@ mod adopt;
 mod collector;
 pub mod control;
 mod delivery;
+pub mod kcov;
+mod kcov_session;
 mod leave;
 pub mod progress;
 pub mod session;
@@ -61,6 +63,8 @@ pub struct AttachOptions {
     pub final_snapshot: bool,
     /// The command line, for session.json.
     pub command: Vec<String>,
+    /// The kernel image with DWARF for the report's kernel coverage (default: found by build id).
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// How the dump signal for the OCaml runtime is delivered.
@@ -107,10 +111,18 @@ pub fn default_out_dir() -> PathBuf {
 }
 
 pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
+    run_session(opts, None).await
+}
+
+/// An attach session; with `launch`, around a workload covobs forks (`covobs run`): the child is
+/// held before its exec until it is watched.
+pub async fn run_session(
+    mut opts: AttachOptions,
+    mut launch: Option<crate::run::Prepared>,
+) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install(opts.duration);
     crate::require_privileges()?;
     let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
-    let opts = Arc::new(opts);
     let started_unix = clock::realtime_ns();
 
     // watch observes every signal and follows no file; attach the reverse.
@@ -129,6 +141,16 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
         let bad = e.is_bad_input();
         classify(e, bad)
     })?;
+    // The workload is forked only now that covobs can observe it.
+    let mut child = match launch.as_mut() {
+        Some(l) => {
+            let c = l.spawn()?;
+            opts.target = TargetSpec::Pid(c.pid as i32);
+            Some(c)
+        }
+        None => None,
+    };
+    let opts = Arc::new(opts);
     let mut tracker = Tracker::new(opts.target.clone(), opts.follow_forks);
     let initial = tracker.start(&mut probes, opts.wait).map_err(|e| {
         let bad = e.is_bad_input();
@@ -177,10 +199,34 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
         out_dir.clone(),
     );
 
-    let result = drive(&mut session, initial, &mut shutdown, &mut done_rx).await;
+    let result = drive(
+        &mut session,
+        initial,
+        &mut shutdown,
+        &mut done_rx,
+        launch.as_mut().zip(child.as_mut()),
+    )
+    .await;
     if opts.observe_only {
         return finish_watch(session, pipeline, result.map(drop)).await;
     }
+    let workload = match (&launch, child.as_mut()) {
+        (Some(l), Some(c)) => {
+            let status = tokio::task::block_in_place(|| c.wait());
+            if let Some(code) = status.filter(|c| *c != 0) {
+                eprintln!("covobs: the workload exited with status {code}");
+            }
+            Some(serde_json::json!({
+                "argv": c.argv,
+                "program": c.program,
+                "pid": c.pid,
+                "exit_status": status,
+                "kernel_coverage": l.kernel,
+                "kcov_entries": l.kernel.then_some(l.kcov_entries),
+            }))
+        }
+        _ => None,
+    };
     let summary = match result {
         Ok(line) => line,
         Err(e) => {
@@ -190,16 +236,16 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
                 let _ = pipeline.finish().await;
                 let _ = std::fs::remove_dir_all(&out_dir);
             } else {
-                let _ = finish(session, pipeline, &out_dir, started_unix).await;
+                let _ = finish(session, pipeline, &out_dir, started_unix, workload).await;
             }
             return Err(e);
         }
     };
-    finish(session, pipeline, &out_dir, started_unix).await?;
+    finish(session, pipeline, &out_dir, started_unix, workload).await?;
     // After the pipeline is flushed: the summary comes after the last event.
     eprintln!("covobs: {summary}");
     if !opts.no_report {
-        report(&out_dir).await;
+        report(&out_dir, opts.vmlinux.clone()).await;
     }
     eprintln!("covobs: session written to {}", out_dir.display());
     Ok(())
@@ -211,19 +257,44 @@ async fn drive(
     initial: Vec<crate::events::Event>,
     shutdown: &mut Shutdown,
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
+    launch: Option<(&mut crate::run::Prepared, &mut crate::run::Launch)>,
 ) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut reader = session
         .probes
         .take_reader()
         .context("opening the eBPF ring buffer")?;
-    let mut control = if opts.observe_only {
+    let early = session.start_kcov(&mut reader);
+    let control = if opts.observe_only {
         None
     } else {
         Some(control::ControlServer::bind()?.serve())
     };
-    let mut finals = session.snapshots.take_reader();
-    let mut final_batch = Vec::new();
+
+    if let Some((prepared, child)) = launch {
+        // The workload: a fork of covobs until its exec, adopted then; its executable's dump
+        // functions are probed now, so even a workload that ends at once is collected.
+        for e in initial {
+            session.on_record_event(e).await;
+        }
+        session.launched = Some(child.pid);
+        session.prepare_exec(child.pid, &child.program).await;
+        if let Some(buffer) = prepared.buffer.take() {
+            let comm = child
+                .program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            session
+                .kcov
+                .own(child.pid, &comm, buffer, crate::kcov::Mode::Pc);
+        }
+        child.go().map_err(|e| BadInput(e.to_string()))?;
+        for record in early {
+            session.on_record(record).await;
+        }
+        return drive_loop(session, shutdown, done_rx, reader, control).await;
+    }
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
     let mut refusals = Vec::new();
@@ -236,6 +307,10 @@ async fn drive(
         session.on_record_event(e).await;
         let dumpable = session.adopt(pid, &comm).await;
         if opts.observe_only {
+            continue;
+        }
+        if dumpable.is_empty() && session.kcov.has_buffers(pid) {
+            // A kcov user: its kernel coverage is collected, nothing is triggered.
             continue;
         }
         // The OCaml thread is known from the probes after their first counts.
@@ -269,6 +344,22 @@ async fn drive(
     for r in &refusals {
         eprintln!("covobs: warning: {r}");
     }
+    for record in early {
+        session.on_record(record).await;
+    }
+    drive_loop(session, shutdown, done_rx, reader, control).await
+}
+
+async fn drive_loop(
+    session: &mut Session,
+    shutdown: &mut Shutdown,
+    done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
+    mut reader: crate::probes::EventReader,
+    mut control: Option<control::Requests>,
+) -> anyhow::Result<String> {
+    let opts = session.opts.clone();
+    let mut finals = session.snapshots.take_reader();
+    let mut final_batch = Vec::new();
 
     let mut progress = progress::Progress::new(
         !opts.json && !opts.no_report && !opts.observe_only,
@@ -318,6 +409,7 @@ async fn drive(
                 session.update_ocaml().await;
                 session.expire().await;
                 session.release_left();
+                session.kcov_tick().await;
                 drops.report(&session.probes, &session.sender()).await;
                 session.counters.ring_buffer_drops = drops.total;
                 progress.update(session);
@@ -355,6 +447,7 @@ async fn drive(
         f.drain(&mut final_batch);
         session.on_final_records(final_batch.drain(..)).await;
     }
+    session.kcov_finish().await;
     session.expire_all().await;
     while session.in_flight > 0 {
         match tokio::time::timeout(opts.dump_timeout, done_rx.recv()).await {
@@ -427,6 +520,7 @@ async fn finish(
     pipeline: Pipeline,
     out_dir: &std::path::Path,
     started_unix: u64,
+    workload: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let programs = session.probes.programs().to_vec();
     let file_tracking = session.probes.file_tracking;
@@ -434,6 +528,7 @@ async fn finish(
     let opts = session.opts.clone();
     let counters = session.counters.clone();
     let history = std::mem::take(&mut session.history);
+    let kernel = session.kcov.kernel.clone();
     // Every probe goes away here, before the last write; so does the session's pipeline handle,
     // which the pipeline waits for.
     drop(session);
@@ -444,7 +539,9 @@ async fn finish(
         "started_unix_ns": started_unix,
         "ended_unix_ns": clock::realtime_ns(),
         "boot_to_unix_offset_ns": clock::boot_to_unix_offset_ns() as i64,
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "kernel": kernel.release,
+        "kernel_build_id": kernel.build_id,
+        "workload": workload,
         "options": {
             "interval_ms": opts.interval.map(|d| d.as_millis() as u64),
             "once": opts.once,
@@ -485,10 +582,14 @@ async fn finish(
 
 /// The report at the end of attach. A failure there loses nothing: the collected data stays in
 /// the directory for `covobs report DIR`.
-async fn report(out_dir: &std::path::Path) {
+async fn report(out_dir: &std::path::Path, vmlinux: Option<PathBuf>) {
     let dir = out_dir.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
-        crate::report::generate(&dir, &crate::report::ReportOptions::default())
+        let opts = crate::report::ReportOptions {
+            vmlinux,
+            ..Default::default()
+        };
+        crate::report::generate(&dir, &opts)
     })
     .await;
     match result {

@@ -93,6 +93,22 @@ pub struct Session {
     pub(super) expected: Vec<Expected>,
     /// Snapshots from memory, and the final ones the kernel copies at exit.
     pub snapshots: Snapshots,
+    /// Kernel coverage of the targets (kcov users; the workload of `covobs run --kernel`).
+    pub kcov: crate::kcov::KcovObserver,
+    /// The workload `covobs run` launched: adopted at its exec, its ioctl() not probed.
+    pub launched: Option<u32>,
+    /// What covobs learned of the workload before its exec, for when it is gone by the time
+    /// covobs sees the exec (a short workload on a busy machine).
+    pub(super) launched_prep: Option<LaunchedPrep>,
+}
+
+/// The launched workload as known before its exec: its root (the same after exec), its
+/// executable and the profile file its environment (covobs' own) names.
+#[derive(Clone)]
+pub(super) struct LaunchedPrep {
+    pub root: Option<Arc<crate::collect::read::TargetDir>>,
+    pub program: crate::discover::Mapped,
+    pub llvm_profile: Option<crate::collect::llvm_path::Expanded>,
 }
 
 /// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
@@ -157,6 +173,9 @@ impl Session {
             ocaml: Default::default(),
             expected: Vec::new(),
             snapshots,
+            kcov: crate::kcov::KcovObserver::new(),
+            launched: None,
+            launched_prep: None,
         }
     }
 
@@ -273,6 +292,16 @@ impl Session {
                     .await
             }
             Record::Selftest { .. } => {}
+            Record::KcovIoctl(rec) => {
+                let out = self.kcov.on_ioctl(&rec);
+                self.kcov_out(out).await;
+            }
+            Record::KcovChunk {
+                hdr,
+                event_id,
+                index,
+                words,
+            } => self.kcov.on_chunk(event_id, index, words, hdr.ts_ns),
             Record::BpfSignalSent {
                 hdr,
                 sig,
@@ -298,8 +327,18 @@ impl Session {
             Body::SignalDeliver { sig, .. } => Some((*sig, e.ts_ns)),
             _ => None,
         };
-        let exec = matches!(e.body, Body::ProcessExec { .. }) && self.targets.contains_key(&pid);
+        let exec = matches!(e.body, Body::ProcessExec { .. })
+            && (self.targets.contains_key(&pid) || self.launched == Some(pid));
+        let kcov_exit = match &e.body {
+            Body::ThreadExit { .. } => Some(Some(tid)),
+            Body::ProcessExit { .. } => Some(None),
+            _ => None,
+        };
         self.tx.event(e).await;
+        if let Some(which) = kcov_exit {
+            let out = self.kcov.on_exit(pid, which);
+            self.kcov_out(out).await;
+        }
         if let Some((sig, ts)) = delivered {
             self.confirm_delivery(pid, tid, sig, ts).await;
         }
@@ -316,6 +355,7 @@ impl Session {
                 .map(|t| t.process.comm.clone())
                 .unwrap_or_default();
             self.targets.remove(&pid);
+            self.kcov.rename(pid, &comm);
             self.adopt(pid, &comm).await;
         }
         if thread_exit && let Some(d) = self.dumps.abandon_thread(tid) {

@@ -563,6 +563,7 @@ async fn deliver(
         format: snap.format.clone(),
         module: ModuleMeta::of(&snap.module),
         parts: Vec::new(),
+        kcov: None,
         snapshot: Some(info.clone()),
     };
     let bytes = snap.bytes.len() as u64;

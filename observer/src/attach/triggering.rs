@@ -224,10 +224,13 @@ impl Session {
             }
             return;
         }
+        // Targets with nothing to trigger (kcov users, a workload without a runtime) are left
+        // alone.
         let pids: Vec<u32> = self
             .targets
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(_, t)| !t.dumpable.is_empty())
+            .map(|(pid, _)| *pid)
             .filter(|pid| !self.has_left(*pid))
             .collect();
         for pid in pids {

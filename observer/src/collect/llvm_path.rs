@@ -136,6 +136,17 @@ impl ProfileCursor {
         c
     }
 
+    /// Start at the beginning of the file: for a process covobs launched, whose runtime created
+    /// the file at its start, every profile in it is from this run.
+    pub fn from_start(expanded: Expanded) -> Self {
+        Self {
+            expanded,
+            path: None,
+            ino: None,
+            offset: 0,
+        }
+    }
+
     /// The kernel saw a dump write `[start, end)` of inode `ino`.
     pub fn observed(&mut self, path: &str, ino: Option<u64>, end: u64) {
         if self.ino.is_some() && ino.is_some() && self.ino != ino {

@@ -27,11 +27,13 @@ pub enum Trigger {
     /// The target dumped on its own (a timer, its own code).
     #[serde(rename = "self")]
     SelfDump,
-    /// The runtime's exit-time dump (the process called exit()).
+    /// The runtime's exit-time dump (the process called exit()); for kcov, the buffer of a
+    /// thread read after it exited.
     Exit,
     /// covobs read the counters from the target's memory.
     Snapshot,
-    /// covobs' last snapshot, copied in the kernel as the process exited.
+    /// covobs' last snapshot, copied in the kernel as the process exited; kcov: the buffer of a
+    /// thread still tracing, read by covobs when it detached.
     Final,
 }
 
@@ -226,6 +228,9 @@ pub struct ArtifactMeta {
     /// Snapshots: how the counters were read and what they added.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<crate::snapshot::SnapshotInfo>,
+    /// kcov artifacts: mode, entries, exactness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kcov: Option<crate::attach::kcov::KcovMeta>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -15,8 +15,11 @@ pub enum Runtime {
     Bisect,
     /// The OCaml runtime itself (not coverage: tells which thread runs OCaml).
     Ocaml,
-    /// The C library (not coverage: its exit() tells which dumps are exit-time dumps).
+    /// The C library (not coverage: its exit() tells which dumps are exit-time dumps, its
+    /// ioctl() which threads use kcov).
     Libc,
+    /// Linux kcov: kernel coverage of a thread (the `/sys/kernel/debug/kcov` buffer).
+    Kcov,
 }
 
 impl Runtime {
@@ -28,6 +31,7 @@ impl Runtime {
             Self::Bisect => "bisect",
             Self::Ocaml => "ocaml",
             Self::Libc => "libc",
+            Self::Kcov => "kcov",
         }
     }
 
@@ -49,6 +53,7 @@ impl Runtime {
             Self::Gcov => "gcda",
             Self::Sancov => "sancov",
             Self::Bisect => "coverage",
+            Self::Kcov => "kcov",
             Self::Ocaml | Self::Libc => "none",
         }
     }
@@ -68,6 +73,8 @@ pub enum Role {
     OcamlRuntime,
     /// The process is exiting (libc `exit`).
     ProcessExit,
+    /// libc `ioctl`: where kcov's ioctls are seen (KCOV_ENABLE, KCOV_DISABLE, ...).
+    Ioctl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +138,7 @@ pub static HOOKS: &[Hook] = &[
     // write_runtime_data ends by flushing its channel: the C function that does it.
     hook(Runtime::Bisect, Role::DumpEnd, Exact("caml_ml_flush")),
     hook(Runtime::Libc, Role::ProcessExit, Exact("exit")),
+    hook(Runtime::Libc, Role::Ioctl, Exact("ioctl")),
     hook(Runtime::Ocaml, Role::OcamlRuntime, Exact("caml_call_gc")),
     hook(
         Runtime::Ocaml,

@@ -118,6 +118,39 @@ impl Discovery {
         Ok(found)
     }
 
+    /// An executable that is about to be run (`covobs run`, before its exec): the module as it
+    /// will be mapped, when it carries a runtime. `open_path` is the file itself.
+    pub fn scan_path(&mut self, path: &std::path::Path) -> Option<Mapped> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let mapping = Mapping {
+            start: 0,
+            end: 0,
+            perms: "r-xp".into(),
+            offset: 0,
+            file: id,
+            path: path.to_string_lossy().into_owned(),
+        };
+        let module = match self.cache.get(&id) {
+            Some(m) => m.clone(),
+            None => {
+                let info = elf::read(path).ok()?;
+                let module = Arc::new(describe(id, &mapping.path, info));
+                self.cache.insert(id, module.clone());
+                module
+            }
+        };
+        (!module.runtimes.is_empty()).then(|| Mapped {
+            module,
+            open_path: path.to_path_buf(),
+            base: 0,
+        })
+    }
+
     fn module(&mut self, pid: i32, id: FileId, mapping: &Mapping) -> Option<Arc<Module>> {
         if let Some(m) = self.cache.get(&id) {
             return Some(m.clone());
@@ -156,7 +189,7 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
         .filter(|h| {
             matches!(
                 h.hook.role,
-                Role::Dump | Role::OcamlRuntime | Role::ProcessExit
+                Role::Dump | Role::OcamlRuntime | Role::ProcessExit | Role::Ioctl
             )
         })
         .map(|h| h.hook.runtime)

@@ -42,6 +42,34 @@ pub fn kernel_offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     })
 }
 
+/// What the kcov program needs: the offsets that lead from a descriptor's `struct file` to its
+/// kcov buffer, and the identity of /sys/kernel/debug/kcov. `valid` is 0 on a kernel without
+/// kcov (or without `struct kcov` in its BTF): kcov ioctls are then not followed.
+pub fn kcov_config() -> covobs_common::KcovConfig {
+    let Some(((_, ino), dev)) = crate::kcov::kernel::device_identity() else {
+        return Default::default();
+    };
+    let resolved = Btf::from_file("/sys/kernel/btf/vmlinux")
+        .map_err(|e| BtfError::Unavailable(e.to_string()))
+        .and_then(|btf| {
+            let off = |s: &str, m: &str| member_offset(&btf, s, m);
+            Ok(covobs_common::KcovConfig {
+                file_private_data: off("file", "private_data")?,
+                kcov_mode: off("kcov", "mode")?,
+                kcov_size: off("kcov", "size")?,
+                kcov_area: off("kcov", "area")?,
+                ino,
+                dev,
+                valid: 1,
+                ..Default::default()
+            })
+        });
+    resolved.unwrap_or_else(|e| {
+        tracing::warn!("{e}: kcov users are not followed");
+        Default::default()
+    })
+}
+
 /// Offsets for the raw signal tracepoints; an error leaves them to the perf tracepoints.
 fn signal_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let off = |s: &str, m: &str| member_offset(btf, s, m);

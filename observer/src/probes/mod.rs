@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, UProbe, uprobe::UProbeScope},
 };
-use covobs_common::{COMM_LEN, Config, OcamlHits, SignalRequest, kind};
+use covobs_common::{COMM_LEN, Config, KcovConfig, OcamlHits, SignalRequest, kind};
 
 use crate::sys::{
     bpf::{self, BpfUnavailable},
@@ -96,7 +96,9 @@ pub struct Probes {
     select: Array<MapData, u64>,
     /// Held for the programs loaded later (uprobes, the final-snapshot program): their map
     /// references are fds of this process, and a dropped map's fd would be closed under them.
-    _config: Array<MapData, Config>,
+    config_map: Array<MapData, Config>,
+    /// What the programs were given (the kcov part changes: anchors, calibration).
+    config: Config,
     /// covobs' PID namespace: every id in the records is in it.
     pub pidns: crate::target::PidNs,
     /// `covobs_common::ns_flags` of the offsets the programs got.
@@ -214,6 +216,7 @@ impl Probes {
             ));
         }
         config.ns.pidns_ino = pidns.config_inode();
+        config.kcov = btf::kcov_config();
         raise_memlock();
 
         // aya-log level 0 turns every log statement in the programs into a cheap no-op.
@@ -254,7 +257,8 @@ impl Probes {
             ocaml_hits,
             send_signal,
             select,
-            _config: config_map,
+            config_map,
+            config,
             pidns,
             ns_flags: config.ns.flags,
             config_flags: config.flags,
@@ -814,6 +818,76 @@ impl Probes {
         Ok(())
     }
 
+    /// What the kcov program knows about this kernel (valid: kcov is there and BTF describes it).
+    pub fn kcov_config(&self) -> KcovConfig {
+        self.config.kcov
+    }
+
+    /// Change what the kcov program knows (anchors, calibration thread).
+    pub fn update_kcov(&mut self, f: impl FnOnce(&mut KcovConfig)) -> Result<(), ProbeError> {
+        f(&mut self.config.kcov);
+        self.config_map
+            .set(0, &self.config, 0)
+            .map_err(map_err("CONFIG"))
+    }
+
+    /// See the kcov ioctls of process `pid`: a uprobe on its C library's `ioctl` (at
+    /// `file_offset` of `file`), in that process only.
+    pub fn attach_kcov_probe(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        self.attach_uprobe("covobs_kcov_ioctl", file, file_offset, 0, Some(pid))
+    }
+
+    /// The kcov uprobe on covobs itself, for calibration; detached with `detach_kcov_probe`.
+    pub fn attach_kcov_calibration(
+        &mut self,
+        file: &std::path::Path,
+        file_offset: u64,
+    ) -> Result<aya::programs::uprobe::UProbeLinkId, ProbeError> {
+        let program = "covobs_kcov_ioctl";
+        let perr = |source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        };
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing("covobs_kcov_ioctl"))?
+            .try_into()
+            .map_err(perr)?;
+        if !self.programs.iter().any(|p| p.name == program) {
+            let started = std::time::Instant::now();
+            prog.load().map_err(perr)?;
+            tracing::debug!("{program} loaded in {:?}", started.elapsed());
+            let id = prog.info().map_err(perr)?.id();
+            self.programs.push(LoadedProgram {
+                name: program.to_owned(),
+                id,
+            });
+        }
+        let pid = std::num::NonZeroU32::new(std::process::id())
+            .ok_or(ProbeError::Missing("a process id"))?;
+        let point = aya::programs::uprobe::UProbeAttachPoint {
+            location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(file_offset),
+            cookie: None,
+        };
+        prog.attach([point], file, UProbeScope::OneProcess(pid))
+            .map_err(perr)
+    }
+
+    pub fn detach_kcov_probe(&mut self, link: aya::programs::uprobe::UProbeLinkId) {
+        if let Some(p) = self.ebpf.program_mut("covobs_kcov_ioctl")
+            && let Ok(prog) = <&mut UProbe>::try_from(p)
+            && let Err(e) = prog.detach(link)
+        {
+            tracing::warn!("detaching the kcov calibration probe: {e}");
+        }
+    }
+
     /// The self-test counters (`covobs_common::selftest` slots).
     pub fn selftest_slot(&self, slot: u32) -> u64 {
         self.selftest.get(&slot, 0).unwrap_or(0)
@@ -872,5 +946,33 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
             }
         }
         Err(e) => tracing::warn!("eBPF logging unavailable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod kcov_load_tests {
+    #[test]
+    fn the_kcov_program_passes_the_verifier() {
+        let mut ebpf = aya::EbpfLoader::new()
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/covobs"
+            )))
+            .expect("load object");
+        let p: &mut aya::programs::UProbe = ebpf
+            .program_mut("covobs_kcov_ioctl")
+            .expect("program")
+            .try_into()
+            .expect("uprobe");
+        let t = std::time::Instant::now();
+        p.load().expect("verifier");
+        eprintln!("kcov program verified in {:?}", t.elapsed());
+        if let Ok(info) = p.info() {
+            eprintln!(
+                "verified instructions: {:?}",
+                info.verified_instruction_count()
+            );
+        }
     }
 }

@@ -98,6 +98,7 @@ pub fn config(tracefs: &Path, self_tgid: u32) -> Result<Config, TracefsError> {
         signal_mask: 0,
         kernel: Default::default(),
         ns: Default::default(),
+        kcov: Default::default(),
         tp: TracepointOffsets {
             exec_filename: exec.offset("filename")?,
             exec_pid: exec.offset("pid")?,

@@ -1,7 +1,7 @@
 //! Decoding of the eBPF programs' ring-buffer records into events.
 use covobs_common::{
     COMM_LEN, DumpRecord, ExecRecord, FileIdentity, FileOpenRecord, FileWriteRecord, Header,
-    SignalRecord, SignalSentRecord, TaskRecord, kind,
+    KcovChunkRecord, KcovRecord, SignalRecord, SignalSentRecord, TaskRecord, kind,
 };
 
 use crate::events::{Body, Event, handler_name, signal_name, signal_result_name};
@@ -58,6 +58,15 @@ pub enum Record {
         sig: u32,
         ret: i64,
         requested_ns: u64,
+    },
+    /// A watched thread called a kcov ioctl.
+    KcovIoctl(KcovRecord),
+    /// Words of a kcov buffer copied at a KCOV_DISABLE (before its `KcovIoctl`).
+    KcovChunk {
+        hdr: Header,
+        event_id: u64,
+        index: u32,
+        words: Vec<u64>,
     },
 }
 
@@ -150,6 +159,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
                 sig: r.sig,
                 ret: r.ret,
                 requested_ns: r.requested_ns,
+            });
+        }
+        kind::KCOV_IOCTL => return read(bytes, hdr.kind).map(Record::KcovIoctl),
+        kind::KCOV_CHUNK => {
+            let r: KcovChunkRecord = read(bytes, hdr.kind)?;
+            let n = (r.words as usize).min(r.data.len());
+            return Ok(Record::KcovChunk {
+                hdr,
+                event_id: r.event_id,
+                index: r.index,
+                words: r.data[..n].to_vec(),
             });
         }
         _ => {}
@@ -278,6 +298,8 @@ pub fn kind_name(k: u32) -> &'static str {
         kind::DUMP_END => "dump_end",
         kind::FILE_OPEN => "dump_file_open",
         kind::FILE_WRITE => "dump_file_write",
+        kind::KCOV_IOCTL => "kcov_ioctl",
+        kind::KCOV_CHUNK => "kcov_chunk",
         _ => "record",
     }
 }

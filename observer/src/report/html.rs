@@ -47,6 +47,7 @@ h3{font-size:15px;margin:18px 0 6px}h3 small{color:var(--mut);font-weight:normal
 a{color:#0b5cad;text-decoration:none}a:hover{text-decoration:underline}
 .sub{color:var(--mut);margin:0}.sub code{font-size:13px}
 .cards{display:flex;gap:14px;flex-wrap:wrap;margin:18px 0}
+.sides{display:flex;gap:28px;flex-wrap:wrap}.sides>section{flex:1 1 420px}.sides h2{margin-top:10px}
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 14px;min-width:190px;background:var(--bg2)}
 .card .k{color:var(--mut);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card .v{font-size:26px;font-weight:600}.card .n{color:var(--mut);font-size:12px}
@@ -259,6 +260,33 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
         sub.join(" &middot; ")
     );
     b.push_str(&cards(&d.totals));
+    let is_kernel = |f: &FileSummary| f.modules.iter().all(|m| m == "vmlinux");
+    if let Some(k) = &d.kernel {
+        // User space and kernel side by side: each its own figures.
+        let mut user = Totals::default();
+        for f in d.files.iter().filter(|f| !is_kernel(f)) {
+            user.add(&f.totals);
+        }
+        let _ = write!(
+            b,
+            "<div class=\"sides\"><section><h2>User space</h2><p class=\"note\">{} source file{} of the targets' own code.</p>{}</section>\
+             <section><h2>Kernel (kcov)</h2><p class=\"note\">{} distinct PCs from {} kcov artifact{}, {} kernel function{} reached; symbolized with {}.</p>{}</section></div>",
+            d.files.iter().filter(|f| !is_kernel(f)).count(),
+            if d.files.iter().filter(|f| !is_kernel(f)).count() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            cards(&user),
+            k.pcs,
+            k.artifacts,
+            if k.artifacts == 1 { "" } else { "s" },
+            k.functions.len(),
+            if k.functions.len() == 1 { "" } else { "s" },
+            escape(&k.symbolized_by),
+            cards(&k.totals)
+        );
+    }
     if !d.warnings.is_empty() {
         b.push_str("<div class=\"warn\"><strong>Warnings</strong><ul>");
         for w in &d.warnings {
@@ -296,14 +324,39 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
     }
     let has_regions = d.totals.regions.is_some();
     let has_points = d.totals.points.is_some();
+    // Kernel files get their own group (they are C too, but another program's).
+    let mut groups: Vec<(String, Vec<&FileSummary>, Counts)> = Vec::new();
     for lang in &d.languages {
+        let files: Vec<&FileSummary> = d
+            .files
+            .iter()
+            .filter(|f| f.language == lang.language && !is_kernel(f))
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let mut lines = Counts::default();
+        for f in &files {
+            lines.add(f.totals.lines);
+        }
+        groups.push((lang.language.to_owned(), files, lines));
+    }
+    let kernel_files: Vec<&FileSummary> = d.files.iter().filter(|f| is_kernel(f)).collect();
+    if !kernel_files.is_empty() {
+        let mut lines = Counts::default();
+        for f in &kernel_files {
+            lines.add(f.totals.lines);
+        }
+        groups.push(("Linux kernel".to_owned(), kernel_files, lines));
+    }
+    for (language, files, lines) in &groups {
         let _ = write!(
             b,
             "<h3>{} <small>{} file{} &middot; lines {}</small></h3>",
-            escape(lang.language),
-            lang.files,
-            if lang.files == 1 { "" } else { "s" },
-            lang.totals.lines.percent_text()
+            escape(language),
+            files.len(),
+            if files.len() == 1 { "" } else { "s" },
+            lines.percent_text()
         );
         b.push_str("<table><tr><th>File</th><th>Module</th><th>Lines</th><th>Functions</th><th>Branches</th>");
         if has_regions {
@@ -313,7 +366,7 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
             b.push_str("<th>Points</th>");
         }
         b.push_str("</tr>");
-        for f in d.files.iter().filter(|f| f.language == lang.language) {
+        for f in files {
             let shown = f.path.strip_prefix(prefix).unwrap_or(&f.path);
             let link = pages
                 .get(f.path.as_str())
@@ -341,6 +394,50 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
                 b.push_str(&pct_cell(f.totals.points.unwrap_or_default()));
             }
             b.push_str("</tr>");
+        }
+        b.push_str("</table>");
+    }
+    if let Some(k) = &d.kernel
+        && !k.functions.is_empty()
+    {
+        const SHOWN: usize = 300;
+        let _ = write!(
+            b,
+            "<h2>Kernel functions</h2><p class=\"note\">The {} kernel function{} the session reached, most recorded first{}: kcov points hit of the function's points, and how many times its PCs were recorded.</p>\
+             <table><tr><th>Function</th><th>File</th><th>Points</th><th class=\"num\">Recorded</th></tr>",
+            k.functions.len(),
+            if k.functions.len() == 1 { "" } else { "s" },
+            if k.functions.len() > SHOWN {
+                format!(" ({SHOWN} shown; summary.json has all)")
+            } else {
+                String::new()
+            }
+        );
+        for f in k.functions.iter().take(SHOWN) {
+            let place = match (&f.file, f.line) {
+                (Some(file), Some(line)) => {
+                    let shown = file.strip_prefix(prefix).unwrap_or(file);
+                    match pages.get(file.as_str()) {
+                        Some(page) => format!(
+                            "<a href=\"{}#L{line}\">{}:{line}</a>",
+                            escape(page),
+                            escape(shown)
+                        ),
+                        None => format!("{}:{line}", escape(shown)),
+                    }
+                }
+                _ => String::new(),
+            };
+            let points = match f.points {
+                Some(total) => pct_cell(Counts::new(f.points_hit, total)),
+                None => format!("<td class=\"pct\">{} PCs</td>", f.points_hit),
+            };
+            let _ = write!(
+                b,
+                "<tr><td class=\"file\">{}</td><td class=\"file\">{place}</td>{points}<td class=\"num\">{}</td></tr>",
+                escape(&f.name),
+                f.hits
+            );
         }
         b.push_str("</table>");
     }

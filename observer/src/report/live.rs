@@ -150,7 +150,12 @@ pub struct LiveCoverage {
     deferred: HashMap<u64, (u32, String)>,
     /// session.json, once it exists (targets' working directories, for bisect's sources).
     session_info: Option<super::session::SessionInfo>,
+    /// Kernel coverage (kcov artifacts), symbolized when the report is built.
+    kernel: super::kcov::KernelSource,
 }
+
+/// The `unit` of a timeline point of a kcov artifact (kernel coverage has no LLVM unit).
+const KERNEL_UNIT: usize = usize::MAX;
 
 fn work_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     move |source| ReportError::Write {
@@ -202,6 +207,7 @@ impl LiveCoverage {
             unchanged_since_point: false,
             deferred: HashMap::new(),
             session_info: None,
+            kernel: super::kcov::KernelSource::default(),
         })
     }
 
@@ -378,6 +384,30 @@ impl LiveCoverage {
         }
         self.artifacts_seen += 1;
         self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
+        if a.meta.runtime == "kcov" {
+            if let Err(reason) = self.kernel.add(a) {
+                return (self.exclude(a, reason), Vec::new());
+            }
+            let meta = PointMeta {
+                unit: KERNEL_UNIT,
+                seq: a.meta.seq,
+                pid: a.meta.pid,
+                tid: a.meta.tid,
+                runtime: a.meta.runtime.clone(),
+                module: "vmlinux".into(),
+                trigger: a.meta.trigger.clone(),
+                end_ns: a.meta.end_ns,
+            };
+            // Its kernel figures are added when the report is built (symbolizing needs the
+            // whole session's PCs); until then the point carries the user-space figures.
+            match self.next_id.checked_sub(1) {
+                Some(last) if last >= self.next_apply => {
+                    self.point_at.entry(last).or_default().push(meta)
+                }
+                _ => self.push_point(meta),
+            }
+            return (None, Vec::new());
+        }
         match a.meta.runtime.as_str() {
             "bisect" => return self.dispatch_bisect(a),
             "gcov" => return self.dispatch_gcov(a),
@@ -388,7 +418,7 @@ impl LiveCoverage {
                 self.warnings.push(Warning {
                     module: None,
                     message: format!(
-                        "{} artifacts are collected but not reported yet: only LLVM, gcov and bisect_ppx coverage are",
+                        "{} artifacts are collected but not reported yet: only LLVM, gcov, bisect_ppx and kcov coverage are",
                         a.meta.runtime
                     ),
                 });
@@ -595,7 +625,7 @@ impl LiveCoverage {
 
     /// Record the session's figures now as the point of a step.
     fn push_point(&mut self, meta: PointMeta) {
-        if !self.units[meta.unit].reported() {
+        if meta.unit != KERNEL_UNIT && !self.units[meta.unit].reported() {
             return;
         }
         let totals = match self.points.last() {
@@ -863,8 +893,9 @@ impl LiveCoverage {
                 coverage.merge(d);
             }
         }
-        let figures = self.figures();
-        let modules = self
+        let mut figures = self.figures();
+        let kernel = self.kernel_report();
+        let mut modules: Vec<ModuleSummary> = self
             .units
             .iter()
             .map(|u| ModuleSummary {
@@ -890,18 +921,84 @@ impl LiveCoverage {
                 },
             })
             .collect();
+        let mut points = self.points.clone();
+        let mut kernel_summary = None;
+        if let Some(k) = kernel {
+            for (path, f) in &k.coverage.files {
+                figures.insert(
+                    path.clone(),
+                    FileFigures {
+                        totals: f.totals(),
+                        modules: vec!["vmlinux".into()],
+                    },
+                );
+            }
+            coverage.merge(&k.coverage);
+            modules.push(ModuleSummary {
+                name: "vmlinux".into(),
+                path: None,
+                build_id: k.summary.build_id.clone(),
+                runtime: "kcov".into(),
+                producer: k
+                    .summary
+                    .kernel_release
+                    .as_ref()
+                    .map(|r| format!("Linux {r}")),
+                tools: Some(format!("symbolized with {}", k.summary.symbolized_by)),
+                artifacts: k.summary.artifacts,
+                files: k.coverage.files.len(),
+                totals: k.summary.totals,
+                unavailable: None,
+            });
+            // Each point gets the kernel's figures as of its artifact.
+            for p in points.iter_mut() {
+                if let Some((_, t)) = k.cumulative.iter().rev().find(|(seq, _)| *seq <= p.seq) {
+                    p.totals.add(t);
+                }
+            }
+            kernel_summary = Some(k.summary);
+        }
         let mut data = ReportData::new(
             session,
             coverage,
             figures,
             modules,
-            self.points.clone(),
+            points,
             self.excluded.clone(),
             self.warnings.clone(),
             self.artifacts_seen,
         );
         data.bisect = self.bisect_inputs();
+        data.kernel = kernel_summary;
         Ok(data)
+    }
+}
+
+impl LiveCoverage {
+    /// The kernel part, symbolized; its artifacts are left out (with the reason) when it cannot
+    /// be.
+    fn kernel_report(&mut self) -> Option<super::kcov::KernelReport> {
+        if self.kernel.is_empty() {
+            return None;
+        }
+        match self.kernel.build(self.opts.vmlinux.as_deref()) {
+            Ok(k) => {
+                for w in &k.warnings {
+                    self.warnings.push(Warning {
+                        module: Some("vmlinux".into()),
+                        message: w.clone(),
+                    });
+                }
+                Some(k)
+            }
+            Err(why) => {
+                self.warnings.push(Warning {
+                    module: Some("vmlinux".into()),
+                    message: format!("kernel coverage is not in the report: {why}"),
+                });
+                None
+            }
+        }
     }
 }
 

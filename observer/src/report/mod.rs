@@ -25,6 +25,8 @@ pub mod covmap;
 pub mod error;
 pub mod gcov;
 pub mod html;
+pub mod kcov;
+pub mod kernel_image;
 pub mod lcov;
 pub mod live;
 pub mod llvm;
@@ -95,6 +97,8 @@ pub struct ReportOptions {
     /// Directories bisect_ppx's relative source names may start from (`--source-path`), tried
     /// before those covobs finds itself (see [`bisect`]).
     pub source_paths: Vec<PathBuf>,
+    /// The kernel image (with DWARF) for kcov artifacts; default: found by their build id.
+    pub vmlinux: Option<PathBuf>,
 }
 
 impl Default for ReportOptions {
@@ -104,6 +108,7 @@ impl Default for ReportOptions {
             tool_dirs: Vec::new(),
             jobs: None,
             source_paths: Vec::new(),
+            vmlinux: None,
         }
     }
 }

@@ -100,6 +100,8 @@ pub struct ReportData {
     pub bisect: BisectInputs,
     /// Reports by other tools, written beside this one.
     pub external: Vec<ExternalReport>,
+    /// Kernel coverage (kcov artifacts), when the session has some.
+    pub kernel: Option<super::kcov::KernelSummary>,
 }
 
 impl ReportData {
@@ -156,6 +158,7 @@ impl ReportData {
             artifacts,
             bisect: BisectInputs::default(),
             external: Vec::new(),
+            kernel: None,
         }
     }
 
@@ -181,6 +184,9 @@ pub struct SummaryFile<'a> {
     /// Reports by other tools beside this one (bisect-ppx-report's).
     #[serde(skip_serializing_if = "<[ExternalReport]>::is_empty")]
     pub other_reports: &'a [ExternalReport],
+    /// Kernel coverage: its totals, how it was symbolized, the functions reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<&'a super::kcov::KernelSummary>,
 }
 
 #[derive(Serialize)]
@@ -208,6 +214,7 @@ impl<'a> SummaryFile<'a> {
             excluded: &d.excluded,
             warnings: &d.warnings,
             other_reports: &d.external,
+            kernel: d.kernel.as_ref(),
         }
     }
 }

@@ -113,7 +113,7 @@ impl Sink for DirSink {
                 if let Some(parent) = dst.parent() {
                     fs::create_dir_all(parent).map_err(io)?;
                 }
-                let mut from = File::open(&*source).map_err(io)?;
+                let mut from: &File = source;
                 let mut to = create_new(&dst).map_err(io)?;
                 std::io::copy(&mut from, &mut to).map_err(io)?;
                 Ok(())

@@ -223,6 +223,32 @@ pub fn describe(event: &Event) -> String {
             module.rsplit('/').next().unwrap_or(module),
             read_ns / 1000
         ),
+        Body::Kcov(k) => {
+            let what = match k.mode {
+                Some(crate::kcov::Mode::Cmp) => "comparisons",
+                _ => "PCs",
+            };
+            let mut s = match k.moment {
+                "init" => format!("kcov buffer of {} words (fd {})", k.size, k.fd),
+                "enable" | "remote_enable" => format!(
+                    "kcov {} tracing {} on thread {tid} (fd {})",
+                    k.moment.replace('_', " "),
+                    what,
+                    k.fd
+                ),
+                moment => format!(
+                    "kcov {moment}: {} {what}{}, {} distinct, {} new",
+                    k.entries,
+                    if k.exact { " (exact)" } else { "" },
+                    k.unique,
+                    k.new
+                ),
+            };
+            if let Some(n) = &k.note {
+                s.push_str(&format!(" ({n})"));
+            }
+            s
+        }
     }
 }
 

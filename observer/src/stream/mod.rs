@@ -31,8 +31,9 @@ pub enum Item {
     Module {
         /// Relative path in the output directory (modules/<build-id>/<name>).
         copy: String,
-        /// Where to read it now (/proc/PID/map_files/...).
-        source: std::path::PathBuf,
+        /// The module, opened when it was found (through /proc/PID/map_files/...): a process
+        /// that exits before the copy is made leaves it readable.
+        source: std::fs::File,
     },
 }
 
@@ -151,7 +152,13 @@ impl Sender {
         rx
     }
 
+    /// Keep a copy of a module: opened now, copied by the sinks.
     pub async fn module(&self, copy: String, source: std::path::PathBuf) {
-        let _ = self.0.send(Item::Module { copy, source }).await;
+        match std::fs::File::open(&source) {
+            Ok(source) => {
+                let _ = self.0.send(Item::Module { copy, source }).await;
+            }
+            Err(e) => tracing::warn!("no copy of {copy}: {}: {e}", source.display()),
+        }
     }
 }

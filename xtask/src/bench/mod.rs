@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod attach;
+pub mod kcov;
 mod ocaml;
 mod snapshot;
 mod watch;
@@ -30,6 +31,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("snapshot") {
         snapshot::run()?;
+    }
+    if wants("kcov") {
+        kcov::run()?;
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //!   that kernel; exits with CMD's status, 124 on timeout, 125 when the VM itself failed.
 //! - `cargo xtask vm-test [OPTIONS] [-- TEST-BINARY ARGS...]`: the kernel-coverage test
 //!   entry point (CI, `./dev test`): without arguments the smoke test (smoke.rs), with
-//!   arguments that test executable inside the guest, failing when it fails.
+//!   arguments that test executable inside the guest, failing when it fails; with `--kcov`
+//!   covobs' kcov integration tests (kcov_tests.rs, tests/tests/kcov_vm.rs).
 //!
 //! # The guest
 //! QEMU (TCG `-cpu max`; KVM `-cpu host` only where /proc/cpuinfo shows vmx/svm and /dev/kvm
@@ -56,6 +57,7 @@ mod cache;
 mod guest;
 mod initramfs;
 mod kconfig;
+mod kcov_tests;
 mod kernel;
 mod qemu;
 mod smoke;
@@ -87,6 +89,10 @@ pub struct VmArgs {
     /// Keep the run directory (console/QEMU logs, control files, default share).
     #[arg(long)]
     pub keep: bool,
+    /// vm-test: run covobs' kernel-coverage integration tests (tests/tests/kcov_vm.rs)
+    /// instead of the smoke test.
+    #[arg(long)]
+    pub kcov: bool,
 }
 
 impl Default for VmArgs {
@@ -100,6 +106,7 @@ impl Default for VmArgs {
             verbose: false,
             env: Vec::new(),
             keep: false,
+            kcov: false,
         }
     }
 }
@@ -137,6 +144,11 @@ pub fn kernel_cmd() -> Result<()> {
     println!("{}", kernel.bzimage.display());
     println!("{}", kernel.vmlinux.display());
     Ok(())
+}
+
+/// The kcov kernel's vmlinux (built or found in the cache).
+pub fn vmlinux() -> Result<PathBuf> {
+    Ok(kernel::ensure()?.vmlinux)
 }
 
 /// Exit status of `vm-run` when the VM timed out.
@@ -186,6 +198,9 @@ pub fn vm_run(args: &VmArgs, command: Vec<String>) -> i32 {
 
 /// `cargo xtask vm-test`: the smoke test, or `command` (a test executable) in the guest.
 pub fn vm_test(args: &VmArgs, command: Vec<String>) -> Result<()> {
+    if args.kcov {
+        return kcov_tests::run(args.spec(Vec::new(), 600));
+    }
     if command.is_empty() {
         return smoke::run(args.spec(Vec::new(), 120));
     }
