@@ -634,10 +634,13 @@ impl LiveCoverage {
             _ => total_of(&self.figures()),
         };
         self.unchanged_since_point = true;
-        let unit = &mut self.units[meta.unit];
-        let module_totals = total_of_files(&unit.files);
-        let before = unit.last_point.replace(module_totals);
-        let module_added = super::timeline::Added::between(before.as_ref(), &module_totals);
+        // The kernel's own figures are known only when the report is built (kernel_report).
+        let module_added = (meta.unit != KERNEL_UNIT).then(|| {
+            let unit = &mut self.units[meta.unit];
+            let module_totals = total_of_files(&unit.files);
+            let before = unit.last_point.replace(module_totals);
+            super::timeline::Added::between(before.as_ref(), &module_totals)
+        });
         self.points.push(TimelinePoint {
             index: self.points.len() + 1,
             seq: meta.seq,
@@ -648,7 +651,7 @@ impl LiveCoverage {
             trigger: meta.trigger,
             end_ns: meta.end_ns,
             totals,
-            module_added: Some(module_added),
+            module_added,
         });
     }
 
