@@ -957,7 +957,7 @@ mod kcov_load_tests {
             .verifier_log_level(aya::VerifierLogLevel::STATS)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
-                "/covobs"
+                "/covobs-ebpf"
             )))
             .expect("load object");
         let p: &mut aya::programs::UProbe = ebpf
