@@ -440,32 +440,49 @@ impl Probes {
         }
     }
 
+    /// Program `name` as its type `P`, loaded on first use (by `load`, which may attach it as
+    /// well) and recorded with its kernel id; later calls return it as it is.
+    fn program<P>(
+        &mut self,
+        name: &'static str,
+        load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+    ) -> Result<&mut P, ProbeError>
+    where
+        for<'p> &'p mut P:
+            TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let perr = |source| ProbeError::Program {
+            name: name.to_owned(),
+            source,
+        };
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?;
+        if !self.programs.iter().any(|p| p.name == name) {
+            load(<&mut P>::try_from(&mut *program).map_err(perr)?).map_err(perr)?;
+            let id = program.info().map_err(perr)?.id();
+            self.programs.push(LoadedProgram {
+                name: name.to_owned(),
+                id,
+            });
+        }
+        <&mut P>::try_from(program).map_err(perr)
+    }
+
     /// Load and attach an fexit program on a kernel function.
     fn attach_fexit(
         &mut self,
         btf: Option<&aya::Btf>,
-        program: &str,
+        program: &'static str,
         function: &str,
     ) -> Result<(), ProbeError> {
         let btf = btf.ok_or(ProbeError::Missing("kernel BTF (for trampolines)"))?;
-        let perr = |source| ProbeError::Program {
-            name: program.to_owned(),
-            source,
-        };
-        let p: &mut aya::programs::FExit = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("a trampoline program"))?
-            .try_into()
-            .map_err(perr)?;
-        p.load(function, btf).map_err(perr)?;
-        p.attach().map_err(perr)?;
-        let id = p.info().map_err(perr)?.id();
-        self.programs.push(LoadedProgram {
-            name: program.to_owned(),
-            id,
-        });
-        Ok(())
+        self.program(program, |p: &mut aya::programs::FExit| {
+            p.load(function, btf)?;
+            p.attach().map(drop)
+        })
+        .map(drop)
     }
 
     /// The level of covobs' PID namespace, learnt by a program run once in covobs' own context;
@@ -473,23 +490,14 @@ impl Probes {
     fn learn_pidns_level(&mut self) -> Result<u32, ProbeError> {
         use std::os::fd::AsFd as _;
         let program = "covobs_pidns_level";
-        let perr = |source| ProbeError::Program {
-            name: program.to_owned(),
-            source,
-        };
-        let prog: &mut aya::programs::RawTracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing(program))?
-            .try_into()
-            .map_err(perr)?;
-        prog.load().map_err(perr)?;
-        let checked = test_run::run_raw_tracepoint(prog.fd().map_err(perr)?.as_fd());
-        let id = prog.info().map_err(perr)?.id();
-        self.programs.push(LoadedProgram {
-            name: program.to_owned(),
-            id,
-        });
+        let prog = self.program(program, |p: &mut aya::programs::RawTracePoint| p.load())?;
+        let checked = prog
+            .fd()
+            .map_err(|source| ProbeError::Program {
+                name: program.to_owned(),
+                source,
+            })
+            .map(|fd| test_run::run_raw_tracepoint(fd.as_fd()))?;
         match checked {
             Ok(0) => {}
             Ok(code) => {
@@ -514,77 +522,37 @@ impl Probes {
             .ok_or(ProbeError::Missing("the PID namespace's level"))
     }
 
-    fn attach_raw_tracepoint(&mut self, program: &str, tracepoint: &str) -> Result<(), ProbeError> {
-        let perr = |source| ProbeError::Program {
-            name: program.to_owned(),
-            source,
-        };
-        let prog: &mut aya::programs::RawTracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("a raw tracepoint program"))?
-            .try_into()
-            .map_err(perr)?;
-        prog.load().map_err(perr)?;
-        prog.attach(tracepoint).map_err(perr)?;
-        let id = prog.info().map_err(perr)?.id();
-        self.programs.push(LoadedProgram {
-            name: program.to_owned(),
-            id,
-        });
-        Ok(())
+    fn attach_raw_tracepoint(
+        &mut self,
+        program: &'static str,
+        tracepoint: &str,
+    ) -> Result<(), ProbeError> {
+        self.program(program, |p: &mut aya::programs::RawTracePoint| {
+            p.load()?;
+            p.attach(tracepoint).map(drop)
+        })
+        .map(drop)
     }
 
     /// Load a tracepoint program once.
-    fn load_tracepoint(&mut self, program: &str) -> Result<(), ProbeError> {
-        if self.programs.iter().any(|p| p.name == program) {
-            return Ok(());
-        }
-        let perr = |source| ProbeError::Program {
-            name: program.to_owned(),
-            source,
-        };
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("a tracepoint program"))?
-            .try_into()
-            .map_err(perr)?;
-        prog.load().map_err(perr)?;
-        let id = prog.info().map_err(perr)?.id();
-        self.programs.push(LoadedProgram {
-            name: program.to_owned(),
-            id,
-        });
-        Ok(())
+    fn load_tracepoint(&mut self, program: &'static str) -> Result<(), ProbeError> {
+        self.program(program, |p: &mut TracePoint| p.load())
+            .map(drop)
     }
 
     fn attach_tracepoint(
         &mut self,
-        program: &str,
+        program: &'static str,
         category: &str,
         name: &str,
     ) -> Result<(), ProbeError> {
-        let perr = |source| ProbeError::Program {
-            name: program.to_owned(),
-            source,
-        };
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("a lifecycle program"))?
-            .try_into()
-            .map_err(perr)?;
-        if !self.programs.iter().any(|p| p.name == program) {
-            prog.load().map_err(perr)?;
-            let id = prog.info().map_err(perr)?.id();
-            self.programs.push(LoadedProgram {
+        let prog = self.program(program, |p: &mut TracePoint| p.load())?;
+        prog.attach(category, name)
+            .map(drop)
+            .map_err(|source| ProbeError::Program {
                 name: program.to_owned(),
-                id,
-            });
-        }
-        prog.attach(category, name).map_err(perr)?;
-        Ok(())
+                source,
+            })
     }
 
     /// Watch a process: its tgid and every thread it has now (new threads are added by the
@@ -766,20 +734,7 @@ impl Probes {
         {
             return Ok(());
         }
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("a uprobe program"))?
-            .try_into()
-            .map_err(perr)?;
-        if !self.programs.iter().any(|p| p.name == program) {
-            prog.load().map_err(perr)?;
-            let id = prog.info().map_err(perr)?.id();
-            self.programs.push(LoadedProgram {
-                name: program.to_owned(),
-                id,
-            });
-        }
+        let prog = self.program(program, |p: &mut UProbe| p.load())?;
         let scope = match pid.and_then(std::num::NonZeroU32::new) {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
@@ -853,22 +808,12 @@ impl Probes {
             name: program.to_owned(),
             source,
         };
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing("covobs_kcov_ioctl"))?
-            .try_into()
-            .map_err(perr)?;
-        if !self.programs.iter().any(|p| p.name == program) {
+        let prog = self.program(program, |p: &mut UProbe| {
             let started = std::time::Instant::now();
-            prog.load().map_err(perr)?;
+            p.load()?;
             tracing::debug!("{program} loaded in {:?}", started.elapsed());
-            let id = prog.info().map_err(perr)?.id();
-            self.programs.push(LoadedProgram {
-                name: program.to_owned(),
-                id,
-            });
-        }
+            Ok(())
+        })?;
         let pid = std::num::NonZeroU32::new(std::process::id())
             .ok_or(ProbeError::Missing("a process id"))?;
         let point = aya::programs::uprobe::UProbeAttachPoint {
