@@ -66,9 +66,14 @@ pub fn write_control(
         bail!("no command to run in the VM");
     }
     let share = share.to_string_lossy();
+    let workspace = crate::workspace_root();
     std::fs::write(
         ctl.join("params"),
-        format!("COVOBS_SHARE={}\n", sh_quote(&share)),
+        format!(
+            "COVOBS_SHARE={}\nCOVOBS_WORKSPACE={}\n",
+            sh_quote(&share),
+            sh_quote(&workspace.to_string_lossy())
+        ),
     )
     .context("writing params")?;
     let mut script = String::from("# written by cargo xtask vm-run\n");

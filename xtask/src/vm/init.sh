@@ -47,8 +47,15 @@ stage1() {
     mkdir -p $R$CTL $R$HERE || die "mkdir in /run"
     mount -t 9p -o "$NINEP,cache=none" covobs_ctl $R$CTL || die "cannot mount covobs_ctl"
     [ -r $R$CTL/params ] || die "no params in the control share"
-    # Sets COVOBS_SHARE (guest path of the output share).
+    # Sets COVOBS_SHARE (guest path of the output share) and COVOBS_WORKSPACE (the checkout,
+    # mounted at its host path: under /tmp or /run the tmpfs above would hide it). The
+    # workspace goes first: the output share may be inside it.
     . $R$CTL/params
+    if [ -n "${COVOBS_WORKSPACE:-}" ]; then
+        mkdir -p "$R$COVOBS_WORKSPACE" 2>/dev/null
+        mount -t 9p -o "$NINEP,ro,cache=loose" covobs_ws "$R$COVOBS_WORKSPACE" ||
+            die "cannot mount the workspace at $COVOBS_WORKSPACE"
+    fi
     if [ -n "${COVOBS_SHARE:-}" ]; then
         mkdir -p "$R$COVOBS_SHARE" 2>/dev/null
         mount -t 9p -o "$NINEP,cache=none" covobs_share "$R$COVOBS_SHARE" ||

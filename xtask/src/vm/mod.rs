@@ -20,6 +20,7 @@
 //! - run host-built binaries unchanged at their host paths, dynamically linked against the
 //!   host's glibc, as root with all capabilities, in the host's working directory (if it is
 //!   visible in the guest, else `/`);
+//! - see the workspace (this checkout) at its host path, wherever it is;
 //! - write to tmpfs on /tmp, /var/tmp, /run, /dev/shm (lost at exit), and to the output share:
 //!   `--share HOST_DIR` (writable 9p at the same path; the host sees the files at once), by
 //!   default a fresh temp dir; its path is in `$COVOBS_VM_SHARE`. `$COVOBS_IN_VM=1`;

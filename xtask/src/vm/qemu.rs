@@ -172,8 +172,12 @@ pub fn run(spec: &Spec, kernel: &kernel::Kernel) -> Result<Outcome> {
                 "virtserialport,bus=vser.0,chardev={id},name=covobs.{id}"
             ));
     }
-    let exports: [(&str, &Path, &str); 3] = [
+    // The workspace on its own too: a checkout under /tmp, /var/tmp or /run (a CI clone) would
+    // be hidden by the guest's tmpfs there.
+    let workspace = crate::workspace_root();
+    let exports: [(&str, &Path, &str); 4] = [
         ("hostroot", Path::new("/"), ",readonly=on"),
+        ("covobs_ws", &workspace, ",readonly=on"),
         ("covobs_ctl", &ctl, ""),
         ("covobs_share", &share, ""),
     ];
