@@ -500,29 +500,14 @@ impl KcovObserver {
             if trace.count() == 0 && unknown {
                 continue;
             }
-            let full = trace.count() as usize * mode.stride() + 1 >= b.source.entries();
-            let mut event = new_event("exit", mode, b.fd, b.source.entries() as u64);
-            fill(&mut event, &mut proc.seen, &trace, false);
-            if full {
-                event.note = Some(full_note(b.source.entries()));
-            }
-            let tid = b.tid.unwrap_or(pid);
-            out.push(output(
-                clock::boot_ns(),
+            out.push(last_look(
                 pid,
-                tid,
-                event,
-                Some(Capture {
-                    pid,
-                    tid,
-                    comm: proc.comm.clone(),
-                    trigger: Trigger::Exit,
-                    trace,
-                    exact: false,
-                    start_ns: b.since_ns,
-                    end_ns: clock::boot_ns(),
-                    kernel: kernel.clone(),
-                }),
+                &proc.comm,
+                &mut proc.seen,
+                b,
+                trace,
+                Trigger::Exit,
+                &kernel,
             ));
         }
         if tid.is_none() {
@@ -576,25 +561,14 @@ impl KcovObserver {
                     continue;
                 }
                 b.state = State::Disabled;
-                let mut event = new_event("final", mode, b.fd, b.source.entries() as u64);
-                fill(&mut event, &mut proc.seen, &trace, false);
-                let tid = b.tid.unwrap_or(pid);
-                out.push(output(
-                    clock::boot_ns(),
+                out.push(last_look(
                     pid,
-                    tid,
-                    event,
-                    Some(Capture {
-                        pid,
-                        tid,
-                        comm: proc.comm.clone(),
-                        trigger: Trigger::Final,
-                        trace,
-                        exact: false,
-                        start_ns: b.since_ns,
-                        end_ns: clock::boot_ns(),
-                        kernel: kernel.clone(),
-                    }),
+                    &proc.comm,
+                    &mut proc.seen,
+                    b,
+                    trace,
+                    Trigger::Final,
+                    &kernel,
                 ));
             }
         }
@@ -658,6 +632,48 @@ fn kcov_fds(pid: u32) -> Vec<i32> {
         .collect();
     fds.sort_unstable();
     fds
+}
+
+/// The last look at buffer `b` (its thread or process exited, or covobs stops): every distinct
+/// PC of `trace`, its contents now, in an event and the capture that becomes its artifact.
+fn last_look(
+    pid: u32,
+    comm: &str,
+    seen: &mut HashSet<u64>,
+    b: &Buffer,
+    trace: Trace,
+    trigger: Trigger,
+    kernel: &KernelInfo,
+) -> Output {
+    let mode = b.mode.unwrap_or(Mode::Pc);
+    let moment = if trigger == Trigger::Exit {
+        "exit"
+    } else {
+        "final"
+    };
+    let mut event = new_event(moment, mode, b.fd, b.source.entries() as u64);
+    fill(&mut event, seen, &trace, false);
+    if trace.count() as usize * mode.stride() + 1 >= b.source.entries() {
+        event.note = Some(full_note(b.source.entries()));
+    }
+    let tid = b.tid.unwrap_or(pid);
+    output(
+        clock::boot_ns(),
+        pid,
+        tid,
+        event,
+        Some(Capture {
+            pid,
+            tid,
+            comm: comm.to_owned(),
+            trigger,
+            trace,
+            exact: false,
+            start_ns: b.since_ns,
+            end_ns: clock::boot_ns(),
+            kernel: kernel.clone(),
+        }),
+    )
 }
 
 fn new_event(moment: &'static str, mode: Mode, fd: i32, size: u64) -> KcovEvent {
