@@ -12,6 +12,12 @@ pub enum BisectError {
     BadMagic,
     #[error("bisect coverage data ends early or is malformed at byte {0}")]
     Malformed(usize),
+    #[error("{file}: {points} points but {counts} counts")]
+    Mismatch {
+        file: String,
+        points: usize,
+        counts: usize,
+    },
     #[error("{0} bytes after the coverage data")]
     Trailing(usize),
 }
@@ -59,18 +65,32 @@ impl Cursor<'_> {
             .ok_or(BisectError::Malformed(at))
     }
 
-    fn string(&mut self) -> Result<(), BisectError> {
+    fn string(&mut self) -> Result<String, BisectError> {
         let len = self.count()?;
-        if self.b.get(self.at) != Some(&b' ') || self.at + 1 + len > self.b.len() {
+        let start = self.at + 1;
+        if self.b.get(self.at) != Some(&b' ') || start + len > self.b.len() {
             return Err(BisectError::Malformed(self.at));
         }
-        self.at += 1 + len;
-        Ok(())
+        self.at = start + len;
+        Ok(String::from_utf8_lossy(&self.b[start..self.at]).into_owned())
+    }
+
+    fn ints(&mut self, n: usize) -> Result<Vec<i64>, BisectError> {
+        (0..n).map(|_| self.int()).collect()
     }
 }
 
-/// Check that `data` is exactly one complete coverage file.
-pub fn parse(data: &[u8]) -> Result<BisectSummary, BisectError> {
+/// One instrumented source file of a coverage file, as bisect wrote it: the name it recorded,
+/// the byte offsets of its points, and a count per point (OCaml ints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawFile {
+    pub name: String,
+    pub points: Vec<i64>,
+    pub counts: Vec<i64>,
+}
+
+/// Read `data`, which must be exactly one complete coverage file.
+pub fn read(data: &[u8]) -> Result<Vec<RawFile>, BisectError> {
     if !data.starts_with(MAGIC) {
         return Err(BisectError::BadMagic);
     }
@@ -78,35 +98,45 @@ pub fn parse(data: &[u8]) -> Result<BisectSummary, BisectError> {
         b: data,
         at: MAGIC.len(),
     };
-    let mut s = BisectSummary {
-        files: 0,
-        points: 0,
-        visited: 0,
-    };
-    let files = c.count()?;
-    for _ in 0..files {
-        c.string()?;
-        let points = c.count()?;
-        for _ in 0..points {
-            c.int()?;
+    let n = c.count()?;
+    let mut files = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = c.string()?;
+        let np = c.count()?;
+        let points = c.ints(np)?;
+        let nc = c.count()?;
+        if nc != np {
+            return Err(BisectError::Mismatch {
+                file: name,
+                points: np,
+                counts: nc,
+            });
         }
-        let counts = c.count()?;
-        if counts != points {
-            return Err(BisectError::Malformed(c.at));
-        }
-        for _ in 0..counts {
-            if c.int()? > 0 {
-                s.visited += 1;
-            }
-        }
-        s.files += 1;
-        s.points += points as u64;
+        let counts = c.ints(nc)?;
+        files.push(RawFile {
+            name,
+            points,
+            counts,
+        });
     }
     let rest = &data[c.at..];
     if rest.iter().any(|b| !b.is_ascii_whitespace()) {
         return Err(BisectError::Trailing(rest.len()));
     }
-    Ok(s)
+    Ok(files)
+}
+
+/// Check that `data` is exactly one complete coverage file, and count what it holds.
+pub fn parse(data: &[u8]) -> Result<BisectSummary, BisectError> {
+    let files = read(data)?;
+    Ok(BisectSummary {
+        files: files.len() as u64,
+        points: files.iter().map(|f| f.points.len() as u64).sum(),
+        visited: files
+            .iter()
+            .map(|f| f.counts.iter().filter(|n| **n > 0).count() as u64)
+            .sum(),
+    })
 }
 
 /// Where a target's bisect dumps go, and which of them covobs already took.

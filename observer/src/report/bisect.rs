@@ -43,94 +43,30 @@ pub struct InstrumentedFile {
     pub counts: Vec<u64>,
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    /// " <decimal>", as bisect's runtime writes integers.
-    fn int(&mut self) -> Result<i64, String> {
-        if self.b.get(self.at) != Some(&b' ') {
-            return Err(format!("expected a number at byte {}", self.at));
-        }
-        self.at += 1;
-        let start = self.at;
-        if self.b.get(self.at) == Some(&b'-') {
-            self.at += 1;
-        }
-        while self.b.get(self.at).is_some_and(u8::is_ascii_digit) {
-            self.at += 1;
-        }
-        std::str::from_utf8(&self.b[start..self.at])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad number at byte {start}"))
-    }
-
-    /// A length: at most the bytes left, since every element takes at least two.
-    fn len(&mut self) -> Result<usize, String> {
-        let at = self.at;
-        let n = self.int()?;
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= self.b.len())
-            .ok_or_else(|| format!("impossible length {n} at byte {at}"))
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        let len = self.len()?;
-        let start = self.at + 1;
-        if self.b.get(self.at) != Some(&b' ') || start + len > self.b.len() {
-            return Err(format!("string ends early at byte {}", self.at));
-        }
-        self.at = start + len;
-        Ok(String::from_utf8_lossy(&self.b[start..self.at]).into_owned())
-    }
-}
-
-/// Read a `BISECT-COVERAGE-4` file.
+/// Read a `BISECT-COVERAGE-4` file (the format is read in one place: collect/bisect.rs).
 pub fn parse(data: &[u8]) -> Result<Vec<InstrumentedFile>, String> {
-    let magic = crate::collect::bisect::MAGIC;
-    if !data.starts_with(magic) {
-        return Err("not a bisect_ppx coverage file (no BISECT-COVERAGE-4 header)".into());
-    }
-    let mut c = Cursor {
-        b: data,
-        at: magic.len(),
-    };
-    let n = c.len()?;
-    let mut files = Vec::with_capacity(n);
-    for _ in 0..n {
-        let name = c.string()?;
-        let np = c.len()?;
-        let points = (0..np)
-            .map(|_| {
-                c.int()
-                    .and_then(|p| u64::try_from(p).map_err(|_| format!("negative offset {p}")))
+    crate::collect::bisect::read(data)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|f| {
+            let points = f
+                .points
+                .iter()
+                .map(|&p| u64::try_from(p).map_err(|_| format!("{}: negative offset {p}", f.name)))
+                .collect::<Result<Vec<u64>, String>>()?;
+            // Counts are OCaml ints: negative only after an overflow; count those as 0.
+            let counts = f
+                .counts
+                .iter()
+                .map(|&n| u64::try_from(n).unwrap_or(0))
+                .collect();
+            Ok(InstrumentedFile {
+                name: f.name,
+                points,
+                counts,
             })
-            .collect::<Result<Vec<u64>, String>>()?;
-        let nc = c.len()?;
-        if nc != np {
-            return Err(format!("{name}: {np} points but {nc} counts"));
-        }
-        // Counts are OCaml ints: negative only after an overflow; count those as 0.
-        let counts = (0..nc)
-            .map(|_| c.int().map(|n| u64::try_from(n).unwrap_or(0)))
-            .collect::<Result<Vec<u64>, String>>()?;
-        files.push(InstrumentedFile {
-            name,
-            points,
-            counts,
-        });
-    }
-    if data[c.at..].iter().any(|b| !b.is_ascii_whitespace()) {
-        return Err(format!(
-            "{} bytes after the coverage data",
-            data.len() - c.at
-        ));
-    }
-    Ok(files)
+        })
+        .collect()
 }
 
 /// Write a `BISECT-COVERAGE-4` file, as bisect's runtime does.
