@@ -83,16 +83,13 @@ fn protocol_runner_gets_one_rust_and_one_bisect_dump_per_interval_on_the_right_t
     // Attach long after start: covobs never saw the OCaml thread begin.
     std::thread::sleep(Duration::from_secs(3));
     let out = tmp.path().join("out");
-    let mut covobs = Covobs::start(&[
-        "attach",
+    let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
         "--interval",
         "2s",
         "--duration",
         "7s",
-        "--json",
-        "--no-report",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -181,15 +178,7 @@ fn the_fixtures_own_exit_time_dumps_are_collected() {
     let (mut target, ocaml_tid) = protocol_runner(tmp.path(), "protocol-runner");
     let pid = target.pid();
     let out = tmp.path().join("out");
-    let mut covobs = Covobs::start(&[
-        "attach",
-        "--pid",
-        &pid.to_string(),
-        "--json",
-        "--no-report",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let mut covobs = attach(&["--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "the OCaml thread", |e| e.kind() == "ocaml_thread");
     // SAFETY: kill on our own child: its handler stops it cleanly.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -217,8 +206,7 @@ fn bpf_send_signal_thread_lands_on_the_ocaml_thread() {
     let (target, ocaml_tid) = protocol_runner(tmp.path(), "protocol-runner");
     let pid = target.pid();
     let out = tmp.path().join("out");
-    let mut covobs = Covobs::start(&[
-        "attach",
+    let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
         "--deliver",
@@ -227,8 +215,6 @@ fn bpf_send_signal_thread_lands_on_the_ocaml_thread() {
         "1s",
         "--duration",
         "3500ms",
-        "--json",
-        "--no-report",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -322,14 +308,11 @@ fn a_gcov_target_yields_valid_gcda_files_for_every_dump_and_at_exit() {
     );
     let pid = target.pid();
     let out = tmp.path().join("out");
-    let mut covobs = Covobs::start(&[
-        "attach",
+    let mut covobs = attach(&[
         "--pid",
         &pid.to_string(),
         "--interval",
         "700ms",
-        "--json",
-        "--no-report",
         "--out",
         out.to_str().unwrap(),
     ]);
