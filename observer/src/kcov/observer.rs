@@ -359,20 +359,7 @@ impl KcovObserver {
             return Vec::new();
         };
         let proc = self.procs.entry(pid).or_default();
-        let mut event = KcovEvent {
-            moment: "",
-            mode: None,
-            fd: rec.fd,
-            size: rec.size,
-            entries: 0,
-            exact: false,
-            unique: 0,
-            new: 0,
-            pcs: Vec::new(),
-            cmp: None,
-            remote: None,
-            note: None,
-        };
+        let mut event = new_event("", None, rec.fd, rec.size);
         if rec.flags & kcov_flags::IS_KCOV == 0 {
             event.note = Some("the descriptor could not be checked to be kcov's".into());
         }
@@ -534,7 +521,7 @@ impl KcovObserver {
                     continue;
                 }
                 b.sampled = raw;
-                let mut event = new_event("sample", mode, b.fd, b.source.entries() as u64);
+                let mut event = new_event("sample", Some(mode), b.fd, b.source.entries() as u64);
                 fill(&mut event, &mut proc.seen, &trace, true);
                 if event.pcs.is_empty() {
                     continue;
@@ -651,7 +638,7 @@ fn last_look(
     } else {
         "final"
     };
-    let mut event = new_event(moment, mode, b.fd, b.source.entries() as u64);
+    let mut event = new_event(moment, Some(mode), b.fd, b.source.entries() as u64);
     fill(&mut event, seen, &trace, false);
     if trace.count() as usize * mode.stride() + 1 >= b.source.entries() {
         event.note = Some(full_note(b.source.entries()));
@@ -676,10 +663,10 @@ fn last_look(
     )
 }
 
-fn new_event(moment: &'static str, mode: Mode, fd: i32, size: u64) -> KcovEvent {
+fn new_event(moment: &'static str, mode: Option<Mode>, fd: i32, size: u64) -> KcovEvent {
     KcovEvent {
         moment,
-        mode: Some(mode),
+        mode,
         fd,
         size,
         entries: 0,
