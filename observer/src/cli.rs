@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Share the session directory with this group (name or gid): directories 0750 and files
+    /// 0640 in that group, instead of 0700 and 0600 for root alone.
+    #[arg(long, value_name = "GROUP")]
+    pub output_group: Option<String>,
     /// kcov buffer size in entries (word 0 included); PCs beyond it are dropped by the kernel.
     #[arg(long, default_value_t = crate::run::DEFAULT_KCOV_ENTRIES)]
     pub kcov_entries: usize,
@@ -105,6 +109,10 @@ pub struct AttachArgs {
     /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Share the session directory with this group (name or gid): directories 0750 and files
+    /// 0640 in that group, instead of 0700 and 0600 for root alone.
+    #[arg(long, value_name = "GROUP")]
+    pub output_group: Option<String>,
     /// Trigger a dump this often (e.g. 3s).
     #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
@@ -259,4 +267,7 @@ pub struct ReportArgs {
     /// The kernel image with debug info for kcov artifacts (default: found by their build id).
     #[arg(long)]
     pub vmlinux: Option<std::path::PathBuf>,
+    /// Share report/ with this group (name or gid): 0750 and 0640 instead of 0700 and 0600.
+    #[arg(long, value_name = "GROUP")]
+    pub output_group: Option<String>,
 }

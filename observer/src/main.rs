@@ -81,9 +81,11 @@ async fn run(command: Command) -> Result<ExitCode> {
             if args.once && args.interval.is_some() {
                 return Err(BadInput("--once and --interval exclude each other".into()).into());
             }
+            let modes = output_modes(args.output_group.as_deref())?;
             attach::run(attach::AttachOptions {
                 target: target_spec(&args.target)?,
                 out: args.out,
+                modes,
                 interval: args.interval,
                 once: args.once,
                 duration: args.duration,
@@ -109,6 +111,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
+            let modes = output_modes(args.output_group.as_deref())?;
             covobs::run::run(covobs::run::RunOptions {
                 command: args.command,
                 kernel: args.kernel,
@@ -117,6 +120,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     // Replaced by the launched workload's pid.
                     target: TargetSpec::Pid(0),
                     out: args.out,
+                    modes,
                     interval: None,
                     once: false,
                     duration: None,
@@ -197,6 +201,11 @@ async fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
+/// `--output-group`: an unknown group is bad input.
+fn output_modes(group: Option<&str>) -> Result<covobs::stream::OutputModes, BadInput> {
+    covobs::stream::OutputModes::with_group(group).map_err(|e| BadInput(e.to_string()))
+}
+
 fn target_spec(args: &TargetArgs) -> Result<TargetSpec, BadInput> {
     let name = args
         .name
@@ -244,6 +253,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
         .into());
     }
     let opts = report::ReportOptions {
+        modes: output_modes(args.output_group.as_deref())?,
         formats: args.format.into_iter().collect(),
         source_paths: args.source_path,
         vmlinux: args.vmlinux,

@@ -39,6 +39,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
     crate::attach::run(crate::attach::AttachOptions {
         target: opts.target,
         out: None,
+        modes: Default::default(),
         interval: None,
         once: false,
         duration: opts.duration,

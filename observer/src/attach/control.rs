@@ -1,19 +1,45 @@
 //! `covobs dump` reaches a running `covobs attach` through a root-only Unix socket:
 //! /run/covobs/attach-<covobs pid>.sock (directory 0700, socket 0600, peer checked to be root).
 //! One request, one JSON line each way; the answer comes when the dumps were collected.
+//!
+//! Each connection is served on a task of its own, so no client waits for another: a request
+//! line must arrive within [`REQUEST_DEADLINE`] and fit in [`MAX_LINE`] bytes (read through a
+//! bounded reader, never buffered beyond that). At most [`MAX_READING`] connections may be
+//! reading their request at once: a new one evicts the oldest still silent, so idle or hostile
+//! connections never keep a real request (which arrives with its connection) out. At most
+//! [`MAX_WAITING`] requests wait for their dumps; more are answered `busy` (clients retry).
 use std::{
+    collections::VecDeque,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::{AbortHandle, JoinSet},
 };
 
 pub const DIR: &str = "/run/covobs";
+
+/// The longest request line taken (a request is a few dozen bytes).
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a client may take to send its request line after connecting.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections reading their request line at once.
+pub const MAX_READING: usize = 64;
+/// Requests handed to the session and waiting for their dumps.
+pub const MAX_WAITING: usize = 64;
+/// The longest answer a client takes (an answer lists artifact paths).
+const MAX_ANSWER: usize = 16 << 20;
+/// How long writing an answer may take (a client that does not read loses it).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(1);
+/// A `busy` attach is asked again after this long.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -34,6 +60,19 @@ impl ControlError {
     }
 }
 
+/// Why a connection's request was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("request line longer than {0} bytes")]
+    TooLong(usize),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("no request within {0:?}")]
+    Deadline(Duration),
+    #[error("reading the request: {0}")]
+    Io(String),
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DumpRequest {
@@ -49,6 +88,9 @@ pub struct DumpResponse {
     /// The attach does not watch what was asked: the client tries the next socket.
     #[serde(default)]
     pub not_mine: bool,
+    /// Too many requests wait already: the client asks again shortly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
     /// Threads signalled: "pid/tid runtime+runtime".
     #[serde(default)]
     pub triggered: Vec<String>,
@@ -60,6 +102,53 @@ pub struct DumpResponse {
     pub lost: Vec<String>,
     #[serde(default)]
     pub session_dir: String,
+}
+
+impl DumpResponse {
+    fn refusal(why: impl Into<String>) -> Self {
+        Self {
+            error: Some(why.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// One request line (its newline, if any, included) as a request.
+pub fn parse_request(line: &[u8]) -> Result<DumpRequest, RequestError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(RequestError::TooLong(MAX_LINE));
+    }
+    serde_json::from_slice(line).map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
+/// Read one line of at most `max` bytes (newline excluded) from `r`: never more than `max` + 1
+/// bytes are taken. A last line without its newline counts when the peer closes.
+pub async fn read_line_bounded<R: AsyncRead + Unpin>(
+    r: R,
+    max: usize,
+) -> Result<Vec<u8>, RequestError> {
+    // `max` + 1 line bytes, and the newline.
+    let limit = max as u64 + 2;
+    let mut reader = BufReader::with_capacity(4096, r.take(limit));
+    let mut line = Vec::new();
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| RequestError::Io(e.to_string()))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.len() > max {
+        return Err(RequestError::TooLong(max));
+    }
+    Ok(line)
+}
+
+/// The request a client sends on `r`.
+pub async fn read_request<R: AsyncRead + Unpin>(r: R) -> Result<DumpRequest, RequestError> {
+    parse_request(&read_line_bounded(r, MAX_LINE).await?)
 }
 
 pub struct ControlServer {
@@ -82,66 +171,112 @@ impl ControlServer {
         Ok(Self { listener, path })
     }
 
-    /// The next request from a root peer (others are answered with an error and dropped).
-    pub async fn accept(&self) -> Option<(DumpRequest, Responder)> {
-        loop {
-            let (stream, _) = self.listener.accept().await.ok()?;
-            let root_peer = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
-            let mut responder = Responder { stream };
-            if !root_peer {
-                responder
-                    .send(DumpResponse {
-                        error: Some("only root may ask covobs for dumps".into()),
-                        ..Default::default()
-                    })
-                    .await;
-                continue;
-            }
-            let mut line = String::new();
-            let mut reader = BufReader::new(&mut responder.stream);
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
-            match read
-                .ok()
-                .and_then(Result::ok)
-                .map(|_| serde_json::from_str(&line))
-            {
-                Some(Ok(req)) => return Some((req, responder)),
-                _ => {
-                    responder
-                        .send(DumpResponse {
-                            error: Some("malformed request".into()),
-                            ..Default::default()
-                        })
-                        .await;
-                }
-            }
-        }
-    }
-}
-
-impl ControlServer {
-    /// Accept requests on a task of their own. `accept` reads the request after taking the
-    /// connection: dropped half-way (a `select!` branch that lost), it would close a client's
-    /// connection under it; a channel receive can be dropped safely.
+    /// Serve connections on a task of their own; the requests come out of the returned
+    /// [`Requests`], each with the [`Responder`] its answer goes to.
     pub fn serve(self) -> Requests {
         let path = self.path.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let task = tokio::spawn(async move {
-            while let Some(request) = self.accept().await {
-                if tx.send(request).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(accept_loop(self, tx));
         Requests { rx, task, path }
     }
 }
 
-/// Requests accepted by [`ControlServer::serve`]. Dropping it stops accepting and removes the
-/// socket.
+/// Take connections until the session ends (the task is aborted; its connection tasks with it).
+async fn accept_loop(server: ControlServer, tx: mpsc::UnboundedSender<(DumpRequest, Responder)>) {
+    // Requests handed to the session hold one permit each until they are answered: the channel
+    // to the session is unbounded, its length is not.
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let mut connections = JoinSet::new();
+    // Connections still reading their request, oldest first.
+    let mut reading: VecDeque<AbortHandle> = VecDeque::new();
+    loop {
+        tokio::select! {
+            accepted = server.listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: the connection stays in the backlog; try
+                        // again shortly instead of spinning.
+                        tracing::warn!("control socket: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                reading.retain(|h| !h.is_finished());
+                if reading.len() >= MAX_READING
+                    && let Some(oldest) = reading.pop_front()
+                {
+                    // Silent the longest: its descriptor and buffer go to the newcomer.
+                    oldest.abort();
+                }
+                reading.push_back(connections.spawn(connection(stream, tx.clone(), waiting.clone())));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// One client: checked to be root, its request read within the deadline and the size cap, then
+/// handed to the session (the hand-over has no await: an eviction cannot cut it in half).
+async fn connection(
+    mut stream: UnixStream,
+    tx: mpsc::UnboundedSender<(DumpRequest, Responder)>,
+    waiting: Arc<Semaphore>,
+) {
+    let root_peer = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    if !root_peer {
+        answer(
+            &mut stream,
+            &DumpResponse::refusal("only root may ask covobs for dumps"),
+        )
+        .await;
+        return;
+    }
+    let read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)).await;
+    let request = match read {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return answer(&mut stream, &DumpResponse::refusal(e.to_string())).await,
+        Err(_) => {
+            let e = RequestError::Deadline(REQUEST_DEADLINE);
+            return answer(&mut stream, &DumpResponse::refusal(e.to_string())).await;
+        }
+    };
+    let Ok(permit) = waiting.try_acquire_owned() else {
+        let busy = DumpResponse {
+            busy: true,
+            ..DumpResponse::refusal(format!(
+                "busy: {MAX_WAITING} requests are waiting for their dumps"
+            ))
+        };
+        return answer(&mut stream, &busy).await;
+    };
+    let _ = tx.send((
+        request,
+        Responder {
+            stream,
+            _permit: permit,
+        },
+    ));
+}
+
+/// Write one answer line and close, within [`ANSWER_DEADLINE`]: a client that does not read
+/// loses its answer, it does not hold covobs.
+async fn answer(stream: &mut UnixStream, response: &DumpResponse) {
+    let Ok(mut line) = serde_json::to_vec(response) else {
+        return;
+    };
+    line.push(b'\n');
+    let _ = tokio::time::timeout(ANSWER_DEADLINE, async {
+        stream.write_all(&line).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Requests taken by [`ControlServer::serve`]. Dropping it stops accepting (and every
+/// connection still reading) and removes the socket.
 pub struct Requests {
-    rx: tokio::sync::mpsc::Receiver<(DumpRequest, Responder)>,
+    rx: mpsc::UnboundedReceiver<(DumpRequest, Responder)>,
     task: tokio::task::JoinHandle<()>,
     path: PathBuf,
 }
@@ -165,18 +300,16 @@ impl Drop for ControlServer {
     }
 }
 
-/// Where the answer to one request goes.
+/// Where the answer to one request goes; it holds one of the [`MAX_WAITING`] places until
+/// answered (or dropped).
 pub struct Responder {
     stream: UnixStream,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Responder {
     pub async fn send(mut self, response: DumpResponse) {
-        if let Ok(mut line) = serde_json::to_vec(&response) {
-            line.push(b'\n');
-            let _ = self.stream.write_all(&line).await;
-            let _ = self.stream.shutdown().await;
-        }
+        answer(&mut self.stream, &response).await;
     }
 }
 
@@ -252,29 +385,34 @@ pub async fn request_dump(
 }
 
 /// One attach's answer: `None` when it does not watch the target. A socket left by a covobs
-/// that was killed refuses the connection: that is `None` too.
+/// that was killed refuses the connection: that is `None` too. A `busy` attach is asked again
+/// (the caller's timeout bounds it).
 async fn ask(path: &Path, what: &DumpRequest) -> Result<Option<DumpResponse>, ControlError> {
-    let Ok(mut stream) = UnixStream::connect(path).await else {
-        return Ok(None);
-    };
     let io = |source| ControlError::Io {
         path: path.display().to_string(),
         source,
     };
     let mut line = serde_json::to_vec(what).map_err(|e| io(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line).await.map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .await
-        .map_err(io)?;
-    if answer.is_empty() {
-        // Closed without answering: that attach is shutting down.
-        return Ok(None);
+    loop {
+        let Ok(mut stream) = UnixStream::connect(path).await else {
+            return Ok(None);
+        };
+        stream.write_all(&line).await.map_err(io)?;
+        let answer = read_line_bounded(&mut stream, MAX_ANSWER)
+            .await
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        if answer.is_empty() {
+            // Closed without answering: that attach is shutting down.
+            return Ok(None);
+        }
+        let response: DumpResponse = serde_json::from_slice(&answer).map_err(|e| io(e.into()))?;
+        if response.busy {
+            tokio::time::sleep(BUSY_RETRY).await;
+            continue;
+        }
+        return Ok((!response.not_mine).then_some(response));
     }
-    let response: DumpResponse = serde_json::from_str(&answer).map_err(|e| io(e.into()))?;
-    Ok((!response.not_mine).then_some(response))
 }
 
 /// Several attaches that watch the target: one answer. Refused only when every one refused.
@@ -341,6 +479,155 @@ mod tests {
             two.artifacts,
             vec!["/s1/a".to_string(), "/s2/b".to_string()]
         );
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_line_is_read_up_to_the_cap_and_never_beyond() {
+        let max = 16;
+        let ok = block_on(read_line_bounded(&b"0123456789abcdef\nrest"[..], max));
+        assert_eq!(ok.unwrap(), b"0123456789abcdef");
+        let long = block_on(read_line_bounded(&b"0123456789abcdefX\n"[..], max));
+        assert_eq!(long, Err(RequestError::TooLong(max)));
+        // An endless line: refused after max + 2 bytes, whatever follows.
+        assert_eq!(
+            block_on(read_line_bounded(endless(), max)),
+            Err(RequestError::TooLong(max))
+        );
+        // The last line of a peer that closed counts without its newline.
+        let eof = block_on(read_line_bounded(&b"{\"pid\":1}"[..], max));
+        assert_eq!(eof.unwrap(), b"{\"pid\":1}");
+    }
+
+    /// A client that sends 'x' forever.
+    fn endless() -> impl AsyncRead + Unpin {
+        struct Endless(std::io::Repeat);
+        impl AsyncRead for Endless {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use std::io::Read as _;
+                let n = self.0.read(buf.initialize_unfilled())?;
+                buf.advance(n);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        Endless(std::io::repeat(b'x'))
+    }
+
+    #[test]
+    fn requests_parse_as_the_client_writes_them() {
+        for r in [DumpRequest::Pid(42), DumpRequest::Name("a b\n\"c".into())] {
+            let mut line = serde_json::to_vec(&r).unwrap();
+            line.push(b'\n');
+            assert_eq!(parse_request(&line), Ok(r.clone()));
+            assert_eq!(block_on(read_request(&line[..])), Ok(r));
+        }
+        assert!(matches!(
+            parse_request(b"{\"pid\":\"x\"}"),
+            Err(RequestError::Malformed(_))
+        ));
+        assert!(matches!(
+            block_on(read_request(&b"\n"[..])),
+            Err(RequestError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_busy_answer_reads_as_one_and_old_answers_as_not_busy() {
+        let busy: DumpResponse =
+            serde_json::from_slice(br#"{"ok":false,"error":"busy","busy":true}"#).unwrap();
+        assert!(busy.busy);
+        let old: DumpResponse =
+            serde_json::from_slice(br#"{"ok":true,"artifacts":["a"]}"#).unwrap();
+        assert!(!old.busy && old.ok);
+        // Not busy: the field is left out, as older covobs wrote it.
+        let line = serde_json::to_string(&DumpResponse::default()).unwrap();
+        assert!(!line.contains("busy"), "{line}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn request() -> impl Strategy<Value = DumpRequest> {
+            prop_oneof![
+                any::<i32>().prop_map(DumpRequest::Pid),
+                ".{0,64}".prop_map(DumpRequest::Name),
+            ]
+        }
+
+        proptest! {
+            // A fixed number of cases: a bounded run in the ordinary test command.
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Whatever bytes a client sends, in whatever pieces: an answer, no panic, and
+            /// never more than the cap taken.
+            #[test]
+            fn any_bytes_give_a_request_or_a_reason(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                max in 1usize..300,
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                match rt.block_on(read_line_bounded(&bytes[..], max)) {
+                    Ok(line) => {
+                        prop_assert!(line.len() <= max);
+                        prop_assert!(!line.contains(&b'\n'));
+                        prop_assert!(bytes.starts_with(&line));
+                    }
+                    Err(e) => prop_assert_eq!(e, RequestError::TooLong(max)),
+                }
+                let parsed = rt.block_on(read_request(&bytes[..]));
+                if let Ok(req) = parsed {
+                    // Only what the line says: the same request re-encoded parses the same.
+                    let again = serde_json::to_vec(&req).unwrap();
+                    prop_assert_eq!(parse_request(&again), Ok(req));
+                }
+            }
+
+            #[test]
+            fn every_request_survives_the_wire(r in request(), junk in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let mut line = serde_json::to_vec(&r).unwrap();
+                line.push(b'\n');
+                // What follows the line is not read as part of it.
+                line.extend_from_slice(&junk);
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                prop_assert_eq!(rt.block_on(read_request(&line[..])), Ok(r));
+            }
+
+            #[test]
+            fn json_of_any_shape_never_panics(v in json_value()) {
+                let line = serde_json::to_vec(&v).unwrap();
+                let _ = parse_request(&line);
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".{0,8}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map("pid|name|.{0,4}", inner, 0..3)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
     }
 
     #[test]

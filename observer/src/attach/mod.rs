@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::{
     BadInput,
     probes::{ProbeOptions, Probes},
-    stream::{DirSink, HumanSink, JsonLinesSink, Pipeline, Sink},
+    stream::{DirSink, HumanSink, JsonLinesSink, OutputHealth, Pipeline, Sink},
     sys::clock,
     target::{TargetSpec, Tracker},
     trigger::ThreadChoice,
@@ -35,6 +35,8 @@ use session::Session;
 pub struct AttachOptions {
     pub target: TargetSpec,
     pub out: Option<PathBuf>,
+    /// The modes (and group) of the session directory and all in it.
+    pub modes: crate::stream::OutputModes,
     pub interval: Option<Duration>,
     pub once: bool,
     pub duration: Option<Duration>,
@@ -175,10 +177,13 @@ pub async fn run_session(
     }
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut output = None;
     if !opts.observe_only {
         // The output directory is created only once the target is known to exist: bad input
         // leaves nothing behind.
-        let dir_sink = DirSink::create(&out_dir).map_err(|e| BadInput(e.to_string()))?;
+        let dir_sink =
+            DirSink::create(&out_dir, opts.modes).map_err(|e| BadInput(e.to_string()))?;
+        output = Some(dir_sink.health());
         sinks.push(Box::new(dir_sink));
     }
     if opts.json {
@@ -205,6 +210,7 @@ pub async fn run_session(
         &mut shutdown,
         &mut done_rx,
         launch.as_mut().zip(child.as_mut()),
+        output.as_ref(),
     )
     .await;
     if opts.observe_only {
@@ -236,16 +242,29 @@ pub async fn run_session(
                 let _ = pipeline.finish().await;
                 let _ = std::fs::remove_dir_all(&out_dir);
             } else {
-                let _ = finish(session, pipeline, &out_dir, started_unix, workload).await;
+                let _ = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
             }
             return Err(e);
         }
     };
-    finish(session, pipeline, &out_dir, started_unix, workload).await?;
+    let finished = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
     // After the pipeline is flushed: the summary comes after the last event.
     eprintln!("covobs: {summary}");
+    if let Some(fault) = output.as_ref().and_then(|o| o.fault()) {
+        // What was written before the fault is a session of its own: reportable once there is
+        // room again (or from a copy).
+        if out_dir.is_dir() {
+            eprintln!(
+                "covobs: what was written before the failure is in {}: `covobs report {}` reports it",
+                out_dir.display(),
+                out_dir.display()
+            );
+        }
+        anyhow::bail!("{fault}: covobs stopped; the dumps it could not write are counted lost");
+    }
+    finished?;
     if !opts.no_report {
-        report(&out_dir, opts.vmlinux.clone()).await;
+        report(&out_dir, opts.vmlinux.clone(), opts.modes).await;
     }
     eprintln!("covobs: session written to {}", out_dir.display());
     Ok(())
@@ -258,6 +277,7 @@ async fn drive(
     shutdown: &mut Shutdown,
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
     launch: Option<(&mut crate::run::Prepared, &mut crate::run::Launch)>,
+    output: Option<&OutputHealth>,
 ) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut reader = session
@@ -293,7 +313,7 @@ async fn drive(
         for record in early {
             session.on_record(record).await;
         }
-        return drive_loop(session, shutdown, done_rx, reader, control).await;
+        return drive_loop(session, shutdown, done_rx, reader, control, output).await;
     }
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
@@ -347,7 +367,7 @@ async fn drive(
     for record in early {
         session.on_record(record).await;
     }
-    drive_loop(session, shutdown, done_rx, reader, control).await
+    drive_loop(session, shutdown, done_rx, reader, control, output).await
 }
 
 async fn drive_loop(
@@ -356,6 +376,7 @@ async fn drive_loop(
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
     mut reader: crate::probes::EventReader,
     mut control: Option<control::Requests>,
+    output: Option<&OutputHealth>,
 ) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut finals = session.snapshots.take_reader();
@@ -378,6 +399,7 @@ async fn drive_loop(
     let mut drops = DropWatch::default();
     let mut batch = Vec::new();
     let mut stopping_since: Option<tokio::time::Instant> = None;
+    let mut fault = output.map(OutputHealth::subscribe);
 
     loop {
         tokio::select! {
@@ -401,11 +423,30 @@ async fn drive_loop(
                 progress.artifact(&session.out_dir, &outcome);
                 session.on_outcome(outcome).await;
             }
-            Some((req, responder)) = accept(control.as_mut()) => session.on_request(req, responder).await,
+            Some((req, responder)) = accept(control.as_mut()) => {
+                match output.and_then(OutputHealth::fault) {
+                    // Nothing more can be written: no new dump is asked of the targets.
+                    Some(fault) => responder.send(control::DumpResponse {
+                        error: Some(fault),
+                        ..Default::default()
+                    }).await,
+                    None => session.on_request(req, responder).await,
+                }
+            }
             _ = next_tick(&mut interval), if stopping_since.is_none() => {
                 session.trigger_all("interval").await;
             }
+            Some(why) = output_fault(fault.as_mut()) => {
+                // covobs' own failure: said at once, and the session stops (no detach-time
+                // dump: it could not be written). What is in flight ends as `lost`.
+                progress.suspend(|| eprintln!("covobs: error: {why}; stopping"));
+                fault = None;
+                stopping_since.get_or_insert_with(tokio::time::Instant::now);
+            }
             _ = tick.tick() => {
+                if let Some(o) = output {
+                    o.check();
+                }
                 session.update_ocaml().await;
                 session.expire().await;
                 session.release_left();
@@ -473,6 +514,19 @@ async fn accept(
     }
 }
 
+/// The output directory's fault, when it is raised; never, without an output directory.
+async fn output_fault(
+    fault: Option<&mut tokio::sync::watch::Receiver<Option<String>>>,
+) -> Option<String> {
+    let Some(rx) = fault else {
+        return std::future::pending().await;
+    };
+    match rx.wait_for(Option::is_some).await {
+        Ok(f) => f.clone(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// The next records of the final-snapshot ring buffer; never, without one.
 async fn read_finals(
     reader: &mut Option<crate::probes::final_snapshots::FinalReader>,
@@ -518,7 +572,7 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
 async fn finish(
     mut session: Session,
     pipeline: Pipeline,
-    out_dir: &std::path::Path,
+    output: Option<&OutputHealth>,
     started_unix: u64,
     workload: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
@@ -533,6 +587,10 @@ async fn finish(
     // which the pipeline waits for.
     drop(session);
     let stats = pipeline.finish().await?;
+    let Some(output) = output else {
+        return Ok(());
+    };
+    let modes = output.dir().modes();
     let info = serde_json::json!({
         "covobs_version": env!("CARGO_PKG_VERSION"),
         "command": opts.command,
@@ -566,27 +624,35 @@ async fn finish(
             "snapshots": counters.snapshots,
             "dumps_seen": counters.dumps_seen,
         },
+        "output": {
+            "dir_mode": format!("{:04o}", modes.dir_mode()),
+            "file_mode": format!("{:04o}", modes.file_mode()),
+            "group": modes.group,
+            "fault": output.fault(),
+            "events_not_written": output.unwritten_events(),
+        },
     });
-    let path = out_dir.join("session.json");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    serde_json::to_writer_pretty(&mut f, &info)?;
-    use std::io::Write as _;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
+    let mut bytes = serde_json::to_vec_pretty(&info)?;
+    bytes.push(b'\n');
+    let dir = output.dir();
+    // Whole or not at all: a full disk leaves no half session.json.
+    dir.write_new(dir.fd(), "session.json", &bytes, true)
+        .with_context(|| format!("writing {}", dir.path().join("session.json").display()))?;
     Ok(())
 }
 
 /// The report at the end of attach. A failure there loses nothing: the collected data stays in
 /// the directory for `covobs report DIR`.
-async fn report(out_dir: &std::path::Path, vmlinux: Option<PathBuf>) {
+async fn report(
+    out_dir: &std::path::Path,
+    vmlinux: Option<PathBuf>,
+    modes: crate::stream::OutputModes,
+) {
     let dir = out_dir.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
         let opts = crate::report::ReportOptions {
             vmlinux,
+            modes,
             ..Default::default()
         };
         crate::report::generate(&dir, &opts)

@@ -63,6 +63,14 @@ impl Progress {
         )
     }
 
+    /// Print around the line (it is cleared first and drawn again after).
+    pub fn suspend(&self, f: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
+    }
+
     pub fn update(&mut self, s: &Session) {
         if let Some(bar) = &self.bar {
             bar.set_message(self.line(s));

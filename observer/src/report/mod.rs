@@ -99,11 +99,14 @@ pub struct ReportOptions {
     pub source_paths: Vec<PathBuf>,
     /// The kernel image (with DWARF) for kcov artifacts; default: found by their build id.
     pub vmlinux: Option<PathBuf>,
+    /// The modes (and group) of report/ and all in it.
+    pub modes: crate::stream::OutputModes,
 }
 
 impl Default for ReportOptions {
     fn default() -> Self {
         Self {
+            modes: Default::default(),
             formats: Format::ALL.into_iter().collect(),
             tool_dirs: Vec::new(),
             jobs: None,

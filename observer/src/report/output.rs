@@ -92,6 +92,10 @@ pub fn write_report(
         written.push(PathBuf::from("coverage.cobertura.xml"));
     }
     written.extend(bisect.written);
+    // Every file and directory of the report with the session's modes (other tools wrote some).
+    opts.modes
+        .apply_tree(root)
+        .map_err(|e| write_err(root)(std::io::Error::other(e.to_string())))?;
     let dest = session.dir.join("report");
     swap_into_place(root, &dest)?;
     // The staging directory now holds the previous report (or nothing): dropped with it.

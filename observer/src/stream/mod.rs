@@ -10,10 +10,13 @@ use crate::events::Event;
 pub mod dir;
 pub mod human;
 pub mod json;
+pub mod modes;
+pub mod session_dir;
 
-pub use dir::DirSink;
+pub use dir::{DirSink, OutputHealth};
 pub use human::HumanSink;
 pub use json::JsonLinesSink;
+pub use modes::OutputModes;
 
 use crate::collect::Artifact;
 
