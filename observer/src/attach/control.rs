@@ -209,7 +209,11 @@ async fn accept_loop(server: ControlServer, tx: mpsc::UnboundedSender<(DumpReque
                     // Silent the longest: its descriptor and buffer go to the newcomer.
                     oldest.abort();
                 }
-                reading.push_back(connections.spawn(connection(stream, tx.clone(), waiting.clone())));
+                let task = connection(stream, tx.clone(), waiting.clone());
+                reading.push_back(connections.spawn(task));
+                // Let the new connection read before the next accept: a real client's request
+                // is already there, and is taken before a burst of newcomers could evict it.
+                tokio::task::yield_now().await;
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }

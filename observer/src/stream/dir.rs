@@ -142,11 +142,13 @@ fn sink_err(source: std::io::Error) -> StreamError {
 impl DirSink {
     /// Use `root` as the session directory; it must be new or empty.
     pub fn create(root: &Path, modes: OutputModes) -> Result<Self, StreamError> {
-        let named = |e: std::io::Error| {
-            sink_err(std::io::Error::new(
+        // System errors get the directory's name (covobs' own messages have it already).
+        let named = |e: std::io::Error| match e.raw_os_error() {
+            Some(_) => sink_err(std::io::Error::new(
                 e.kind(),
                 format!("{}: {e}", root.display()),
-            ))
+            )),
+            None => sink_err(e),
         };
         let dir = Arc::new(SessionDir::create(root, modes).map_err(named)?);
         let events = dir.create_file(dir.fd(), "events.jsonl").map_err(named)?;
