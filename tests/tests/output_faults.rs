@@ -204,7 +204,14 @@ fn the_session_directory_removed_mid_session_stops_covobs_loudly() {
     covobs.wait_event(T, "3 artifacts", |e| {
         e.kind() == "artifact" && e["seq"].as_u64() >= Some(3)
     });
-    std::fs::remove_dir_all(&out).expect("rm -rf");
+    // covobs keeps writing while the tree is removed: like `rm -rf`, try again until it is gone.
+    let mut tries = 0;
+    while out.exists() {
+        tries += 1;
+        if let Err(e) = std::fs::remove_dir_all(&out) {
+            assert!(tries < 100, "rm -rf {}: {e}", out.display());
+        }
+    }
     let removed_at = Instant::now();
     let mut said_after = None;
     while removed_at.elapsed() < T {
