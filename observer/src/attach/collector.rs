@@ -98,8 +98,14 @@ async fn deliver(
     let list = match extracted {
         Ok(l) => l,
         Err(e) => {
+            // A failure of covobs' own is said to be one, never blamed on the target.
+            let whose = if e.is_covobs_failure() {
+                "covobs' own failure: "
+            } else {
+                ""
+            };
             let reason = format!(
-                "{} dump on thread {tid} (returned {ret}): {e}",
+                "{} dump on thread {tid} (returned {ret}): {whose}{e}",
                 runtime.as_str()
             );
             lost_event(tx, pid, tid, runtime, &reason).await;

@@ -178,7 +178,7 @@ impl BisectSource {
         cwd: Option<&read::TargetDir>,
     ) -> Vec<(String, u64, i128)> {
         let (dir, base) = self.dir_and_base();
-        let Ok(d) = read::open_in_target(root, cwd, dir) else {
+        let Ok(d) = read::open_in_target(root, cwd, dir, read::Expect::Directory) else {
             return Vec::new();
         };
         let Ok(listing) = fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd())) else {

@@ -81,6 +81,22 @@ pub fn parse(data: &[u8]) -> Result<Gcda, GcdaError> {
     Err(GcdaError::BadRecords(data.len()))
 }
 
+/// "gcno" as GCC writes the notes' magic: a native-endian u32.
+pub const NOTES_MAGIC: u32 = 0x6763_6e6f;
+
+/// Check that a file is gcov notes: its magic and a version word of printable characters (GCC
+/// writes e.g. "B21*"). Says nothing of the bytes it refuses: the file may not be notes at all.
+pub fn parse_notes(data: &[u8]) -> Result<(), &'static str> {
+    if u32_at(data, 0) != Some(NOTES_MAGIC) {
+        return Err("no gcno magic");
+    }
+    let version = u32_at(data, 4).ok_or("no version")?;
+    if !version.to_be_bytes().iter().all(u8::is_ascii_graphic) {
+        return Err("no gcov version");
+    }
+    Ok(())
+}
+
 /// libgcov's relocation of .gcda paths: strip `GCOV_PREFIX_STRIP` leading components of the
 /// compiled-in (absolute) path, then put `GCOV_PREFIX` in front.
 pub fn relocate(path: &str, prefix: Option<&str>, strip: usize) -> String {
@@ -166,6 +182,18 @@ mod tests {
         let mut bad = data.clone();
         bad[0] = 0;
         assert!(matches!(parse(&bad), Err(GcdaError::BadMagic(_))));
+    }
+
+    #[test]
+    fn knows_notes_from_anything_else() {
+        let mut notes = NOTES_MAGIC.to_le_bytes().to_vec();
+        notes.extend_from_slice(&u32::from_be_bytes(*b"B21*").to_le_bytes());
+        notes.extend_from_slice(&[0; 8]);
+        assert_eq!(parse_notes(&notes), Ok(()));
+        assert!(parse_notes(b"root:*:19000:0:99999:7:::\n").is_err());
+        assert!(parse_notes(&notes[..6]).is_err());
+        let data = gcda(b"B21*", &[], 1);
+        assert!(parse_notes(&data).is_err(), "a .gcda is not notes");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! not show which file a dump wrote, and to tell users where their target writes.
 use std::{fs, os::fd::AsRawFd};
 
-use super::{llvm_raw, read};
+use super::{
+    llvm_raw,
+    read::{self, Expect},
+};
 
 /// An expanded profile path: literal text with `*` where compiler-rt inserts a value covobs
 /// cannot recompute (the %m merge-pool signature).
@@ -125,7 +128,7 @@ impl ProfileCursor {
             offset: 0,
         };
         if let Ok(path) = resolve_glob(&c.expanded, root, cwd)
-            && let Ok(f) = read::open_in_target(root, cwd, &path)
+            && let Ok(f) = read::open_in_target(root, cwd, &path, Expect::Writable)
             && let Ok(meta) = f.metadata()
         {
             use std::os::unix::fs::MetadataExt;
@@ -172,7 +175,8 @@ impl ProfileCursor {
             Ok(p) => p,
             Err(e) => self.path.clone().ok_or(e)?,
         };
-        let file = read::open_in_target(root, cwd, &path).map_err(|e| e.to_string())?;
+        let file =
+            read::open_in_target(root, cwd, &path, Expect::Writable).map_err(|e| e.to_string())?;
         let meta = file.metadata().map_err(|e| e.to_string())?;
         if self.ino.is_some_and(|ino| ino != meta.ino()) || meta.len() < self.offset {
             // A new file (the target truncated or replaced it): its dumps start at 0.
@@ -185,18 +189,56 @@ impl ProfileCursor {
         } else {
             self.offset
         };
-        let len = meta.len().saturating_sub(start);
-        if len == 0 {
-            return Err(format!("{path} holds no profile after byte {start}"));
-        }
-        let data = read::read_range(&file, &path, None, start, len).map_err(|e| e.to_string())?;
-        let profile =
-            llvm_raw::parse(&data, false).map_err(|e| format!("{path} at byte {start}: {e}"))?;
-        let size = profile.total_size as usize;
-        self.offset = start + size as u64;
-        Ok((data[..size].to_vec(), path, start))
+        let end = profile_end(&file, &path, start, meta.len())?;
+        let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.to_string())?;
+        llvm_raw::parse(&data, true).map_err(|e| format!("{path} at byte {start}: {e}"))?;
+        self.offset = end;
+        Ok((data, path, start))
     }
 }
+
+/// Where the profile that starts at `start` ends, from its header and the sizes of its
+/// value-profile records: a few small reads, however large the file has grown (a target that
+/// appends every dump to one file).
+fn profile_end(file: &fs::File, path: &str, start: u64, size: u64) -> Result<u64, String> {
+    if size <= start {
+        return Err(format!(
+            "{path} holds no profile after the last one covobs took"
+        ));
+    }
+    let read = |at: u64, len: u64| read::read_range(file, path, at, len).map_err(|e| e.to_string());
+    let head = read(start, (size - start).min(llvm_raw::MAX_HEADER_BYTES as u64))?;
+    let header = llvm_raw::header(&head).map_err(|e| format!("{path} at byte {start}: {e}"))?;
+    let mut end = start
+        .checked_add(header.fixed_size)
+        .filter(|end| *end <= size)
+        .ok_or_else(|| format!("{path} at byte {start}: the profile is cut short"))?;
+    // Value-profile records up to the next profile's magic or the end of the file.
+    while end < size {
+        let word = read(end, (size - end).min(8))?;
+        let magic = word
+            .get(..8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        if magic == Some(llvm_raw::MAGIC_64) {
+            break;
+        }
+        let record = word
+            .get(..4)
+            .map(|w| u64::from(u32::from_le_bytes(w.try_into().unwrap_or([0; 4]))))
+            .filter(|n| *n >= 8 && n % 8 == 0 && end + n <= size)
+            .ok_or_else(|| format!("{path} at byte {end}: malformed value profile data"))?;
+        end += record;
+    }
+    if end - start > MAX_PROFILE {
+        return Err(format!(
+            "{path} at byte {start}: a profile larger than {MAX_PROFILE} bytes is not read"
+        ));
+    }
+    Ok(end)
+}
+
+/// Far above any real raw profile, far below covobs' memory.
+const MAX_PROFILE: u64 = 1 << 30;
 
 fn resolve_glob(
     expanded: &Expanded,
@@ -210,7 +252,8 @@ fn resolve_glob(
         Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
         None => (".", expanded.pattern.as_str()),
     };
-    let dir_file = read::open_in_target(root, cwd, dir).map_err(|e| e.to_string())?;
+    let dir_file =
+        read::open_in_target(root, cwd, dir, Expect::Directory).map_err(|e| e.to_string())?;
     let listing = fs::read_dir(format!("/proc/self/fd/{}", dir_file.as_raw_fd()))
         .map_err(|e| format!("listing {dir}: {e}"))?;
     let mut best: Option<(std::time::SystemTime, String)> = None;

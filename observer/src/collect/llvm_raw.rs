@@ -60,6 +60,46 @@ fn pad8(n: u64) -> u64 {
 /// several appended profiles).
 pub fn parse(bytes: &[u8], exact: bool) -> Result<RawProfile, RawProfileError> {
     let len = bytes.len() as u64;
+    let mut p = header(bytes)?;
+    let fixed = p.fixed_size;
+    if fixed > len {
+        return Err(RawProfileError::Truncated {
+            need: fixed,
+            got: len,
+        });
+    }
+    // Value-profile records follow, one per function with value sites, each sized by its first
+    // u32. Walk them: with `exact`, they must end exactly at the end of the bytes; otherwise they
+    // end at the end of the bytes or where the next profile's magic starts.
+    let mut at = fixed;
+    while at < len {
+        if !exact && u64_at(&bytes[at as usize..], 0) == Some(MAGIC_64) {
+            break;
+        }
+        let Some(size) = bytes
+            .get(at as usize..at as usize + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_le_bytes)
+        else {
+            return Err(RawProfileError::BadValueData(at));
+        };
+        let size = u64::from(size);
+        if size < 8 || size % 8 != 0 || at + size > len {
+            return Err(RawProfileError::BadValueData(at));
+        }
+        at += size;
+    }
+    p.total_size = at;
+    Ok(p)
+}
+
+/// The bytes a raw profile's header needs, at most: enough to call [`header`].
+pub const MAX_HEADER_BYTES: usize = 21 * 8;
+
+/// What the header alone says: the version, section sizes and `fixed_size` (the profile's size
+/// without value-profile records); `total_size` is set to `fixed_size`. Reads only the header,
+/// so a profile inside a large file is sized without reading the rest.
+pub fn header(bytes: &[u8]) -> Result<RawProfile, RawProfileError> {
     let magic = u64_at(bytes, 0).ok_or(RawProfileError::TooShort(bytes.len()))?;
     if magic != MAGIC_64 {
         return Err(RawProfileError::BadMagic(magic));
@@ -200,33 +240,6 @@ pub fn parse(bytes: &[u8], exact: bool) -> Result<RawProfile, RawProfileError> {
             .checked_add(p.ok_or(RawProfileError::Overflow)?)
             .ok_or(RawProfileError::Overflow)?;
     }
-    if fixed > len {
-        return Err(RawProfileError::Truncated {
-            need: fixed,
-            got: len,
-        });
-    }
-    // Value-profile records follow, one per function with value sites, each sized by its first
-    // u32. Walk them: with `exact`, they must end exactly at the end of the bytes; otherwise they
-    // end at the end of the bytes or where the next profile's magic starts.
-    let mut at = fixed;
-    while at < len {
-        if !exact && u64_at(&bytes[at as usize..], 0) == Some(MAGIC_64) {
-            break;
-        }
-        let Some(size) = bytes
-            .get(at as usize..at as usize + 4)
-            .and_then(|s| s.try_into().ok())
-            .map(u32::from_le_bytes)
-        else {
-            return Err(RawProfileError::BadValueData(at));
-        };
-        let size = u64::from(size);
-        if size < 8 || size % 8 != 0 || at + size > len {
-            return Err(RawProfileError::BadValueData(at));
-        }
-        at += size;
-    }
     Ok(RawProfile {
         version,
         num_data: field("DataSize"),
@@ -235,7 +248,7 @@ pub fn parse(bytes: &[u8], exact: bool) -> Result<RawProfile, RawProfileError> {
         num_bitmap_bytes: field("NumBitmapBytes"),
         names_size,
         fixed_size: fixed,
-        total_size: at,
+        total_size: fixed,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod llvm_raw;
 pub mod read;
 
 pub use read::TargetDir;
+use read::{Expect, Identity};
 
 /// Why a dump happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -357,17 +358,34 @@ pub fn extract(
     }
 }
 
-/// A whole file the dump (re)wrote, checked by `check`.
+/// What a dump's output file must be: the one the kernel saw written when it told its device
+/// and inode, otherwise a file the target may write.
+fn expect_written(dev: Option<u64>, ino: Option<u64>) -> Expect {
+    Identity::of(dev, ino).map_or(Expect::Writable, Expect::Written)
+}
+
+/// A whole file the dump (re)wrote (or, with `Expect::Readable`, notes it reads), of at most
+/// `limit` bytes.
 fn whole_file(
     root: &TargetDir,
     cwd: Option<&TargetDir>,
     path: &str,
-    ino: Option<u64>,
+    expect: Expect,
+    limit: u64,
 ) -> Result<Vec<u8>, CollectError> {
-    let file = read::open_in_target(root, cwd, path)?;
+    let file = read::open_in_target(root, cwd, path, expect)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    Ok(read::read_range(&file, path, ino, 0, len)?)
+    if len > limit {
+        return Err(CollectError::Fallback(format!(
+            "{path} is larger than the {limit} bytes such a file can hold: refused unread"
+        )));
+    }
+    Ok(read::read_range(&file, path, 0, len)?)
 }
+
+/// Bounds on whole files read from a target: far above real dumps, far below covobs' memory.
+const MAX_COVERAGE_FILE: u64 = 1 << 30;
+const MAX_NOTES_FILE: u64 = 256 << 20;
 
 fn extract_bisect(
     done: &FinishedDump,
@@ -391,7 +409,13 @@ fn extract_bisect(
             },
             _ => continue,
         };
-        let data = whole_file(root, cwd, &path, f.ino)?;
+        let data = whole_file(
+            root,
+            cwd,
+            &path,
+            expect_written(f.dev, f.ino),
+            MAX_COVERAGE_FILE,
+        )?;
         if let (Some(src), Some(ino)) = (source.as_deref_mut(), f.ino) {
             src.mark_taken(ino);
         }
@@ -410,14 +434,26 @@ fn extract_bisect(
             src.prefix
         )));
     };
-    let file = read::open_in_target(root, cwd, &path)?;
+    let file = read::open_in_target(root, cwd, &path, Expect::Writable)?;
     use std::os::unix::fs::MetadataExt;
-    let ino = file.metadata().map(|m| m.ino()).ok();
-    let data = whole_file(root, cwd, &path, ino)?;
-    if let Some(ino) = ino {
-        src.mark_taken(ino);
+    let meta = file.metadata().map_err(|source| read::ReadError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    if meta.len() > MAX_COVERAGE_FILE {
+        return Err(CollectError::Fallback(format!(
+            "{path} is larger than a coverage file can be: refused unread"
+        )));
     }
-    Ok(vec![checked_bisect(data, &path, ino, None, "environment")])
+    let data = read::read_range(&file, &path, 0, meta.len())?;
+    src.mark_taken(meta.ino());
+    Ok(vec![checked_bisect(
+        data,
+        &path,
+        Some(meta.ino()),
+        Some(meta.dev()),
+        "environment",
+    )])
 }
 
 fn checked_bisect(
@@ -452,12 +488,16 @@ fn extract_gcov(
     gcda: &[(String, String)],
 ) -> Result<Vec<Extracted>, CollectError> {
     let cwd = done.dump.cwd.as_ref();
-    let mut files: Vec<(String, Option<u64>, &'static str)> = done
+    let mut files: Vec<(String, Expect, &'static str)> = done
         .dump
         .files
         .iter()
         .filter(|f| f.bytes > 0)
-        .filter_map(|f| f.path.clone().map(|p| (p, f.ino, "kernel")))
+        .filter_map(|f| {
+            f.path
+                .clone()
+                .map(|p| (p, expect_written(f.dev, f.ino), "kernel"))
+        })
         .collect();
     if files.is_empty() {
         // Outside a window: the .gcda files the binary names that changed during the dump.
@@ -465,7 +505,7 @@ fn extract_gcov(
         files = gcda
             .iter()
             .filter(|(_, p)| modified_since(root, cwd, p, since))
-            .map(|(_, p)| (p.clone(), None, "environment"))
+            .map(|(_, p)| (p.clone(), Expect::Writable, "environment"))
             .collect();
     }
     if files.is_empty() {
@@ -477,8 +517,8 @@ fn extract_gcov(
     let mut parts = Vec::new();
     let mut problems = Vec::new();
     let located_by = files[0].2;
-    for (path, ino, _) in &files {
-        let data = whole_file(root, cwd, path, *ino)?;
+    for (path, expect, _) in &files {
+        let data = whole_file(root, cwd, path, *expect, MAX_COVERAGE_FILE)?;
         if let Err(e) = gcov::parse(&data) {
             problems.push(format!("{path}: {e}"));
         }
@@ -489,9 +529,17 @@ fn extract_gcov(
             .iter()
             .find(|(_, relocated)| relocated == path)
             .map_or(path.as_str(), |(c, _)| c.as_str());
+        // Notes are the compiler's output, which the target only reads: opened as the target,
+        // and kept only if they are notes (a link to anything else the target may read is not
+        // copied into the session).
         let gcno = gcov::gcno_of(compiled);
-        match whole_file(root, cwd, &gcno, None) {
-            Ok(notes) => parts.push((gcno, notes)),
+        match whole_file(root, cwd, &gcno, Expect::Readable, MAX_NOTES_FILE) {
+            Ok(notes) => match gcov::parse_notes(&notes) {
+                Ok(()) => parts.push((gcno, notes)),
+                Err(e) => problems.push(format!(
+                    "{gcno} (the notes the report needs) is not a .gcno file ({e}): not copied"
+                )),
+            },
             Err(e) => problems.push(format!("{gcno} (the notes the report needs): {e}")),
         }
     }
@@ -521,7 +569,7 @@ fn modified_since(
     since_boot_ns: u64,
 ) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(f) = read::open_in_target(root, cwd, path) else {
+    let Ok(f) = read::open_in_target(root, cwd, path, Expect::Writable) else {
         return false;
     };
     let Ok(m) = f.metadata() else { return false };
@@ -529,6 +577,13 @@ fn modified_since(
     let since_unix_ns = i128::from(since_boot_ns) + crate::sys::clock::boot_to_unix_offset_ns();
     // Filesystem timestamps are coarse (jiffies): allow 20 ms.
     mtime_unix_ns + 20_000_000 >= since_unix_ns
+}
+
+impl CollectError {
+    /// covobs itself failed (descriptors, memory, threads), not the target.
+    pub fn is_covobs_failure(&self) -> bool {
+        matches!(self, Self::Read(e) if e.is_covobs_failure())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -556,7 +611,7 @@ pub fn extract_llvm(
         let Some(path) = f.path.clone() else {
             continue;
         };
-        let file = read::open_in_target(root, cwd, &path)?;
+        let file = read::open_in_target(root, cwd, &path, expect_written(f.dev, f.ino))?;
         let (offset, len, located_by) = match f.start {
             Some(start) => (start, f.end - start, "kernel"),
             None => {
@@ -565,7 +620,7 @@ pub fn extract_llvm(
                 (size.saturating_sub(f.bytes), f.bytes, "kernel-size")
             }
         };
-        let data = read::read_range(&file, &path, f.ino, offset, len)?;
+        let data = read::read_range(&file, &path, offset, len)?;
         observed.push((path.clone(), f.ino, offset + len));
         out.push(validated(
             data,

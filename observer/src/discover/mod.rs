@@ -246,7 +246,13 @@ fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<DebugFile> {
         candidates.push(format!("/usr/lib/debug/{link}"));
     }
     candidates.into_iter().find_map(|path| {
-        let file = crate::collect::read::open_in_target(&root, None, &path).ok()?;
+        let file = crate::collect::read::open_in_target(
+            &root,
+            None,
+            &path,
+            crate::collect::read::Expect::Readable,
+        )
+        .ok()?;
         file.metadata()
             .is_ok_and(|m| m.is_file())
             .then_some(DebugFile { file, path })

@@ -37,13 +37,36 @@ pub enum TriggerError {
         signal: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "covobs' own failure reading {what} of thread {tid} of process {pid}: {source} (the target is not at fault)"
+    )]
+    Covobs {
+        pid: i32,
+        tid: i32,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Choice(String),
 }
 
 impl TriggerError {
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Send { .. })
+        !matches!(self, Self::Send { .. } | Self::Covobs { .. })
+    }
+}
+
+/// A /proc read that failed: the task is gone only when /proc says it does not exist; anything
+/// else (no descriptor left, no memory) is covobs' own failure, never the target's.
+fn gone_or_covobs(pid: i32, tid: i32, what: &'static str, e: std::io::Error) -> TriggerError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH) => TriggerError::Gone { pid, tid },
+        _ => TriggerError::Covobs {
+            pid,
+            tid,
+            what,
+            source: e,
+        },
     }
 }
 
@@ -95,7 +118,8 @@ impl Masks {
 /// Check that `sig` sent to `tid` will run the target's handler. `force` allows a signal with the
 /// default action (the user accepts it may kill the target).
 pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), TriggerError> {
-    let masks = Masks::read(pid, tid).map_err(|_| TriggerError::Gone { pid, tid })?;
+    let masks =
+        Masks::read(pid, tid).map_err(|e| gone_or_covobs(pid, tid, "the signal masks", e))?;
     let signal = sig.as_str();
     if masks.ignores(sig) {
         return Err(TriggerError::Ignored { pid, signal });
@@ -108,7 +132,8 @@ pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), Tr
         // look again before calling the block persistent.
         for _ in 0..5 {
             std::thread::sleep(std::time::Duration::from_millis(2));
-            let again = Masks::read(pid, tid).map_err(|_| TriggerError::Gone { pid, tid })?;
+            let again = Masks::read(pid, tid)
+                .map_err(|e| gone_or_covobs(pid, tid, "the signal masks", e))?;
             if !again.blocks(sig) {
                 return Ok(());
             }
@@ -137,15 +162,29 @@ impl ThreadRef {
         })
     }
 
-    fn still_same(&self) -> bool {
-        thread_start_time(self.pid, self.tid) == Some(self.start_time)
+    /// Still the thread that was checked (Ok(false): gone or replaced); an error is covobs' own.
+    fn still_same(&self) -> Result<bool, TriggerError> {
+        match read_start_time(self.pid, self.tid) {
+            Ok(start) => Ok(start == Some(self.start_time)),
+            Err(e) => match gone_or_covobs(self.pid, self.tid, "the start time", e) {
+                TriggerError::Gone { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 }
 
 fn thread_start_time(pid: i32, tid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    read_start_time(pid, tid).ok().flatten()
+}
+
+fn read_start_time(pid: i32, tid: i32) -> std::io::Result<Option<u64>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    let start = stat
+        .rfind(')')
+        .and_then(|close| stat.get(close + 2..))
+        .and_then(|rest| rest.split_whitespace().nth(19)?.parse().ok());
+    Ok(start)
 }
 
 /// How a signal was sent.
@@ -185,7 +224,7 @@ pub fn send(thread: ThreadRef, sig: Signal) -> Result<Method, TriggerError> {
         // SAFETY: a non-negative return is a new pidfd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // The pidfd pins a task; the start time proves it is the one we checked.
-        if !thread.still_same() {
+        if !thread.still_same()? {
             return Err(gone());
         }
         // SAFETY: sends a signal through a valid pidfd; info is NULL (kernel fills SI_USER-like
@@ -209,11 +248,15 @@ pub fn send(thread: ThreadRef, sig: Signal) -> Result<Method, TriggerError> {
         return Err(send_err(err));
     }
     let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        return Err(gone());
+    match err.raw_os_error() {
+        Some(libc::ESRCH) => return Err(gone()),
+        // Out of descriptors or memory: covobs' failure, said as such (tgkill would work, but a
+        // covobs that cannot open a pidfd is in trouble the user must hear about).
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => return Err(send_err(err)),
+        _ => {}
     }
     // Kernels before 6.9 cannot open a thread pidfd: re-check identity, then tgkill.
-    if !thread.still_same() {
+    if !thread.still_same()? {
         return Err(gone());
     }
     // SAFETY: tgkill takes plain integers.
@@ -255,5 +298,44 @@ mod tests {
             Err(TriggerError::NotHandled { .. })
         ));
         assert!(check_safe(me, tid, Signal::SIGUSR2, true).is_ok());
+
+        // A shell that handles SIGUSR2 (trap) by writing a file and exiting 0.
+        let dir = std::env::temp_dir().join(format!("covobs-trigger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let got = dir.join("got");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap 'echo usr2 > {}; exit 0' USR2; touch {}/ready; while :; do sleep 0.01; done",
+                got.display(),
+                dir.display()
+            ))
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !dir.join("ready").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the shell never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        check_safe(pid, pid, Signal::SIGUSR2, false).expect("the handled signal is allowed");
+        let thread = ThreadRef::get(pid, pid).unwrap();
+        send(thread, Signal::SIGUSR2).expect("sent");
+        let status = child.wait().unwrap();
+        assert!(status.success(), "the handler ran and exited 0: {status}");
+        assert_eq!(std::fs::read_to_string(&got).unwrap(), "usr2\n");
+        // The thread is gone now: neither checked nor signalled, and said so.
+        assert!(matches!(
+            check_safe(pid, pid, Signal::SIGUSR2, false),
+            Err(TriggerError::Gone { .. })
+        ));
+        assert!(matches!(
+            send(thread, Signal::SIGUSR2),
+            Err(TriggerError::Gone { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
