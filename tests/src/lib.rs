@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod built_session;
 pub mod freeze;
 pub mod ns;
 

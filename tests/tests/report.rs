@@ -10,46 +10,8 @@ use std::{
     time::Instant,
 };
 
-use covobs_tests::*;
+use covobs_tests::{built_session::*, *};
 use serde_json::{Value, json};
-
-const C_SOURCE: &str = r#"#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-static int classify(int x) {
-    if (x > 10 && x < 100)
-        return 1;
-    else if (x >= 100)
-        return 2;
-    return 0;
-}
-
-static unsigned long work(int n) {
-    unsigned long acc = 0;
-    for (int i = 0; i < n; i++) {
-        if (i % 3 == 0)
-            acc += (unsigned long)i * 7;
-        else
-            acc ^= (unsigned long)i;
-    }
-    return acc;
-}
-
-static void never_called(void) {
-    puts("never");
-}
-
-int main(int argc, char **argv) {
-    int n = argc > 1 ? atoi(argv[1]) : 0;
-    printf("class %d\n", classify(n));
-    if (n > 5)
-        printf("work %lu\n", work(n));
-    if (argc > 2 && strcmp(argv[2], "never") == 0)
-        never_called();
-    return 0;
-}
-"#;
 
 const RUST_SOURCE: &str = r#"fn classify<T: PartialOrd + Copy>(x: T, lo: T, hi: T) -> u8 {
     if x > lo && x < hi { 1 } else if x >= hi { 2 } else { 0 }
@@ -68,147 +30,6 @@ fn main() {
     }
 }
 "#;
-
-/// Run a command that must succeed; its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A tool the set-up installs (./dev: clang-14, llvm-14); the test fails if it is missing.
-fn tool(path: &str) -> PathBuf {
-    let p = PathBuf::from(path);
-    assert!(
-        p.exists(),
-        "{path} is missing: the set-up installs clang-14 and llvm-14 (./dev setup)"
-    );
-    p
-}
-
-const LLVM14: &str = "/usr/lib/llvm-14/bin";
-
-fn build_id(binary: &Path) -> String {
-    let notes = run_ok(Command::new("readelf").arg("-n").arg(binary));
-    notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| panic!("{} has no build id", binary.display()))
-}
-
-fn sha256(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
-}
-
-/// A program run once with its profile written to `profraw`; returns the pid it had.
-fn run_instrumented(binary: &Path, profraw: &Path, args: &[&str]) -> u32 {
-    let child = Command::new(binary)
-        .args(args)
-        .env("LLVM_PROFILE_FILE", profraw)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run the instrumented program");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{} {args:?} failed", binary.display());
-    assert!(profraw.exists(), "{} wrote no profile", binary.display());
-    pid
-}
-
-/// Builds a session directory the way covobs attach lays it out.
-struct SessionBuilder {
-    dir: PathBuf,
-    module: Value,
-    comm: String,
-}
-
-impl SessionBuilder {
-    fn new(
-        dir: &Path,
-        binary: &Path,
-        comm: &str,
-        producer: Option<&str>,
-        llvm_major: Option<u32>,
-    ) -> Self {
-        let id = build_id(binary);
-        let name = binary
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let copy = format!("modules/{id}/{name}");
-        fs::create_dir_all(dir.join(format!("modules/{id}"))).expect("mkdir modules");
-        fs::copy(binary, dir.join(&copy)).expect("copy module");
-        let mut module = json!({
-            "path": binary.to_string_lossy(),
-            "build_id": id,
-            "copy": copy,
-        });
-        if let Some(p) = producer {
-            module["producer"] = json!(p);
-        }
-        if let Some(m) = llvm_major {
-            module["llvm_major"] = json!(m);
-        }
-        fs::write(
-            dir.join("session.json"),
-            serde_json::to_string_pretty(&json!({
-                "covobs_version": "0.1.0",
-                "command": ["covobs", "attach", "--name", comm],
-                "kernel": "test",
-                "targets": [{"pid": 1, "comm": comm, "exe": binary.to_string_lossy()}],
-                "counters": {"events": 0, "artifacts": 0, "lost": 0, "ring_buffer_drops": 0, "dumps_triggered": 0}
-            }))
-            .expect("json"),
-        )
-        .expect("write session.json");
-        Self {
-            dir: dir.to_path_buf(),
-            module,
-            comm: comm.to_string(),
-        }
-    }
-
-    /// Lay out `bytes` as artifact `seq` of `pid`, with metadata as the collector writes it.
-    fn artifact(&self, seq: u64, pid: u32, bytes: &[u8], valid: bool) -> PathBuf {
-        let pdir = self.dir.join(format!("{pid}-{}", self.comm));
-        fs::create_dir_all(&pdir).expect("mkdir pid dir");
-        let stem = format!("{seq:06}-llvm");
-        let file = pdir.join(format!("{stem}.profraw"));
-        fs::write(&file, bytes).expect("write artifact");
-        let end_ns = 1_000_000_000 * seq;
-        let meta = json!({
-            "seq": seq, "runtime": "llvm", "pid": pid, "tid": pid, "comm": self.comm,
-            "trigger": "signal", "start_ns": end_ns - 1000, "end_ns": end_ns,
-            "collected_ns": end_ns + 1000, "bytes": bytes.len(),
-            "checksum": format!("sha256:{}", sha256(&file)), "valid": valid,
-            "file": format!("{stem}.profraw"),
-            "source": {"path": "/tmp/default.profraw", "offset": 0, "inode": 1, "dev": 1},
-            "format": {"name": "llvm-raw-profile", "version": 8},
-            "module": self.module,
-        });
-        let meta_path = pdir.join(format!("{stem}.json"));
-        fs::write(
-            &meta_path,
-            serde_json::to_string_pretty(&meta).expect("json"),
-        )
-        .expect("write metadata");
-        meta_path
-    }
-}
 
 fn covobs(args: &[&str]) -> Output {
     Command::new(covobs_bin())
@@ -294,26 +115,6 @@ fn read_json(path: &Path) -> Value {
         &fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Compile the C program with clang 14 coverage flags into `dir`.
-fn build_c(dir: &Path, name: &str) -> PathBuf {
-    let clang = tool("/usr/bin/clang-14");
-    let src = dir.join(format!("{name}.c"));
-    fs::write(&src, C_SOURCE).expect("write source");
-    let bin = dir.join(name);
-    run_ok(
-        Command::new(clang)
-            .args([
-                "-fprofile-instr-generate",
-                "-fcoverage-mapping",
-                "-O0",
-                "-o",
-            ])
-            .arg(&bin)
-            .arg(&src),
-    );
-    bin
 }
 
 #[test]
@@ -777,21 +578,34 @@ fn report_refuses_bad_input_with_one_line() {
     let out = covobs(&["report", &dir, "--format", "pdf"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("unknown report format \"pdf\""));
-    // Corrupt metadata: refused, and nothing written.
+    // Corrupt metadata is not the whole session's fault: that artifact is left out with the
+    // reason and the report is written (nothing else to report here: exit 1, see main.rs).
     let pdir = tmp.path().join("42-x");
     fs::create_dir(&pdir).expect("mkdir");
     fs::write(pdir.join("000001-llvm.json"), "{\"seq\": 1, \"runtime\": ").expect("write");
-    one_line(&covobs(&["report", &dir]), "000001-llvm.json");
-    let left: Vec<String> = fs::read_dir(tmp.path())
+    let out = covobs(&["report", &dir]);
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("42-x/000001-llvm.json") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(tmp.path().join("report/summary.json").exists());
+    fs::remove_dir_all(tmp.path().join("report")).expect("rm report");
+    // A corrupt session.json is bad input: refused, and nothing written.
+    fs::write(tmp.path().join("session.json"), "[1,").expect("write");
+    one_line(&covobs(&["report", &dir]), "session.json");
+    let mut left: Vec<String> = fs::read_dir(tmp.path())
         .expect("ls")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["42-x"], "the failed report left something behind");
-    // Corrupt session.json likewise.
-    fs::write(pdir.join("000001-llvm.json"), "{}").expect("write");
-    fs::write(tmp.path().join("session.json"), "[1,").expect("write");
-    one_line(&covobs(&["report", &dir]), "session.json");
+    left.sort();
+    assert_eq!(
+        left,
+        ["42-x", "session.json"],
+        "the failed report left something behind"
+    );
 }
 
 /// Benchmark (figures, no timed assertions): `covobs report` on a session of N dumps of the C

@@ -45,14 +45,25 @@ pub struct InstrumentedFile {
 
 /// Read a `BISECT-COVERAGE-4` file (the format is read in one place: collect/bisect.rs).
 pub fn parse(data: &[u8]) -> Result<Vec<InstrumentedFile>, String> {
+    use crate::collect::bisect::BisectError;
     crate::collect::bisect::read(data)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| match e {
+            // The file name is the artifact's content: not repeated for a refused artifact.
+            BisectError::Mismatch { points, counts, .. } => {
+                format!("a file with {points} points but {counts} counts")
+            }
+            e => e.to_string(),
+        })?
         .into_iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let points = f
                 .points
                 .iter()
-                .map(|&p| u64::try_from(p).map_err(|_| format!("{}: negative offset {p}", f.name)))
+                .map(|&p| {
+                    u64::try_from(p)
+                        .map_err(|_| format!("file {} of the dump: a negative offset", i + 1))
+                })
                 .collect::<Result<Vec<u64>, String>>()?;
             // Counts are OCaml ints: negative only after an overflow; count those as 0.
             let counts = f

@@ -3,7 +3,7 @@
 //! the directory the compiler ran in. For a Rust binary linking OCaml code (TezEdge's
 //! protocol-runner), that is the build root that bisect_ppx's relative source names usually
 //! start from too.
-use std::{io::Read as _, path::Path};
+use std::io::Read as _;
 
 /// Coverage mapping format version 6 is stored as 5.
 const VERSION6: u32 = 5;
@@ -89,13 +89,11 @@ pub fn compilation_dirs_in(section: &[u8]) -> Vec<String> {
 }
 
 /// The compilation directories recorded in a binary's coverage mapping (none when it has no
-/// `__llvm_covmap`, or cannot be read).
-pub fn compilation_dirs(binary: &Path) -> Vec<String> {
+/// `__llvm_covmap`, or cannot be read). Reads only the headers and that section.
+pub fn compilation_dirs(binary: &std::fs::File) -> Vec<String> {
     use object::{Object as _, ObjectSection as _};
-    let Ok(data) = std::fs::read(binary) else {
-        return Vec::new();
-    };
-    let Ok(file) = object::File::parse(&*data) else {
+    let cache = object::ReadCache::new(binary);
+    let Ok(file) = object::File::parse(&cache) else {
         return Vec::new();
     };
     if !file.is_little_endian() {
@@ -109,7 +107,7 @@ pub fn compilation_dirs(binary: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write as _, process::Command};
+    use std::{io::Write as _, path::Path, process::Command};
 
     use super::*;
 
@@ -184,7 +182,8 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let want = dir.path().to_string_lossy().into_owned();
-        assert_eq!(compilation_dirs(&dir.path().join("p")), [want]);
-        assert!(compilation_dirs(Path::new("/nonexistent")).is_empty());
+        let open = |p: &Path| std::fs::File::open(p).expect("open");
+        assert_eq!(compilation_dirs(&open(&dir.path().join("p"))), [want]);
+        assert!(compilation_dirs(&open(&dir.path().join("p.c"))).is_empty());
     }
 }

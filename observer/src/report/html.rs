@@ -553,20 +553,20 @@ fn read_source(path: &str) -> Result<String, String> {
 /// (then the kernel decided already).
 pub(crate) fn readable_by_requester(meta: &fs::Metadata) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return true;
-    }
-    let mode = meta.mode();
-    if mode & 0o004 != 0 {
-        return true;
-    }
-    match std::env::var("SUDO_UID")
+    let euid = unsafe { libc::geteuid() };
+    let sudo_uid = std::env::var("SUDO_UID")
         .ok()
-        .and_then(|u| u.parse::<u32>().ok())
-    {
-        Some(uid) => meta.uid() == uid && mode & 0o400 != 0,
-        None => false,
+        .and_then(|u| u.parse::<u32>().ok());
+    readable_by(meta.mode(), meta.uid(), euid, sudo_uid)
+}
+
+/// [`readable_by_requester`] of a file with `mode` owned by `owner`, for covobs running as `euid`
+/// on behalf of `sudo_uid`.
+fn readable_by(mode: u32, owner: u32, euid: u32, sudo_uid: Option<u32>) -> bool {
+    if euid != 0 || mode & 0o004 != 0 {
+        return true;
     }
+    sudo_uid.is_some_and(|uid| owner == uid && mode & 0o400 != 0)
 }
 
 fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> String {
@@ -704,19 +704,46 @@ mod tests {
     }
 
     #[test]
+    fn who_may_read_what() {
+        // Root on behalf of nobody in particular: world-readable files only.
+        assert!(readable_by(0o644, 0, 0, None));
+        assert!(!readable_by(0o640, 0, 0, None));
+        assert!(!readable_by(0o600, 1000, 0, None));
+        // Through sudo: also the files the user who ran sudo owns and may read.
+        assert!(readable_by(0o600, 1000, 0, Some(1000)));
+        assert!(!readable_by(0o200, 1000, 0, Some(1000)));
+        assert!(!readable_by(0o600, 0, 0, Some(1000)));
+        assert!(!readable_by(0o640, 1001, 0, Some(1000)));
+        // Not root: the kernel already decided what covobs could open.
+        assert!(readable_by(0o600, 0, 1000, None));
+    }
+
+    #[test]
     fn sources_only_root_could_read_are_not_shown() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test needs root: it checks what covobs running as root shows of a file only root could read"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("secret.c");
         fs::write(&p, "int secret;\n").expect("write");
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Owned by a user who is not the one behind sudo (if any): only root could read it.
+        let sudo_uid = std::env::var("SUDO_UID")
+            .ok()
+            .and_then(|u| u.parse::<u32>().ok());
+        let owner = if sudo_uid == Some(65534) {
+            65533
+        } else {
+            65534
+        };
+        std::os::unix::fs::chown(&p, Some(owner), None).expect("chown");
         let path = p.to_string_lossy().into_owned();
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let owned_by_sudo_user = std::env::var("SUDO_UID").ok() == Some("0".into());
-        if root && !owned_by_sudo_user {
-            assert!(read_source(&path).is_err());
-        }
+        let e = read_source(&path).expect_err("a file only root could read");
+        assert!(e.contains("only root can read it"), "{e}");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
         assert_eq!(read_source(&path).expect("readable"), "int secret;\n");
         assert!(read_source("relative.c").is_err());

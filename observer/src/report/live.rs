@@ -18,7 +18,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
-    sync::{Mutex, mpsc},
+    sync::{Arc, Mutex, mpsc},
     thread,
 };
 
@@ -27,11 +27,14 @@ mod sources;
 use super::{
     ReportError, ReportOptions,
     error::{Excluded, Warning},
-    llvm::{Export, LlvmModule, Snapshot},
+    llvm::{Export, Input, LlvmModule, Snapshot, TempFile},
     llvm_tools::{Need, Toolsets, read_elf_notes},
     model::{Coverage, Totals},
     profraw,
-    session::{Artifact, ModuleMeta, Session, read_artifact, sha256_hex},
+    session::{
+        Artifact, MAX_MODULE_BYTES, ModuleMeta, Session, is_inside, read_artifact, sha256_hex,
+    },
+    session_dir::{Pinned, SessionDir, SessionFileError},
     summary::{FileFigures, ModuleSummary, ReportData},
     timeline::TimelinePoint,
 };
@@ -128,6 +131,8 @@ struct PointMeta {
 /// Live coverage of a session: feed it artifacts, read the current figure, write the report.
 pub struct LiveCoverage {
     session_dir: PathBuf,
+    /// The session directory, everything in it opened through it (see [`SessionDir`]).
+    dir: Arc<SessionDir>,
     opts: ReportOptions,
     work: tempfile::TempDir,
     tools: Option<Toolsets>,
@@ -170,6 +175,10 @@ impl LiveCoverage {
         if !session_dir.is_dir() {
             return Err(ReportError::NoSuchDir(session_dir.to_path_buf()));
         }
+        let dir = SessionDir::open(session_dir).map_err(|source| ReportError::Read {
+            path: session_dir.to_path_buf(),
+            source,
+        })?;
         // $TMPDIR or /tmp; a container image with nothing but covobs (docs/deploy/Dockerfile)
         // has neither, and then the work happens in a directory of the session, removed at the
         // end like the other.
@@ -188,6 +197,7 @@ impl LiveCoverage {
         };
         Ok(Self {
             session_dir: session_dir.to_path_buf(),
+            dir: Arc::new(dir),
             opts: opts.clone(),
             work,
             tools: None,
@@ -214,17 +224,39 @@ impl LiveCoverage {
     /// Add the artifact whose metadata file is `metadata` (`<session>/<pid>-<comm>/<seq>-<runtime>.json`)
     /// and return the session's coverage after it. Blocking (runs llvm-profdata and llvm-cov:
     /// tens of milliseconds for a small program); call it from a blocking thread.
+    /// Metadata that cannot be used leaves its artifact out (the progress says why).
     pub fn add(&mut self, metadata: &Path) -> Result<Progress, ReportError> {
-        let pdir = metadata
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| ReportError::BadMetadata {
+        let name = |p: Option<&Path>| {
+            p.and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let (Some(pdir), Some(file)) = (name(metadata.parent()), name(Some(metadata))) else {
+            return Err(ReportError::BadMetadata {
                 path: metadata.to_path_buf(),
                 message: "not inside a <pid>-<comm> directory".into(),
-            })?;
-        let artifact = read_artifact(&self.session_dir, &pdir, metadata)?;
-        Ok(self.add_artifact(&artifact))
+            });
+        };
+        // Not written yet: nothing to say about it.
+        if let Err(SessionFileError::Missing) = self.dir.kind(&Path::new(&pdir).join(&file)) {
+            return Err(ReportError::Read {
+                path: metadata.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        match read_artifact(&self.dir, &pdir, &file) {
+            Ok(artifact) => Ok(self.add_artifact(&artifact)),
+            Err(excluded) => Ok(self.unreadable(excluded)),
+        }
+    }
+
+    /// An artifact whose metadata cannot be used: left out, once.
+    fn unreadable(&mut self, excluded: Excluded) -> Progress {
+        if !self.seen.insert(excluded.file.clone()) {
+            return Progress::AlreadySeen;
+        }
+        self.artifacts_seen += 1;
+        self.excluded.push(excluded.clone());
+        Progress::Excluded(excluded)
     }
 
     /// Add one artifact (see [`LiveCoverage::add`]).
@@ -273,7 +305,7 @@ impl LiveCoverage {
     /// earlier seq shows up late, start over so the timeline stays in collection order), then
     /// write the report.
     pub fn finish(mut self) -> Result<super::ReportSummary, ReportError> {
-        let session = Session::open(&self.session_dir)?;
+        let session = Session::read(&self.dir)?;
         let fresh: Vec<&Artifact> = session
             .artifacts
             .iter()
@@ -291,6 +323,10 @@ impl LiveCoverage {
         } else {
             self.run_batch(fresh.into_iter())?;
         }
+        for e in &session.unreadable {
+            self.unreadable(e.clone());
+        }
+        self.warnings.extend(session.warnings.iter().cloned());
         let data = self.build(&session)?;
         super::output::write_report(&session, &data, &self.opts)
     }
@@ -439,8 +475,13 @@ impl LiveCoverage {
             .clone()
             .and_then(|r| bytes.get(r))
             .map(sha256_hex);
+        // llvm-profdata reads covobs' copy of the bytes just checked, not the session's file.
+        let input = match self.input_copy(a, &bytes) {
+            Ok(i) => i,
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+        };
         drop(bytes);
-        let idx = self.unit_for(a);
+        let idx = self.unit_for(a, Some(&input.file.0));
         let unit = &mut self.units[idx];
         let UnitState::Llvm(module) = &mut unit.state else {
             let reason = match &unit.state {
@@ -456,7 +497,7 @@ impl LiveCoverage {
             && counters
                 .as_ref()
                 .is_some_and(|c| unit.seen_counters.contains(c));
-        let (result, late) = module.add(&a.data_path, a.meta.seq, header.version, repeat);
+        let (result, late) = module.add(input, a.meta.seq, header.version, repeat);
         let version = module.merged;
         if result.is_ok() {
             unit.artifacts += 1;
@@ -543,6 +584,20 @@ impl LiveCoverage {
         for (i, p) in self.points.iter_mut().enumerate() {
             p.index = i + 1;
         }
+    }
+
+    /// The checked bytes of a raw profile, written to the work directory for llvm-profdata.
+    fn input_copy(&self, a: &Artifact, bytes: &[u8]) -> Result<Input, String> {
+        let path = self.work.path().join(format!(
+            "input-{:06}-{}.profraw",
+            a.meta.seq, self.artifacts_seen
+        ));
+        let file = TempFile(path);
+        super::output::create(&file.0, bytes).map_err(|e| e.to_string())?;
+        Ok(Input {
+            file,
+            shown: a.data_path.clone(),
+        })
     }
 
     fn take_id(&mut self) -> u64 {
@@ -660,8 +715,9 @@ impl LiveCoverage {
         self.tools.get_or_insert_with(|| Toolsets::discover(&dirs))
     }
 
-    /// The unit of an artifact's module and runtime, created on first sight.
-    fn unit_for(&mut self, a: &Artifact) -> usize {
+    /// The unit of an artifact's module and runtime, created on first sight. `profraw`: the
+    /// artifact's raw profile, to find the LLVM tools that read it when nothing else tells.
+    fn unit_for(&mut self, a: &Artifact, profraw: Option<&Path>) -> usize {
         let meta = a.meta.module.clone().unwrap_or_default();
         let mut key = meta
             .build_id
@@ -688,7 +744,7 @@ impl LiveCoverage {
             "bisect" => Ok(self.open_bisect(&meta, a)),
             "gcov" => Ok(UnitState::Gcov(Box::default())),
             _ => self
-                .open_module(&meta, a, idx)
+                .open_module(&meta, profraw, idx)
                 .map(|m| UnitState::Llvm(Box::new(m))),
         };
         let state = match opened {
@@ -722,14 +778,17 @@ impl LiveCoverage {
     fn open_module(
         &mut self,
         meta: &ModuleMeta,
-        first: &Artifact,
+        profraw: Option<&Path>,
         idx: usize,
     ) -> Result<LlvmModule, String> {
         if meta == &ModuleMeta::default() {
             return Err("the artifact's metadata names no module".into());
         }
-        let binary = self.module_binary(meta)?;
-        let (comments, _) = read_elf_notes(&binary).unwrap_or_default();
+        let work = self.work.path().join(format!("module-{idx}"));
+        fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let (file, shown) = self.module_binary(meta)?;
+        let (comments, _) = read_elf_notes(&file, &shown).unwrap_or_default();
+        let binary = Pinned::new(file, &shown, &work)?;
         let need = Need::resolve(
             meta.llvm_major,
             meta.producer.as_deref(),
@@ -744,9 +803,12 @@ impl LiveCoverage {
                 all.sort_by_key(|t| std::cmp::Reverse(t.major));
                 all.into_iter()
                     .find(|t| {
+                        let Some(profraw) = profraw else {
+                            return false;
+                        };
                         std::process::Command::new(&t.profdata)
                             .arg("show")
-                            .arg(&first.data_path)
+                            .arg(profraw)
                             .stdout(std::process::Stdio::null())
                             .stderr(std::process::Stdio::null())
                             .status()
@@ -756,28 +818,38 @@ impl LiveCoverage {
             }
             Err(why) => return Err(why),
         };
-        let work = self.work.path().join(format!("module-{idx}"));
-        fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         Ok(LlvmModule::new(tools, binary, work))
     }
 
-    /// The binary llvm-cov reads: the session's copy, else the recorded path if it is the same
-    /// build.
-    fn module_binary(&self, meta: &ModuleMeta) -> Result<PathBuf, String> {
+    /// The binary llvm-cov reads, opened, and its name for messages: the session's copy (opened
+    /// like every file of the session: beneath it, through no link, a regular file); only when
+    /// there is none, the recorded path if it is the same build and the requesting user could
+    /// read it.
+    fn module_binary(&self, meta: &ModuleMeta) -> Result<(fs::File, PathBuf), String> {
         if let Some(copy) = &meta.copy {
-            let rel = Path::new(copy);
-            if rel.is_absolute()
-                || rel
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
+            if !is_inside(copy) {
                 return Err(format!(
                     "module copy {copy:?} is not a path inside the session"
                 ));
             }
-            let p = self.session_dir.join(rel);
-            if p.is_file() {
-                return Ok(p);
+            let shown = self.session_dir.join(copy);
+            match self.dir.open_file(Path::new(copy)) {
+                Ok(f) => {
+                    let size = f.metadata().map_err(|e| format!("{copy}: {e}"))?.len();
+                    if size > MAX_MODULE_BYTES {
+                        return Err(format!(
+                            "the module copy {copy}: {}",
+                            SessionFileError::TooLarge {
+                                size,
+                                cap: MAX_MODULE_BYTES
+                            }
+                        ));
+                    }
+                    return Ok((f, shown));
+                }
+                Err(SessionFileError::Missing) => {}
+                // Something is there and it is not a plain copy: not a reason to look elsewhere.
+                Err(e) => return Err(format!("the module copy {copy}: {e}")),
             }
         }
         let missing = meta
@@ -789,9 +861,21 @@ impl LiveCoverage {
             return Err(missing);
         };
         let p = PathBuf::from(path);
-        match (read_elf_notes(&p), &meta.build_id) {
-            (Ok((_, Some(id))), Some(want)) if id.eq_ignore_ascii_case(want) => Ok(p),
-            (Ok(_), None) => Ok(p),
+        let file = fs::File::open(&p).map_err(|e| format!("{missing}, and {path}: {e}"))?;
+        let st = file
+            .metadata()
+            .map_err(|e| format!("{missing}, and {path}: {e}"))?;
+        if !st.is_file() {
+            return Err(format!("{missing}, and {path} is not a regular file"));
+        }
+        if !super::html::readable_by_requester(&st) {
+            return Err(format!(
+                "{missing}, and {path} is a file only root could read (covobs reads the modules the requesting user could)"
+            ));
+        }
+        match (read_elf_notes(&file, &p), &meta.build_id) {
+            (Ok((_, Some(id))), Some(want)) if id.eq_ignore_ascii_case(want) => Ok((file, p)),
+            (Ok(_), None) => Ok((file, p)),
             (Ok((_, id)), Some(want)) => Err(format!(
                 "{missing}, and {path} is another build (build id {}, recorded {want})",
                 id.unwrap_or_else(|| "none".into())

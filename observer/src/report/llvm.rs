@@ -16,6 +16,7 @@ use super::{
     ReportError, lcov,
     llvm_tools::Toolset,
     model::{Counts, Coverage, Totals},
+    session_dir::Pinned,
 };
 
 /// A file that is deleted when the last reference goes.
@@ -28,12 +29,22 @@ impl Drop for TempFile {
     }
 }
 
+/// A raw profile for llvm-profdata: covobs' own copy of the bytes it checked (in its work
+/// directory, never a path of the session a tool would resolve again), and the artifact's name
+/// for messages.
+#[derive(Debug)]
+pub struct Input {
+    pub file: TempFile,
+    pub shown: PathBuf,
+}
+
 /// The running merge of one module's raw profiles.
 #[derive(Debug)]
 pub struct LlvmModule {
     pub tools: Toolset,
-    /// The binary llvm-cov reads the coverage mapping from (the session's copy).
-    pub binary: PathBuf,
+    /// The binary llvm-cov reads the coverage mapping from (the session's copy, as covobs opened
+    /// it).
+    pub binary: Pinned,
     work: PathBuf,
     current: Option<Arc<TempFile>>,
     /// Raw profile version of the first artifact: all the others must have it too.
@@ -42,14 +53,14 @@ pub struct LlvmModule {
     pub merged: u64,
     /// Artifacts (seq, raw profile) whose merge waits for the next one: they repeat counters
     /// merged already, so the coverage does not need them before the end.
-    pending: Vec<(u64, PathBuf)>,
+    pending: Vec<(u64, Input)>,
 }
 
 /// Deferred artifacts that failed their merge after all: (seq, reason).
 pub type LateFailures = Vec<(u64, String)>;
 
 impl LlvmModule {
-    pub fn new(tools: Toolset, binary: PathBuf, work: PathBuf) -> Self {
+    pub fn new(tools: Toolset, binary: Pinned, work: PathBuf) -> Self {
         Self {
             tools,
             binary,
@@ -67,7 +78,7 @@ impl LlvmModule {
     /// turn out bad are returned with their reasons either way.
     pub fn add(
         &mut self,
-        profraw: &Path,
+        profraw: Input,
         seq: u64,
         raw_version: u64,
         defer: bool,
@@ -81,19 +92,19 @@ impl LlvmModule {
             return (Err(why), Vec::new());
         }
         if defer && self.current.is_some() {
-            self.pending.push((seq, profraw.to_path_buf()));
+            self.pending.push((seq, profraw));
             return (Ok(()), Vec::new());
         }
         let pending = std::mem::take(&mut self.pending);
-        let mut inputs: Vec<&Path> = pending.iter().map(|(_, p)| p.as_path()).collect();
-        inputs.push(profraw);
+        let mut inputs: Vec<&Input> = pending.iter().map(|(_, p)| p).collect();
+        inputs.push(&profraw);
         if self.merge(&inputs).is_ok() {
             self.raw_version = Some(raw_version);
             return (Ok(()), Vec::new());
         }
         // Something in the batch is bad: one at a time, to know what.
         let late = self.merge_each(pending);
-        let result = self.merge(&[profraw]);
+        let result = self.merge(&[&profraw]);
         if result.is_ok() {
             self.raw_version = Some(raw_version);
         }
@@ -106,14 +117,14 @@ impl LlvmModule {
         if pending.is_empty() {
             return Vec::new();
         }
-        let inputs: Vec<&Path> = pending.iter().map(|(_, p)| p.as_path()).collect();
+        let inputs: Vec<&Input> = pending.iter().map(|(_, p)| p).collect();
         if self.merge(&inputs).is_ok() {
             return Vec::new();
         }
         self.merge_each(pending)
     }
 
-    fn merge_each(&mut self, items: Vec<(u64, PathBuf)>) -> LateFailures {
+    fn merge_each(&mut self, items: Vec<(u64, Input)>) -> LateFailures {
         items
             .into_iter()
             .filter_map(|(seq, p)| self.merge(&[&p]).err().map(|why| (seq, why)))
@@ -121,7 +132,7 @@ impl LlvmModule {
     }
 
     /// One `llvm-profdata merge` of the running profile and `inputs` into a new running profile.
-    fn merge(&mut self, inputs: &[&Path]) -> Result<(), String> {
+    fn merge(&mut self, inputs: &[&Input]) -> Result<(), String> {
         let out = self.work.join(format!("{:06}.profdata", self.merged + 1));
         let mut cmd = Command::new(&self.tools.profdata);
         // Fail on any bad input: with more than one input, a permissive mode would merge the
@@ -134,10 +145,14 @@ impl LlvmModule {
         if let Some(cur) = &self.current {
             cmd.arg(&cur.0);
         }
-        cmd.args(inputs);
+        cmd.args(inputs.iter().map(|i| &i.file.0));
         // The output exists (possibly partial) from the moment the tool opens it.
         let out_file = TempFile(out);
         run(cmd, &self.tools.profdata).map_err(|e| {
+            // Named as the user knows them.
+            let e = inputs.iter().fold(e, |e, i| {
+                e.replace(&*i.file.0.to_string_lossy(), &i.shown.to_string_lossy())
+            });
             format!(
                 "llvm-profdata {} rejects it: {}",
                 self.tools.version,
@@ -165,7 +180,7 @@ impl LlvmModule {
 #[derive(Debug)]
 pub struct Export {
     cov: PathBuf,
-    binary: PathBuf,
+    binary: Pinned,
     profdata: Arc<TempFile>,
     detail: bool,
 }
@@ -184,17 +199,17 @@ impl Export {
         cmd.arg("export")
             .arg("-summary-only")
             .arg(&profile)
-            .arg(&self.binary);
-        let json = run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+            .arg(&self.binary.path);
+        let failed = |e: String| format!("llvm-cov export: {}", self.binary.unproc(e.trim_end()));
+        let json = run(cmd, &self.cov).map_err(failed)?;
         let files = parse_summary(&json)?;
         let detail = if self.detail {
             let mut cmd = Command::new(&self.cov);
             cmd.arg("export")
                 .arg("-format=lcov")
                 .arg(&profile)
-                .arg(&self.binary);
-            let text =
-                run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+                .arg(&self.binary.path);
+            let text = run(cmd, &self.cov).map_err(failed)?;
             Some(lcov::parse(&text, "llvm-cov export -format=lcov").map_err(|e| e.to_string())?)
         } else {
             None

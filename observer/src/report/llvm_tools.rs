@@ -116,13 +116,17 @@ pub fn producer_of_comments<'a>(comments: impl IntoIterator<Item = &'a str>) -> 
         .cloned()
 }
 
-/// The strings of a binary's `.comment` section, and its GNU build id (hex).
-pub fn read_elf_notes(path: &Path) -> Result<(Vec<String>, Option<String>), String> {
+/// The strings of a binary's `.comment` section, and its GNU build id (hex). Reads only the
+/// headers and those sections (a module copy can be large); `name` is for messages.
+pub fn read_elf_notes(
+    file: &fs::File,
+    name: &Path,
+) -> Result<(Vec<String>, Option<String>), String> {
     use object::{Object as _, ObjectSection as _};
-    let data = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let file = object::File::parse(&*data)
-        .map_err(|e| format!("{} is not an object file: {e}", path.display()))?;
-    let comments = file
+    let cache = object::ReadCache::new(file);
+    let parsed = object::File::parse(&cache)
+        .map_err(|e| format!("{} is not an object file: {e}", name.display()))?;
+    let comments = parsed
         .section_by_name(".comment")
         .and_then(|s| s.data().ok())
         .map(|d| {
@@ -132,7 +136,7 @@ pub fn read_elf_notes(path: &Path) -> Result<(Vec<String>, Option<String>), Stri
                 .collect()
         })
         .unwrap_or_default();
-    let build_id = file
+    let build_id = parsed
         .build_id()
         .ok()
         .flatten()

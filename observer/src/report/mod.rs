@@ -36,6 +36,7 @@ pub mod output;
 pub mod profraw;
 pub mod programs;
 pub mod session;
+pub mod session_dir;
 pub mod summary;
 pub mod timeline;
 
@@ -155,9 +156,10 @@ impl ReportSummary {
 
 /// Rebuild `<session_dir>/report/` from the session's artifacts.
 ///
-/// Bad input (no such directory, not a session, corrupt metadata) is an error for which
-/// [`ReportError::is_bad_input`] is true; artifacts that cannot be reported are left out with a
-/// reason ([`ReportSummary::excluded`]) and missing tools are warnings: the report goes on.
+/// Bad input (no such directory, not a session, a session.json that is not what docs/output.md
+/// says) is an error for which [`ReportError::is_bad_input`] is true; artifacts that cannot be
+/// reported (their metadata or their bytes are bad) are left out with a reason
+/// ([`ReportSummary::excluded`]) and missing tools are warnings: the report goes on.
 pub fn generate(
     session_dir: &std::path::Path,
     opts: &ReportOptions,

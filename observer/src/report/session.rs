@@ -1,68 +1,223 @@
 //! Reading a session directory (docs/output.md): session.json when present, and every artifact's
-//! metadata file `<pid>-<comm>/<seq>-<runtime>.json`.
+//! metadata file `<pid>-<comm>/<seq>-<runtime>.json`. The directory is not trusted
+//! (docs/security.md): everything is opened through [`SessionDir`] (beneath it, through no link,
+//! sizes checked first), both kinds of JSON are checked against their typed schema, and an
+//! artifact whose metadata or bytes are bad is left out with the reason, never the session.
 use std::{
-    fs,
-    io::Read as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::ReportError;
+use super::{
+    ReportError,
+    error::{Excluded, Warning},
+    session_dir::{EntryKind, SessionDir, SessionFileError},
+};
 
-/// The parts of session.json the report shows. Everything is optional: the report does not
-/// depend on it.
-#[derive(Clone, Debug, Default)]
+/// The most of session.json covobs reads (a long session with many targets is a few MB).
+pub const MAX_SESSION_JSON_BYTES: u64 = 16 << 20;
+/// The most of one metadata file (a gcov artifact lists its parts: hundreds of paths).
+pub const MAX_METADATA_BYTES: u64 = 4 << 20;
+/// The most of one artifact (all parts of a gcov one) covobs reads into memory.
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+/// The largest module copy handed to llvm-cov.
+pub const MAX_MODULE_BYTES: u64 = 4 << 30;
+
+/// session.json (docs/output.md). Every field is optional: the report does not depend on it; a
+/// field that is there must have its type. Fields not listed here are allowed and ignored.
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct SessionInfo {
-    pub raw: Option<serde_json::Value>,
+    #[serde(default)]
+    pub covobs_version: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub started_unix_ns: Option<u64>,
+    #[serde(default)]
+    pub ended_unix_ns: Option<u64>,
+    #[serde(default)]
+    pub boot_to_unix_offset_ns: Option<i64>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub kernel_build_id: Option<String>,
+    #[serde(default)]
+    pub options: Option<AnyObject>,
+    #[serde(default)]
+    pub pid_namespace: Option<AnyObject>,
+    #[serde(default)]
+    pub workload: Option<AnyObject>,
+    #[serde(default)]
+    pub targets: Option<Vec<TargetInfo>>,
+    #[serde(default)]
+    pub programs: Option<Vec<AnyObject>>,
+    #[serde(default)]
+    pub counters: Option<Counters>,
+}
+
+/// One target of session.json.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_in_own_namespace: Option<u32>,
+    #[serde(default)]
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// Its working directory when covobs adopted it (bisect's relative sources start there).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub runtimes: Option<Vec<AnyObject>>,
+}
+
+/// session.json's counters.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Counters {
+    #[serde(default)]
+    pub events: Option<u64>,
+    #[serde(default)]
+    pub artifacts: Option<u64>,
+    #[serde(default)]
+    pub lost: Option<u64>,
+    #[serde(default)]
+    pub ring_buffer_drops: Option<u64>,
+    #[serde(default)]
+    pub dumps_triggered: Option<u64>,
+    #[serde(default)]
+    pub snapshots: Option<u64>,
+    #[serde(default)]
+    pub dumps_seen: Option<u64>,
+}
+
+/// An object the report does not read: its type is checked, nothing of it is kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<AnyObject, A::Error> {
+                use serde::de::IgnoredAny;
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// serde's message without the value it quotes (a refused file's content is never repeated) and
+/// without serde_json's position.
+fn without_values(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let msg = full.strip_suffix(&suffix).unwrap_or(&full);
+    let expected = msg.rsplit_once(", expected ").map(|(_, e)| e);
+    if let (Some(rest), Some(expected)) = (msg.strip_prefix("invalid type: "), expected) {
+        let found = if rest.starts_with("floating point") {
+            "a number with a fraction"
+        } else {
+            match rest.split([' ', ',']).next().unwrap_or("") {
+                "string" => "a string",
+                "integer" => "an integer",
+                "boolean" => "a boolean",
+                "map" => "an object",
+                "sequence" => "an array",
+                "null" => "null",
+                _ => "a value of another type",
+            }
+        };
+        return format!("{found} where {expected} is expected");
+    }
+    if let (true, Some(expected)) = (msg.starts_with("invalid value: "), expected) {
+        return format!("a value out of range: {expected} is expected");
+    }
+    let names_a_field = msg.starts_with("missing field `") || msg.starts_with("duplicate field `");
+    if !names_a_field && (msg.contains('"') || msg.contains('`')) {
+        return "an invalid value".into();
+    }
+    msg.to_string()
+}
+
+/// Parse one of the session's JSON documents against its schema: an object whose fields have
+/// their types (fields the schema does not list are skipped without being kept). The error names
+/// the field (`targets[0].pid`) and never quotes the file.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err("empty: no JSON at all".into()),
+        Some(b'{') => {}
+        Some(_) => return Err("not a JSON object".into()),
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let why = without_values(inner);
+                if path == "." {
+                    why
+                } else {
+                    format!("field `{path}`: {why}")
+                }
+            }
+            serde_json::error::Category::Eof => "truncated: the JSON ends early".into(),
+            _ => format!("not valid JSON ({inner})"),
+        }
+    })?;
+    de.end().map_err(|e| format!("not valid JSON ({e})"))?;
+    Ok(value)
 }
 
 impl SessionInfo {
-    fn str_field(&self, key: &str) -> Option<String> {
-        self.raw.as_ref()?.get(key)?.as_str().map(str::to_string)
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        parse_json(bytes)
+    }
+
+    /// session.json of the session, `None` when there is none yet.
+    pub fn read(dir: &SessionDir) -> Result<Option<Self>, String> {
+        match dir.read(Path::new("session.json"), None, MAX_SESSION_JSON_BYTES) {
+            Ok(bytes) => Self::parse(&bytes).map(Some),
+            Err(SessionFileError::Missing) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     pub fn covobs_version(&self) -> Option<String> {
-        self.str_field("covobs_version")
+        self.covobs_version.clone()
     }
 
     pub fn kernel(&self) -> Option<String> {
-        self.str_field("kernel")
+        self.kernel.clone()
     }
 
     pub fn command(&self) -> Option<String> {
-        let c = self.raw.as_ref()?.get("command")?.as_array()?;
-        Some(
-            c.iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
+        self.command.as_ref().map(|c| c.join(" "))
     }
 
     /// (pid, comm, exe) of each target.
     pub fn targets(&self) -> Vec<(i64, String, String)> {
-        let Some(t) = self
-            .raw
-            .as_ref()
-            .and_then(|r| r.get("targets"))
-            .and_then(|t| t.as_array())
-        else {
-            return Vec::new();
-        };
-        t.iter()
+        self.targets
+            .iter()
+            .flatten()
             .map(|t| {
                 (
-                    t.get("pid").and_then(|p| p.as_i64()).unwrap_or(-1),
-                    t.get("comm")
-                        .and_then(|c| c.as_str())
-                        .unwrap_or("")
-                        .to_string(),
-                    t.get("exe")
-                        .and_then(|c| c.as_str())
-                        .unwrap_or("")
-                        .to_string(),
+                    i64::from(t.pid),
+                    t.comm.clone().unwrap_or_default(),
+                    t.exe.clone().unwrap_or_default(),
                 )
             })
             .collect()
@@ -70,28 +225,21 @@ impl SessionInfo {
 
     /// The working directory a target had when covobs adopted it (`targets[].cwd`).
     pub fn cwd_of(&self, pid: u32) -> Option<String> {
-        self.raw
-            .as_ref()?
-            .get("targets")?
-            .as_array()?
+        self.targets
             .iter()
-            .find(|t| t.get("pid").and_then(|p| p.as_u64()) == Some(u64::from(pid)))?
-            .get("cwd")?
-            .as_str()
-            .map(str::to_string)
+            .flatten()
+            .find(|t| t.pid == pid)?
+            .cwd
+            .clone()
     }
 
     /// Session start and end as Unix nanoseconds, when known.
     pub fn span_unix_ns(&self) -> Option<(u64, u64)> {
-        let r = self.raw.as_ref()?;
-        Some((
-            r.get("started_unix_ns")?.as_u64()?,
-            r.get("ended_unix_ns")?.as_u64()?,
-        ))
+        Some((self.started_unix_ns?, self.ended_unix_ns?))
     }
 }
-
-/// The metadata of one artifact (docs/output.md, "Artifact metadata").
+/// The metadata of one artifact (docs/output.md, "Artifact metadata"). Fields not listed here
+/// (`source`, `snapshot`, `kcov`) are allowed and skipped.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ArtifactMeta {
     pub seq: u64,
@@ -122,6 +270,20 @@ pub struct ArtifactMeta {
     /// A directory artifact's files (gcov: the .gcda files of one dump and their .gcno notes).
     #[serde(default)]
     pub parts: Vec<PartMeta>,
+}
+
+impl ArtifactMeta {
+    /// Parse and check a metadata file: its schema, and an artifact that stays in its process
+    /// directory. `Err` is the reason to leave the artifact out.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let meta: Self = parse_json(bytes)?;
+        if !is_inside(&meta.file) {
+            return Err(
+                "field `file` must name a file in its directory (relative, without `..`)".into(),
+            );
+        }
+        Ok(meta)
+    }
 }
 
 /// One file of a directory artifact.
@@ -157,16 +319,27 @@ pub struct ModuleMeta {
     pub llvm_major: Option<u32>,
 }
 
+/// A relative path of plain names (no `/` first, no `.` or `..`), not empty.
+pub fn is_inside(rel: &str) -> bool {
+    let p = Path::new(rel);
+    !rel.is_empty()
+        && !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// One artifact: its metadata and where it lives.
 #[derive(Clone, Debug)]
 pub struct Artifact {
     pub meta: ArtifactMeta,
     /// The metadata file.
     pub meta_path: PathBuf,
-    /// The artifact bytes (file, or directory for multi-file gcov dumps).
+    /// The artifact bytes (file, or directory for multi-file gcov dumps), for messages: it is
+    /// read through [`SessionDir`] from `rel`.
     pub data_path: PathBuf,
     /// The artifact, relative to the session directory (for messages and the summary).
     pub rel: String,
+    dir: Arc<SessionDir>,
 }
 
 /// A session directory, read.
@@ -176,6 +349,10 @@ pub struct Session {
     pub info: SessionInfo,
     /// In collection order (seq).
     pub artifacts: Vec<Artifact>,
+    /// Artifacts whose metadata file could not be read or is not valid, with the reason.
+    pub unreadable: Vec<Excluded>,
+    /// What else in the directory was not read (a process directory that is a link).
+    pub warnings: Vec<Warning>,
 }
 
 /// `<pid>-<comm>`: a decimal pid, a dash, anything.
@@ -193,139 +370,172 @@ fn is_metadata_name(name: &str) -> bool {
         })
 }
 
-fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-    move |source| ReportError::Read {
+fn read_err(path: &Path) -> impl FnOnce(SessionFileError) -> ReportError + '_ {
+    move |e| ReportError::Read {
         path: path.to_path_buf(),
-        source,
+        source: match e {
+            SessionFileError::Io(e) => e,
+            e => std::io::Error::other(e.to_string()),
+        },
     }
 }
 
 impl Session {
     /// Read a session directory. Fails (as bad input) when it is missing, is not a session, or
-    /// holds corrupt JSON.
+    /// its session.json is not what docs/output.md says; an artifact whose metadata is bad is
+    /// left out ([`Session::unreadable`]).
     pub fn open(dir: &Path) -> Result<Self, ReportError> {
         if !dir.is_dir() {
             return Err(ReportError::NoSuchDir(dir.to_path_buf()));
         }
-        let session_json = dir.join("session.json");
-        let info = match fs::read(&session_json) {
-            Ok(bytes) => SessionInfo {
-                raw: Some(serde_json::from_slice(&bytes).map_err(|source| {
-                    ReportError::BadJson {
-                        path: session_json.clone(),
-                        source,
-                    }
-                })?),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SessionInfo::default(),
-            Err(e) => return Err(read_err(&session_json)(e)),
-        };
+        let sdir = SessionDir::open(dir).map_err(|source| ReportError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Self::read(&Arc::new(sdir))
+    }
+
+    /// [`Session::open`] of a directory held already.
+    pub fn read(sdir: &Arc<SessionDir>) -> Result<Self, ReportError> {
+        let dir = sdir.path();
+        let info = SessionInfo::read(sdir).map_err(|message| ReportError::BadMetadata {
+            path: dir.join("session.json"),
+            message,
+        })?;
         let mut artifacts = Vec::new();
-        let mut process_dirs = 0usize;
-        for entry in fs::read_dir(dir).map_err(read_err(dir))? {
-            let entry = entry.map_err(read_err(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_process_dir(&name) || !entry.file_type().map_err(read_err(dir))?.is_dir() {
+        let mut unreadable = Vec::new();
+        let mut warnings = Vec::new();
+        let mut metadata_files = 0usize;
+        for (name, kind) in sdir.entries(None).map_err(read_err(dir))? {
+            let name = name.to_string_lossy().into_owned();
+            if !is_process_dir(&name) {
                 continue;
             }
-            let pdir = entry.path();
-            for f in fs::read_dir(&pdir).map_err(read_err(&pdir))? {
-                let f = f.map_err(read_err(&pdir))?;
-                let fname = f.file_name().to_string_lossy().into_owned();
+            match kind {
+                EntryKind::Dir => {}
+                EntryKind::Link => {
+                    warnings.push(Warning {
+                        module: None,
+                        message: format!(
+                            "{name} is a symbolic link, not a process directory: covobs report follows no link in a session directory, so what it leads to is not in the report"
+                        ),
+                    });
+                    continue;
+                }
+                _ => continue,
+            }
+            let entries = match sdir.entries(Some(Path::new(&name))) {
+                Ok(e) => e,
+                Err(e) => {
+                    warnings.push(Warning {
+                        module: None,
+                        message: format!(
+                            "{name} cannot be listed, so its artifacts are not in the report: {e}"
+                        ),
+                    });
+                    continue;
+                }
+            };
+            for (fname, _) in entries {
+                let fname = fname.to_string_lossy().into_owned();
                 if !is_metadata_name(&fname) {
                     continue;
                 }
-                process_dirs += 1;
-                artifacts.push(read_artifact(dir, &name, &f.path())?);
+                metadata_files += 1;
+                match read_artifact(sdir, &name, &fname) {
+                    Ok(a) => artifacts.push(a),
+                    Err(e) => unreadable.push(e),
+                }
             }
         }
-        if info.raw.is_none() && process_dirs == 0 {
+        if info.is_none() && metadata_files == 0 {
             return Err(ReportError::NotASession(dir.to_path_buf()));
         }
         artifacts.sort_by(|a, b| (a.meta.seq, &a.rel).cmp(&(b.meta.seq, &b.rel)));
+        unreadable.sort_by(|a, b| (a.seq, &a.file).cmp(&(b.seq, &b.file)));
         Ok(Self {
             dir: dir.to_path_buf(),
-            info,
+            info: info.unwrap_or_default(),
             artifacts,
+            unreadable,
+            warnings,
         })
     }
 }
 
-/// Read one metadata file `<session>/<pdir>/<seq>-<runtime>.json`.
-pub fn read_artifact(
-    session: &Path,
-    pdir: &str,
-    meta_path: &Path,
-) -> Result<Artifact, ReportError> {
-    let bytes = fs::read(meta_path).map_err(read_err(meta_path))?;
-    let meta: ArtifactMeta =
-        serde_json::from_slice(&bytes).map_err(|source| ReportError::BadJson {
-            path: meta_path.to_path_buf(),
-            source,
-        })?;
-    let bad = |message: String| ReportError::BadMetadata {
-        path: meta_path.to_path_buf(),
-        message,
+/// Read one metadata file `<session>/<pdir>/<name>` (`<seq>-<runtime>.json`). `Err` is the
+/// artifact left out, with what its names tell (seq, runtime, pid) and the reason.
+pub fn read_artifact(dir: &Arc<SessionDir>, pdir: &str, name: &str) -> Result<Artifact, Excluded> {
+    let rel_meta = format!("{pdir}/{name}");
+    let meta_path = dir.path().join(&rel_meta);
+    let meta = dir
+        .read(Path::new(&rel_meta), None, MAX_METADATA_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| ArtifactMeta::parse(&bytes));
+    let meta = match meta {
+        Ok(m) => m,
+        Err(why) => {
+            let (seq, runtime) = name
+                .strip_suffix(".json")
+                .and_then(|stem| stem.split_once('-'))
+                .unwrap_or(("", name));
+            return Err(Excluded {
+                seq: seq.parse().unwrap_or(0),
+                pid: pdir
+                    .split_once('-')
+                    .and_then(|(pid, _)| pid.parse().ok())
+                    .unwrap_or(0),
+                runtime: runtime.to_string(),
+                file: rel_meta,
+                reason: format!("its metadata file cannot be used: {why}"),
+            });
+        }
     };
-    // The artifact must stay inside its process directory: no absolute paths, no `..`.
-    let file = Path::new(&meta.file);
-    if meta.file.is_empty()
-        || file.is_absolute()
-        || file
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(bad(format!(
-            "\"file\" must name a file in its directory, not {:?}",
-            meta.file
-        )));
-    }
-    let data_path = session.join(pdir).join(file);
     let rel = format!("{pdir}/{}", meta.file);
     Ok(Artifact {
+        data_path: dir.path().join(&rel),
         meta,
-        meta_path: meta_path.to_path_buf(),
-        data_path,
+        meta_path,
         rel,
+        dir: dir.clone(),
     })
 }
 
+fn checksum_matches(sum: &str, got: &[u8]) -> Result<(), String> {
+    let Some(hex) = sum.strip_prefix("sha256:") else {
+        return Err("its metadata records an unknown kind of checksum".into());
+    };
+    let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
+    if got.eq_ignore_ascii_case(hex) {
+        Ok(())
+    } else {
+        // Neither digest is repeated: the bytes are not what the collector wrote, that is all.
+        Err("checksum mismatch: the bytes on disk are not those its metadata records".into())
+    }
+}
+
 impl Artifact {
-    /// Re-check what the collector recorded: still marked valid, the file is there with the
-    /// recorded size and checksum. `Err` carries the reason to exclude it.
+    /// Re-check what the collector recorded: still marked valid, the file is there (a regular
+    /// file of the session, not a link) with the recorded size - checked before reading - and
+    /// checksum. `Err` carries the reason to exclude it.
     pub fn check_recorded(&self) -> Result<Vec<u8>, String> {
         if !self.meta.valid {
             return Err("the collector marked it invalid (see its lost event)".into());
         }
-        let mut f = fs::File::open(&self.data_path)
-            .map_err(|e| format!("cannot open {}: {e}", self.data_path.display()))?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {}: {e}", self.data_path.display()))?;
-        if let Some(n) = self.meta.bytes
-            && n != bytes.len() as u64
-        {
-            return Err(format!(
-                "{} bytes on disk, {n} recorded in its metadata",
-                bytes.len()
-            ));
-        }
+        let bytes =
+            self.dir
+                .read(Path::new(&self.rel), self.meta.bytes, MAX_ARTIFACT_BYTES)
+                .map_err(|e| match e {
+                    e @ (SessionFileError::SizeMismatch { .. }
+                    | SessionFileError::TooLarge { .. }) => e.to_string(),
+                    e => format!("{}: {e}", self.rel),
+                })?;
         if let Some(sum) = &self.meta.checksum {
-            let Some(hex) = sum.strip_prefix("sha256:") else {
-                return Err(format!("unknown checksum kind {sum:?}"));
-            };
-            let got = sha256_hex(&bytes);
-            if !got.eq_ignore_ascii_case(hex) {
-                return Err(format!(
-                    "checksum mismatch: the file has sha256:{got}, its metadata says {sum}"
-                ));
-            }
+            checksum_matches(sum, &Sha256::digest(&bytes))?;
         }
         Ok(bytes)
     }
-}
 
-impl Artifact {
     /// The files of a directory artifact, re-checked like [`Artifact::check_recorded`]: each
     /// named part is a plain file inside the artifact directory with its recorded size, and the
     /// checksum covers them all in order. Returns (path in the target, bytes) per part.
@@ -351,21 +561,13 @@ impl Artifact {
                     part.file
                 ));
             }
-            let p = self.data_path.join(name);
-            let meta = fs::symlink_metadata(&p)
-                .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
-            if !meta.is_file() {
-                return Err(format!("{} is not a regular file", p.display()));
-            }
-            let bytes = fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            if bytes.len() as u64 != part.bytes {
-                return Err(format!(
-                    "{}: {} bytes on disk, {} recorded in its metadata",
-                    p.display(),
-                    bytes.len(),
-                    part.bytes
-                ));
-            }
+            let rel = format!("{}/{}", self.rel, part.file);
+            // The parts together are one artifact: what is left of its allowance.
+            let cap = MAX_ARTIFACT_BYTES.saturating_sub(total);
+            let bytes = self
+                .dir
+                .read(Path::new(&rel), Some(part.bytes), cap)
+                .map_err(|e| format!("{rel}: {e}"))?;
             total += part.bytes;
             hasher.update(&bytes);
             out.push((part.path.clone(), bytes));
@@ -378,19 +580,7 @@ impl Artifact {
             ));
         }
         if let Some(sum) = &self.meta.checksum {
-            let Some(hex) = sum.strip_prefix("sha256:") else {
-                return Err(format!("unknown checksum kind {sum:?}"));
-            };
-            let got: String = hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            if !got.eq_ignore_ascii_case(hex) {
-                return Err(format!(
-                    "checksum mismatch: its parts have sha256:{got}, its metadata says {sum}"
-                ));
-            }
+            checksum_matches(sum, &hasher.finalize())?;
         }
         Ok(out)
     }
@@ -403,6 +593,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -426,26 +618,143 @@ mod tests {
         );
     }
 
+    fn session(dir: &Path) -> Arc<SessionDir> {
+        Arc::new(SessionDir::open(dir).expect("open"))
+    }
+
     #[test]
     fn metadata_must_not_escape_its_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("1-x");
         fs::create_dir(&p).expect("mkdir");
         let meta = p.join("000001-llvm.json");
-        for bad in ["../../etc/passwd", "/etc/passwd", ""] {
+        let s = session(dir.path());
+        for bad in ["../../etc/passwd", "/etc/passwd", "", "a/../b"] {
             fs::write(
                 &meta,
                 serde_json::json!({"seq": 1, "runtime": "llvm", "pid": 1, "valid": true, "file": bad})
                     .to_string(),
             )
             .expect("write");
-            let e = read_artifact(dir.path(), "1-x", &meta).expect_err(bad);
-            assert!(e.is_bad_input(), "{e}");
+            let e = read_artifact(&s, "1-x", "000001-llvm.json").expect_err(bad);
+            assert!(e.reason.contains("field `file`"), "{}", e.reason);
+            assert_eq!((e.seq, e.pid, e.runtime.as_str()), (1, 1, "llvm"));
+            assert_eq!(e.file, "1-x/000001-llvm.json");
         }
         fs::write(&meta, "{not json").expect("write");
-        assert!(matches!(
-            read_artifact(dir.path(), "1-x", &meta),
-            Err(ReportError::BadJson { .. })
-        ));
+        let e = read_artifact(&s, "1-x", "000001-llvm.json").expect_err("bad json");
+        assert!(e.reason.contains("not valid JSON"), "{}", e.reason);
+    }
+
+    #[test]
+    fn metadata_of_the_wrong_types_names_the_field_and_quotes_nothing() {
+        let ok = serde_json::json!({"seq": 7, "runtime": "llvm", "pid": 9, "valid": true,
+            "file": "000007-llvm.profraw", "bytes": 10, "source": {"path": "/x", "inode": 1},
+            "module": {"build_id": "ab", "copy": "modules/ab/p"},
+            "parts": [{"file": "a.gcda", "path": "/t/a.gcda", "bytes": 3}]});
+        let m = ArtifactMeta::parse(ok.to_string().as_bytes()).expect("valid");
+        assert_eq!((m.seq, m.pid, m.bytes), (7, 9, Some(10)));
+        for (field, value, says) in [
+            (
+                "seq",
+                serde_json::json!("SECRET-7"),
+                "field `seq`: a string where u64 is expected",
+            ),
+            (
+                "pid",
+                serde_json::json!(-1),
+                "field `pid`: a value out of range",
+            ),
+            (
+                "valid",
+                serde_json::json!("SECRET"),
+                "field `valid`: a string where a boolean",
+            ),
+            (
+                "bytes",
+                serde_json::json!([1]),
+                "field `bytes`: an array where",
+            ),
+            (
+                "module",
+                serde_json::json!("SECRET"),
+                "field `module`: a string where",
+            ),
+            (
+                "parts",
+                serde_json::json!([{"file": 1}]),
+                "field `parts[0].file`: an integer",
+            ),
+        ] {
+            let mut v = ok.clone();
+            v[field] = value;
+            let e = ArtifactMeta::parse(v.to_string().as_bytes()).expect_err(field);
+            assert!(e.contains(says), "{field}: {e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        let mut v = ok.clone();
+        v.as_object_mut().expect("object").remove("valid");
+        assert_eq!(
+            ArtifactMeta::parse(v.to_string().as_bytes()).expect_err("missing"),
+            "missing field `valid`"
+        );
+        assert_eq!(
+            ArtifactMeta::parse(b"").expect_err("empty"),
+            "empty: no JSON at all"
+        );
+        assert_eq!(
+            ArtifactMeta::parse(b"[1]").expect_err("array"),
+            "not a JSON object"
+        );
+        let text = ok.to_string();
+        let e = ArtifactMeta::parse(&text.as_bytes()[..text.len() / 2]).expect_err("cut");
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn session_json_of_the_wrong_types_is_refused_naming_the_field() {
+        let good = br#"{"covobs_version": "0.1.0", "command": ["covobs", "attach"],
+            "kernel": null, "options": {"interval_ms": 3000}, "file_tracking": {"any": 1},
+            "targets": [{"pid": 12, "comm": "x", "exe": "/x", "cwd": "/srv", "runtimes": [{"runtime": "llvm"}],
+                         "gcda_files": []}],
+            "counters": {"events": 1, "artifacts": 2}}"#;
+        let info = SessionInfo::parse(good).expect("valid");
+        assert_eq!(info.cwd_of(12).as_deref(), Some("/srv"));
+        assert_eq!(info.command().as_deref(), Some("covobs attach"));
+        assert_eq!(info.targets(), [(12, "x".into(), "/x".into())]);
+        for (doc, says) in [
+            (
+                r#"{"targets": "SECRET"}"#,
+                "field `targets`: a string where a sequence",
+            ),
+            (
+                r#"{"targets": [{"pid": "SECRET"}]}"#,
+                "field `targets[0].pid`: a string",
+            ),
+            (
+                r#"{"targets": [{"comm": "x"}]}"#,
+                "field `targets[0]`: missing field `pid`",
+            ),
+            (
+                r#"{"command": "SECRET"}"#,
+                "field `command`: a string where a sequence",
+            ),
+            (
+                r#"{"started_unix_ns": -1}"#,
+                "field `started_unix_ns`: a value out of range",
+            ),
+            (
+                r#"{"options": ["SECRET"]}"#,
+                "field `options`: an array where an object",
+            ),
+            (
+                r#"{"counters": {"lost": "SECRET"}}"#,
+                "field `counters.lost`: a string",
+            ),
+        ] {
+            let e = SessionInfo::parse(doc.as_bytes()).expect_err(doc);
+            assert!(e.starts_with(says), "{doc}: {e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
     }
 }

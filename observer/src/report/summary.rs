@@ -242,6 +242,8 @@ mod tests {
             dir: PathBuf::from("/x"),
             info: SessionInfo::default(),
             artifacts: Vec::new(),
+            unreadable: Vec::new(),
+            warnings: Vec::new(),
         };
         let figures = BTreeMap::from([
             (

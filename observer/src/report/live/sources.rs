@@ -16,16 +16,11 @@ use crate::report::{
 };
 
 impl LiveCoverage {
-    /// session.json, read once it exists (during `attach` it is written at the end).
+    /// session.json, read once it exists (during `attach` it is written at the end). One that
+    /// is not valid is as good as none here: `covobs report` refuses it up front.
     fn session_info(&mut self) -> Option<&SessionInfo> {
         if self.session_info.is_none() {
-            let p = self.session_dir.join("session.json");
-            let raw = std::fs::read(&p)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if raw.is_some() {
-                self.session_info = Some(SessionInfo { raw });
-            }
+            self.session_info = SessionInfo::read(&self.dir).ok().flatten();
         }
         self.session_info.as_ref()
     }
@@ -49,7 +44,7 @@ impl LiveCoverage {
             }
         }
         let binary = self.module_binary(meta).ok();
-        if let Some(b) = &binary {
+        if let Some((b, _)) = &binary {
             for dir in covmap::compilation_dirs(b) {
                 roots.push_with_parents(Path::new(&dir), "compilation directory");
             }
@@ -79,7 +74,7 @@ impl LiveCoverage {
             }
         };
         drop(bytes);
-        let idx = self.unit_for(a);
+        let idx = self.unit_for(a, None);
         let cwd = self.cwd_of(a.meta.pid);
         let unit = &mut self.units[idx];
         let UnitState::Bisect(b) = &mut unit.state else {
@@ -113,7 +108,7 @@ impl LiveCoverage {
             .iter()
             .find(|(p, _)| p.ends_with(".gcda"))
             .and_then(|(_, b)| gcov::gcc_major(b));
-        let idx = self.unit_for(a);
+        let idx = self.unit_for(a, None);
         let tool_dirs = self.opts.tool_dirs.clone();
         let work = self.work.path().to_path_buf();
         let unit = &mut self.units[idx];
