@@ -40,6 +40,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         target: opts.target,
         out: None,
         interval: None,
+        serve: None,
         once: false,
         duration: opts.duration,
         signal: nix::sys::signal::Signal::SIGUSR2,

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub mod freeze;
 pub mod ns;
+pub mod web;
 
 /// Fail the test unless it runs as root.
 pub fn require_root() {
