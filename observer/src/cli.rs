@@ -40,6 +40,32 @@ pub enum Command {
     /// Launch a command and collect its coverage (with --kernel, the kernel code its system
     /// calls reach too, through kcov); one session and report for both.
     Run(RunArgs),
+    /// A live web view of a session directory (one an attach or run is writing, or a finished
+    /// one): coverage over time, the files, each file's lines, updated as artifacts arrive.
+    Serve(ServeArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Print covobs' man page, or a subcommand's (`covobs man attach`); --out-dir writes them all.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The session directory (what `covobs attach --out` or `covobs run --out` writes).
+    pub dir: std::path::PathBuf,
+    /// Where to listen. Loopback by default: anyone who can connect sees the coverage and the
+    /// sources covobs shows. Port 0: any free port.
+    #[arg(long, default_value = crate::serve::DEFAULT_ADDR)]
+    pub addr: std::net::SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (default: covobs' own).
+    pub subcommand: Option<String>,
+    /// Write every page (covobs.1, covobs-attach.1, ...) into this directory instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub out_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +100,10 @@ pub struct RunArgs {
     /// Forward the eBPF programs' own log messages (debugging covobs).
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Also serve the session's live web view while it runs, as `covobs serve` (ADDR default
+    /// 127.0.0.1:8047).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::serve::DEFAULT_ADDR)]
+    pub serve: Option<std::net::SocketAddr>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -113,8 +143,8 @@ pub struct AttachArgs {
     /// 0640 in that group, instead of 0700 and 0600 for root alone.
     #[arg(long, value_name = "GROUP")]
     pub output_group: Option<String>,
-    /// Trigger a dump this often (e.g. 3s).
-    #[arg(long, value_parser = parse_duration)]
+    /// Trigger a dump this often (e.g. 3s; at least 10ms).
+    #[arg(long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Trigger one dump, collect it, and stop.
     #[arg(long)]
@@ -142,6 +172,10 @@ pub struct AttachArgs {
     /// Also print events as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also serve the session's live web view while it runs, as `covobs serve` (ADDR default
+    /// 127.0.0.1:8047).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::serve::DEFAULT_ADDR)]
+    pub serve: Option<std::net::SocketAddr>,
     /// With --name: wait for a process with that name instead of failing when none runs.
     #[arg(long)]
     pub wait: bool,
@@ -246,6 +280,21 @@ pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 2m)"))
+}
+
+/// The shortest `--interval`: below it covobs would spend its time triggering, and a target
+/// would do little but dump.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_INTERVAL {
+        return Err(format!(
+            "{s} is too short: the interval must be at least {}ms (a target dumping more often does little else)",
+            MIN_INTERVAL.as_millis()
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]

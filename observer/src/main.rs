@@ -64,6 +64,32 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report(args) => report(args).await,
+        Command::Serve(args) => {
+            covobs::serve::run(args.dir, args.addr).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            covobs::manual::print(&covobs::manual::completions(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => {
+            let bad = |e: covobs::manual::ManualError| {
+                let b = e.is_bad_input();
+                watch::classify(e, b)
+            };
+            match args.out_dir {
+                Some(dir) => {
+                    for name in covobs::manual::write_pages(&dir).map_err(bad)? {
+                        println!("{}", dir.join(name).display());
+                    }
+                }
+                None => {
+                    let page = covobs::manual::page(args.subcommand.as_deref()).map_err(bad)?;
+                    covobs::manual::print(&page)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch(args) => {
             watch::run(watch::WatchOptions {
                 target: target_spec(&args.target)?,
@@ -93,6 +119,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 thread: args.thread,
                 force: args.force,
                 json: args.json,
+                serve: args.serve,
                 wait: args.wait,
                 follow_forks: args.follow_forks,
                 ebpf_log: args.ebpf_log,
@@ -128,6 +155,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     thread: covobs::trigger::ThreadChoice::Auto,
                     force: false,
                     json: args.json,
+                    serve: args.serve,
                     wait: false,
                     follow_forks: false,
                     ebpf_log: args.ebpf_log,

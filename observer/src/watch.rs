@@ -41,6 +41,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         out: None,
         modes: Default::default(),
         interval: None,
+        serve: None,
         once: false,
         duration: opts.duration,
         signal: nix::sys::signal::Signal::SIGUSR2,

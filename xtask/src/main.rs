@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod fixtures;
+mod install;
+mod newcomer;
 mod static_build;
 mod vm;
 
@@ -31,6 +33,30 @@ enum Task {
     Static,
     /// Run covobs on the bundled demo workload and write a report.
     Demo,
+    /// Build the static covobs and install it with its shell completions (bash, zsh, fish) and
+    /// man pages under a prefix. Files already up to date are left alone.
+    Install {
+        /// Where: PREFIX/bin/covobs, PREFIX/share/{bash-completion,zsh,fish,man}/...
+        #[arg(long, default_value = install::DEFAULT_PREFIX)]
+        prefix: std::path::PathBuf,
+        /// Install this covobs binary instead of building the static one (tests).
+        #[arg(long, hide = true)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// A new user's path in a fresh clone: the README's two commands, the install step, then
+    /// covobs from the PATH (doctor, --version, man, completion). Runs the whole test suite in
+    /// the clone: not part of the suite.
+    NewcomerCheck {
+        /// Install there instead of a prefix of the check's own (e.g. /usr/local as the README).
+        #[arg(long)]
+        prefix: Option<std::path::PathBuf>,
+        /// Keep the clone and the prefix afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Skip `./dev test` in the clone.
+        #[arg(long)]
+        skip_test: bool,
+    },
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach, ocaml,
     /// snapshot, kcov).
     Bench { which: Vec<String> },
@@ -75,6 +101,16 @@ fn main() -> Result<()> {
         }
         Task::Static => static_build::build().map(drop),
         Task::Demo => demo::run(),
+        Task::Install { prefix, binary } => install::run(&prefix, binary),
+        Task::NewcomerCheck {
+            prefix,
+            keep,
+            skip_test,
+        } => newcomer::run(&newcomer::Options {
+            prefix,
+            keep,
+            skip_test,
+        }),
         Task::Bench { which } => {
             fixtures::build_all()?;
             run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "covobs"]))?;

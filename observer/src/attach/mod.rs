@@ -44,6 +44,8 @@ pub struct AttachOptions {
     pub thread: ThreadChoice,
     pub force: bool,
     pub json: bool,
+    /// Serve the session's live web view on this address while it runs (`--serve`).
+    pub serve: Option<std::net::SocketAddr>,
     pub wait: bool,
     pub follow_forks: bool,
     pub ebpf_log: bool,
@@ -126,6 +128,8 @@ pub async fn run_session(
     crate::require_privileges()?;
     let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
     let started_unix = clock::realtime_ns();
+    // Bound now, so a bad address is refused before anything starts.
+    let listener = crate::serve::bind_for_session(opts.serve).await?;
 
     // watch observes every signal and follows no file; attach the reverse.
     let probe_opts = ProbeOptions {
@@ -178,6 +182,9 @@ pub async fn run_session(
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut output = None;
+    // What creating the output directory adds (./covobs-out too, the first time), to remove
+    // when the session is refused.
+    let created_from = first_missing(&out_dir);
     if !opts.observe_only {
         // The output directory is created only once the target is known to exist: bad input
         // leaves nothing behind.
@@ -185,6 +192,18 @@ pub async fn run_session(
             DirSink::create(&out_dir, opts.modes).map_err(|e| BadInput(e.to_string()))?;
         output = Some(dir_sink.health());
         sinks.push(Box::new(dir_sink));
+    }
+    let mut serving = None;
+    if let Some(listener) = listener.filter(|_| !opts.observe_only) {
+        eprintln!("{}", crate::serve::announce(&out_dir, &listener));
+        let report_opts = crate::report::ReportOptions {
+            vmlinux: opts.vmlinux.clone(),
+            ..Default::default()
+        };
+        match crate::serve::start(listener, &out_dir, report_opts) {
+            Ok(s) => serving = Some(s),
+            Err(e) => eprintln!("covobs: warning: no live view: {e}"),
+        }
     }
     if opts.json {
         sinks.push(Box::new(JsonLinesSink::new(std::io::stdout(), "stdout")));
@@ -238,9 +257,12 @@ pub async fn run_session(
         Err(e) => {
             if e.downcast_ref::<BadInput>().is_some() {
                 // Refused before anything was triggered: leave nothing behind.
+                if let Some(s) = serving.take() {
+                    s.stop().await;
+                }
                 drop(session);
                 let _ = pipeline.finish().await;
-                let _ = std::fs::remove_dir_all(&out_dir);
+                remove_refused(&out_dir, created_from.as_deref());
             } else {
                 let _ = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
             }
@@ -267,7 +289,47 @@ pub async fn run_session(
         report(&out_dir, opts.vmlinux.clone(), opts.modes).await;
     }
     eprintln!("covobs: session written to {}", out_dir.display());
+    if let Some(s) = serving {
+        s.stop().await;
+    }
     Ok(())
+}
+
+/// The outermost directory on the way to `dir` that does not exist yet: creating `dir` creates
+/// it and everything below. None when `dir` exists.
+fn first_missing(dir: &std::path::Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for a in dir.ancestors() {
+        if a.as_os_str().is_empty() || std::fs::symlink_metadata(a).is_ok() {
+            break;
+        }
+        missing = Some(a.to_path_buf());
+    }
+    missing
+}
+
+/// Undo a refused session's directory: what covobs created (from `created_from` down), or, in a
+/// directory the user gave that existed (and was empty), only what covobs put into it.
+fn remove_refused(dir: &std::path::Path, created_from: Option<&std::path::Path>) {
+    let Some(top) = created_from else {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+                    _ => std::fs::remove_file(&p),
+                };
+            }
+        }
+        return;
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    // Parents created for it, while empty (another session may have appeared in ./covobs-out).
+    for a in dir.ancestors().skip(1) {
+        if !a.starts_with(top) || std::fs::remove_dir(a).is_err() {
+            break;
+        }
+    }
 }
 
 /// The loop: records, ticks, requests, collections, until shutdown; then the detach-time dump.

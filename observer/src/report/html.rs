@@ -38,7 +38,7 @@ pub fn escape(s: &str) -> String {
 
 const MAX_SOURCE_BYTES: u64 = 16 << 20;
 
-const CSS: &str = r#"
+pub(crate) const CSS: &str = r#"
 :root{--hit:#e6f5e6;--hit-g:#b9e3b9;--miss:#fbe3e3;--miss-g:#f3b9b9;--part:#fff4cc;--part-g:#f5dc85;--fg:#1d232a;--mut:#5b6570;--line:#dde2e7;--bg2:#f6f8fa}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);margin:0;padding:24px 32px;max-width:1280px}
@@ -161,7 +161,7 @@ fn file_page_name(i: usize, path: &str) -> String {
 }
 
 /// The directory prefix all paths share, to show shorter names (full paths in titles).
-fn common_prefix(paths: &[&str]) -> String {
+pub(crate) fn common_prefix(paths: &[&str]) -> String {
     let Some(first) = paths.first() else {
         return String::new();
     };
@@ -519,7 +519,7 @@ pub fn display_name(name: &str) -> String {
 }
 
 /// Why a source is not shown, or its text.
-fn read_source(path: &str) -> Result<String, String> {
+pub(crate) fn read_source(path: &str) -> Result<String, String> {
     let p = Path::new(path);
     if !p.is_absolute() {
         return Err("the path is relative and covobs does not know to what".into());
