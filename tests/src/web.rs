@@ -142,10 +142,21 @@ pub fn first_event(url: &str, path: &str, timeout: Duration) -> (String, String)
 
 /// Headless Chromium with its DevTools protocol on a websocket.
 pub struct Browser {
-    child: Child,
-    _profile: crate::TempDir,
     socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    // Dropped in this order: the browser goes, then its profile.
+    _process: Killed,
+    _profile: crate::TempDir,
+}
+
+/// A child process killed when dropped, also when a test panics while starting it.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The Chromium executable (Debian's `chromium`, installed by ./dev's set-up).
@@ -183,6 +194,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromium");
+        let process = Killed(child);
         // Chromium writes the port it took into the profile.
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -225,10 +237,10 @@ impl Browser {
                 .expect("timeout");
         }
         Self {
-            child,
-            _profile: profile,
             socket,
             next_id: 0,
+            _process: process,
+            _profile: profile,
         }
     }
 
@@ -293,7 +305,5 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.socket.close(None);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

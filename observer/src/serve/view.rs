@@ -220,6 +220,19 @@ pub struct FileView {
     pub lines: Vec<Line>,
 }
 
+/// A source for the live view: as the report reads it, and only when everyone may read it, as
+/// any user of the machine can open a loopback page (the report also shows the sudo user's own).
+fn served_source(path: &str) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.mode() & 0o004 == 0 {
+        return Err(
+            "not readable by everyone, and any user of this machine can open the live view".into(),
+        );
+    }
+    read_source(path)
+}
+
 impl FileView {
     /// The file of the report named `path`, or None when the report has no such file (only
     /// files in the coverage data are ever read). Reads the source: blocking.
@@ -247,7 +260,7 @@ impl FileView {
             branches: branches.get(&n).map(|c| [c.hit, c.total]),
             code: code.to_string(),
         };
-        let (lines, source_missing) = match read_source(path) {
+        let (lines, source_missing) = match served_source(path) {
             Ok(text) => {
                 let text_lines: Vec<&str> = text.lines().collect();
                 let last = cov.lines.keys().next_back().copied().unwrap_or(0) as usize;
