@@ -356,13 +356,13 @@ pub struct Session {
 }
 
 /// `<pid>-<comm>`: a decimal pid, a dash, anything.
-fn is_process_dir(name: &str) -> bool {
+pub(crate) fn is_process_dir(name: &str) -> bool {
     name.split_once('-')
         .is_some_and(|(pid, _)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `<seq>-<runtime>.json`: at least one digit, a dash, a runtime name.
-fn is_metadata_name(name: &str) -> bool {
+pub(crate) fn is_metadata_name(name: &str) -> bool {
     name.strip_suffix(".json")
         .and_then(|stem| stem.split_once('-'))
         .is_some_and(|(seq, rt)| {

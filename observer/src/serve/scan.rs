@@ -11,7 +11,7 @@ use std::{
 
 use crate::report::{
     ReportError,
-    session::{Artifact, SessionInfo, read_artifact},
+    session::{Artifact, SessionInfo, is_metadata_name, is_process_dir, read_artifact},
     session_dir::SessionDir,
 };
 
@@ -48,21 +48,6 @@ pub struct Scanner {
     sdir: Option<Arc<SessionDir>>,
     /// The process directories seen: (pid, comm), the targets before session.json names them.
     pub processes: std::collections::BTreeSet<(i64, String)>,
-}
-
-/// `<pid>-<comm>`: a decimal pid, a dash, anything (as the report reads it).
-fn is_process_dir(name: &str) -> bool {
-    name.split_once('-')
-        .is_some_and(|(pid, _)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `<seq>-<runtime>.json`.
-fn is_metadata_name(name: &str) -> bool {
-    name.strip_suffix(".json")
-        .and_then(|stem| stem.split_once('-'))
-        .is_some_and(|(seq, rt)| {
-            !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) && !rt.is_empty()
-        })
 }
 
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
