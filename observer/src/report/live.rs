@@ -22,6 +22,7 @@ use std::{
     thread,
 };
 
+mod merged;
 mod sources;
 
 use super::{
@@ -33,6 +34,7 @@ use super::{
     profraw,
     session::{Artifact, ModuleMeta, Session, read_artifact, sha256_hex},
     summary::{FileFigures, ModuleSummary, ReportData},
+    tally::Instance,
     timeline::TimelinePoint,
 };
 
@@ -148,6 +150,9 @@ pub struct LiveCoverage {
     unchanged_since_point: bool,
     /// Artifacts whose merge was deferred: seq -> (pid, file).
     deferred: HashMap<u64, (u32, String)>,
+    /// LLVM artifacts taken in as states: seq -> file (a later dump may name one as the
+    /// content it merged).
+    llvm_states: HashMap<u64, PathBuf>,
     /// session.json, once it exists (targets' working directories, for bisect's sources).
     session_info: Option<super::session::SessionInfo>,
     /// Kernel coverage (kcov artifacts), symbolized when the report is built.
@@ -206,6 +211,7 @@ impl LiveCoverage {
             point_at: BTreeMap::new(),
             unchanged_since_point: false,
             deferred: HashMap::new(),
+            llvm_states: HashMap::new(),
             session_info: None,
             kernel: super::kcov::KernelSource::default(),
         })
@@ -439,7 +445,10 @@ impl LiveCoverage {
             .clone()
             .and_then(|r| bytes.get(r))
             .map(sha256_hex);
-        drop(bytes);
+        let merged = match self.merged_base(a) {
+            Ok(m) => m,
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+        };
         let idx = self.unit_for(a);
         let unit = &mut self.units[idx];
         let UnitState::Llvm(module) = &mut unit.state else {
@@ -449,29 +458,82 @@ impl LiveCoverage {
             };
             return (self.exclude(a, reason), Vec::new());
         };
-        // The same counters as an artifact merged before: the same coverage, which the union
-        // has already (a region's count in a merge is the sum of its counts, all >= 0). Its
-        // merge can wait for the next one, and the point repeats the current figures.
-        let repeat = unit.file_set.is_some()
-            && counters
-                .as_ref()
-                .is_some_and(|c| unit.seen_counters.contains(c));
-        let (result, late) = module.add(&a.data_path, a.meta.seq, header.version, repeat);
-        let version = module.merged;
-        if result.is_ok() {
-            unit.artifacts += 1;
-            if let Some(c) = counters {
-                unit.seen_counters.insert(c);
+        let instance = Instance {
+            pid: a.meta.pid,
+            start: a.meta.process_start_ns,
+        };
+        // The exact model first: the artifact is the next state of its process's counters.
+        let exact = module.add_state(instance, &bytes, merged.as_deref());
+        drop(bytes);
+        let repeat = match exact {
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+            Ok(Some(pushed)) => {
+                let unit = &mut self.units[idx];
+                unit.artifacts += 1;
+                self.llvm_states.insert(a.meta.seq, a.data_path.clone());
+                if pushed.changed || unit.file_set.is_none() {
+                    let UnitState::Llvm(module) = &mut unit.state else {
+                        return (None, Vec::new());
+                    };
+                    if let Err(why) = module.materialize() {
+                        let name = unit.name.clone();
+                        self.warnings.push(Warning {
+                            module: Some(name),
+                            message: format!(
+                                "its coverage could not be exported, so it is not in the report: {why}"
+                            ),
+                        });
+                        let unit = &mut self.units[idx];
+                        unit.state = UnitState::Unavailable(why.clone());
+                        unit.files.clear();
+                        unit.detail = None;
+                        return (self.exclude(a, why), Vec::new());
+                    }
+                    false
+                } else {
+                    // The same total as before: the point repeats the current figures.
+                    true
+                }
             }
-            if repeat {
-                self.deferred
-                    .insert(a.meta.seq, (a.meta.pid, a.rel.clone()));
+            Ok(None) => {
+                // A raw profile the engine does not read: merged as it is (counts add up).
+                let why = module.inexact.clone().unwrap_or_default();
+                let name = unit.name.clone();
+                if self.warned_runtimes.insert(format!("inexact {name}")) {
+                    self.warnings.push(Warning {
+                        module: Some(name),
+                        message: format!(
+                            "counts are summed over its dumps, not exact ({why}); llvm-profdata merges its raw profiles"
+                        ),
+                    });
+                }
+                let unit = &mut self.units[idx];
+                let UnitState::Llvm(module) = &mut unit.state else {
+                    return (None, Vec::new());
+                };
+                let repeat = unit.file_set.is_some()
+                    && counters
+                        .as_ref()
+                        .is_some_and(|c| unit.seen_counters.contains(c));
+                let (result, late) = module.add(&a.data_path, a.meta.seq, header.version, repeat);
+                if result.is_ok() {
+                    unit.artifacts += 1;
+                    if let Some(c) = counters {
+                        unit.seen_counters.insert(c);
+                    }
+                    if repeat {
+                        self.deferred
+                            .insert(a.meta.seq, (a.meta.pid, a.rel.clone()));
+                    }
+                }
+                self.late_failures(idx, late);
+                if let Err(reason) = result {
+                    return (self.exclude(a, reason), Vec::new());
+                }
+                repeat
             }
-        }
-        self.late_failures(idx, late);
-        if let Err(reason) = result {
-            return (self.exclude(a, reason), Vec::new());
-        }
+        };
+        let version = self.units[idx].version();
         let unit = &mut self.units[idx];
         let Some(module) = unit.llvm() else {
             return (None, Vec::new());

@@ -13,9 +13,12 @@ use std::{
 };
 
 use super::{
-    ReportError, lcov,
+    ReportError,
+    engine::profile::{self, ArtifactCounters, ModuleProfile},
+    lcov,
     llvm_tools::Toolset,
     model::{Counts, Coverage, Totals},
+    tally::{Instance, Pushed, Tally},
 };
 
 /// A file that is deleted when the last reference goes.
@@ -28,7 +31,19 @@ impl Drop for TempFile {
     }
 }
 
-/// The running merge of one module's raw profiles.
+/// One module's exact counts (see [`super::tally`]): its profile layout, the counts, and a raw
+/// profile of it to write the counts into for llvm-profdata.
+#[derive(Debug)]
+pub struct Exact {
+    pub profile: ModuleProfile,
+    pub tally: Tally,
+    template: Vec<u8>,
+    template_at: ArtifactCounters,
+}
+
+/// One module's coverage: its exact counts ([`Exact`]) written as one raw profile and merged
+/// into an indexed profile for llvm-cov, or - for raw profiles covobs does not read - the running
+/// merge of its raw profiles (counts then add up over dumps).
 #[derive(Debug)]
 pub struct LlvmModule {
     pub tools: Toolset,
@@ -36,6 +51,9 @@ pub struct LlvmModule {
     pub binary: PathBuf,
     work: PathBuf,
     current: Option<Arc<TempFile>>,
+    pub exact: Option<Exact>,
+    /// Why the module's counts are not exact (its raw profiles are merged as they are).
+    pub inexact: Option<String>,
     /// Raw profile version of the first artifact: all the others must have it too.
     raw_version: Option<u64>,
     /// Merges done (names the profiles, and tells an export's freshness).
@@ -58,7 +76,93 @@ impl LlvmModule {
             raw_version: None,
             merged: 0,
             pending: Vec::new(),
+            exact: None,
+            inexact: None,
         }
+    }
+
+    /// Take in one raw profile as the next state of `instance` (`merged`: the raw profile the
+    /// runtime merged into its counters before writing it). `Err` is the reason to leave it
+    /// out; `Ok(None)` means the engine does not read this profile's version: merge it with
+    /// [`LlvmModule::add`].
+    pub fn add_state(
+        &mut self,
+        instance: Instance,
+        bytes: &[u8],
+        merged: Option<&[u8]>,
+    ) -> Result<Option<Pushed>, String> {
+        if self.inexact.is_some() {
+            return Ok(None);
+        }
+        if self.exact.is_none() {
+            let version = match profile::readable_version(bytes) {
+                Ok(v) => v,
+                Err(why) => {
+                    self.inexact = Some(why);
+                    return Ok(None);
+                }
+            };
+            let elf = std::fs::read(&self.binary)
+                .map_err(|e| format!("reading {}: {e}", self.binary.display()))?;
+            let profile = match ModuleProfile::from_elf(&elf, version) {
+                Ok(p) => p,
+                Err(why) => {
+                    self.inexact = Some(why);
+                    return Ok(None);
+                }
+            };
+            let at = profile.read(bytes)?;
+            let tally = Tally::new(profile.num_counters, profile.num_bitmap_bytes);
+            self.exact = Some(Exact {
+                profile,
+                tally,
+                template: bytes.to_vec(),
+                template_at: ArtifactCounters {
+                    counters: Vec::new(),
+                    ..at
+                },
+            });
+        }
+        let Some(exact) = self.exact.as_mut() else {
+            return Ok(None);
+        };
+        let state = exact.profile.read(bytes)?;
+        let base = match merged {
+            Some(m) => Some(
+                exact
+                    .profile
+                    .read(m)
+                    .map_err(|e| format!("the profile it merged: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Some(exact.tally.push(
+            instance,
+            &state.counters,
+            &state.bits,
+            base.as_ref().map(|b| b.counters.as_slice()),
+        )))
+    }
+
+    /// Write the exact counts as one raw profile and make it the profile llvm-cov reads.
+    pub fn materialize(&mut self) -> Result<(), String> {
+        let Some(exact) = &self.exact else {
+            return Ok(());
+        };
+        let raw = profile::with_counters(
+            &exact.template,
+            &exact.template_at,
+            exact.tally.counters(),
+            &exact.tally.bits(),
+        );
+        let path = self
+            .work
+            .join(format!("exact-{:06}.profraw", self.merged + 1));
+        let file = TempFile(path);
+        std::fs::write(&file.0, &raw).map_err(|e| format!("{}: {e}", file.0.display()))?;
+        // Only this profile: it holds the whole module's counts.
+        self.current = None;
+        self.merge(&[&file.0])
     }
 
     /// Add one raw profile (already header-checked). With `defer`, only note it for the next

@@ -22,6 +22,7 @@ pub mod bisect_report;
 pub mod chart;
 pub mod cobertura;
 pub mod covmap;
+pub mod engine;
 pub mod error;
 pub mod gcov;
 pub mod html;
@@ -37,6 +38,7 @@ pub mod profraw;
 pub mod programs;
 pub mod session;
 pub mod summary;
+pub mod tally;
 pub mod timeline;
 
 pub use error::{Excluded, ReportError, Warning};

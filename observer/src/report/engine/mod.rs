@@ -1,0 +1,3 @@
+//! The native LLVM coverage engine: counters read from raw profiles and snapshots against the
+//! module they belong to ([`profile`]).
+pub mod profile;
