@@ -421,3 +421,88 @@ fn signal_dumps_and_snapshots_of_one_process_never_double_count() {
     let (ours, _) = s.report();
     assert_lcov_eq(&ours, &oracle(work, &[last]), "dumps and snapshots");
 }
+
+/// A `%m` merge pool: the runtime merges the file into its counters before each write, so every
+/// dump holds the earlier content again (and the pool held an earlier run's counts before the
+/// process started). covobs records what each dump merged and the report subtracts it: the
+/// functions the fixture runs a known number of times keep those counts.
+#[test]
+fn a_merge_pool_is_not_counted_twice() {
+    require_root();
+    let tmp = TempDir::new("exact-pool");
+    let work = tmp.path();
+    let pattern = work.join("pool-%m.profraw");
+    let env = [("LLVM_PROFILE_FILE", pattern.to_str().expect("utf-8"))];
+    // An earlier run leaves its counts in the pool.
+    let mut earlier = start_fixture(FIXTURE, &["--exit-after-ms", "300"], &env, work);
+    assert!(earlier.wait().success());
+    let mut target = start_fixture(FIXTURE, &["--self-dump-ms", "1500"], &env, work);
+    let pid = target.pid();
+    let out = work.join("out");
+    let mut covobs = attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    covobs.wait_event(Duration::from_secs(30), "three self dumps", |e| {
+        e.kind() == "artifact" && e.u("seq") == 3
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(target.wait().success());
+    assert!(
+        covobs.wait(Duration::from_secs(30)).success(),
+        "{}",
+        covobs.stderr()
+    );
+    let arts = artifacts(&out);
+    assert!(arts.len() >= 4, "{} artifacts", arts.len());
+    // The first dump merged what the pool held before (kept beside it), each later one the
+    // previous artifact.
+    let first = &arts[0].meta["merged"];
+    assert!(first["file"].is_string(), "{}", arts[0].meta);
+    assert!(arts[0].meta["process_start_ns"].is_u64());
+    for (i, a) in arts.iter().enumerate().skip(1) {
+        assert_eq!(
+            a.meta["merged"]["seq"],
+            arts[i - 1].meta["seq"],
+            "{}",
+            a.meta
+        );
+    }
+    let report = Command::new(covobs_bin())
+        .args(["report", "--format", "lcov"])
+        .arg(&out)
+        .output()
+        .expect("covobs report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let lcov = fs::read_to_string(out.join("report/coverage.lcov")).expect("lcov");
+    let counts = fnda(&lcov);
+    let by_suffix = |s: &str| {
+        counts
+            .iter()
+            .find(|(n, _)| n.ends_with(s))
+            .map(|(_, c)| *c)
+            .unwrap_or_else(|| panic!("no function *{s} in {counts:?}"))
+    };
+    // main ran once and the handlers were installed three times, in this process.
+    assert_eq!(by_suffix("4main"), 1);
+    assert_eq!(by_suffix("7signals7install"), 3);
+    // Without the subtraction the last dump says more: the pool's content is in it.
+    let last = arts.last().expect("last").data();
+    let shown = show_counts(work, &last);
+    let main = shown
+        .iter()
+        .find(|(n, _)| n.ends_with("4main"))
+        .map(|(_, c)| *c)
+        .expect("main in the last dump");
+    assert!(
+        main > 1,
+        "the pool did not inflate the dumps (main: {main})"
+    );
+}
