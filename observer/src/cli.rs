@@ -259,4 +259,8 @@ pub struct ReportArgs {
     /// The kernel image with debug info for kcov artifacts (default: found by their build id).
     #[arg(long)]
     pub vmlinux: Option<std::path::PathBuf>,
+    /// Compute LLVM coverage with llvm-profdata and llvm-cov of each module's LLVM instead of
+    /// covobs' own engine (the same figures, much slower; for cross-checking).
+    #[arg(long = "llvm-cov")]
+    pub llvm_cov: bool,
 }

@@ -393,10 +393,11 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
     assert_eq!(summary["artifacts"]["reported"], 3);
     assert_eq!(summary["files"][0]["language"], "C");
     assert_eq!(summary["modules"][0]["name"], "cov-c-target");
+    // Computed by covobs' engine with llvm-cov 14's semantics (clang 14 built it).
     assert!(
         summary["modules"][0]["tools"]
             .as_str()
-            .is_some_and(|t| t.starts_with("LLVM 14.")),
+            .is_some_and(|t| t.contains("llvm-cov 14 semantics")),
         "{}",
         summary["modules"][0]
     );
@@ -499,6 +500,23 @@ fn report_equals_llvm_tools_and_leaves_bad_artifacts_out() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(stray.is_empty(), "left behind: {stray:?}");
+
+    // With --llvm-cov, llvm-profdata and llvm-cov compute the same, and the summary says so.
+    let out = covobs(&["report", &dir, "--format", "lcov,json", "--llvm-cov"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(
+        fs::read_to_string(report.join("coverage.lcov")).expect("lcov"),
+        ours
+    );
+    let by_tools = read_json(&report.join("summary.json"));
+    assert_eq!(by_tools["totals"], summary["totals"]);
+    assert!(
+        by_tools["modules"][0]["tools"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("LLVM 14.")),
+        "{}",
+        by_tools["modules"][0]
+    );
 
     // Again with one format: report/ is rebuilt with only that.
     let out = covobs(&["report", &dir, "--format", "lcov"]);
@@ -699,12 +717,18 @@ fn report_of_a_rust_program_uses_its_rustc_llvm_tools() {
         .lines()
         .find_map(|l| l.strip_prefix("release: "))
         .expect("release");
+    // Computed by covobs' engine with the semantics of the llvm-cov of that rustc's LLVM.
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .expect("LLVM version");
     let module = &summary["modules"][0];
     assert!(
         module["tools"]
             .as_str()
-            .is_some_and(|t| t.contains("rustup toolchain") && t.contains(release)),
-        "not read with rustc {release}'s tools: {module}"
+            .is_some_and(|t| t.contains(&format!("llvm-cov {major} semantics"))),
+        "not read as rustc {release}'s LLVM {major} would: {module}"
     );
     assert!(!report.join("html").exists());
     let points = read_json(&report.join("timeline.json"))["points"].clone();

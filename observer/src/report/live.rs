@@ -469,6 +469,20 @@ impl LiveCoverage {
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
             Ok(Some(pushed)) => {
                 let unit = &mut self.units[idx];
+                if let UnitState::Llvm(m) = &unit.state
+                    && !m.native()
+                    && !self.opts.llvm_cov
+                    && let Some(why) = m.engine_note.clone()
+                    && self.warned_runtimes.insert(format!("engine {}", unit.name))
+                {
+                    self.warnings.push(Warning {
+                        module: Some(unit.name.clone()),
+                        message: format!(
+                            "covobs' engine does not read it ({why}): llvm-cov computes its coverage"
+                        ),
+                    });
+                }
+                let unit = &mut self.units[idx];
                 unit.artifacts += 1;
                 self.llvm_states.insert(a.meta.seq, a.data_path.clone());
                 if pushed.changed || unit.file_set.is_none() {
@@ -798,8 +812,15 @@ impl LiveCoverage {
             &comments,
             self.toolsets(),
         );
+        let use_engine = !self.opts.llvm_cov;
         let tools = match self.toolsets().select(&need) {
             Ok(t) => t.clone(),
+            // covobs' engine reads the module without llvm-cov (it then says so, when it cannot).
+            Err(_) if use_engine && need.major.is_some_and(|m| (11..=23).contains(&m)) => {
+                let work = self.work.path().join(format!("module-{idx}"));
+                fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+                return Ok(LlvmModule::new(None, need.major, binary, work));
+            }
             Err(why) if need.major.is_none() && need.producer.is_none() => {
                 // Nothing says which LLVM built it: the newest tools that read its raw profile.
                 let mut all: Vec<_> = self.toolsets().all.clone();
@@ -820,7 +841,13 @@ impl LiveCoverage {
         };
         let work = self.work.path().join(format!("module-{idx}"));
         fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-        Ok(LlvmModule::new(tools, binary, work))
+        let major = need.major.or(Some(tools.major));
+        let mut m = LlvmModule::new(Some(tools), major, binary, work);
+        if self.opts.llvm_cov {
+            m.major = None;
+            m.engine_note = Some("--llvm-cov".into());
+        }
+        Ok(m)
     }
 
     /// The binary llvm-cov reads: the session's copy, else the recorded path if it is the same
@@ -970,7 +997,7 @@ impl LiveCoverage {
                 runtime: u.runtime.clone(),
                 producer: u.meta.producer.clone(),
                 tools: match &u.state {
-                    UnitState::Llvm(m) => Some(m.tools.describe()),
+                    UnitState::Llvm(m) => Some(m.describe()),
                     UnitState::Bisect(_) => {
                         Some("bisect_ppx points, lines from the OCaml sources".into())
                     }

@@ -14,7 +14,10 @@ use std::{
 
 use super::{
     ReportError,
-    engine::profile::{self, ArtifactCounters, ModuleProfile},
+    engine::{
+        Engine,
+        profile::{self, ArtifactCounters, ModuleProfile},
+    },
     lcov,
     llvm_tools::Toolset,
     model::{Counts, Coverage, Totals},
@@ -35,18 +38,24 @@ impl Drop for TempFile {
 /// profile of it to write the counts into for llvm-profdata.
 #[derive(Debug)]
 pub struct Exact {
-    pub profile: ModuleProfile,
+    pub profile: Arc<ModuleProfile>,
     pub tally: Tally,
     template: Vec<u8>,
     template_at: ArtifactCounters,
 }
 
-/// One module's coverage: its exact counts ([`Exact`]) written as one raw profile and merged
-/// into an indexed profile for llvm-cov, or - for raw profiles covobs does not read - the running
-/// merge of its raw profiles (counts then add up over dumps).
-#[derive(Debug)]
+/// One module's coverage: its exact counts ([`Exact`]) evaluated by covobs' engine against the
+/// module's mapping ([`Engine`]), or - for a mapping the engine does not read - written as one
+/// raw profile and exported by llvm-cov; for raw profiles covobs does not read, the running merge
+/// of its raw profiles by llvm-profdata (counts then add up over dumps).
 pub struct LlvmModule {
-    pub tools: Toolset,
+    /// llvm-profdata and llvm-cov of the module's LLVM, when this machine has them.
+    pub tools: Option<Toolset>,
+    /// The LLVM major that built the module, when known (the engine reproduces its llvm-cov).
+    pub major: Option<u32>,
+    /// The module's mapping, once opened; `engine_note` says why not when it could not be.
+    pub engine: Option<Arc<Engine>>,
+    pub engine_note: Option<String>,
     /// The binary llvm-cov reads the coverage mapping from (the session's copy).
     pub binary: PathBuf,
     work: PathBuf,
@@ -67,9 +76,12 @@ pub struct LlvmModule {
 pub type LateFailures = Vec<(u64, String)>;
 
 impl LlvmModule {
-    pub fn new(tools: Toolset, binary: PathBuf, work: PathBuf) -> Self {
+    pub fn new(tools: Option<Toolset>, major: Option<u32>, binary: PathBuf, work: PathBuf) -> Self {
         Self {
             tools,
+            major,
+            engine: None,
+            engine_note: None,
             binary,
             work,
             current: None,
@@ -113,8 +125,17 @@ impl LlvmModule {
             };
             let at = profile.read(bytes)?;
             let tally = Tally::new(profile.num_counters, profile.num_bitmap_bytes);
+            match self.major.map(|m| Engine::open(&elf, m)) {
+                Some(Ok(e)) => self.engine = Some(Arc::new(e)),
+                Some(Err(why)) => self.engine_note = Some(why),
+                None if self.engine_note.is_some() => {}
+                None => self.engine_note = Some("the LLVM that built it is not known".into()),
+            }
+            if self.engine.is_none() && self.tools.is_none() {
+                return Err(self.engine_note.clone().unwrap_or_default());
+            }
             self.exact = Some(Exact {
-                profile,
+                profile: Arc::new(profile),
                 tally,
                 template: bytes.to_vec(),
                 template_at: ArtifactCounters {
@@ -144,8 +165,31 @@ impl LlvmModule {
         )))
     }
 
-    /// Write the exact counts as one raw profile and make it the profile llvm-cov reads.
+    /// Whether covobs' engine computes this module's coverage (no llvm-cov).
+    pub fn native(&self) -> bool {
+        self.engine.is_some() && self.exact.is_some()
+    }
+
+    /// What computes the module's coverage, for the summary.
+    pub fn describe(&self) -> String {
+        match (&self.engine, &self.tools) {
+            (Some(e), _) if self.exact.is_some() => format!(
+                "covobs engine (llvm-cov {} semantics, coverage mapping version {})",
+                e.flavor.llvm_major,
+                e.mapping.version + 1
+            ),
+            (_, Some(t)) => t.describe(),
+            _ => "none".into(),
+        }
+    }
+
+    /// The exact counts are new: with the engine, nothing to do until an export; otherwise write
+    /// them as one raw profile and make it the profile llvm-cov reads.
     pub fn materialize(&mut self) -> Result<(), String> {
+        if self.native() {
+            self.merged += 1;
+            return Ok(());
+        }
         let Some(exact) = &self.exact else {
             return Ok(());
         };
@@ -226,8 +270,14 @@ impl LlvmModule {
 
     /// One `llvm-profdata merge` of the running profile and `inputs` into a new running profile.
     fn merge(&mut self, inputs: &[&Path]) -> Result<(), String> {
+        let Some(tools) = self.tools.clone() else {
+            return Err(self
+                .engine_note
+                .clone()
+                .unwrap_or_else(|| "no llvm-profdata for it".into()));
+        };
         let out = self.work.join(format!("{:06}.profdata", self.merged + 1));
-        let mut cmd = Command::new(&self.tools.profdata);
+        let mut cmd = Command::new(&tools.profdata);
         // Fail on any bad input: with more than one input, a permissive mode would merge the
         // others and drop the bad one with only a warning.
         cmd.arg("merge")
@@ -241,10 +291,10 @@ impl LlvmModule {
         cmd.args(inputs);
         // The output exists (possibly partial) from the moment the tool opens it.
         let out_file = TempFile(out);
-        run(cmd, &self.tools.profdata).map_err(|e| {
+        run(cmd, &tools.profdata).map_err(|e| {
             format!(
                 "llvm-profdata {} rejects it: {}",
-                self.tools.version,
+                tools.version,
                 e.trim_end()
             )
         })?;
@@ -256,8 +306,16 @@ impl LlvmModule {
     /// An export of the current state, to run anywhere (it holds its own reference to the
     /// profile it reads). `None` before the first merge.
     pub fn export(&self, detail: bool) -> Option<Export> {
-        Some(Export {
-            cov: self.tools.cov.clone(),
+        if let (Some(engine), Some(exact)) = (&self.engine, &self.exact) {
+            return Some(Export::Native {
+                engine: engine.clone(),
+                profile: exact.profile.clone(),
+                counters: exact.tally.counters().to_vec(),
+                detail,
+            });
+        }
+        Some(Export::Tools {
+            cov: self.tools.as_ref()?.cov.clone(),
             binary: self.binary.clone(),
             profdata: self.current.clone()?,
             detail,
@@ -265,13 +323,21 @@ impl LlvmModule {
     }
 }
 
-/// One `llvm-cov export` (or two, with `detail`) of a module at one point of the timeline.
-#[derive(Debug)]
-pub struct Export {
-    cov: PathBuf,
-    binary: PathBuf,
-    profdata: Arc<TempFile>,
-    detail: bool,
+/// A module's coverage at one point of the timeline: computed by the engine, or one
+/// `llvm-cov export` (two, with `detail`).
+pub enum Export {
+    Native {
+        engine: Arc<Engine>,
+        profile: Arc<ModuleProfile>,
+        counters: Vec<u64>,
+        detail: bool,
+    },
+    Tools {
+        cov: PathBuf,
+        binary: PathBuf,
+        profdata: Arc<TempFile>,
+        detail: bool,
+    },
 }
 
 /// A module's coverage at one point: per-file figures, and line-level detail when asked for.
@@ -283,22 +349,46 @@ pub struct Snapshot {
 
 impl Export {
     pub fn run(self) -> Result<Snapshot, String> {
-        let profile = format!("-instr-profile={}", self.profdata.0.display());
-        let mut cmd = Command::new(&self.cov);
+        let (cov, binary, profdata, detail) = match self {
+            Export::Native {
+                engine,
+                profile,
+                counters,
+                detail,
+            } => {
+                let c = engine.coverage(&profile, &counters);
+                let detail = if detail {
+                    Some(lcov::parse(&c.lcov(), "covobs' engine").map_err(|e| e.to_string())?)
+                } else {
+                    None
+                };
+                return Ok(Snapshot {
+                    files: c.summary(),
+                    detail,
+                });
+            }
+            Export::Tools {
+                cov,
+                binary,
+                profdata,
+                detail,
+            } => (cov, binary, profdata, detail),
+        };
+        let profile = format!("-instr-profile={}", profdata.0.display());
+        let mut cmd = Command::new(&cov);
         cmd.arg("export")
             .arg("-summary-only")
             .arg(&profile)
-            .arg(&self.binary);
-        let json = run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+            .arg(&binary);
+        let json = run(cmd, &cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
         let files = parse_summary(&json)?;
-        let detail = if self.detail {
-            let mut cmd = Command::new(&self.cov);
+        let detail = if detail {
+            let mut cmd = Command::new(&cov);
             cmd.arg("export")
                 .arg("-format=lcov")
                 .arg(&profile)
-                .arg(&self.binary);
-            let text =
-                run(cmd, &self.cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
+                .arg(&binary);
+            let text = run(cmd, &cov).map_err(|e| format!("llvm-cov export: {}", e.trim_end()))?;
             Some(lcov::parse(&text, "llvm-cov export -format=lcov").map_err(|e| e.to_string())?)
         } else {
             None

@@ -101,6 +101,8 @@ pub struct ReportOptions {
     pub source_paths: Vec<PathBuf>,
     /// The kernel image (with DWARF) for kcov artifacts; default: found by their build id.
     pub vmlinux: Option<PathBuf>,
+    /// LLVM coverage from llvm-profdata and llvm-cov instead of covobs' engine (`--llvm-cov`).
+    pub llvm_cov: bool,
 }
 
 impl Default for ReportOptions {
@@ -111,6 +113,7 @@ impl Default for ReportOptions {
             jobs: None,
             source_paths: Vec::new(),
             vmlinux: None,
+            llvm_cov: false,
         }
     }
 }
