@@ -188,3 +188,43 @@ fn the_engine_equals_llvm_cov_on_every_llvm_fixture() {
         }
     }
 }
+
+/// Figures: the engine on the million-counter fixture (`--ignored --nocapture`).
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn engine_timing_on_a_million_counters() {
+    use std::time::Instant;
+    let tmp = TempDir::new("engine-bench");
+    let file = tmp.path().join("bench.profraw");
+    let mut t = Driven::start(
+        Command::new(fixture("snapshot-bench-target"))
+            .arg("dump")
+            .env("LLVM_PROFILE_FILE", &file),
+    );
+    assert!(t.line().ends_with("ready"));
+    assert!(t.ask("dump").contains("ret=0"));
+    t.send("quit");
+    t.wait();
+    let profile = fs::read(&file).expect("profile");
+    let elf = fs::read(fixture("snapshot-bench-target")).expect("elf");
+    let t0 = Instant::now();
+    let module = ModuleProfile::from_elf(&elf, 8).expect("module");
+    let engine = Engine::open(&elf, 14).expect("engine");
+    println!(
+        "open: {:?} ({} functions)",
+        t0.elapsed(),
+        engine.mapping.functions.len()
+    );
+    let t0 = Instant::now();
+    let counters = module.read(&profile).expect("read");
+    println!("read counters: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    let cov = engine.coverage(&module, &counters.counters);
+    println!("records: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    let s = cov.summary();
+    println!("summary: {:?} ({} files)", t0.elapsed(), s.len());
+    let t0 = Instant::now();
+    let l = cov.lcov();
+    println!("lcov: {:?} ({} bytes)", t0.elapsed(), l.len());
+}

@@ -99,22 +99,53 @@ impl ProfileCounts<'_> {
     }
 }
 
-fn evaluate(c: Counter, exprs: &[Expression], counts: &[u64], depth: u32) -> Option<i64> {
-    match c {
-        Counter::Zero => Some(0),
-        Counter::Ref(i) => counts.get(i as usize).map(|&v| v as i64),
-        Counter::Expr(i) => {
-            if depth > 10_000 {
-                return None;
+/// Evaluates a function's counters and expressions, each expression once.
+struct Evaluator<'a> {
+    exprs: &'a [Expression],
+    counts: &'a [u64],
+    memo: Vec<Option<Option<i64>>>,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(exprs: &'a [Expression], counts: &'a [u64]) -> Self {
+        Self {
+            exprs,
+            counts,
+            memo: vec![None; exprs.len()],
+        }
+    }
+
+    /// None: a counter the profile does not have (llvm-cov then skips the function).
+    fn eval(&mut self, c: Counter) -> Option<i64> {
+        self.eval_depth(c, 0)
+    }
+
+    fn eval_depth(&mut self, c: Counter, depth: u32) -> Option<i64> {
+        match c {
+            Counter::Zero => Some(0),
+            Counter::Ref(i) => self.counts.get(i as usize).map(|&v| v as i64),
+            Counter::Expr(i) => {
+                let i = i as usize;
+                if let Some(Some(v)) = self.memo.get(i) {
+                    return *v;
+                }
+                if depth > 100_000 {
+                    return None;
+                }
+                let e = *self.exprs.get(i)?;
+                let l = self.eval_depth(e.lhs, depth + 1);
+                let r = self.eval_depth(e.rhs, depth + 1);
+                let v = match (l, r) {
+                    (Some(l), Some(r)) => Some(if e.subtract {
+                        l.wrapping_sub(r)
+                    } else {
+                        l.wrapping_add(r)
+                    }),
+                    _ => None,
+                };
+                self.memo[i] = Some(v);
+                v
             }
-            let e = exprs.get(i as usize)?;
-            let l = evaluate(e.lhs, exprs, counts, depth + 1)?;
-            let r = evaluate(e.rhs, exprs, counts, depth + 1)?;
-            Some(if e.subtract {
-                l.wrapping_sub(r)
-            } else {
-                l.wrapping_add(r)
-            })
         }
     }
 }
@@ -192,12 +223,13 @@ fn load(f: &FunctionMapping, profile: &ProfileCounts) -> Option<FunctionRecord> 
         branches: Vec::new(),
         execution_count: 0,
     };
+    let mut ev = Evaluator::new(&f.expressions, &counts);
     for r in &f.regions {
         if r.kind == Kind::McdcDecision {
             continue;
         }
-        let count = evaluate(r.count, &f.expressions, &counts, 0)? as u64;
-        let false_count = evaluate(r.false_count, &f.expressions, &counts, 0)? as u64;
+        let count = ev.eval(r.count)? as u64;
+        let false_count = ev.eval(r.false_count)? as u64;
         let cr = CountedRegion {
             region: *r,
             count,
@@ -297,9 +329,9 @@ impl<'a> SegmentBuilder<'a> {
         for (i, cr) in regions.iter().enumerate() {
             let start = cr.region.start();
             // Active regions that end before this one starts are completed (stable partition).
-            let (keep, done): (Vec<&CountedRegion>, Vec<&CountedRegion>) =
-                b.active.iter().partition(|r| r.region.end() > start);
-            if !done.is_empty() {
+            if b.active.iter().any(|r| r.region.end() <= start) {
+                let (keep, done): (Vec<&CountedRegion>, Vec<&CountedRegion>) =
+                    b.active.iter().partition(|r| r.region.end() > start);
                 let first = keep.len();
                 b.active = keep;
                 b.active.extend(done);
@@ -358,7 +390,8 @@ fn segments_of(regions: Vec<CountedRegion>) -> Vec<Segment> {
     SegmentBuilder::build(&c)
 }
 
-/// Per line: (line, count) of the mapped lines (LineCoverageIterator from line 1).
+/// Per line: (line, count) of the mapped lines (LineCoverageIterator from line 1, without
+/// walking the lines where nothing can be mapped one by one).
 fn line_stats(segments: &[Segment]) -> Vec<(u32, u64)> {
     let mut out = Vec::new();
     let mut wrapped: Option<&Segment> = None;
@@ -370,6 +403,14 @@ fn line_stats(segments: &[Segment]) -> Vec<(u32, u64)> {
             wrapped = Some(*l);
         }
         line_segs.clear();
+        let next = segments[i].line;
+        if next > line {
+            // Lines without a segment of their own: mapped when the count they are in has one.
+            if let Some(w) = wrapped.filter(|w| w.has_count) {
+                out.extend((line..next).map(|l| (l, w.count)));
+            }
+            line = next;
+        }
         while i < segments.len() && segments[i].line == line {
             line_segs.push(&segments[i]);
             i += 1;
