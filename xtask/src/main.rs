@@ -32,7 +32,7 @@ enum Task {
     /// Run covobs on the bundled demo workload and write a report.
     Demo,
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach, ocaml,
-    /// snapshot, kcov).
+    /// snapshot, kcov, report).
     Bench { which: Vec<String> },
     /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
     Kernel,
