@@ -78,9 +78,8 @@ fn session(dir: &Path, base: &[u8], n: usize) -> Result<()> {
     let mut state = base.to_vec();
     for k in 1..=n {
         // The process ran on: every counter grew.
-        for c in state[range.clone()].chunks_exact_mut(8) {
-            let v = u64::from_le_bytes(c.try_into()?) + 1;
-            c.copy_from_slice(&v.to_le_bytes());
+        for c in state[range.clone()].as_chunks_mut::<8>().0 {
+            *c = (u64::from_le_bytes(*c) + 1).to_le_bytes();
         }
         let stem = format!("{k:06}-llvm");
         std::fs::write(pdir.join(format!("{stem}.profraw")), &state)?;
