@@ -176,17 +176,21 @@ fn name_without_prefix(name: &str, file: Option<&str>) -> String {
 /// The function records llvm-cov loads (CoverageMapping::loadFunctionRecord), in order.
 pub fn function_records(mapping: &Mapping, profile: &ProfileCounts) -> Vec<FunctionRecord> {
     let mut out = Vec::new();
-    let mut seen: HashMap<Vec<Arc<str>>, std::collections::HashSet<String>> = HashMap::new();
+    // (filenames, name) pairs seen, by hash as llvm-cov keeps them.
+    let mut seen: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+    let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+        use std::hash::Hasher as _;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v(&mut h);
+        h.finish()
+    };
     for f in &mapping.functions {
         if let Some(r) = load(f, profile) {
-            if !seen
-                .entry(r.filenames.clone())
-                .or_default()
-                .insert(r.name.clone())
-            {
-                continue;
+            use std::hash::Hash as _;
+            let key = (hash(&|h| r.filenames.hash(h)), hash(&|h| r.name.hash(h)));
+            if seen.insert(key) {
+                out.push(r);
             }
-            out.push(r);
         }
     }
     out
@@ -487,21 +491,18 @@ fn coverage_for_function(f: &FunctionRecord) -> Option<Data<'_>> {
     })
 }
 
+/// An expansion's branches and nested expansions (its segments are not needed anywhere
+/// llvm-cov's exports look at them).
 fn coverage_for_expansion<'a>(region: &CountedRegion, f: &'a FunctionRecord) -> Data<'a> {
     let id = region.region.expanded_file_id;
-    let regions: Vec<CountedRegion> = f
-        .regions
-        .iter()
-        .filter(|r| r.region.file_id == id)
-        .copied()
-        .collect();
     Data {
-        expansions: regions
+        expansions: f
+            .regions
             .iter()
             .filter(|r| is_expansion(r, id))
             .map(|r| (*r, f))
             .collect(),
-        segments: segments_of(regions),
+        segments: Vec::new(),
         branches: f
             .branches
             .iter()
