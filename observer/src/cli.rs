@@ -319,4 +319,8 @@ pub struct ReportArgs {
     /// Share report/ with this group (name or gid): 0750 and 0640 instead of 0700 and 0600.
     #[arg(long, value_name = "GROUP")]
     pub output_group: Option<String>,
+    /// Compute LLVM coverage with llvm-profdata and llvm-cov of each module's LLVM instead of
+    /// covobs' own engine (the same figures, much slower; for cross-checking).
+    #[arg(long = "llvm-cov")]
+    pub llvm_cov: bool,
 }

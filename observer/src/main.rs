@@ -285,6 +285,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
         formats: args.format.into_iter().collect(),
         source_paths: args.source_path,
         vmlinux: args.vmlinux,
+        llvm_cov: args.llvm_cov,
         ..report::ReportOptions::default()
     };
     let dir = args.dir;

@@ -170,6 +170,7 @@ impl Session {
                     dir: state.dir.clone(),
                     comm: state.comm.clone(),
                     launched: self.launched == Some(pid),
+                    process_start_ns: crate::target::start_boot_ns(pid as i32),
                 },
                 self.seq.clone(),
                 self.tx.clone(),

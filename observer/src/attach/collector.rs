@@ -22,6 +22,18 @@ pub struct CollectorSetup {
     /// The process is the workload covobs launched (`covobs run`): its profile file holds only
     /// its own dumps, possibly made before covobs adopted it after its exec (a short workload).
     pub launched: bool,
+    /// When the process started (CLOCK_BOOTTIME ns): recorded in every artifact.
+    pub process_start_ns: Option<u64>,
+}
+
+/// What an LLVM merge-pool file (`%m`) held after the last dump this collector saw (or when it
+/// attached): the runtime merges it into its counters before its next write.
+struct Pool {
+    path: String,
+    ino: Option<u64>,
+    bytes: Vec<u8>,
+    /// The artifact these bytes are, if covobs collected them.
+    seq: Option<u64>,
 }
 
 pub(super) async fn target_collector(
@@ -39,25 +51,24 @@ pub(super) async fn target_collector(
         dir,
         comm,
         launched,
+        process_start_ns,
     } = setup;
     // Cursors start after what the files hold now: those are dumps from before covobs attached.
     let start_root = root.clone();
-    let mut sources = tokio::task::spawn_blocking(move || {
+    let (mut sources, mut pool) = tokio::task::spawn_blocking(move || {
         let mut bisect = bisect;
         if let Some(b) = bisect.as_mut() {
             b.skip_existing(&start_root, None);
         }
-        Sources {
-            llvm: llvm_profile.map(|p| {
-                if launched {
-                    llvm_path::ProfileCursor::from_start(p)
-                } else {
-                    llvm_path::ProfileCursor::new(p, &start_root, None)
-                }
-            }),
-            bisect,
-            gcda,
-        }
+        let llvm = llvm_profile.map(|p| {
+            if launched {
+                llvm_path::ProfileCursor::from_start(p)
+            } else {
+                llvm_path::ProfileCursor::new(p, &start_root, None)
+            }
+        });
+        let pool = llvm.as_ref().and_then(|c| pool_now(c, &start_root));
+        (Sources { llvm, bisect, gcda }, pool)
     })
     .await
     .unwrap_or_default();
@@ -73,21 +84,52 @@ pub(super) async fn target_collector(
             // The blocking task panicked: nothing sensible is left of this target's state.
             return;
         };
+        let merge_pool = s.llvm.as_ref().is_some_and(|c| c.expanded.merge_pool);
         sources = s;
-        deliver(job, extracted, &dir, &comm, &seq, &tx, &done_tx).await;
+        let target = Target {
+            dir: &dir,
+            comm: &comm,
+            process_start_ns,
+            pool: merge_pool.then_some(&mut pool),
+        };
+        deliver(job, extracted, target, &seq, &tx, &done_tx).await;
     }
+}
+
+/// What a merge-pool file holds now (before the first dump covobs collects from it).
+fn pool_now(c: &llvm_path::ProfileCursor, root: &TargetDir) -> Option<Pool> {
+    if !c.expanded.merge_pool {
+        return None;
+    }
+    let path = c.path.clone()?;
+    let bytes = c.pool_content(root)?;
+    Some(Pool {
+        path,
+        ino: c.ino,
+        bytes,
+        seq: None,
+    })
+}
+
+/// The target a collector delivers for.
+struct Target<'a> {
+    dir: &'a str,
+    comm: &'a str,
+    process_start_ns: Option<u64>,
+    /// Its LLVM profile file is a merge pool: what it held before the next dump.
+    pool: Option<&'a mut Option<Pool>>,
 }
 
 /// Hand one dump's artifacts to the pipeline (or report it lost).
 async fn deliver(
     job: CollectJob,
     extracted: Result<Vec<Extracted>, collect::CollectError>,
-    dir: &str,
-    comm: &str,
+    mut target: Target<'_>,
     seq: &AtomicU64,
     tx: &Sender,
     done_tx: &mpsc::UnboundedSender<Outcome>,
 ) {
+    let (dir, comm) = (target.dir, target.comm);
     let CollectJob { done, requests } = job;
     let pid = done.dump.pid;
     let tid = done.dump.tid;
@@ -138,6 +180,36 @@ async fn deliver(
             .into_iter()
             .map(|(path, data)| (part_name(&path), path, bytes::Bytes::from(data)))
             .collect();
+        // A merge pool's earlier content went into the counters this dump wrote.
+        let mut extra = Vec::new();
+        let merged = match target.pool.as_deref_mut() {
+            Some(pool) if runtime == Runtime::Llvm && valid => {
+                // The same file: by name, or by inode (the kernel sees the name the target
+                // opened, maybe relative).
+                let before = pool.take().filter(|p| {
+                    p.path == x.source.path || (p.ino.is_some() && p.ino == x.source.inode)
+                });
+                *pool = Some(Pool {
+                    path: x.source.path.clone(),
+                    ino: x.source.inode,
+                    bytes: x.data.clone(),
+                    seq: Some(n),
+                });
+                before.map(|p| {
+                    let base = collect::MergedBase {
+                        seq: p.seq,
+                        file: p.seq.is_none().then(|| format!("{n:06}-llvm.merged")),
+                        bytes: p.bytes.len() as u64,
+                        checksum: collect::checksum(&p.bytes),
+                    };
+                    if p.seq.is_none() {
+                        extra.push(("merged", bytes::Bytes::from(p.bytes)));
+                    }
+                    base
+                })
+            }
+            _ => None,
+        };
         let meta = ArtifactMeta {
             seq: n,
             runtime,
@@ -166,6 +238,8 @@ async fn deliver(
                 })
                 .collect(),
             snapshot: None,
+            process_start_ns: target.process_start_ns,
+            merged,
         };
         let durable = tx
             .artifact(Artifact {
@@ -176,7 +250,7 @@ async fn deliver(
                     .into_iter()
                     .map(|(name, _, data)| (name, data))
                     .collect(),
-                extra: Vec::new(),
+                extra,
             })
             .await;
         let rel = format!("{dir}/{file}");

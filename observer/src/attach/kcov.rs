@@ -95,6 +95,8 @@ pub fn deliver(
             }),
             snapshot: None,
             parts: Vec::new(),
+            process_start_ns: None,
+            merged: None,
         };
         let bytes = data.len() as u64;
         let durable = tx

@@ -441,6 +441,8 @@ async fn worker(
     done_tx: mpsc::UnboundedSender<Outcome>,
 ) {
     let mut deltas = DeltaTracker::default();
+    // The instance these snapshots are of (read while the process is there: adopted just now).
+    let process_start_ns = crate::target::start_boot_ns(pid as i32);
     while let Some(job) = jobs.recv().await {
         let plans = plans.clone();
         let (trigger, requests, keep) = match &job {
@@ -462,7 +464,7 @@ async fn worker(
                     let key = format!("{} {}", snap.runtime.as_str(), snap.module.path);
                     let d = deltas.update(pid, &key, snap.covered.clone());
                     snap.info.delta = d;
-                    deliver(pid, &comm, &dir, trigger, snap, &seq, &tx).await
+                    deliver(pid, process_start_ns, &comm, &dir, trigger, snap, &seq, &tx).await
                 }
                 Err(reason) => {
                     tx.event(lost(pid, "snapshot", reason.clone())).await;
@@ -517,8 +519,10 @@ fn take(pid: u32, plans: &[ModulePlan], job: Job) -> Vec<Result<Snapshot, String
 }
 
 /// Hand one snapshot to the pipeline; the artifact's name relative to the session directory.
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     pid: u32,
+    process_start_ns: Option<u64>,
     comm: &str,
     dir: &str,
     trigger: Trigger,
@@ -565,6 +569,8 @@ async fn deliver(
         parts: Vec::new(),
         kcov: None,
         snapshot: Some(info.clone()),
+        process_start_ns,
+        merged: None,
     };
     let bytes = snap.bytes.len() as u64;
     let extra = snap

@@ -197,6 +197,27 @@ impl ProfileCursor {
     }
 }
 
+impl ProfileCursor {
+    /// What a merge-pool file (`%m`) holds now: the profile its runtime will merge into its
+    /// counters before the next write. Opened like any file of the target (as the target, a
+    /// regular file it may write); `None` when there is none, it is not the file followed so
+    /// far, or it holds no whole profile.
+    pub fn pool_content(&self, root: &read::TargetDir) -> Option<Vec<u8>> {
+        use std::os::unix::fs::MetadataExt;
+        if !self.expanded.merge_pool {
+            return None;
+        }
+        let path = self.path.as_deref()?;
+        let file = read::open_in_target(root, None, path, Expect::Writable).ok()?;
+        let meta = file.metadata().ok()?;
+        if self.ino.is_some_and(|ino| ino != meta.ino()) {
+            return None;
+        }
+        let end = profile_end(&file, path, 0, meta.len()).ok()?;
+        read::read_range(&file, path, 0, end).ok()
+    }
+}
+
 /// Where the profile that starts at `start` ends, from its header and the sizes of its
 /// value-profile records: a few small reads, however large the file has grown (a target that
 /// appends every dump to one file).

@@ -232,6 +232,28 @@ pub struct ArtifactMeta {
     /// kcov artifacts: mode, entries, exactness.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kcov: Option<crate::attach::kcov::KcovMeta>,
+    /// When the process started (CLOCK_BOOTTIME ns, clock-tick resolution): with the pid, the
+    /// process instance whose counters these are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_start_ns: Option<u64>,
+    /// What the runtime merged into its counters right before writing this dump (an LLVM `%m`
+    /// pool's earlier content): the report subtracts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergedBase>,
+}
+
+/// The earlier content of a merge-pool file that a dump merged into its counters: the previous
+/// artifact of this process from that file (`seq`), or a copy kept beside the artifact (`file`,
+/// `<seq>-<runtime>.merged`) when the file held something covobs did not collect (dumps from
+/// before it attached, an earlier run).
+#[derive(Clone, Debug, Serialize)]
+pub struct MergedBase {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub bytes: u64,
+    pub checksum: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

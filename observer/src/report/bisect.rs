@@ -8,10 +8,13 @@
 //! `bisect-ppx-report` computes lines (its `Util.line_counts`), so covobs' lines agree with
 //! bisect-ppx-report's Cobertura and HTML.
 //!
-//! Counts are cumulative since the process started (bisect does not reset them), so a process's
-//! coverage after a dump is that dump alone, not a sum of its dumps. Processes (several at once,
-//! or restarts) are combined the way bisect-ppx-report combines the files it is given: point by
-//! point, the counts of each process's latest dump add up. The hit/missed status is the same as
+//! Counts are cumulative since the process started (until the program calls
+//! `Bisect.Runtime.reset_counters`), so a process's coverage after a dump is that dump alone, not
+//! a sum of its dumps; a point counted lower than in the process's previous dump is a reset, and
+//! the previous dump stays counted (the exact count model, [`super::tally`]). Processes (several
+//! at once, or restarts) are combined the way bisect-ppx-report combines the files it is given:
+//! point by point, the counts of each process's latest dump (and of its closed reset segments)
+//! add up. The hit/missed status is the same as
 //! with a maximum; the sum keeps the hit counts meaning "times run in the session", as LLVM's and
 //! gcov's merges do.
 //!
@@ -27,7 +30,10 @@ use std::{
     sync::Arc,
 };
 
-use super::model::{Coverage, FileCoverage, Point};
+use super::{
+    model::{Coverage, FileCoverage, Point},
+    tally::Instance,
+};
 
 /// Sources larger than this are not read.
 const MAX_SOURCE_BYTES: u64 = 64 << 20;
@@ -278,8 +284,13 @@ fn load(path: &Path, max_offset: Option<u64>) -> Result<Source, String> {
 #[derive(Debug)]
 pub struct BisectUnit {
     roots: SourceRoots,
-    /// Each process's latest dump.
-    latest: BTreeMap<u32, Vec<InstrumentedFile>>,
+    /// Each process instance's latest dump (its counts are cumulative since it started, or
+    /// since it last reset them).
+    latest: BTreeMap<Instance, Vec<InstrumentedFile>>,
+    /// The closed reset segments' last dumps, added up (see [`crate::report::tally`]).
+    closed: Vec<InstrumentedFile>,
+    /// Resets seen (a point's count lower than in the instance's previous dump).
+    pub resets: u64,
     /// Recorded name -> its source, or why there is none (each resolved once).
     sources: HashMap<String, Result<Source, String>>,
     /// Names whose source was not found, not told yet (see [`BisectUnit::take_unresolved`]).
@@ -288,11 +299,39 @@ pub struct BisectUnit {
     pub steps: u64,
 }
 
+/// Some point of `now` counted lower than the same point (same file, same offsets) in `prev`.
+fn lower_than(now: &[InstrumentedFile], prev: &[InstrumentedFile]) -> bool {
+    now.iter().any(|f| {
+        prev.iter()
+            .find(|p| p.name == f.name && p.points == f.points)
+            .is_some_and(|p| f.counts.iter().zip(&p.counts).any(|(n, w)| n < w))
+    })
+}
+
+/// `acc` += `files`, point by point (files matched by name and offsets, others appended).
+fn add_files(acc: &mut Vec<InstrumentedFile>, files: &[InstrumentedFile]) {
+    for f in files {
+        match acc
+            .iter_mut()
+            .find(|a| a.name == f.name && a.points == f.points)
+        {
+            Some(a) => {
+                for (x, y) in a.counts.iter_mut().zip(&f.counts) {
+                    *x = x.saturating_add(*y);
+                }
+            }
+            None => acc.push(f.clone()),
+        }
+    }
+}
+
 impl BisectUnit {
     pub fn new(roots: SourceRoots) -> Self {
         Self {
             roots,
             latest: BTreeMap::new(),
+            closed: Vec::new(),
+            resets: 0,
             sources: HashMap::new(),
             untold: Vec::new(),
             steps: 0,
@@ -309,11 +348,22 @@ impl BisectUnit {
         }
     }
 
-    /// Take in a dump of process `pid` (a parsed `.coverage` file): it is that process's
-    /// coverage now.
-    pub fn add(&mut self, pid: u32, files: Vec<InstrumentedFile>) {
-        self.latest.insert(pid, files);
+    /// Take in a dump of a process instance (a parsed `.coverage` file): it is that process's
+    /// coverage now. A point counted lower than in its previous dump means the program reset
+    /// its counters in between: the previous dump closes a segment and stays counted. Returns
+    /// whether a reset was seen.
+    pub fn add(&mut self, instance: Instance, files: Vec<InstrumentedFile>) -> bool {
         self.steps += 1;
+        let reset = self
+            .latest
+            .get(&instance)
+            .is_some_and(|prev| lower_than(&files, prev));
+        if reset && let Some(prev) = self.latest.remove(&instance) {
+            add_files(&mut self.closed, &prev);
+            self.resets += 1;
+        }
+        self.latest.insert(instance, files);
+        reset
     }
 
     /// What bisect-ppx-report may be given: each process's latest dump with only the files
@@ -325,9 +375,8 @@ impl BisectUnit {
             .iter()
             .filter_map(|(n, s)| Some((n.clone(), s.as_ref().ok()?.path.clone())))
             .collect();
-        let dumps = self
-            .latest
-            .values()
+        let dumps = std::iter::once(&self.closed)
+            .chain(self.latest.values())
             .map(|files| {
                 files
                     .iter()
@@ -365,7 +414,7 @@ impl BisectUnit {
     /// whose source is not found keeps its recorded name and has points but no lines.
     pub fn coverage(&mut self) -> Coverage {
         let mut merged: BTreeMap<String, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
-        for files in self.latest.values() {
+        for files in std::iter::once(&self.closed).chain(self.latest.values()) {
             for f in files {
                 let e = merged
                     .entry(f.name.clone())
@@ -489,15 +538,16 @@ mod tests {
             points: vec![4, 14, 24],
             counts: counts.to_vec(),
         };
+        let pid = |pid| Instance { pid, start: None };
         // Process 1 dumps twice: the second dump replaces the first (cumulative counts).
-        u.add(1, vec![file([1, 0, 0])]);
-        u.add(1, vec![file([3, 0, 0])]);
+        assert!(!u.add(pid(1), vec![file([1, 0, 0])]));
+        assert!(!u.add(pid(1), vec![file([3, 0, 0])]));
         let c = u.coverage();
         let f = &c.files[&src.to_string_lossy().into_owned()];
         assert_eq!(f.lines, BTreeMap::from([(1, 3), (2, 0), (3, 0)]));
         assert_eq!(f.totals().points, Some(Counts::new(1, 3)));
         // Process 2 (a restart): its latest dump adds to process 1's.
-        u.add(2, vec![file([2, 5, 0])]);
+        u.add(pid(2), vec![file([2, 5, 0])]);
         let c = u.coverage();
         let f = &c.files[&src.to_string_lossy().into_owned()];
         assert_eq!(f.lines, BTreeMap::from([(1, 5), (2, 5), (3, 0)]));
@@ -511,6 +561,18 @@ mod tests {
             BTreeMap::from([("src/m.ml".to_string(), src.clone())])
         );
         assert!(u.take_unresolved().is_empty());
+        // Process 2 resets its counters, then counts one more: its earlier dump stays counted.
+        assert!(u.add(pid(2), vec![file([0, 1, 0])]));
+        let c = u.coverage();
+        let f = &c.files[&src.to_string_lossy().into_owned()];
+        assert_eq!(f.lines, BTreeMap::from([(1, 5), (2, 6), (3, 0)]));
+        assert_eq!(u.resets, 1);
+        let (dumps, _) = u.vetted();
+        assert_eq!(
+            dumps.len(),
+            3,
+            "the closed segment is given to bisect-ppx-report too"
+        );
     }
 
     #[test]
@@ -519,7 +581,10 @@ mod tests {
         fs::write(dir.path().join("short.ml"), "x\n").expect("write");
         let mut u = unit_in(dir.path());
         u.add(
-            7,
+            Instance {
+                pid: 7,
+                start: None,
+            },
             vec![
                 InstrumentedFile {
                     name: "gone.ml".into(),

@@ -22,6 +22,7 @@ use std::{
     thread,
 };
 
+mod merged;
 mod sources;
 
 use super::{
@@ -36,6 +37,7 @@ use super::{
     },
     session_dir::{Pinned, SessionDir, SessionFileError},
     summary::{FileFigures, ModuleSummary, ReportData},
+    tally::Instance,
     timeline::TimelinePoint,
 };
 
@@ -153,6 +155,9 @@ pub struct LiveCoverage {
     unchanged_since_point: bool,
     /// Artifacts whose merge was deferred: seq -> (pid, file).
     deferred: HashMap<u64, (u32, String)>,
+    /// LLVM artifacts taken in as states: seq -> file (a later dump may name one as the
+    /// content it merged).
+    llvm_states: HashMap<u64, PathBuf>,
     /// session.json, once it exists (targets' working directories, for bisect's sources).
     session_info: Option<super::session::SessionInfo>,
     /// Kernel coverage (kcov artifacts), symbolized when the report is built.
@@ -216,6 +221,7 @@ impl LiveCoverage {
             point_at: BTreeMap::new(),
             unchanged_since_point: false,
             deferred: HashMap::new(),
+            llvm_states: HashMap::new(),
             session_info: None,
             kernel: super::kcov::KernelSource::default(),
         })
@@ -475,13 +481,11 @@ impl LiveCoverage {
             .clone()
             .and_then(|r| bytes.get(r))
             .map(sha256_hex);
-        // llvm-profdata reads covobs' copy of the bytes just checked, not the session's file.
-        let input = match self.input_copy(a, &bytes) {
-            Ok(i) => i,
+        let merged = match self.merged_base(a) {
+            Ok(m) => m,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
-        drop(bytes);
-        let idx = self.unit_for(a, Some(&input.file.0));
+        let idx = self.unit_for(a, Some(&bytes));
         let unit = &mut self.units[idx];
         let UnitState::Llvm(module) = &mut unit.state else {
             let reason = match &unit.state {
@@ -490,29 +494,103 @@ impl LiveCoverage {
             };
             return (self.exclude(a, reason), Vec::new());
         };
-        // The same counters as an artifact merged before: the same coverage, which the union
-        // has already (a region's count in a merge is the sum of its counts, all >= 0). Its
-        // merge can wait for the next one, and the point repeats the current figures.
-        let repeat = unit.file_set.is_some()
-            && counters
-                .as_ref()
-                .is_some_and(|c| unit.seen_counters.contains(c));
-        let (result, late) = module.add(input, a.meta.seq, header.version, repeat);
-        let version = module.merged;
-        if result.is_ok() {
-            unit.artifacts += 1;
-            if let Some(c) = counters {
-                unit.seen_counters.insert(c);
+        let instance = Instance {
+            pid: a.meta.pid,
+            start: a.meta.process_start_ns,
+        };
+        // The exact model first: the artifact is the next state of its process's counters.
+        let exact = module.add_state(instance, &bytes, merged.as_deref());
+        let repeat = match exact {
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+            Ok(Some(pushed)) => {
+                let unit = &mut self.units[idx];
+                if let UnitState::Llvm(m) = &unit.state
+                    && !m.native()
+                    && !self.opts.llvm_cov
+                    && let Some(why) = m.engine_note.clone()
+                    && self.warned_runtimes.insert(format!("engine {}", unit.name))
+                {
+                    self.warnings.push(Warning {
+                        module: Some(unit.name.clone()),
+                        message: format!(
+                            "covobs' engine does not read it ({why}): llvm-cov computes its coverage"
+                        ),
+                    });
+                }
+                let unit = &mut self.units[idx];
+                unit.artifacts += 1;
+                self.llvm_states.insert(a.meta.seq, PathBuf::from(&a.rel));
+                if pushed.changed || unit.file_set.is_none() {
+                    let UnitState::Llvm(module) = &mut unit.state else {
+                        return (None, Vec::new());
+                    };
+                    if let Err(why) = module.materialize() {
+                        let name = unit.name.clone();
+                        self.warnings.push(Warning {
+                            module: Some(name),
+                            message: format!(
+                                "its coverage could not be exported, so it is not in the report: {why}"
+                            ),
+                        });
+                        let unit = &mut self.units[idx];
+                        unit.state = UnitState::Unavailable(why.clone());
+                        unit.files.clear();
+                        unit.detail = None;
+                        return (self.exclude(a, why), Vec::new());
+                    }
+                    false
+                } else {
+                    // The same total as before: the point repeats the current figures.
+                    true
+                }
             }
-            if repeat {
-                self.deferred
-                    .insert(a.meta.seq, (a.meta.pid, a.rel.clone()));
+            Ok(None) => {
+                // A raw profile the engine does not read: merged as it is (counts add up).
+                let why = module.inexact.clone().unwrap_or_default();
+                // llvm-profdata reads covobs' copy of the bytes just checked, not the session's
+                // file.
+                let input = match self.input_copy(a, &bytes) {
+                    Ok(i) => i,
+                    Err(reason) => return (self.exclude(a, reason), Vec::new()),
+                };
+                let unit = &mut self.units[idx];
+                let name = unit.name.clone();
+                if self.warned_runtimes.insert(format!("inexact {name}")) {
+                    self.warnings.push(Warning {
+                        module: Some(name),
+                        message: format!(
+                            "counts are summed over its dumps, not exact ({why}); llvm-profdata merges its raw profiles"
+                        ),
+                    });
+                }
+                let unit = &mut self.units[idx];
+                let UnitState::Llvm(module) = &mut unit.state else {
+                    return (None, Vec::new());
+                };
+                let repeat = unit.file_set.is_some()
+                    && counters
+                        .as_ref()
+                        .is_some_and(|c| unit.seen_counters.contains(c));
+                let (result, late) = module.add(input, a.meta.seq, header.version, repeat);
+                if result.is_ok() {
+                    unit.artifacts += 1;
+                    if let Some(c) = counters {
+                        unit.seen_counters.insert(c);
+                    }
+                    if repeat {
+                        self.deferred
+                            .insert(a.meta.seq, (a.meta.pid, a.rel.clone()));
+                    }
+                }
+                self.late_failures(idx, late);
+                if let Err(reason) = result {
+                    return (self.exclude(a, reason), Vec::new());
+                }
+                repeat
             }
-        }
-        self.late_failures(idx, late);
-        if let Err(reason) = result {
-            return (self.exclude(a, reason), Vec::new());
-        }
+        };
+        drop(bytes);
+        let version = self.units[idx].version();
         let unit = &mut self.units[idx];
         let Some(module) = unit.llvm() else {
             return (None, Vec::new());
@@ -717,7 +795,7 @@ impl LiveCoverage {
 
     /// The unit of an artifact's module and runtime, created on first sight. `profraw`: the
     /// artifact's raw profile, to find the LLVM tools that read it when nothing else tells.
-    fn unit_for(&mut self, a: &Artifact, profraw: Option<&Path>) -> usize {
+    fn unit_for(&mut self, a: &Artifact, profraw: Option<&[u8]>) -> usize {
         let meta = a.meta.module.clone().unwrap_or_default();
         let mut key = meta
             .build_id
@@ -778,7 +856,7 @@ impl LiveCoverage {
     fn open_module(
         &mut self,
         meta: &ModuleMeta,
-        profraw: Option<&Path>,
+        profraw: Option<&[u8]>,
         idx: usize,
     ) -> Result<LlvmModule, String> {
         if meta == &ModuleMeta::default() {
@@ -795,20 +873,28 @@ impl LiveCoverage {
             &comments,
             self.toolsets(),
         );
+        let use_engine = !self.opts.llvm_cov;
         let tools = match self.toolsets().select(&need) {
             Ok(t) => t.clone(),
+            // covobs' engine reads the module without llvm-cov (it then says so, when it cannot).
+            Err(_) if use_engine && need.major.is_some_and(|m| (11..=23).contains(&m)) => {
+                return Ok(LlvmModule::new(None, need.major, binary, work));
+            }
             Err(why) if need.major.is_none() && need.producer.is_none() => {
                 // Nothing says which LLVM built it: the newest tools that read its raw profile.
                 let mut all: Vec<_> = self.toolsets().all.clone();
                 all.sort_by_key(|t| std::cmp::Reverse(t.major));
+                // covobs' copy of the checked bytes, for llvm-profdata to read.
+                let first = TempFile(work.join("first.profraw"));
+                let have = match profraw {
+                    Some(bytes) => super::output::create(&first.0, bytes).is_ok(),
+                    None => false,
+                };
                 all.into_iter()
                     .find(|t| {
-                        let Some(profraw) = profraw else {
-                            return false;
-                        };
-                        std::process::Command::new(&t.profdata)
+                        have && std::process::Command::new(&t.profdata)
                             .arg("show")
-                            .arg(profraw)
+                            .arg(&first.0)
                             .stdout(std::process::Stdio::null())
                             .stderr(std::process::Stdio::null())
                             .status()
@@ -818,7 +904,13 @@ impl LiveCoverage {
             }
             Err(why) => return Err(why),
         };
-        Ok(LlvmModule::new(tools, binary, work))
+        let major = need.major.or(Some(tools.major));
+        let mut m = LlvmModule::new(Some(tools), major, binary, work);
+        if self.opts.llvm_cov {
+            m.major = None;
+            m.engine_note = Some("--llvm-cov".into());
+        }
+        Ok(m)
     }
 
     /// The binary llvm-cov reads, opened, and its name for messages: the session's copy (opened
@@ -992,7 +1084,7 @@ impl LiveCoverage {
                 runtime: u.runtime.clone(),
                 producer: u.meta.producer.clone(),
                 tools: match &u.state {
-                    UnitState::Llvm(m) => Some(m.tools.describe()),
+                    UnitState::Llvm(m) => Some(m.describe()),
                     UnitState::Bisect(_) => {
                         Some("bisect_ppx points, lines from the OCaml sources".into())
                     }

@@ -13,10 +13,16 @@ use std::{
 };
 
 use super::{
-    ReportError, lcov,
+    ReportError,
+    engine::{
+        Engine,
+        profile::{self, ArtifactCounters, ModuleProfile},
+    },
+    lcov,
     llvm_tools::Toolset,
     model::{Counts, Coverage, Totals},
     session_dir::Pinned,
+    tally::{Instance, Pushed, Tally},
 };
 
 /// A file that is deleted when the last reference goes.
@@ -38,15 +44,35 @@ pub struct Input {
     pub shown: PathBuf,
 }
 
-/// The running merge of one module's raw profiles.
+/// One module's exact counts (see [`super::tally`]): its profile layout, the counts, and a raw
+/// profile of it to write the counts into for llvm-profdata.
 #[derive(Debug)]
+pub struct Exact {
+    pub profile: Arc<ModuleProfile>,
+    pub tally: Tally,
+    template: Vec<u8>,
+    template_at: ArtifactCounters,
+}
+
+/// One module's coverage: its exact counts ([`Exact`]) evaluated by covobs' engine against the
+/// module's mapping ([`Engine`]), or - for a mapping the engine does not read - written as one
+/// raw profile and exported by llvm-cov; for raw profiles covobs does not read, the running merge
+/// of its raw profiles by llvm-profdata (counts then add up over dumps).
 pub struct LlvmModule {
-    pub tools: Toolset,
-    /// The binary llvm-cov reads the coverage mapping from (the session's copy, as covobs opened
-    /// it).
+    /// llvm-profdata and llvm-cov of the module's LLVM, when this machine has them.
+    pub tools: Option<Toolset>,
+    /// The LLVM major that built the module, when known (the engine reproduces its llvm-cov).
+    pub major: Option<u32>,
+    /// The module's mapping, once opened; `engine_note` says why not when it could not be.
+    pub engine: Option<Arc<Engine>>,
+    pub engine_note: Option<String>,
+    /// The binary the mapping is read from (the session's copy, as covobs opened it).
     pub binary: Pinned,
     work: PathBuf,
     current: Option<Arc<TempFile>>,
+    pub exact: Option<Exact>,
+    /// Why the module's counts are not exact (its raw profiles are merged as they are).
+    pub inexact: Option<String>,
     /// Raw profile version of the first artifact: all the others must have it too.
     raw_version: Option<u64>,
     /// Merges done (names the profiles, and tells an export's freshness).
@@ -60,16 +86,141 @@ pub struct LlvmModule {
 pub type LateFailures = Vec<(u64, String)>;
 
 impl LlvmModule {
-    pub fn new(tools: Toolset, binary: Pinned, work: PathBuf) -> Self {
+    pub fn new(tools: Option<Toolset>, major: Option<u32>, binary: Pinned, work: PathBuf) -> Self {
         Self {
             tools,
+            major,
+            engine: None,
+            engine_note: None,
             binary,
             work,
             current: None,
             raw_version: None,
             merged: 0,
             pending: Vec::new(),
+            exact: None,
+            inexact: None,
         }
+    }
+
+    /// Take in one raw profile as the next state of `instance` (`merged`: the raw profile the
+    /// runtime merged into its counters before writing it). `Err` is the reason to leave it
+    /// out; `Ok(None)` means the engine does not read this profile's version: merge it with
+    /// [`LlvmModule::add`].
+    pub fn add_state(
+        &mut self,
+        instance: Instance,
+        bytes: &[u8],
+        merged: Option<&[u8]>,
+    ) -> Result<Option<Pushed>, String> {
+        if self.inexact.is_some() {
+            return Ok(None);
+        }
+        if self.exact.is_none() {
+            let version = match profile::readable_version(bytes) {
+                Ok(v) => v,
+                Err(why) => {
+                    self.inexact = Some(why);
+                    return Ok(None);
+                }
+            };
+            let elf = std::fs::read(&self.binary.path)
+                .map_err(|e| format!("reading {}: {e}", self.binary.shown.display()))?;
+            let profile = match ModuleProfile::from_elf(&elf, version) {
+                Ok(p) => p,
+                Err(why) => {
+                    self.inexact = Some(why);
+                    return Ok(None);
+                }
+            };
+            let at = profile.read(bytes)?;
+            let tally = Tally::new(profile.num_counters, profile.num_bitmap_bytes);
+            match self.major.map(|m| Engine::open(&elf, m)) {
+                Some(Ok(e)) => self.engine = Some(Arc::new(e)),
+                Some(Err(why)) => self.engine_note = Some(why),
+                None if self.engine_note.is_some() => {}
+                None => self.engine_note = Some("the LLVM that built it is not known".into()),
+            }
+            if self.engine.is_none() && self.tools.is_none() {
+                return Err(self.engine_note.clone().unwrap_or_default());
+            }
+            self.exact = Some(Exact {
+                profile: Arc::new(profile),
+                tally,
+                template: bytes.to_vec(),
+                template_at: ArtifactCounters {
+                    counters: Vec::new(),
+                    ..at
+                },
+            });
+        }
+        let Some(exact) = self.exact.as_mut() else {
+            return Ok(None);
+        };
+        let state = exact.profile.read(bytes)?;
+        let base = match merged {
+            Some(m) => Some(
+                exact
+                    .profile
+                    .read(m)
+                    .map_err(|e| format!("the profile it merged: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Some(exact.tally.push(
+            instance,
+            &state.counters,
+            &state.bits,
+            base.as_ref().map(|b| b.counters.as_slice()),
+        )))
+    }
+
+    /// Whether covobs' engine computes this module's coverage (no llvm-cov).
+    pub fn native(&self) -> bool {
+        self.engine.is_some() && self.exact.is_some()
+    }
+
+    /// What computes the module's coverage, for the summary.
+    pub fn describe(&self) -> String {
+        match (&self.engine, &self.tools) {
+            (Some(e), _) if self.exact.is_some() => format!(
+                "covobs engine (llvm-cov {} semantics, coverage mapping version {})",
+                e.flavor.llvm_major,
+                e.mapping.version + 1
+            ),
+            (_, Some(t)) => t.describe(),
+            _ => "none".into(),
+        }
+    }
+
+    /// The exact counts are new: with the engine, nothing to do until an export; otherwise write
+    /// them as one raw profile and make it the profile llvm-cov reads.
+    pub fn materialize(&mut self) -> Result<(), String> {
+        if self.native() {
+            self.merged += 1;
+            return Ok(());
+        }
+        let Some(exact) = &self.exact else {
+            return Ok(());
+        };
+        let raw = profile::with_counters(
+            &exact.template,
+            &exact.template_at,
+            exact.tally.counters(),
+            &exact.tally.bits(),
+        );
+        let path = self
+            .work
+            .join(format!("exact-{:06}.profraw", self.merged + 1));
+        let file = TempFile(path);
+        std::fs::write(&file.0, &raw).map_err(|e| format!("{}: {e}", file.0.display()))?;
+        let input = Input {
+            shown: PathBuf::from("the exact counts"),
+            file,
+        };
+        // Only this profile: it holds the whole module's counts.
+        self.current = None;
+        self.merge(&[&input])
     }
 
     /// Add one raw profile (already header-checked). With `defer`, only note it for the next
@@ -133,8 +284,14 @@ impl LlvmModule {
 
     /// One `llvm-profdata merge` of the running profile and `inputs` into a new running profile.
     fn merge(&mut self, inputs: &[&Input]) -> Result<(), String> {
+        let Some(tools) = self.tools.clone() else {
+            return Err(self
+                .engine_note
+                .clone()
+                .unwrap_or_else(|| "no llvm-profdata for it".into()));
+        };
         let out = self.work.join(format!("{:06}.profdata", self.merged + 1));
-        let mut cmd = Command::new(&self.tools.profdata);
+        let mut cmd = Command::new(&tools.profdata);
         // Fail on any bad input: with more than one input, a permissive mode would merge the
         // others and drop the bad one with only a warning.
         cmd.arg("merge")
@@ -148,14 +305,14 @@ impl LlvmModule {
         cmd.args(inputs.iter().map(|i| &i.file.0));
         // The output exists (possibly partial) from the moment the tool opens it.
         let out_file = TempFile(out);
-        run(cmd, &self.tools.profdata).map_err(|e| {
+        run(cmd, &tools.profdata).map_err(|e| {
             // Named as the user knows them.
             let e = inputs.iter().fold(e, |e, i| {
                 e.replace(&*i.file.0.to_string_lossy(), &i.shown.to_string_lossy())
             });
             format!(
                 "llvm-profdata {} rejects it: {}",
-                self.tools.version,
+                tools.version,
                 e.trim_end()
             )
         })?;
@@ -167,8 +324,16 @@ impl LlvmModule {
     /// An export of the current state, to run anywhere (it holds its own reference to the
     /// profile it reads). `None` before the first merge.
     pub fn export(&self, detail: bool) -> Option<Export> {
-        Some(Export {
-            cov: self.tools.cov.clone(),
+        if let (Some(engine), Some(exact)) = (&self.engine, &self.exact) {
+            return Some(Export::Native {
+                engine: engine.clone(),
+                profile: exact.profile.clone(),
+                counters: exact.tally.counters().to_vec(),
+                detail,
+            });
+        }
+        Some(Export::Tools {
+            cov: self.tools.as_ref()?.cov.clone(),
             binary: self.binary.clone(),
             profdata: self.current.clone()?,
             detail,
@@ -176,13 +341,21 @@ impl LlvmModule {
     }
 }
 
-/// One `llvm-cov export` (or two, with `detail`) of a module at one point of the timeline.
-#[derive(Debug)]
-pub struct Export {
-    cov: PathBuf,
-    binary: Pinned,
-    profdata: Arc<TempFile>,
-    detail: bool,
+/// A module's coverage at one point of the timeline: computed by the engine, or one
+/// `llvm-cov export` (two, with `detail`).
+pub enum Export {
+    Native {
+        engine: Arc<Engine>,
+        profile: Arc<ModuleProfile>,
+        counters: Vec<u64>,
+        detail: bool,
+    },
+    Tools {
+        cov: PathBuf,
+        binary: Pinned,
+        profdata: Arc<TempFile>,
+        detail: bool,
+    },
 }
 
 /// A module's coverage at one point: per-file figures, and line-level detail when asked for.
@@ -194,22 +367,47 @@ pub struct Snapshot {
 
 impl Export {
     pub fn run(self) -> Result<Snapshot, String> {
-        let profile = format!("-instr-profile={}", self.profdata.0.display());
-        let mut cmd = Command::new(&self.cov);
+        let (cov, binary, profdata, detail) = match self {
+            Export::Native {
+                engine,
+                profile,
+                counters,
+                detail,
+            } => {
+                let c = engine.coverage(&profile, &counters);
+                let detail = if detail {
+                    Some(lcov::parse(&c.lcov(), "covobs' engine").map_err(|e| e.to_string())?)
+                } else {
+                    None
+                };
+                return Ok(Snapshot {
+                    files: c.summary(),
+                    detail,
+                });
+            }
+            Export::Tools {
+                cov,
+                binary,
+                profdata,
+                detail,
+            } => (cov, binary, profdata, detail),
+        };
+        let profile = format!("-instr-profile={}", profdata.0.display());
+        let mut cmd = Command::new(&cov);
         cmd.arg("export")
             .arg("-summary-only")
             .arg(&profile)
-            .arg(&self.binary.path);
-        let failed = |e: String| format!("llvm-cov export: {}", self.binary.unproc(e.trim_end()));
-        let json = run(cmd, &self.cov).map_err(failed)?;
+            .arg(&binary.path);
+        let failed = |e: String| format!("llvm-cov export: {}", binary.unproc(e.trim_end()));
+        let json = run(cmd, &cov).map_err(failed)?;
         let files = parse_summary(&json)?;
-        let detail = if self.detail {
-            let mut cmd = Command::new(&self.cov);
+        let detail = if detail {
+            let mut cmd = Command::new(&cov);
             cmd.arg("export")
                 .arg("-format=lcov")
                 .arg(&profile)
-                .arg(&self.binary.path);
-            let text = run(cmd, &self.cov).map_err(failed)?;
+                .arg(&binary.path);
+            let text = run(cmd, &cov).map_err(failed)?;
             Some(lcov::parse(&text, "llvm-cov export -format=lcov").map_err(|e| e.to_string())?)
         } else {
             None

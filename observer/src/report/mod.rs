@@ -22,6 +22,7 @@ pub mod bisect_report;
 pub mod chart;
 pub mod cobertura;
 pub mod covmap;
+pub mod engine;
 pub mod error;
 pub mod gcov;
 pub mod html;
@@ -38,6 +39,7 @@ pub mod programs;
 pub mod session;
 pub mod session_dir;
 pub mod summary;
+pub mod tally;
 pub mod timeline;
 
 pub use error::{Excluded, ReportError, Warning};
@@ -102,6 +104,8 @@ pub struct ReportOptions {
     pub vmlinux: Option<PathBuf>,
     /// The modes (and group) of report/ and all in it.
     pub modes: crate::stream::OutputModes,
+    /// LLVM coverage from llvm-profdata and llvm-cov instead of covobs' engine (`--llvm-cov`).
+    pub llvm_cov: bool,
 }
 
 impl Default for ReportOptions {
@@ -113,6 +117,7 @@ impl Default for ReportOptions {
             jobs: None,
             source_paths: Vec::new(),
             vmlinux: None,
+            llvm_cov: false,
         }
     }
 }

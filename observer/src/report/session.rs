@@ -270,6 +270,26 @@ pub struct ArtifactMeta {
     /// A directory artifact's files (gcov: the .gcda files of one dump and their .gcno notes).
     #[serde(default)]
     pub parts: Vec<PartMeta>,
+    /// When the process started (CLOCK_BOOTTIME ns): with the pid, the process instance.
+    #[serde(default)]
+    pub process_start_ns: Option<u64>,
+    /// What the runtime merged into its counters right before writing this dump.
+    #[serde(default)]
+    pub merged: Option<MergedMeta>,
+}
+
+/// The earlier content a dump merged (docs/output.md, "Exact counts"): the artifact `seq` of
+/// the same file, or a copy kept beside this artifact (`file`, relative to its directory).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct MergedMeta {
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub checksum: Option<String>,
 }
 
 impl ArtifactMeta {

@@ -151,6 +151,18 @@ pub fn start_time_of(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// When a process started, in CLOCK_BOOTTIME nanoseconds (clock-tick resolution), or None when
+/// it does not exist. With the pid, it names one process instance (pids are reused).
+pub fn start_boot_ns(pid: i32) -> Option<u64> {
+    let ticks = start_time_of(pid)?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|h| u64::try_from(h).ok())
+        .filter(|&h| h > 0)?;
+    ticks.checked_mul(1_000_000_000 / hz)
+}
+
 /// Threads of a process and their names; empty if it is gone.
 pub fn threads_of(pid: i32) -> Vec<Thread> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 mod attach;
 pub mod kcov;
 mod ocaml;
+mod report;
 mod snapshot;
 mod watch;
 
@@ -34,6 +35,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("kcov") {
         kcov::run()?;
+    }
+    if wants("report") {
+        report::run()?;
     }
     Ok(())
 }

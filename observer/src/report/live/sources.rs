@@ -83,7 +83,13 @@ impl LiveCoverage {
         if let Some(cwd) = cwd {
             b.add_root(Path::new(&cwd), "working directory");
         }
-        b.add(a.meta.pid, files);
+        b.add(
+            crate::report::tally::Instance {
+                pid: a.meta.pid,
+                start: a.meta.process_start_ns,
+            },
+            files,
+        );
         let cov = b.coverage();
         let missing = b.take_unresolved();
         unit.artifacts += 1;

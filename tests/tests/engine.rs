@@ -1,0 +1,230 @@
+//! covobs' native coverage engine against llvm-cov, on real dumps of every LLVM fixture (the
+//! Rust target: raw profile v11, mapping v7, LLVM 23; the C target, the shared library and the
+//! two-module target: v8 and mapping v6 from clang 14): its LCOV equals `llvm-cov export
+//! -format=lcov` byte for byte, and its per-file figures those of `llvm-cov export
+//! -summary-only`.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use covobs::report::engine::{Engine, profile::ModuleProfile};
+use covobs_tests::*;
+use serde_json::Value;
+
+/// The raw profiles appended one after the other in a profile file.
+fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let p = covobs::collect::llvm_raw::parse(&bytes[at..], false)
+            .unwrap_or_else(|e| panic!("profile at byte {at}: {e}"));
+        let end = at + p.total_size as usize;
+        out.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    out
+}
+
+/// Run a fixture for a while and stop it; the profiles its runtimes wrote.
+fn dump_fixture(work: &Path, name: &str, ms: &str) -> Vec<Vec<u8>> {
+    let file = work.join(format!("{name}.profraw"));
+    let mut t = start_fixture(
+        name,
+        &["--exit-after-ms", ms],
+        &[("LLVM_PROFILE_FILE", file.to_str().expect("utf-8"))],
+        work,
+    );
+    assert!(t.wait().success(), "{name} failed");
+    split_profiles(&fs::read(&file).expect("profile"))
+}
+
+struct Compared {
+    lcov_lines: usize,
+    files: usize,
+}
+
+/// The engine's LCOV and per-file figures of `object` with `profile` vs llvm-cov's.
+fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Compared {
+    let elf = fs::read(object).expect("object");
+    let version = covobs::report::engine::profile::readable_version(profile).expect("version");
+    let module = ModuleProfile::from_elf(&elf, version).expect("module profile");
+    let counters = module.read(profile).expect("profile of this module");
+    let engine = Engine::open(&elf, tools.major as u32).expect("mapping");
+    let cov = engine.coverage(&module, &counters.counters);
+    let ours = cov.lcov();
+    let raw = work.join("compare.profraw");
+    fs::write(&raw, profile).expect("write");
+    let profdata = work.join("compare.profdata");
+    run_ok(
+        Command::new(&tools.profdata)
+            .args(["merge", "-sparse", "-o"])
+            .arg(&profdata)
+            .arg(&raw),
+    );
+    let instr = format!("-instr-profile={}", profdata.display());
+    let theirs = run_ok(
+        Command::new(&tools.cov)
+            .args(["export", "-format=lcov", &instr])
+            .arg(object),
+    );
+    if ours != theirs {
+        let at = ours
+            .lines()
+            .zip(theirs.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours.lines().count().min(theirs.lines().count()));
+        let ctx = |t: &str| {
+            t.lines()
+                .skip(at.saturating_sub(3))
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "{}: engine LCOV differs from llvm-cov's at line {} ({} vs {} lines)\n--- engine\n{}\n--- llvm-cov\n{}",
+            object.display(),
+            at + 1,
+            ours.lines().count(),
+            theirs.lines().count(),
+            ctx(&ours),
+            ctx(&theirs)
+        );
+    }
+    let summary: Value = serde_json::from_str(&run_ok(
+        Command::new(&tools.cov)
+            .args(["export", "-summary-only", &instr])
+            .arg(object),
+    ))
+    .expect("summary JSON");
+    let theirs: BTreeMap<String, Value> = summary["data"][0]["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["filename"].as_str().expect("name").to_string(),
+                f["summary"].clone(),
+            )
+        })
+        .collect();
+    let ours = cov.summary();
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    for (file, t) in &ours {
+        let s = &theirs[file];
+        let pair = |k: &str| (s[k]["covered"].as_u64(), s[k]["count"].as_u64());
+        assert_eq!(
+            (Some(t.lines.hit), Some(t.lines.total)),
+            pair("lines"),
+            "{file} lines"
+        );
+        assert_eq!(
+            (Some(t.functions.hit), Some(t.functions.total)),
+            pair("functions"),
+            "{file} functions"
+        );
+        assert_eq!(
+            (Some(t.branches.hit), Some(t.branches.total)),
+            pair("branches"),
+            "{file} branches"
+        );
+        let r = t.regions.expect("regions");
+        assert_eq!(
+            (Some(r.hit), Some(r.total)),
+            pair("regions"),
+            "{file} regions"
+        );
+    }
+    Compared {
+        lcov_lines: theirs.len(),
+        files: ours.len(),
+    }
+}
+
+fn object_of(profile: &[u8], objects: &[PathBuf]) -> PathBuf {
+    let version = covobs::report::engine::profile::readable_version(profile).expect("version");
+    objects
+        .iter()
+        .find(|o| {
+            let elf = fs::read(o).expect("object");
+            ModuleProfile::from_elf(&elf, version)
+                .and_then(|m| m.read(profile))
+                .is_ok()
+        })
+        .unwrap_or_else(|| panic!("no object of {objects:?} matches the profile"))
+        .clone()
+}
+
+#[test]
+fn the_engine_equals_llvm_cov_on_every_llvm_fixture() {
+    let tmp = TempDir::new("engine-fixtures");
+    let work = tmp.path();
+    for name in [
+        "llvm-rust-target",
+        "llvm-c-target",
+        "llvm-shared-target",
+        "llvm-multi-target",
+    ] {
+        let tools = llvm_tools(name);
+        // A short run (some code not reached yet) and a longer one.
+        for ms in ["300", "2500"] {
+            let profiles = dump_fixture(work, name, ms);
+            assert!(!profiles.is_empty(), "{name}: no profile");
+            for p in &profiles {
+                let object = object_of(p, &tools.objects);
+                let c = compare(work, &tools, &object, p);
+                println!(
+                    "{name} ({ms} ms), {}: {} files equal",
+                    object.display(),
+                    c.files
+                );
+                assert!(c.lcov_lines > 0);
+            }
+        }
+    }
+}
+
+/// Figures: the engine on the million-counter fixture (`--ignored --nocapture`).
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn engine_timing_on_a_million_counters() {
+    use std::time::Instant;
+    let tmp = TempDir::new("engine-bench");
+    let file = tmp.path().join("bench.profraw");
+    let mut t = Driven::start(
+        Command::new(fixture("snapshot-bench-target"))
+            .arg("dump")
+            .env("LLVM_PROFILE_FILE", &file),
+    );
+    assert!(t.line().ends_with("ready"));
+    assert!(t.ask("dump").contains("ret=0"));
+    t.send("quit");
+    t.wait();
+    let profile = fs::read(&file).expect("profile");
+    let elf = fs::read(fixture("snapshot-bench-target")).expect("elf");
+    let t0 = Instant::now();
+    let module = ModuleProfile::from_elf(&elf, 8).expect("module");
+    let engine = Engine::open(&elf, 14).expect("engine");
+    println!(
+        "open: {:?} ({} functions)",
+        t0.elapsed(),
+        engine.mapping.functions.len()
+    );
+    let t0 = Instant::now();
+    let counters = module.read(&profile).expect("read");
+    println!("read counters: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    let cov = engine.coverage(&module, &counters.counters);
+    println!("records: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    let s = cov.summary();
+    println!("summary: {:?} ({} files)", t0.elapsed(), s.len());
+    let t0 = Instant::now();
+    let l = cov.lcov();
+    println!("lcov: {:?} ({} bytes)", t0.elapsed(), l.len());
+}

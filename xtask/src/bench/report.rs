@@ -1,0 +1,178 @@
+//! The report stage at scale, on `snapshot-bench-target` (about a million LLVM counters): a
+//! session of N successive states of one process (its runtime's real dump, then the same
+//! counters grown by k for the k-th artifact: a process that kept running), reported by covobs'
+//! engine (`covobs report`) and, in the same run, by llvm-profdata + llvm-cov export of the same
+//! states at every point (`covobs report --llvm-cov`). Figures: whole-report time, per-point time
+//! (whole / points), peak memory (max RSS of covobs and what it ran). Sizes: 20, 100 and 1000
+//! artifacts, or `COVOBS_BENCH_REPORT_SIZES=20,100`; `COVOBS_BENCH_REPORT_TOOLS_MAX` (default
+//! 100) is the largest session also reported with llvm-cov (1000 points of llvm-cov take about
+//! half an hour here).
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{covobs, fixture, save};
+
+const TARGET: &str = "snapshot-bench-target";
+
+/// One dump of the fixture, by its own runtime.
+fn real_dump(dir: &Path) -> Result<Vec<u8>> {
+    let file = dir.join("runtime.profraw");
+    let mut child = Command::new(fixture(TARGET))
+        .arg("dump")
+        .env("LLVM_PROFILE_FILE", &file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {TARGET} (cargo xtask fixtures)"))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.trim_end().ends_with("ready") {
+        bail!("{TARGET}: unexpected {line:?}");
+    }
+    writeln!(stdin, "dump")?;
+    stdin.flush()?;
+    line.clear();
+    out.read_line(&mut line)?;
+    if !line.contains("ret=0") {
+        bail!("{TARGET}: dump failed: {line:?}");
+    }
+    writeln!(stdin, "quit")?;
+    let _ = child.wait();
+    Ok(std::fs::read(&file)?)
+}
+
+/// Where the counters of a version-8 raw profile are (header words: binary ids size, data
+/// records, padding before the counters, counters).
+fn counters_range(p: &[u8]) -> Result<std::ops::Range<usize>> {
+    let w = |i: usize| -> Result<usize> {
+        let b: [u8; 8] = p
+            .get(i * 8..i * 8 + 8)
+            .context("short profile")?
+            .try_into()?;
+        Ok(u64::from_le_bytes(b) as usize)
+    };
+    if w(1)? & 0xff != 8 {
+        bail!("{TARGET}: expected raw profile version 8");
+    }
+    let start = 11 * 8 + w(2)? + w(3)? * 48 + w(4)?;
+    Ok(start..start + w(5)? * 8)
+}
+
+/// A session of `n` states of one process, laid out as `covobs attach` writes it.
+fn session(dir: &Path, base: &[u8], n: usize) -> Result<()> {
+    let bin = fixture(TARGET);
+    let copy = format!("modules/bench/{TARGET}");
+    std::fs::create_dir_all(dir.join("modules/bench"))?;
+    std::fs::copy(&bin, dir.join(&copy))?;
+    let pdir = dir.join("4242-bench");
+    std::fs::create_dir_all(&pdir)?;
+    let range = counters_range(base)?;
+    let mut state = base.to_vec();
+    for k in 1..=n {
+        // The process ran on: every counter grew.
+        for c in state[range.clone()].as_chunks_mut::<8>().0 {
+            *c = (u64::from_le_bytes(*c) + 1).to_le_bytes();
+        }
+        let stem = format!("{k:06}-llvm");
+        std::fs::write(pdir.join(format!("{stem}.profraw")), &state)?;
+        let meta = serde_json::json!({
+            "seq": k, "runtime": "llvm", "pid": 4242, "tid": 4242, "comm": "bench",
+            "trigger": "snapshot", "end_ns": k as u64 * 1_000_000, "valid": true,
+            "file": format!("{stem}.profraw"), "process_start_ns": 1,
+            "format": {"name": "llvm-raw-profile", "version": 8},
+            "module": {"path": bin.to_string_lossy(), "build_id": "bench", "copy": copy,
+                       "producer": "Debian clang version 14.0.6", "llvm_major": 14},
+        });
+        std::fs::write(pdir.join(format!("{stem}.json")), meta.to_string())?;
+    }
+    Ok(())
+}
+
+/// `covobs report` of a session: (seconds, peak RSS in MiB of covobs and its children).
+fn report(dir: &Path, tools: bool) -> Result<(f64, f64)> {
+    let _ = std::fs::remove_dir_all(dir.join("report"));
+    let mut cmd = Command::new(covobs());
+    cmd.args(["report", "--format", "json"]).arg(dir);
+    if tools {
+        cmd.arg("--llvm-cov");
+    }
+    let t = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running covobs (cargo build --release -p covobs)")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid pointers to locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = t.elapsed().as_secs_f64();
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("covobs report of {} failed ({status})", dir.display());
+    }
+    // ru_maxrss: KiB, the largest of covobs and the children it waited for (llvm-cov).
+    Ok((secs, usage.ru_maxrss as f64 / 1024.0))
+}
+
+fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+pub fn run() -> Result<()> {
+    println!("== report: covobs' engine vs llvm-profdata + llvm-cov export, {TARGET}");
+    let tmp = std::env::temp_dir().join(format!("covobs-bench-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let base = real_dump(&tmp)?;
+    let tools_max = sizes("COVOBS_BENCH_REPORT_TOOLS_MAX", &[100])[0];
+    let mut rows = Vec::new();
+    for n in sizes("COVOBS_BENCH_REPORT_SIZES", &[20, 100, 1000]) {
+        let dir = tmp.join(format!("session-{n}"));
+        session(&dir, &base, n)?;
+        let (secs, rss) = report(&dir, false)?;
+        println!(
+            "  {n:>5} artifacts  engine:   whole {secs:8.2} s  per point {:9.1} ms  peak {rss:7.0} MiB",
+            secs * 1000.0 / n as f64
+        );
+        let mut row = serde_json::json!({
+            "artifacts": n,
+            "engine": {"whole_s": secs, "per_point_ms": secs * 1000.0 / n as f64, "peak_mib": rss},
+        });
+        if n <= tools_max {
+            let (tsecs, trss) = report(&dir, true)?;
+            println!(
+                "  {n:>5} artifacts  llvm-cov: whole {tsecs:8.2} s  per point {:9.1} ms  peak {trss:7.0} MiB  ({:.0}x)",
+                tsecs * 1000.0 / n as f64,
+                tsecs / secs
+            );
+            row["llvm_cov"] = serde_json::json!({
+                "whole_s": tsecs, "per_point_ms": tsecs * 1000.0 / n as f64, "peak_mib": trss,
+            });
+        } else {
+            println!(
+                "  {n:>5} artifacts  llvm-cov: not run (COVOBS_BENCH_REPORT_TOOLS_MAX={tools_max})"
+            );
+        }
+        rows.push(row);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    save(
+        "report",
+        &serde_json::json!({ "target": TARGET, "sessions": rows }),
+    )
+}
