@@ -153,19 +153,7 @@ impl Scanner {
             if !is_metadata_name(&f.file_name().to_string_lossy()) || self.seen.contains(&path) {
                 continue;
             }
-            let sdir = match &self.sdir {
-                Some(d) => d.clone(),
-                None => {
-                    let d = Arc::new(SessionDir::open(&self.dir).map_err(|source| {
-                        ReportError::Read {
-                            path: self.dir.clone(),
-                            source,
-                        }
-                    })?);
-                    self.sdir = Some(d.clone());
-                    d
-                }
-            };
+            let sdir = self.session_dir()?;
             let file_name = f.file_name().to_string_lossy().into_owned();
             match read_artifact(&sdir, name, &file_name) {
                 Ok(a) => {
@@ -187,6 +175,21 @@ impl Scanner {
         Ok(complete)
     }
 
+    /// The session directory, opened once and held.
+    fn session_dir(&mut self) -> Result<Arc<SessionDir>, ReportError> {
+        if let Some(d) = &self.sdir {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(
+            SessionDir::open(&self.dir).map_err(|source| ReportError::Read {
+                path: self.dir.clone(),
+                source,
+            })?,
+        );
+        self.sdir = Some(d.clone());
+        Ok(d)
+    }
+
     /// Re-read session.json when it changed; true when it did.
     fn read_info(&mut self) -> Result<bool, ReportError> {
         let path = self.dir.join("session.json");
@@ -199,9 +202,10 @@ impl Scanner {
         if self.info_stamp == Some(stamp) {
             return Ok(false);
         }
-        let bytes = fs::read(&path).map_err(read_err(&path))?;
-        // Half written: try again at the next poll.
-        let Ok(info) = SessionInfo::parse(&bytes) else {
+        // Read like every file of the session: beneath it, through no link, bounded.
+        let sdir = self.session_dir()?;
+        // Half written (or replaced meanwhile): try again at the next poll.
+        let Ok(Some(info)) = SessionInfo::read(&sdir) else {
             return Ok(false);
         };
         self.info = info;
