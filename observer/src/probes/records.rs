@@ -122,7 +122,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
                 Record::DumpEnd {
                     hdr,
                     cookie: r.cookie,
-                    ret: r.ret,
+                    // The dump functions return a C int (or nothing): only the low half of
+                    // the return register is theirs, so -1 reads as -1, not 4294967295.
+                    ret: i64::from(r.ret as i32),
                     start_ns: r.start_ns,
                 }
             });
@@ -347,6 +349,24 @@ mod tests {
         assert_eq!(v["sender_pid"], 100);
         assert_eq!(v["sender_comm"], "bash");
         assert_eq!(v["result"], "delivered");
+    }
+
+    #[test]
+    fn a_dump_end_reads_the_c_int_its_function_returned() {
+        let rec = DumpRecord {
+            hdr: Header {
+                kind: kind::DUMP_END,
+                ..Default::default()
+            },
+            cookie: 3,
+            // What rax holds after `return -1;` from an int function: the upper half is zero.
+            ret: 0xFFFF_FFFF,
+            start_ns: 7,
+        };
+        let Record::DumpEnd { ret, cookie, .. } = decode(&bytes_of(&rec)).unwrap() else {
+            panic!("not a dump end")
+        };
+        assert_eq!((ret, cookie), (-1, 3));
     }
 
     #[test]
