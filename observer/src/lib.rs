@@ -18,6 +18,7 @@ pub mod snapshot;
 pub mod stream;
 pub mod sys;
 pub mod target;
+pub mod terminal;
 pub mod trigger;
 pub mod watch;
 

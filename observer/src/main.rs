@@ -8,6 +8,7 @@ use covobs::{
     cli::{Cli, Command, TargetArgs},
     doctor,
     target::{Cgroup, NamePattern, TargetSpec},
+    terminal::printable,
     watch,
 };
 
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("covobs: error: {err:#}");
+            eprintln!("covobs: error: {}", printable(&format!("{err:#}")));
             if err.downcast_ref::<BadInput>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -295,11 +296,12 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
             true => anyhow::Error::new(BadInput(e.to_string())),
             false => anyhow::Error::new(e),
         })?;
+    // Module and file names in these come from the targets.
     for w in &summary.warnings {
-        eprintln!("covobs: warning: {w}");
+        eprintln!("covobs: warning: {}", printable(&w.to_string()));
     }
     for e in &summary.excluded {
-        eprintln!("covobs: warning: {e}");
+        eprintln!("covobs: warning: {}", printable(&e.to_string()));
     }
     print!("{}", summary.render());
     if summary.artifacts > 0 && summary.reported == 0 {

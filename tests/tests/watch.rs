@@ -281,3 +281,34 @@ fn leaves_no_program_or_link_behind_on_any_exit() {
         assert!(target.ask("spawn still-alive").starts_with("spawned"));
     }
 }
+
+/// A thread name is the target's to choose, escape sequences included: the terminal view shows
+/// them escaped, so a target cannot drive the terminal of whoever reads covobs' output.
+#[test]
+fn names_with_terminal_escapes_are_shown_escaped() {
+    require_root();
+    let dir = TempDir::new("watch-escapes");
+    let bin = copy_as(threads_target(), dir.path(), &unique_name("cve"));
+    let mut target = Driven::start(&mut Command::new(&bin));
+    let pid = target.pid();
+    assert_eq!(target.line(), format!("ready {pid}"));
+    let mut covobs = Covobs::start(&["watch", "--pid", &pid.to_string()]);
+    let deadline = std::time::Instant::now() + T;
+    while !covobs.stderr().contains(" watching ") {
+        assert!(std::time::Instant::now() < deadline, "{}", covobs.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ESC [2J clears the screen; ESC ]0; ... BEL would retitle the terminal.
+    let tid = spawn_thread(&mut target, "a\u{1b}[2Jb\u{1b}]0;x\u{7}");
+    let shown = format!("a\\u{{1b}}[2Jb\\u{{1b}}]0;x\\u{{7}}");
+    while !covobs.stderr().contains(&shown) {
+        assert!(std::time::Instant::now() < deadline, "{}", covobs.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    covobs.signal(libc::SIGINT);
+    assert!(covobs.wait(T).success(), "{}", covobs.stderr());
+    let out = covobs.stderr();
+    assert!(out.contains(&format!("{tid}")), "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    target.send("quit");
+}

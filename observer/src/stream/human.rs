@@ -284,12 +284,14 @@ impl<W: Write + Send> Sink for HumanSink<W> {
             return Ok(());
         }
         let line = format!(
-            "{}  {:<24} {:<16} {}\n",
+            "{}  {:<24} {:<16} {}",
             clock::wall_time_of(event.ts_ns, self.offset_ns),
             self.label(event.pid),
             event.name(),
             describe(event)
         );
+        // Names and paths in it are the targets' own choice.
+        let line = format!("{}\n", crate::terminal::printable(&line));
         if let Body::ProcessExit { .. } = &event.body {
             self.names.remove(&event.pid);
         }
