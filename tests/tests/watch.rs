@@ -300,8 +300,8 @@ fn names_with_terminal_escapes_are_shown_escaped() {
     }
     // ESC [2J clears the screen; ESC ]0; ... BEL would retitle the terminal.
     let tid = spawn_thread(&mut target, "a\u{1b}[2Jb\u{1b}]0;x\u{7}");
-    let shown = format!("a\\u{{1b}}[2Jb\\u{{1b}}]0;x\\u{{7}}");
-    while !covobs.stderr().contains(&shown) {
+    let shown = r"a\u{1b}[2Jb\u{1b}]0;x\u{7}";
+    while !covobs.stderr().contains(shown) {
         assert!(std::time::Instant::now() < deadline, "{}", covobs.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
