@@ -31,8 +31,9 @@ impl Flavor {
     }
 
     /// LCOV branches at the same place (the instantiations of a generic function) summed into
-    /// one pair: llvm-cov export's `-unify-instantiations`, on by default since LLVM 20 (seen
-    /// here with 23: the same output with and without the option).
+    /// one pair: llvm-cov export's `-unify-instantiations`, on by default (LLVM PR 113925, end
+    /// of 2024, so from LLVM 20 on; checked here with 23 only: the same output with and
+    /// without the option).
     fn unifies_instantiations(self) -> bool {
         self.llvm_major >= 20
     }
