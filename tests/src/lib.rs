@@ -17,6 +17,7 @@ use serde_json::Value;
 pub mod built_session;
 pub mod freeze;
 pub mod ns;
+pub mod third_party;
 pub mod web;
 
 /// Fail the test unless it runs as root.

@@ -144,6 +144,8 @@ pub fn first_event(url: &str, path: &str, timeout: Duration) -> (String, String)
 pub struct Browser {
     socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// DevTools events received while waiting for answers, in order.
+    events: Vec<Value>,
     // Dropped in this order: the browser goes, then its profile.
     _process: Killed,
     _profile: crate::TempDir,
@@ -239,6 +241,7 @@ impl Browser {
         Self {
             socket,
             next_id: 0,
+            events: Vec::new(),
             _process: process,
             _profile: profile,
         }
@@ -264,7 +267,26 @@ impl Browser {
                 }
                 return v["result"].clone();
             }
+            if v.get("method").is_some() {
+                self.events.push(v);
+            }
         }
+    }
+
+    /// The events received so far (for the domains enabled), and forget them. A call answered
+    /// after an event was sent brings that event in: call this after some other call.
+    pub fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Go to `url` and wait until its document has loaded.
+    pub fn navigate(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url }));
+        let want = serde_json::to_string(url).expect("a JSON string");
+        self.wait_for(
+            &format!("location.href === {want} && document.readyState === 'complete'"),
+            Duration::from_secs(30),
+        );
     }
 
     /// Evaluate a JavaScript expression in the page; its value (JSON-serializable).

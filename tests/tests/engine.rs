@@ -70,29 +70,7 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
             .args(["export", "-format=lcov", &instr])
             .arg(object),
     );
-    if ours != theirs {
-        let at = ours
-            .lines()
-            .zip(theirs.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(ours.lines().count().min(theirs.lines().count()));
-        let ctx = |t: &str| {
-            t.lines()
-                .skip(at.saturating_sub(3))
-                .take(8)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        panic!(
-            "{}: engine LCOV differs from llvm-cov's at line {} ({} vs {} lines)\n--- engine\n{}\n--- llvm-cov\n{}",
-            object.display(),
-            at + 1,
-            ours.lines().count(),
-            theirs.lines().count(),
-            ctx(&ours),
-            ctx(&theirs)
-        );
-    }
+    assert_same_lcov(&object.display().to_string(), &ours, &theirs);
     let summary: Value = serde_json::from_str(&run_ok(
         Command::new(&tools.cov)
             .args(["export", "-summary-only", &instr])
@@ -146,6 +124,32 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
     }
 }
 
+/// Equal LCOV, or a panic that shows where they part.
+fn assert_same_lcov(what: &str, ours: &str, theirs: &str) {
+    if ours != theirs {
+        let at = ours
+            .lines()
+            .zip(theirs.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours.lines().count().min(theirs.lines().count()));
+        let ctx = |t: &str| {
+            t.lines()
+                .skip(at.saturating_sub(3))
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "{what}: covobs' LCOV differs from llvm-cov's at line {} ({} vs {} lines)\n--- covobs\n{}\n--- llvm-cov\n{}",
+            at + 1,
+            ours.lines().count(),
+            theirs.lines().count(),
+            ctx(ours),
+            ctx(theirs)
+        );
+    }
+}
+
 fn object_of(profile: &[u8], objects: &[PathBuf]) -> PathBuf {
     let version = covobs::report::engine::profile::readable_version(profile).expect("version");
     objects
@@ -187,6 +191,82 @@ fn the_engine_equals_llvm_cov_on_every_llvm_fixture() {
             }
         }
     }
+}
+
+/// A real third-party program: pulldown-cmark from crates.io, built by `cargo xtask fixtures`
+/// with `-C instrument-coverage` (every crate of it), run by `covobs run` on real Markdown.
+/// `covobs report`'s coverage.lcov equals `llvm-cov export -format=lcov` of the profile the
+/// program's runtime wrote, byte for byte, and summary.json's totals and per-file figures equal
+/// `llvm-cov export -summary-only`'s.
+#[test]
+fn a_crates_io_program_reported_by_covobs_equals_llvm_cov() {
+    require_root();
+    let tmp = TempDir::new("engine-crates-io");
+    let session = third_party::third_party_session(tmp.path());
+    let tools = llvm_tools(third_party::PROGRAM);
+    let profdata = tmp.path().join("oracle.profdata");
+    run_ok(
+        Command::new(&tools.profdata)
+            .args(["merge", "-sparse", "-o"])
+            .arg(&profdata)
+            .arg(&session.profile),
+    );
+    let instr = format!("-instr-profile={}", profdata.display());
+    let theirs = run_ok(
+        Command::new(&tools.cov)
+            .args(["export", "-format=lcov", &instr])
+            .arg(&session.binary),
+    );
+    let report = session.out.join("report");
+    let ours = fs::read_to_string(report.join("coverage.lcov")).expect("coverage.lcov");
+    assert_same_lcov("pulldown-cmark", &ours, &theirs);
+
+    let summary: Value = serde_json::from_str(&run_ok(
+        Command::new(&tools.cov)
+            .args(["export", "-summary-only", &instr])
+            .arg(&session.binary),
+    ))
+    .expect("summary JSON");
+    let data = &summary["data"][0];
+    let ours = read_json(&report.join("summary.json"));
+    let figures = |v: &Value, hit: &str, total: &str| {
+        ["lines", "functions", "branches", "regions"]
+            .map(|k| (v[k][hit].clone(), v[k][total].clone()))
+    };
+    assert_eq!(
+        figures(&ours["totals"], "hit", "total"),
+        figures(&data["totals"], "covered", "count"),
+        "totals"
+    );
+    let files = |v: &Value, name: &str, at: Option<&str>, hit: &str, total: &str| {
+        v.as_array()
+            .expect("files")
+            .iter()
+            .map(|f| {
+                let fig = at.map_or(f, |k| &f[k]);
+                (
+                    f[name].as_str().expect("file name").to_string(),
+                    figures(fig, hit, total),
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let our_files = files(&ours["files"], "path", None, "hit", "total");
+    let their_files = files(
+        &data["files"],
+        "filename",
+        Some("summary"),
+        "covered",
+        "count",
+    );
+    assert_eq!(our_files, their_files);
+    let lines = ours["totals"]["lines"]["total"].as_u64().unwrap_or(0);
+    println!(
+        "pulldown-cmark: {} files, {lines} lines, {} bytes of LCOV equal",
+        our_files.len(),
+        theirs.len()
+    );
+    assert!(our_files.len() > 20 && lines > 5000, "{}", ours["totals"]);
 }
 
 /// Figures: the engine on the million-counter fixture (`--ignored --nocapture`).

@@ -55,7 +55,8 @@ table{border-collapse:collapse;width:100%}
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle}
 th{background:var(--bg2);font-weight:600;font-size:12px;color:var(--mut)}
 td.num,th.num{text-align:right;white-space:nowrap}
-td.file{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;overflow-wrap:anywhere}
+td.file{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;overflow-wrap:break-word}
+table.funcs td.file{overflow-wrap:anywhere}
 td.mod{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;white-space:nowrap}
 .pct{white-space:nowrap;width:150px}
 .bar{display:inline-block;width:60px;height:8px;background:#e8ebee;border-radius:4px;overflow:hidden;vertical-align:middle;margin-right:6px}
@@ -381,7 +382,7 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
                 .unwrap_or_else(|| escape(shown));
             let _ = write!(
                 b,
-                "<tr><td class=\"file\">{link}</td><td>{}</td>{}{}{}",
+                "<tr><td class=\"file\">{link}</td><td class=\"mod\">{}</td>{}{}{}",
                 escape(&f.modules.join(", ")),
                 pct_cell(f.totals.lines),
                 pct_cell(f.totals.functions),
@@ -510,6 +511,39 @@ fn index(d: &ReportData, pages: &BTreeMap<&str, String>, prefix: &str) -> String
 }
 
 /// A function's name for people: Rust symbols demangled (without their hash), others as they are.
+/// A demangled name without its generic arguments (`<a::W<u8, _>>::new` -> `<a::W>::new`,
+/// `a::f::<u8>` -> `a::f`): the instantiations of one generic function share it. A `<` is
+/// a generic argument list after a name or `::`, otherwise a qualified path (`<T as Tr>::f`).
+fn without_generic_args(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    // For each open `<`: whether it opened generic arguments.
+    let mut open: Vec<bool> = Vec::new();
+    let mut prev = ' ';
+    for c in name.chars() {
+        let skipping = open.iter().any(|&g| g);
+        match c {
+            '<' => {
+                let generic = prev.is_alphanumeric() || prev == '_' || prev == ':' || skipping;
+                if generic && !skipping && out.ends_with("::") {
+                    out.truncate(out.len() - 2);
+                }
+                if !generic {
+                    out.push(c);
+                }
+                open.push(generic);
+            }
+            '>' if prev != '-' => match open.pop() {
+                Some(false) | None => out.push(c),
+                Some(true) => {}
+            },
+            _ if !skipping => out.push(c),
+            _ => {}
+        }
+        prev = c;
+    }
+    out
+}
+
 pub fn display_name(name: &str) -> String {
     // C statics are `file.c:name`; Rust symbols never contain a colon before demangling.
     match rustc_demangle::try_demangle(name) {
@@ -586,12 +620,25 @@ fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> Strin
         b.push_str("<h2>Functions</h2><table class=\"funcs\"><tr><th>Function</th><th class=\"num\">Line</th><th class=\"num\">Calls</th></tr>");
         let mut funcs: Vec<_> = cov.functions.iter().collect();
         funcs.sort_by(|a, b| (a.line, &a.name).cmp(&(b.line, &b.name)));
+        // Generic functions that ran in some instantiation: their other instantiations (and
+        // rustc's record of the generic itself, `f::<_>`) with no calls are not code not run.
+        let ran: std::collections::HashSet<(u32, String)> = funcs
+            .iter()
+            .filter(|f| f.hits > 0)
+            .map(|f| (f.line, without_generic_args(&display_name(&f.name))))
+            .collect();
         for func in funcs {
             let shown = display_name(&func.name);
+            let class = if func.hits > 0 || ran.contains(&(func.line, without_generic_args(&shown)))
+            {
+                ""
+            } else {
+                "miss"
+            };
             let _ = write!(
                 b,
                 "<tr class=\"{}\"><td class=\"file\" title=\"{}\">{}</td><td class=\"num\"><a href=\"#L{}\">{}</a></td><td class=\"num\">{}</td></tr>",
-                if func.hits > 0 { "" } else { "miss" },
+                class,
                 escape(&func.name),
                 escape(&shown),
                 func.line,
@@ -658,6 +705,28 @@ fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generic_arguments_are_left_out() {
+        let cases = [
+            (
+                "<pulldown_cmark::html::HtmlWriter<&mut a::P<a::b::{closure#0}>, W<Fn() -> u8>>>::new",
+                "<pulldown_cmark::html::HtmlWriter>::new",
+            ),
+            (
+                "<pulldown_cmark::html::HtmlWriter<_, _>>::new",
+                "<pulldown_cmark::html::HtmlWriter>::new",
+            ),
+            ("a::write_html_io::<&mut P, W>", "a::write_html_io"),
+            ("a::write_html_io::<_, _>", "a::write_html_io"),
+            ("<u8 as a::T>::f", "<u8 as a::T>::f"),
+            ("a::f::{closure#0}", "a::f::{closure#0}"),
+            ("work.c:classify", "work.c:classify"),
+        ];
+        for (name, base) in cases {
+            assert_eq!(without_generic_args(name), base, "{name}");
+        }
+    }
 
     #[test]
     fn escaping() {

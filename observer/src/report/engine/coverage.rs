@@ -29,6 +29,14 @@ impl Flavor {
     fn nested_branch_order(self) -> bool {
         self.llvm_major >= 17
     }
+
+    /// LCOV branches at the same place (the instantiations of a generic function) summed into
+    /// one pair: llvm-cov export's `-unify-instantiations`, on by default (LLVM PR 113925, end
+    /// of 2024, so from LLVM 20 on; checked here with 23 only: the same output with and
+    /// without the option).
+    fn unifies_instantiations(self) -> bool {
+        self.llvm_major >= 20
+    }
 }
 
 /// An LCOV branch: the start locations of the expansions it is in (outermost first, then its
@@ -747,6 +755,9 @@ impl ModuleCoverage {
         list.extend(nested.into_iter().filter(|(_, _, b)| !newer || shown(b)));
         if newer {
             list.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            if self.flavor.unifies_instantiations() {
+                list = unify_instantiations(list);
+            }
         } else {
             // std::sort by line and column (not stable: reproduced exactly in `introsort`);
             // an expansion's branch has the line of the outermost expansion and its own column.
@@ -807,6 +818,22 @@ impl ModuleCoverage {
             path.pop();
         }
     }
+}
+
+/// Sorted LCOV branches with the same expansion path summed into the first of them
+/// (llvm-cov's combineInstanceCounts): one pair per place instead of one per instantiation.
+fn unify_instantiations(list: Vec<LcovBranch>) -> Vec<LcovBranch> {
+    let mut out: Vec<LcovBranch> = Vec::with_capacity(list.len());
+    for b in list {
+        match out.last_mut() {
+            Some(sum) if sum.0 == b.0 => {
+                sum.2.count = sum.2.count.wrapping_add(b.2.count);
+                sum.2.false_count = sum.2.false_count.wrapping_add(b.2.false_count);
+            }
+            _ => out.push(b),
+        }
+    }
+    out
 }
 
 /// libstdc++'s std::sort (introsort: median-of-three quicksort down to 16 elements, heapsort
@@ -975,5 +1002,38 @@ mod tests {
         assert!(v.windows(2).all(|w| w[0] <= w[1]));
         let mut e: Vec<u32> = Vec::new();
         introsort(&mut e, &|a, b| a < b);
+    }
+
+    /// Two instantiations of one generic `if` (same place) become one pair with the sums; a
+    /// branch elsewhere on the line stays its own pair.
+    #[test]
+    fn instantiations_of_a_branch_are_summed() {
+        let at = |line, col, count, false_count| -> LcovBranch {
+            let region = Region {
+                count: Counter::Zero,
+                false_count: Counter::Zero,
+                file_id: 0,
+                expanded_file_id: 0,
+                line_start: line,
+                col_start: col,
+                line_end: line,
+                col_end: col + 5,
+                kind: Kind::Branch,
+            };
+            let b = CountedRegion {
+                region,
+                count,
+                false_count,
+                true_folded: false,
+                false_folded: false,
+            };
+            (vec![(line, col)], 0, b)
+        };
+        let out = unify_instantiations(vec![at(7, 4, 3, 0), at(7, 4, 0, 2), at(7, 20, 1, 1)]);
+        let got: Vec<_> = out
+            .iter()
+            .map(|(p, _, b)| (p[0], b.count, b.false_count))
+            .collect();
+        assert_eq!(got, vec![((7, 4), 3, 2), ((7, 20), 1, 1)]);
     }
 }
