@@ -23,6 +23,7 @@ use std::{
 };
 
 mod merged;
+mod sancov;
 mod sources;
 
 use super::{
@@ -81,6 +82,7 @@ enum UnitState {
     Llvm(Box<LlvmModule>),
     Bisect(Box<super::bisect::BisectUnit>),
     Gcov(Box<super::gcov::GcovUnit>),
+    Sancov(Box<super::sancov::SancovUnit>),
     /// Cannot be reported (no tools, no module copy, export failed): why.
     Unavailable(String),
 }
@@ -98,6 +100,7 @@ impl Unit {
             UnitState::Llvm(m) => m.merged,
             UnitState::Bisect(b) => b.steps,
             UnitState::Gcov(g) => g.steps,
+            UnitState::Sancov(s) => s.steps,
             UnitState::Unavailable(_) => 0,
         }
     }
@@ -453,6 +456,7 @@ impl LiveCoverage {
         match a.meta.runtime.as_str() {
             "bisect" => return self.dispatch_bisect(a),
             "gcov" => return self.dispatch_gcov(a),
+            "sancov" => return self.dispatch_sancov(a),
             _ => {}
         }
         if a.meta.runtime != "llvm" {
@@ -460,7 +464,7 @@ impl LiveCoverage {
                 self.warnings.push(Warning {
                     module: None,
                     message: format!(
-                        "{} artifacts are collected but not reported yet: only LLVM, gcov, bisect_ppx and kcov coverage are",
+                        "{} artifacts are collected but not reported yet: only LLVM, gcov, bisect_ppx, SanitizerCoverage and kcov coverage are",
                         a.meta.runtime
                     ),
                 });
@@ -821,6 +825,7 @@ impl LiveCoverage {
         let opened = match a.meta.runtime.as_str() {
             "bisect" => Ok(self.open_bisect(&meta, a)),
             "gcov" => Ok(UnitState::Gcov(Box::default())),
+            "sancov" => self.open_sancov(&meta),
             _ => self
                 .open_module(&meta, profraw, idx)
                 .map(|m| UnitState::Llvm(Box::new(m))),
@@ -1089,6 +1094,9 @@ impl LiveCoverage {
                         Some("bisect_ppx points, lines from the OCaml sources".into())
                     }
                     UnitState::Gcov(g) => g.used.as_ref().map(|t| t.describe()),
+                    UnitState::Sancov(_) => {
+                        Some("SanitizerCoverage PCs, lines from the module's DWARF".into())
+                    }
                     UnitState::Unavailable(_) => None,
                 },
                 artifacts: u.artifacts,

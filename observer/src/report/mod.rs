@@ -38,6 +38,7 @@ pub mod model;
 pub mod output;
 pub mod profraw;
 pub mod programs;
+pub mod sancov;
 pub mod session;
 pub mod session_dir;
 pub mod summary;

@@ -203,7 +203,7 @@ impl LiveCoverage {
         Ok(gcov_tally::Merged::Files(files))
     }
 
-    fn unavailable(&mut self, a: &Artifact, idx: usize) -> (Option<Progress>, Vec<Job>) {
+    pub(super) fn unavailable(&mut self, a: &Artifact, idx: usize) -> (Option<Progress>, Vec<Job>) {
         let u = &self.units[idx];
         let reason = match &u.state {
             UnitState::Unavailable(why) => format!("module {}: {why}", u.name),
@@ -213,7 +213,7 @@ impl LiveCoverage {
     }
 
     /// Queue a converted unit's whole coverage as its step's result, and the step's point.
-    fn apply_own(
+    pub(super) fn apply_own(
         &mut self,
         idx: usize,
         cov: Coverage,
