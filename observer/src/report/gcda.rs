@@ -77,13 +77,12 @@ impl Gcda {
                 let values = if signed < 0 {
                     vec![0; (signed.unsigned_abs() as usize).saturating_mul(unit) / 8]
                 } else {
+                    // Low word first, each word little-endian: a little-endian u64.
                     payload
-                        .chunks_exact(8)
-                        .map(|c| {
-                            let lo = u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-                            let hi = u64::from(u32::from_le_bytes([c[4], c[5], c[6], c[7]]));
-                            lo | hi << 32
-                        })
+                        .as_chunks::<8>()
+                        .0
+                        .iter()
+                        .map(|c| u64::from_le_bytes(*c))
                         .collect()
                 };
                 records.push(Record::Arcs { values });

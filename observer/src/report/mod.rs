@@ -10,8 +10,9 @@
 //! through llvm-profdata/llvm-cov of the LLVM major that built each module ([`llvm_tools`]),
 //! gcov coverage through the gcov of the GCC that wrote it ([`gcov`]), bisect_ppx (OCaml)
 //! coverage by mapping its points onto the sources' lines ([`bisect`]; bisect-ppx-report's own
-//! HTML and Cobertura are written beside, [`bisect_report`]). Kernel (kcov) coverage is a
-//! further source of the same model; until it is read, its artifacts are listed as left out.
+//! HTML and Cobertura are written beside, [`bisect_report`]), SanitizerCoverage PCs through the
+//! module's DWARF ([`sancov`]). Kernel (kcov) coverage is a further source of the same model.
+//! Counts follow one model for every runtime ([`tally`]).
 //!
 //! Nothing partial is left behind: the report is written to a temporary directory inside the
 //! session and swapped into place.
