@@ -11,9 +11,9 @@
 //! regions the sum. Modules that share no file with another are counted from the figures of
 //! `llvm-cov export -summary-only` alone, which is what keeps a step cheap.
 //!
-//! bisect_ppx, gcov and SanitizerCoverage artifacts are units of their own (per module and runtime, see
-//! [`sources`]): converted right away, their coverage goes through the same ordered queue as the
-//! LLVM exports, so every timeline point holds exactly the artifacts up to its own.
+//! bisect_ppx, gcov and SanitizerCoverage artifacts are units of their own (per module and
+//! runtime, see [`sources`]): converted right away, their coverage goes through the same ordered
+//! queue as the LLVM exports, so every timeline point holds exactly the artifacts up to its own.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
