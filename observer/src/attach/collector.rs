@@ -164,6 +164,23 @@ async fn deliver(
         }
     };
     for x in list {
+        // Found by modification time alone (no write seen), and byte for byte what covobs
+        // collected last: the files' time was within the window, the dump wrote nothing.
+        if runtime == Runtime::Gcov
+            && x.source.located_by == "environment"
+            && target.gcda_before.unchanged(&x.parts)
+        {
+            let reason = format!(
+                "gcov dump on thread {tid} (returned {ret}): the gcov runtime wrote nothing new: GCC's runtime dumps once until __gcov_reset() is called"
+            );
+            lost_event(tx, pid, tid, runtime, &reason).await;
+            let _ = done_tx.send(Outcome {
+                pid,
+                requests: requests.clone(),
+                result: Err(reason),
+            });
+            continue;
+        }
         let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
         let file = format!("{n:06}-{}.{}", runtime.as_str(), runtime.extension());
         let valid = x.invalid_reason.is_none();

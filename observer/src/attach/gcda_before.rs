@@ -29,6 +29,21 @@ impl GcdaBefore {
         Self { files }
     }
 
+    /// Every .gcda of `parts` (path in the target, bytes) is what an artifact of this collector
+    /// held: nothing new was written.
+    pub(super) fn unchanged(&self, parts: &[(String, Vec<u8>)]) -> bool {
+        let mut gcda = parts
+            .iter()
+            .filter(|(p, _)| p.ends_with(".gcda"))
+            .peekable();
+        gcda.peek().is_some()
+            && gcda.all(|(p, b)| {
+                self.files
+                    .get(p)
+                    .is_some_and(|(was, seq)| seq.is_some() && was[..] == b[..])
+            })
+    }
+
     /// What dump `n`, which wrote `parts` (name, path in the target, bytes), merged; and the copy
     /// to keep beside it when that was not an artifact of this process. The parts are then what
     /// the files hold.
@@ -125,5 +140,15 @@ mod tests {
         let (m, copy) = b.merged(2, &[part("/g/a.gcda", b"A2"), part("/g/b.gcda", b"B2")]);
         let m = m.expect("merged");
         assert_eq!((m.seq, m.bytes, copy), (Some(1), 4, None));
+        // The same bytes again: nothing new; a copy from before covobs watched is not "its own".
+        let same = [("/g/a.gcda".to_string(), b"A2".to_vec())];
+        assert!(b.unchanged(&same));
+        assert!(!b.unchanged(&[("/g/a.gcda".to_string(), b"A3".to_vec())]));
+        assert!(!b.unchanged(&[("/o/a.gcno".to_string(), b"notes".to_vec())]));
+        let mut fresh = GcdaBefore::default();
+        fresh
+            .files
+            .insert("/g/a.gcda".into(), (Bytes::from_static(b"A2"), None));
+        assert!(!fresh.unchanged(&same));
     }
 }
