@@ -55,7 +55,7 @@ pub(super) async fn target_collector(
     } = setup;
     // Cursors start after what the files hold now: those are dumps from before covobs attached.
     let start_root = root.clone();
-    let (mut sources, mut pool) = tokio::task::spawn_blocking(move || {
+    let (mut sources, mut pool, mut gcda_before) = tokio::task::spawn_blocking(move || {
         let mut bisect = bisect;
         if let Some(b) = bisect.as_mut() {
             b.skip_existing(&start_root, None);
@@ -68,7 +68,8 @@ pub(super) async fn target_collector(
             }
         });
         let pool = llvm.as_ref().and_then(|c| pool_now(c, &start_root));
-        (Sources { llvm, bisect, gcda }, pool)
+        let before = super::gcda_before::GcdaBefore::at_start(&start_root, &gcda);
+        (Sources { llvm, bisect, gcda }, pool, before)
     })
     .await
     .unwrap_or_default();
@@ -91,6 +92,7 @@ pub(super) async fn target_collector(
             comm: &comm,
             process_start_ns,
             pool: merge_pool.then_some(&mut pool),
+            gcda_before: &mut gcda_before,
         };
         deliver(job, extracted, target, &seq, &tx, &done_tx).await;
     }
@@ -118,6 +120,8 @@ struct Target<'a> {
     process_start_ns: Option<u64>,
     /// Its LLVM profile file is a merge pool: what it held before the next dump.
     pool: Option<&'a mut Option<Pool>>,
+    /// What its .gcda files held before the next gcov dump (libgcov merges it).
+    gcda_before: &'a mut super::gcda_before::GcdaBefore,
 }
 
 /// Hand one dump's artifacts to the pipeline (or report it lost).
@@ -160,6 +164,23 @@ async fn deliver(
         }
     };
     for x in list {
+        // Found by modification time alone (no write seen), and byte for byte what covobs
+        // collected last: the files' time was within the window, the dump wrote nothing.
+        if runtime == Runtime::Gcov
+            && x.source.located_by == "environment"
+            && target.gcda_before.unchanged(&x.parts)
+        {
+            let reason = format!(
+                "gcov dump on thread {tid} (returned {ret}): the gcov runtime wrote nothing new: GCC's runtime dumps once until __gcov_reset() is called"
+            );
+            lost_event(tx, pid, tid, runtime, &reason).await;
+            let _ = done_tx.send(Outcome {
+                pid,
+                requests: requests.clone(),
+                result: Err(reason),
+            });
+            continue;
+        }
         let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
         let file = format!("{n:06}-{}.{}", runtime.as_str(), runtime.extension());
         let valid = x.invalid_reason.is_none();
@@ -201,12 +222,20 @@ async fn deliver(
                         file: p.seq.is_none().then(|| format!("{n:06}-llvm.merged")),
                         bytes: p.bytes.len() as u64,
                         checksum: collect::checksum(&p.bytes),
+                        parts: Vec::new(),
                     };
                     if p.seq.is_none() {
                         extra.push(("merged", bytes::Bytes::from(p.bytes)));
                     }
                     base
                 })
+            }
+            _ if runtime == Runtime::Gcov && valid => {
+                let (base, copy) = target.gcda_before.merged(n, &parts);
+                if let Some(copy) = copy {
+                    extra.push(("merged", bytes::Bytes::from(copy)));
+                }
+                base
             }
             _ => None,
         };

@@ -254,6 +254,16 @@ pub struct MergedBase {
     pub file: Option<String>,
     pub bytes: u64,
     pub checksum: String,
+    /// gcov: the .gcda files the copy holds, one after another, in this order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<MergedPart>,
+}
+
+/// One .gcda file in a gcov dump's `merged` copy.
+#[derive(Clone, Debug, Serialize)]
+pub struct MergedPart {
+    pub path: String,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -581,6 +591,14 @@ fn extract_gcov(
         },
         invalid_reason: (!problems.is_empty()).then(|| problems.join("; ")),
     }])
+}
+
+/// What a .gcda file of the target holds now (None: absent, unreadable or not a .gcda): the
+/// content libgcov merges at the target's next dump.
+pub fn gcda_now(root: &TargetDir, path: &str) -> Option<Vec<u8>> {
+    let data = whole_file(root, None, path, Expect::Writable, MAX_COVERAGE_FILE).ok()?;
+    gcov::parse(&data).ok()?;
+    Some(data)
 }
 
 /// Whether a file was changed after `since_boot_ns` (CLOCK_BOOTTIME).

@@ -7,9 +7,10 @@
 //! them (`gcov-<major>` from the .gcda version, else a `gcov` of that major) gives lines,
 //! functions and branches per source file.
 //!
-//! libgcov merges on write: a .gcda holds the counts of every dump (and run) that wrote it, so
-//! the latest artifact holding a .gcda path is that file's coverage. .gcda files at different
-//! paths (other objects, other `GCOV_PREFIX`es) add up, as `gcov`/lcov add them up.
+//! libgcov merges on write: a .gcda holds the counts of every dump (and run) that wrote it. The
+//! exact counts of a module come from the count model ([`super::gcov_tally`]), written back into
+//! .gcda files that gcov then reads. .gcda files at different paths (other objects, other
+//! `GCOV_PREFIX`es) add up, as `gcov`/lcov add them up.
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -364,43 +365,7 @@ pub fn run(gcov: &Gcov, parts: &[(String, Vec<u8>)], work: &Path) -> Result<Gcov
     Ok(run)
 }
 
-/// The gcov coverage of one module: per .gcda path, its latest content.
-#[derive(Debug, Default)]
-pub struct GcovUnit {
-    latest: BTreeMap<String, Coverage>,
-    /// Per GCC major: its gcov, or why there is none (looked for once).
-    tools: HashMap<Option<u32>, Result<Gcov, String>>,
-    /// The gcov used last.
-    pub used: Option<Gcov>,
-    /// Artifacts taken in.
-    pub steps: u64,
-}
-
-impl GcovUnit {
-    pub fn tool(&mut self, major: Option<u32>, extra: &[PathBuf]) -> Result<Gcov, String> {
-        self.tools
-            .entry(major)
-            .or_insert_with(|| find_gcov(major, extra))
-            .clone()
-    }
-
-    /// Take in what one artifact gave: each of its .gcda files replaces what was known of it.
-    pub fn add(&mut self, files: Vec<(String, Coverage)>) {
-        for (path, cov) in files {
-            self.latest.insert(path, cov);
-        }
-        self.steps += 1;
-    }
-
-    /// The module's coverage now: the latest content of every .gcda, added up.
-    pub fn coverage(&self) -> Coverage {
-        let mut c = Coverage::default();
-        for cov in self.latest.values() {
-            c.merge(cov);
-        }
-        c
-    }
-}
+pub use super::gcov_tally::GcovUnit;
 
 #[cfg(test)]
 mod tests {

@@ -43,9 +43,13 @@ pub struct Function<'a> {
 
 fn map_file(path: &Path) -> Result<memmap2::Mmap, String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    map_open(&file, path)
+}
+
+fn map_open(file: &File, path: &Path) -> Result<memmap2::Mmap, String> {
     // SAFETY: a read-only private mapping of a file covobs only reads; a file changed under it
     // would give wrong symbols, never unsoundness in safe code reading bytes.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("mapping {}: {e}", path.display()))
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| format!("mapping {}: {e}", path.display()))
 }
 
 /// The GNU build id of an ELF file, hex.
@@ -58,7 +62,21 @@ pub fn build_id_of(path: &Path) -> Option<String> {
 
 impl KernelImage {
     pub fn open(path: &Path) -> Result<Self, String> {
-        let map = map_file(path)?;
+        Self::mapped(map_file(path)?, path)
+    }
+
+    /// An ELF file opened already (a module copy in the session), `path` its name in messages:
+    /// any binary with DWARF symbolizes the same way (SanitizerCoverage modules too).
+    pub fn from_file(file: &File, path: &Path) -> Result<Self, String> {
+        Self::mapped(map_open(file, path)?, path)
+    }
+
+    /// The file's bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn mapped(map: memmap2::Mmap, path: &Path) -> Result<Self, String> {
         let mut owned = HashMap::new();
         {
             let obj = object::File::parse(&*map)

@@ -11,9 +11,9 @@
 //! regions the sum. Modules that share no file with another are counted from the figures of
 //! `llvm-cov export -summary-only` alone, which is what keeps a step cheap.
 //!
-//! bisect_ppx and gcov artifacts are units of their own (per module and runtime, see
-//! [`sources`]): converted right away, their coverage goes through the same ordered queue as the
-//! LLVM exports, so every timeline point holds exactly the artifacts up to its own.
+//! bisect_ppx, gcov and SanitizerCoverage artifacts are units of their own (per module and
+//! runtime, see [`sources`]): converted right away, their coverage goes through the same ordered
+//! queue as the LLVM exports, so every timeline point holds exactly the artifacts up to its own.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
@@ -23,6 +23,7 @@ use std::{
 };
 
 mod merged;
+mod sancov;
 mod sources;
 
 use super::{
@@ -81,6 +82,7 @@ enum UnitState {
     Llvm(Box<LlvmModule>),
     Bisect(Box<super::bisect::BisectUnit>),
     Gcov(Box<super::gcov::GcovUnit>),
+    Sancov(Box<super::sancov::SancovUnit>),
     /// Cannot be reported (no tools, no module copy, export failed): why.
     Unavailable(String),
 }
@@ -98,6 +100,7 @@ impl Unit {
             UnitState::Llvm(m) => m.merged,
             UnitState::Bisect(b) => b.steps,
             UnitState::Gcov(g) => g.steps,
+            UnitState::Sancov(s) => s.steps,
             UnitState::Unavailable(_) => 0,
         }
     }
@@ -453,6 +456,7 @@ impl LiveCoverage {
         match a.meta.runtime.as_str() {
             "bisect" => return self.dispatch_bisect(a),
             "gcov" => return self.dispatch_gcov(a),
+            "sancov" => return self.dispatch_sancov(a),
             _ => {}
         }
         if a.meta.runtime != "llvm" {
@@ -460,7 +464,7 @@ impl LiveCoverage {
                 self.warnings.push(Warning {
                     module: None,
                     message: format!(
-                        "{} artifacts are collected but not reported yet: only LLVM, gcov, bisect_ppx and kcov coverage are",
+                        "{} artifacts are collected but not reported yet: only LLVM, gcov, bisect_ppx, SanitizerCoverage and kcov coverage are",
                         a.meta.runtime
                     ),
                 });
@@ -821,6 +825,7 @@ impl LiveCoverage {
         let opened = match a.meta.runtime.as_str() {
             "bisect" => Ok(self.open_bisect(&meta, a)),
             "gcov" => Ok(UnitState::Gcov(Box::default())),
+            "sancov" => self.open_sancov(&meta),
             _ => self
                 .open_module(&meta, profraw, idx)
                 .map(|m| UnitState::Llvm(Box::new(m))),
@@ -1089,6 +1094,9 @@ impl LiveCoverage {
                         Some("bisect_ppx points, lines from the OCaml sources".into())
                     }
                     UnitState::Gcov(g) => g.used.as_ref().map(|t| t.describe()),
+                    UnitState::Sancov(_) => {
+                        Some("SanitizerCoverage PCs, lines from the module's DWARF".into())
+                    }
                     UnitState::Unavailable(_) => None,
                 },
                 artifacts: u.artifacts,

@@ -10,8 +10,9 @@
 //! through llvm-profdata/llvm-cov of the LLVM major that built each module ([`llvm_tools`]),
 //! gcov coverage through the gcov of the GCC that wrote it ([`gcov`]), bisect_ppx (OCaml)
 //! coverage by mapping its points onto the sources' lines ([`bisect`]; bisect-ppx-report's own
-//! HTML and Cobertura are written beside, [`bisect_report`]). Kernel (kcov) coverage is a
-//! further source of the same model; until it is read, its artifacts are listed as left out.
+//! HTML and Cobertura are written beside, [`bisect_report`]), SanitizerCoverage PCs through the
+//! module's DWARF ([`sancov`]). Kernel (kcov) coverage is a further source of the same model.
+//! Counts follow one model for every runtime ([`tally`]).
 //!
 //! Nothing partial is left behind: the report is written to a temporary directory inside the
 //! session and swapped into place.
@@ -24,7 +25,9 @@ pub mod cobertura;
 pub mod covmap;
 pub mod engine;
 pub mod error;
+pub mod gcda;
 pub mod gcov;
+pub mod gcov_tally;
 pub mod html;
 pub mod kcov;
 pub mod kernel_image;
@@ -36,6 +39,7 @@ pub mod model;
 pub mod output;
 pub mod profraw;
 pub mod programs;
+pub mod sancov;
 pub mod session;
 pub mod session_dir;
 pub mod summary;

@@ -290,6 +290,17 @@ pub struct MergedMeta {
     pub bytes: Option<u64>,
     #[serde(default)]
     pub checksum: Option<String>,
+    /// gcov: the .gcda files the copy holds, one after another, in this order.
+    #[serde(default)]
+    pub parts: Vec<MergedPart>,
+}
+
+/// One .gcda file of a gcov dump's `merged` copy.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct MergedPart {
+    /// Where it was in the target.
+    pub path: String,
+    pub bytes: u64,
 }
 
 impl ArtifactMeta {

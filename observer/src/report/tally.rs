@@ -90,6 +90,16 @@ impl Tally {
         }
     }
 
+    /// Make room for counters the module turned out to have (SanitizerCoverage PCs outside its
+    /// PC table): they were 0 in every earlier state.
+    pub fn grow(&mut self, len: usize) {
+        if len > self.len {
+            self.len = len;
+            self.closed.resize(len, 0);
+            self.total.resize(len, 0);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -8,7 +8,7 @@ use crate::report::{
     bisect::{self, BisectUnit, SourceRoots},
     covmap,
     error::Warning,
-    gcov,
+    gcov, gcov_tally,
     llvm::Snapshot,
     model::Coverage,
     session::{Artifact, ModuleMeta, SessionInfo},
@@ -110,6 +110,10 @@ impl LiveCoverage {
             Ok(p) => p,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
+        let merged = match self.gcov_merged(a) {
+            Ok(m) => m,
+            Err(reason) => return (self.exclude(a, reason), Vec::new()),
+        };
         let major = parts
             .iter()
             .find(|(p, _)| p.ends_with(".gcda"))
@@ -133,13 +137,26 @@ impl LiveCoverage {
                 return (self.exclude(a, why), Vec::new());
             }
         };
-        let run = match gcov::run(&tool, &parts, &work) {
+        // Every .gcda of the artifact must go through gcov before its counters are taken in.
+        if let Err(why) = gcov::run(&tool, &parts, &work) {
+            return (self.exclude(a, why), Vec::new());
+        }
+        let instance = crate::report::tally::Instance {
+            pid: a.meta.pid,
+            start: a.meta.process_start_ns,
+        };
+        if let Err(why) = g.add(a.meta.seq, instance, &parts, &merged) {
+            return (self.exclude(a, why), Vec::new());
+        }
+        let run = match g.run(&tool, &work) {
             Ok(r) => r,
             Err(why) => return (self.exclude(a, why), Vec::new()),
         };
         g.used = Some(tool);
-        g.add(run.files);
-        let cov = g.coverage();
+        let mut cov = Coverage::default();
+        for (_, c) in &run.files {
+            cov.merge(c);
+        }
         unit.artifacts += 1;
         let name = unit.name.clone();
         // Told once each (the same .gcda usually has the same problem in every dump).
@@ -157,7 +174,36 @@ impl LiveCoverage {
         self.apply_own(idx, cov, a)
     }
 
-    fn unavailable(&mut self, a: &Artifact, idx: usize) -> (Option<Progress>, Vec<Job>) {
+    /// What a gcov dump merged (metadata `merged`): artifact `seq`'s files, or the copy kept
+    /// beside it, split into its .gcda files.
+    fn gcov_merged(&self, a: &Artifact) -> Result<gcov_tally::Merged, String> {
+        let Some(m) = &a.meta.merged else {
+            return Ok(gcov_tally::Merged::Unknown);
+        };
+        if let Some(seq) = m.seq {
+            return Ok(gcov_tally::Merged::Seq(seq));
+        }
+        let Some(bytes) = self.merged_base(a)? else {
+            return Ok(gcov_tally::Merged::Unknown);
+        };
+        let mut files = std::collections::HashMap::new();
+        let mut at = 0usize;
+        for p in &m.parts {
+            let end = usize::try_from(p.bytes)
+                .ok()
+                .and_then(|n| at.checked_add(n))
+                .filter(|&e| e <= bytes.len())
+                .ok_or("the parts of the content it merged run past its end")?;
+            files.insert(p.path.clone(), bytes[at..end].to_vec());
+            at = end;
+        }
+        if at != bytes.len() {
+            return Err("the parts of the content it merged do not add up to it".into());
+        }
+        Ok(gcov_tally::Merged::Files(files))
+    }
+
+    pub(super) fn unavailable(&mut self, a: &Artifact, idx: usize) -> (Option<Progress>, Vec<Job>) {
         let u = &self.units[idx];
         let reason = match &u.state {
             UnitState::Unavailable(why) => format!("module {}: {why}", u.name),
@@ -167,7 +213,7 @@ impl LiveCoverage {
     }
 
     /// Queue a converted unit's whole coverage as its step's result, and the step's point.
-    fn apply_own(
+    pub(super) fn apply_own(
         &mut self,
         idx: usize,
         cov: Coverage,
