@@ -1,8 +1,8 @@
 //! The output directory sink (docs/output.md): events.jsonl, each artifact and its metadata, and
 //! copies of the instrumented modules. Files are created, never overwritten, with the session's
-//! modes. Artifacts are committed in groups: those that arrive together are written, then every
-//! file and every directory they are in is fsync'ed, and only then is each reported durable (the
-//! syncs of one group share the journal's commits). A group is what was queued when the sink got
+//! modes. Artifacts are committed in groups: those that arrive together are written, then made
+//! durable together (one syncfs of the session's filesystem for a group, the files' and
+//! directories' own fsyncs for an artifact alone), and only then is each reported durable. A group is what was queued when the sink got
 //! to it, at most [`GROUP_COMMIT`] artifacts, so the files held open for it stay bounded whatever
 //! the backlog.
 //!
@@ -14,7 +14,7 @@ use std::{
     fs::File,
     io::Write,
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
         unix::fs::FileExt as _,
     },
     path::Path,
@@ -33,9 +33,7 @@ use nix::{
 };
 use tokio::sync::watch;
 
-use super::{
-    Durable, Item, PrimarySink, StreamError, modes::OutputModes, session_dir::SessionDir,
-};
+use super::{Durable, Item, PrimarySink, StreamError, modes::OutputModes, session_dir::SessionDir};
 use crate::{collect::Artifact, sys::clock};
 
 /// Room kept for the end of a session on a disk that fills up.
@@ -310,20 +308,34 @@ impl DirSink {
         if pending.is_empty() {
             return;
         }
-        let files: Vec<std::io::Result<()>> = pending.iter().map(|p| p.staged.sync()).collect();
-        let synced: Vec<Result<(), Errno>> = dirs.iter().map(|d| fsync(&d.fd)).collect();
-        let root = if dirs.iter().any(|d| d.created) {
-            fsync(self.dir.fd())
-        } else {
-            Ok(())
-        };
+        let (files, synced, root): (Vec<std::io::Result<()>>, Vec<Result<(), Errno>>, _) =
+            if pending.len() == 1 {
+                // Alone: its own files and directories, nothing else of the filesystem.
+                let files = pending.iter().map(|p| p.staged.sync()).collect();
+                let synced = dirs.iter().map(|d| fsync(&d.fd)).collect();
+                let root = if dirs.iter().any(|d| d.created) {
+                    fsync(self.dir.fd())
+                } else {
+                    Ok(())
+                };
+                (files, synced, root)
+            } else {
+                // A group: one syncfs makes every file and directory entry durable with one
+                // journal commit and one device flush, where a fsync each would flush once per
+                // file. Its error (writeback errors since Linux 5.8) is the whole group's.
+                let all = syncfs(self.dir.fd());
+                (
+                    pending
+                        .iter()
+                        .map(|_| all.map_err(std::io::Error::from))
+                        .collect(),
+                    dirs.iter().map(|_| all).collect(),
+                    all,
+                )
+            };
         let at = clock::boot_ns();
         for (p, file) in pending.into_iter().zip(files) {
-            let result = file.and_then(|()| {
-                synced[p.dir]
-                    .and(root)
-                    .map_err(std::io::Error::from)
-            });
+            let result = file.and_then(|()| synced[p.dir].and(root).map_err(std::io::Error::from));
             match result {
                 Ok(()) => answer(p.durable, Ok(at)),
                 Err(e) => {
@@ -379,6 +391,12 @@ impl DirSink {
             }
         }
     }
+}
+
+/// syncfs(2) of the filesystem holding `fd`.
+fn syncfs(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: syncfs takes a descriptor that stays open for the call (borrowed) and nothing else.
+    Errno::result(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
 }
 
 fn answer(durable: Option<Durable>, result: Result<u64, String>) {
@@ -488,7 +506,9 @@ fn write_artifact_files(
         if !fresh {
             return Err(std::io::Error::from(Errno::EEXIST));
         }
-        staged.created.push(Created::Dir(file.to_owned(), Vec::new()));
+        staged
+            .created
+            .push(Created::Dir(file.to_owned(), Vec::new()));
         for (name, data) in &artifact.parts {
             let f = session.write_unsynced(sub.as_fd(), name, data)?;
             if let Some(Created::Dir(_, files)) = staged.created.last_mut() {

@@ -190,7 +190,13 @@ pub(super) fn spawn_primary(
         keep(sink.finish());
         first_error
     })?;
-    Ok((PrimaryQueue { tx, shared: shared.clone() }, Worker { handle, shared }))
+    Ok((
+        PrimaryQueue {
+            tx,
+            shared: shared.clone(),
+        },
+        Worker { handle, shared },
+    ))
 }
 
 /// The dispatcher's end of the primary sink's queue: waited for.
