@@ -336,3 +336,6 @@ pub fn nofile_limit() -> (u64, u64) {
 pub fn descriptors_in_use() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1) as u64)
 }
+
+#[cfg(test)]
+mod tests;
