@@ -151,6 +151,7 @@ fn observe(tag: &str, slow_ms: Option<u64>) -> Run {
         "the soft limit raised to the hard one: {}",
         session["resources"]
     );
+    println!("resources: {}", session["resources"]);
     Run {
         latencies_ms,
         session,

@@ -707,6 +707,7 @@ async fn finish(
             "descriptors_at_end": descriptors_at_end,
             "descriptor_limit": nofile_soft,
             "descriptor_limit_hard": nofile_hard,
+            "rss_peak_bytes": crate::stream::peak_rss_bytes(),
         },
         "output": {
             "dir_mode": format!("{:04o}", modes.dir_mode()),

@@ -1,8 +1,9 @@
 //! The output directory sink (docs/output.md): events.jsonl, each artifact and its metadata, and
 //! copies of the instrumented modules. Files are created, never overwritten, with the session's
-//! modes. Artifacts are committed in groups: those that arrive together are written, then made
-//! durable together (one syncfs of the session's filesystem for a group, the files' and
-//! directories' own fsyncs for an artifact alone), and only then is each reported durable. A group is what was queued when the sink got
+//! modes. Artifacts are committed in groups: those that arrive together are all written, then
+//! every file's fsync is issued at once (from several threads, so the filesystem serves them with
+//! shared journal commits and device flushes), then each directory's, and only then is each
+//! artifact reported durable. A group is what was queued when the sink got
 //! to it, at most [`GROUP_COMMIT`] artifacts, so the files held open for it stay bounded whatever
 //! the backlog.
 //!
@@ -14,7 +15,7 @@ use std::{
     fs::File,
     io::Write,
     os::{
-        fd::{AsFd, AsRawFd as _, BorrowedFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::fs::FileExt as _,
     },
     path::Path,
@@ -42,6 +43,8 @@ const RESERVE_BYTES: i64 = 512 << 10;
 /// The most artifacts one commit syncs together: it bounds the files held open while a batch
 /// waits for its sync.
 const GROUP_COMMIT: usize = 64;
+/// Threads that fsync a group's files together.
+const SYNC_THREADS: usize = 16;
 /// Module copies are read in chunks of this size.
 const COPY_CHUNK: usize = 1 << 20;
 /// How often a stream of events checks that the directory is still there.
@@ -320,18 +323,17 @@ impl DirSink {
                 };
                 (files, synced, root)
             } else {
-                // A group: one syncfs makes every file and directory entry durable with one
-                // journal commit and one device flush, where a fsync each would flush once per
-                // file. Its error (writeback errors since Linux 5.8) is the whole group's.
-                let all = syncfs(self.dir.fd());
-                (
-                    pending
-                        .iter()
-                        .map(|_| all.map_err(std::io::Error::from))
-                        .collect(),
-                    dirs.iter().map(|_| all).collect(),
-                    all,
-                )
+                // A group: every file's fsync at once, from several threads; the filesystem
+                // serves fsyncs that wait together with one journal commit and one device flush
+                // (its own group commit), where one after the other each would flush.
+                let files = in_parallel(&pending, |p| p.staged.sync());
+                let synced = in_parallel(&dirs, |d| fsync(&d.fd));
+                let root = if dirs.iter().any(|d| d.created) {
+                    fsync(self.dir.fd())
+                } else {
+                    Ok(())
+                };
+                (files, synced, root)
             };
         let at = clock::boot_ns();
         for (p, file) in pending.into_iter().zip(files) {
@@ -393,10 +395,33 @@ impl DirSink {
     }
 }
 
-/// syncfs(2) of the filesystem holding `fd`.
-fn syncfs(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    // SAFETY: syncfs takes a descriptor that stays open for the call (borrowed) and nothing else.
-    Errno::result(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+/// `f` on every element, from up to [`SYNC_THREADS`] threads at once; results in order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let chunk = items.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("covobs-fsync".into())
+                    .spawn_scoped(scope, move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (h, part) in handles.into_iter().zip(items.chunks(chunk)) {
+            match h {
+                Ok(h) => match h.join() {
+                    Ok(r) => out.extend(r),
+                    // A panic in a sync: that part is run again here (and panics here).
+                    Err(_) => out.extend(part.iter().map(f)),
+                },
+                // No thread to be had: this part on this one.
+                Err(_) => out.extend(part.iter().map(f)),
+            }
+        }
+        out
+    })
 }
 
 fn answer(durable: Option<Durable>, result: Result<u64, String>) {

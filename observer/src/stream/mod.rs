@@ -332,6 +332,18 @@ pub fn nofile_limit() -> (u64, u64) {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, 0))
 }
 
+/// The most resident memory this process has had (VmHWM), in bytes; 0 when /proc cannot say.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Descriptors this process holds now (0 when /proc cannot say).
 pub fn descriptors_in_use() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1) as u64)
