@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::{
     BadInput,
     probes::{ProbeOptions, Probes},
-    stream::{DirSink, HumanSink, JsonLinesSink, OutputHealth, Pipeline, Sink},
+    stream::{DirSink, HumanSink, JsonLinesSink, OutputHealth, Pipeline, PrimarySink, Sink},
     sys::clock,
     target::{TargetSpec, Tracker},
     trigger::ThreadChoice,
@@ -129,6 +129,8 @@ pub async fn run_session(
     crate::require_privileges()?;
     let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
     let started_unix = clock::realtime_ns();
+    // A busy session holds many descriptors (probes, targets, artifacts being written).
+    crate::stream::raise_nofile_limit();
     // Bound now, so a bad address is refused before anything starts.
     let listener = crate::serve::bind_for_session(opts.serve).await?;
 
@@ -182,6 +184,7 @@ pub async fn run_session(
     }
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut primary: Option<Box<dyn PrimarySink>> = None;
     let mut output = None;
     // What creating the output directory adds (./covobs-out too, the first time), to remove
     // when the session is refused.
@@ -192,7 +195,7 @@ pub async fn run_session(
         let dir_sink =
             DirSink::create(&out_dir, opts.modes).map_err(|e| BadInput(e.to_string()))?;
         output = Some(dir_sink.health());
-        sinks.push(Box::new(dir_sink));
+        primary = Some(Box::new(dir_sink));
     }
     let mut serving = None;
     if let Some(listener) = listener.filter(|_| !opts.observe_only) {
@@ -213,7 +216,10 @@ pub async fn run_session(
     } else {
         sinks.push(Box::new(HumanSink::coverage_view(std::io::stdout())));
     }
-    let pipeline = Pipeline::new(sinks)?;
+    if let Some(slow) = crate::stream::slow::SlowSink::from_env() {
+        sinks.push(Box::new(slow));
+    }
+    let pipeline = Pipeline::new(primary, sinks)?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut session = Session::new(
         opts.clone(),
@@ -611,6 +617,9 @@ async fn finish_watch(
     let drops = session.counters.ring_buffer_drops;
     drop(session);
     let stats = pipeline.finish().await?;
+    for w in stats.warnings() {
+        eprintln!("covobs: warning: {w}");
+    }
     result?;
     if !json {
         eprintln!(
@@ -646,10 +655,16 @@ async fn finish(
     let counters = session.counters.clone();
     let history = std::mem::take(&mut session.history);
     let kernel = session.kcov.kernel.clone();
+    // Counted while the session still holds everything it held.
+    let descriptors_at_end = crate::stream::descriptors_in_use();
     // Every probe goes away here, before the last write; so does the session's pipeline handle,
     // which the pipeline waits for.
     drop(session);
     let stats = pipeline.finish().await?;
+    for w in stats.warnings() {
+        eprintln!("covobs: warning: {w}");
+    }
+    let (nofile_soft, nofile_hard) = crate::stream::nofile_limit();
     let Some(output) = output else {
         return Ok(());
     };
@@ -686,6 +701,14 @@ async fn finish(
             "dumps_triggered": counters.dumps_triggered,
             "snapshots": counters.snapshots,
             "dumps_seen": counters.dumps_seen,
+            "sinks": stats.sinks,
+        },
+        "resources": {
+            "descriptors_peak": stats.descriptors_peak.max(descriptors_at_end),
+            "descriptors_at_end": descriptors_at_end,
+            "descriptor_limit": nofile_soft,
+            "descriptor_limit_hard": nofile_hard,
+            "rss_peak_bytes": crate::stream::peak_rss_bytes(),
         },
         "output": {
             "dir_mode": format!("{:04o}", modes.dir_mode()),

@@ -1,6 +1,11 @@
 //! The output directory sink (docs/output.md): events.jsonl, each artifact and its metadata, and
 //! copies of the instrumented modules. Files are created, never overwritten, with the session's
-//! modes; artifacts are fsync'ed (file and directory) before they are reported durable.
+//! modes. Artifacts are committed in groups: those that arrive together are all written, then
+//! every file's fsync is issued at once (from several threads, so the filesystem serves them with
+//! shared journal commits and device flushes), then each directory's, and only then is each
+//! artifact reported durable. A group is what was queued when the sink got
+//! to it, at most [`GROUP_COMMIT`] artifacts, so the files held open for it stay bounded whatever
+//! the backlog.
 //!
 //! The output failing (the disk full, the directory removed, an I/O error) is a fault of covobs,
 //! raised at once through [`OutputHealth`]: the session stops; artifacts not written are lost
@@ -9,7 +14,10 @@
 use std::{
     fs::File,
     io::Write,
-    os::fd::{AsFd, BorrowedFd},
+    os::{
+        fd::{AsFd, BorrowedFd, OwnedFd},
+        unix::fs::FileExt as _,
+    },
     path::Path,
     sync::{
         Arc,
@@ -26,12 +34,19 @@ use nix::{
 };
 use tokio::sync::watch;
 
-use super::{Item, Sink, StreamError, modes::OutputModes, session_dir::SessionDir};
+use super::{Durable, Item, PrimarySink, StreamError, modes::OutputModes, session_dir::SessionDir};
 use crate::{collect::Artifact, sys::clock};
 
 /// Room kept for the end of a session on a disk that fills up.
 const RESERVE: &str = ".covobs-reserve";
 const RESERVE_BYTES: i64 = 512 << 10;
+/// The most artifacts one commit syncs together: it bounds the files held open while a batch
+/// waits for its sync.
+const GROUP_COMMIT: usize = 64;
+/// Threads that fsync a group's files together.
+const SYNC_THREADS: usize = 16;
+/// Module copies are read in chunks of this size.
+const COPY_CHUNK: usize = 1 << 20;
 /// How often a stream of events checks that the directory is still there.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -130,6 +145,11 @@ pub struct DirSink {
     line: Vec<u8>,
     reserve: bool,
     last_check: Instant,
+    /// The most artifacts a commit waits for (1: each synced on its own).
+    group_commit: usize,
+    /// Artifacts written since the last commit, and the directories they are in.
+    pending: Vec<Pending>,
+    dirs: Vec<BatchDir>,
 }
 
 fn sink_err(source: std::io::Error) -> StreamError {
@@ -161,7 +181,16 @@ impl DirSink {
             line: Vec::new(),
             reserve,
             last_check: Instant::now(),
+            group_commit: GROUP_COMMIT,
+            pending: Vec::new(),
+            dirs: Vec::new(),
         })
+    }
+
+    /// At most `max` artifacts a commit (1: no group commit, each artifact synced on its own).
+    pub fn with_group_commit(mut self, max: usize) -> Self {
+        self.group_commit = max.max(1);
+        self
     }
 
     /// The handle the attach loop watches.
@@ -221,47 +250,114 @@ impl DirSink {
         }
     }
 
-    fn write_artifact(&mut self, artifact: &Artifact) -> Result<u64, String> {
+    /// Write an artifact's files (not yet synced) and keep it for the batch's commit.
+    fn stage_artifact(&mut self, artifact: &Artifact, durable: Option<Durable>) {
         if let Some(f) = self.health.fault() {
-            return Err(format!("{f} (covobs stopped writing)"));
+            answer(durable, Err(format!("{f} (covobs stopped writing)")));
+            return;
         }
-        let result = self.dir.check().and_then(|()| {
-            let (dir, _) = self.dir.subdir(&artifact.dir)?;
-            let mut created = Vec::new();
-            let written = write_artifact_files(&self.dir, dir.as_fd(), artifact, &mut created);
-            if written.is_err() {
-                // Nothing half-written stays: the report would refuse it.
-                for c in created.iter().rev() {
-                    match c {
-                        Created::File(name) => SessionDir::remove_file(dir.as_fd(), name),
-                        Created::Dir(name, files) => {
-                            if let Ok(sub) = openat(
-                                dir.as_fd(),
-                                name.as_str(),
-                                OFlag::O_RDONLY
-                                    | OFlag::O_DIRECTORY
-                                    | OFlag::O_NOFOLLOW
-                                    | OFlag::O_CLOEXEC,
-                                Mode::empty(),
-                            ) {
-                                for f in files {
-                                    SessionDir::remove_file(sub.as_fd(), f);
-                                }
-                            }
-                            SessionDir::remove_dir(dir.as_fd(), name);
-                        }
-                    }
+        let session = self.dir.clone();
+        let staged = session.check().and_then(|()| {
+            let at = self.batch_dir(&artifact.dir)?;
+            let dir = self.dirs[at].fd.as_fd();
+            let mut staged = Staged::default();
+            match write_artifact_files(&session, dir, artifact, &mut staged) {
+                Ok(()) => Ok((at, staged)),
+                Err(e) => {
+                    // Nothing half-written stays: the report would refuse it.
+                    staged.remove(dir);
+                    Err(e)
                 }
             }
-            written
         });
-        match result {
-            Ok(()) => Ok(clock::boot_ns()),
-            Err(e) if is_fault(&e) || self.dir.check().is_err() => Err(self.fault(&e)),
-            Err(e) => Err(format!(
+        match staged {
+            Ok((dir, staged)) => {
+                self.pending.push(Pending {
+                    dir,
+                    staged,
+                    durable,
+                });
+                if self.pending.len() >= self.group_commit {
+                    self.commit_pending();
+                }
+            }
+            Err(e) => {
+                let why = self.failed(&e);
+                answer(durable, Err(why));
+            }
+        }
+    }
+
+    /// The batch's handle on the artifact directory `rel` (opened, or created, once a batch).
+    fn batch_dir(&mut self, rel: &str) -> std::io::Result<usize> {
+        if let Some(i) = self.dirs.iter().position(|d| d.rel == rel) {
+            return Ok(i);
+        }
+        let (fd, created) = self.dir.subdir(rel)?;
+        self.dirs.push(BatchDir {
+            rel: rel.to_owned(),
+            fd,
+            created,
+        });
+        Ok(self.dirs.len() - 1)
+    }
+
+    /// The group commit: every file of the batch synced, then every directory once (the
+    /// session's too when an artifact directory is new); each artifact answered durable after
+    /// the syncs it depends on, or removed and answered with what failed.
+    fn commit_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let dirs = std::mem::take(&mut self.dirs);
+        if pending.is_empty() {
+            return;
+        }
+        let (files, synced, root): (Vec<std::io::Result<()>>, Vec<Result<(), Errno>>, _) =
+            if pending.len() == 1 {
+                // Alone: its own files and directories, nothing else of the filesystem.
+                let files = pending.iter().map(|p| p.staged.sync()).collect();
+                let synced = dirs.iter().map(|d| fsync(&d.fd)).collect();
+                let root = if dirs.iter().any(|d| d.created) {
+                    fsync(self.dir.fd())
+                } else {
+                    Ok(())
+                };
+                (files, synced, root)
+            } else {
+                // A group: every file's fsync at once, from several threads; the filesystem
+                // serves fsyncs that wait together with one journal commit and one device flush
+                // (its own group commit), where one after the other each would flush.
+                let files = in_parallel(&pending, |p| p.staged.sync());
+                let synced = in_parallel(&dirs, |d| fsync(&d.fd));
+                let root = if dirs.iter().any(|d| d.created) {
+                    fsync(self.dir.fd())
+                } else {
+                    Ok(())
+                };
+                (files, synced, root)
+            };
+        let at = clock::boot_ns();
+        for (p, file) in pending.into_iter().zip(files) {
+            let result = file.and_then(|()| synced[p.dir].and(root).map_err(std::io::Error::from));
+            match result {
+                Ok(()) => answer(p.durable, Ok(at)),
+                Err(e) => {
+                    p.staged.remove(dirs[p.dir].fd.as_fd());
+                    let why = self.failed(&e);
+                    answer(p.durable, Err(why));
+                }
+            }
+        }
+    }
+
+    /// What an artifact's failure says; a fault of the directory is raised.
+    fn failed(&mut self, e: &std::io::Error) -> String {
+        if is_fault(e) || self.dir.check().is_err() {
+            self.fault(e)
+        } else {
+            format!(
                 "covobs' output directory {}: {e}",
                 self.dir.path().display()
-            )),
+            )
         }
     }
 
@@ -277,8 +373,7 @@ impl DirSink {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let mut from = source;
-            if let Err(e) = std::io::copy(&mut from, &mut to) {
+            if let Err(e) = copy_at(source, &mut to) {
                 drop(to);
                 SessionDir::remove_file(dir.as_fd(), name);
                 return Err(e);
@@ -300,6 +395,118 @@ impl DirSink {
     }
 }
 
+/// `f` on every element, from up to [`SYNC_THREADS`] threads at once; results in order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let chunk = items.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("covobs-fsync".into())
+                    .spawn_scoped(scope, move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for (h, part) in handles.into_iter().zip(items.chunks(chunk)) {
+            match h {
+                Ok(h) => match h.join() {
+                    Ok(r) => out.extend(r),
+                    // A panic in a sync: that part is run again here (and panics here).
+                    Err(_) => out.extend(part.iter().map(f)),
+                },
+                // No thread to be had: this part on this one.
+                Err(_) => out.extend(part.iter().map(f)),
+            }
+        }
+        out
+    })
+}
+
+fn answer(durable: Option<Durable>, result: Result<u64, String>) {
+    if let Some(tx) = durable {
+        // The sender may have stopped waiting (covobs is stopping): nothing to tell.
+        let _ = tx.send(result);
+    }
+}
+
+/// Copy `from` whole with positioned reads: the file is shared, its offset is nobody's.
+fn copy_at(from: &File, to: &mut File) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = match from.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        offset += n as u64;
+    }
+}
+
+/// An artifact directory (<pid>-<comm>) the batch wrote into.
+struct BatchDir {
+    rel: String,
+    fd: OwnedFd,
+    /// Created by this batch: the session directory is synced too.
+    created: bool,
+}
+
+/// An artifact written and waiting for its batch's commit.
+struct Pending {
+    /// Index in the batch's directories.
+    dir: usize,
+    staged: Staged,
+    durable: Option<Durable>,
+}
+
+/// What writing one artifact created: names to remove if it fails, and what to sync.
+#[derive(Default)]
+struct Staged {
+    created: Vec<Created>,
+    /// Written, not yet synced (open until the commit: a bounded number per batch).
+    files: Vec<File>,
+    /// Directories of a directory artifact.
+    subdirs: Vec<OwnedFd>,
+}
+
+impl Staged {
+    fn sync(&self) -> std::io::Result<()> {
+        for f in &self.files {
+            f.sync_all()?;
+        }
+        for d in &self.subdirs {
+            fsync(d)?;
+        }
+        Ok(())
+    }
+
+    /// Remove what was created, newest first.
+    fn remove(&self, dir: BorrowedFd<'_>) {
+        for c in self.created.iter().rev() {
+            match c {
+                Created::File(name) => SessionDir::remove_file(dir, name),
+                Created::Dir(name, files) => {
+                    if let Ok(sub) = openat(
+                        dir,
+                        name.as_str(),
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ) {
+                        for f in files {
+                            SessionDir::remove_file(sub.as_fd(), f);
+                        }
+                    }
+                    SessionDir::remove_dir(dir, name);
+                }
+            }
+        }
+    }
+}
+
 /// A name an artifact's write created (removed again if the write fails).
 enum Created {
     File(String),
@@ -311,39 +518,43 @@ fn write_artifact_files(
     session: &SessionDir,
     dir: BorrowedFd<'_>,
     artifact: &Artifact,
-    created: &mut Vec<Created>,
+    staged: &mut Staged,
 ) -> std::io::Result<()> {
     let file = artifact.meta.file.as_str();
     if artifact.parts.is_empty() {
-        session.write_new(dir, file, &artifact.data, true)?;
-        created.push(Created::File(file.to_owned()));
+        let f = session.write_unsynced(dir, file, &artifact.data)?;
+        staged.created.push(Created::File(file.to_owned()));
+        staged.files.push(f);
     } else {
         // A dump that wrote several files: a directory of them.
         let (sub, fresh) = session.subdir(&format!("{}/{file}", artifact.dir))?;
         if !fresh {
             return Err(std::io::Error::from(Errno::EEXIST));
         }
-        created.push(Created::Dir(file.to_owned(), Vec::new()));
+        staged
+            .created
+            .push(Created::Dir(file.to_owned(), Vec::new()));
         for (name, data) in &artifact.parts {
-            session.write_new(sub.as_fd(), name, data, true)?;
-            if let Some(Created::Dir(_, files)) = created.last_mut() {
+            let f = session.write_unsynced(sub.as_fd(), name, data)?;
+            if let Some(Created::Dir(_, files)) = staged.created.last_mut() {
                 files.push(name.clone());
             }
+            staged.files.push(f);
         }
-        fsync(&sub)?;
+        staged.subdirs.push(sub);
     }
     let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
     for (ext, data) in &artifact.extra {
         let name = format!("{stem}.{ext}");
-        session.write_new(dir, &name, data, true)?;
-        created.push(Created::File(name));
+        let f = session.write_unsynced(dir, &name, data)?;
+        staged.created.push(Created::File(name));
+        staged.files.push(f);
     }
     let meta_name = format!("{stem}.json");
     let meta = serde_json::to_vec_pretty(&artifact.meta)?;
-    session.write_new(dir, &meta_name, &meta, true)?;
-    created.push(Created::File(meta_name));
-    // The new names must survive a crash too.
-    fsync(dir)?;
+    let f = session.write_unsynced(dir, &meta_name, &meta)?;
+    staged.created.push(Created::File(meta_name));
+    staged.files.push(f);
     Ok(())
 }
 
@@ -360,26 +571,29 @@ fn make_reserve(dir: &SessionDir) -> bool {
     true
 }
 
-impl Sink for DirSink {
+impl PrimarySink for DirSink {
     fn name(&self) -> &'static str {
         "output directory"
     }
 
-    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError> {
+    fn accept(&mut self, item: &Item, durable: Option<Durable>) -> Result<(), StreamError> {
         match item {
             Item::Event(event) => self.write_event(event),
-            Item::Artifact { artifact, durable } => {
-                let reply = self.write_artifact(artifact);
-                if let Some(tx) = durable.take() {
-                    let _ = tx.send(reply);
-                }
+            Item::Artifact(artifact) => {
+                self.stage_artifact(artifact, durable);
                 Ok(())
             }
-            Item::Module { copy, source } => self.copy_module(copy, source),
+            Item::Module(m) => self.copy_module(&m.copy, &m.source),
         }
     }
 
+    fn commit(&mut self) -> Result<(), StreamError> {
+        self.commit_pending();
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), StreamError> {
+        self.commit_pending();
         self.release_reserve();
         if let Some(events) = &self.events
             && let Err(e) = events.sync_all()

@@ -1,7 +1,7 @@
 //! The live human view: one aligned line per event, local wall-clock time first.
 use std::{collections::HashMap, io::Write};
 
-use super::{Item, Sink, StreamError};
+use super::{Item, Kind, Sink, StreamError};
 use crate::{
     events::{Body, Event},
     sys::clock,
@@ -257,7 +257,11 @@ impl<W: Write + Send> Sink for HumanSink<W> {
         "terminal"
     }
 
-    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError> {
+    fn takes(&self, kind: Kind) -> bool {
+        kind == Kind::Event
+    }
+
+    fn accept(&mut self, item: &Item) -> Result<(), StreamError> {
         let Item::Event(event) = item else {
             return Ok(());
         };

@@ -1,7 +1,7 @@
 //! JSON lines: one event object a line (`--json` on stdout, `events.jsonl` in the output dir).
 use std::io::Write;
 
-use super::{Item, Sink, StreamError};
+use super::{Item, Kind, Sink, StreamError};
 
 pub struct JsonLinesSink<W: Write + Send> {
     out: W,
@@ -19,7 +19,11 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
         self.name
     }
 
-    fn accept(&mut self, item: &mut Item) -> Result<(), StreamError> {
+    fn takes(&self, kind: Kind) -> bool {
+        kind == Kind::Event
+    }
+
+    fn accept(&mut self, item: &Item) -> Result<(), StreamError> {
         let Item::Event(event) = item else {
             return Ok(());
         };
@@ -27,7 +31,7 @@ impl<W: Write + Send> Sink for JsonLinesSink<W> {
             sink: self.name,
             source,
         };
-        serde_json::to_writer(&mut self.out, event).map_err(|e| io(e.into()))?;
+        serde_json::to_writer(&mut self.out, &**event).map_err(|e| io(e.into()))?;
         // Flush per line: a reader (a test, `jq`, a pipe) sees each event as it happens.
         self.out.write_all(b"\n").map_err(io)?;
         self.out.flush().map_err(io)

@@ -175,6 +175,23 @@ impl SessionDir {
         Ok(())
     }
 
+    /// Create `name` in `dir` holding `data`, not synced: the file is returned open for the caller
+    /// to sync. On a failed write nothing is left of it.
+    pub fn write_unsynced(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        data: &[u8],
+    ) -> std::io::Result<File> {
+        let mut f = self.create_file(dir, name)?;
+        if let Err(e) = f.write_all(data) {
+            drop(f);
+            let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        Ok(f)
+    }
+
     /// Remove the file `name` of `dir` (a cleanup: errors are of no use to the caller).
     pub fn remove_file(dir: BorrowedFd<'_>, name: &str) {
         let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
