@@ -476,11 +476,6 @@ impl LiveCoverage {
             Ok(h) => h,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
-        let counters = header
-            .counters
-            .clone()
-            .and_then(|r| bytes.get(r))
-            .map(sha256_hex);
         let merged = match self.merged_base(a) {
             Ok(m) => m,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
@@ -567,6 +562,13 @@ impl LiveCoverage {
                 let UnitState::Llvm(module) = &mut unit.state else {
                     return (None, Vec::new());
                 };
+                // Only for raw profiles merged as they are: a digest of 8 MB of counters is
+                // not free.
+                let counters = header
+                    .counters
+                    .clone()
+                    .and_then(|r| bytes.get(r))
+                    .map(sha256_hex);
                 let repeat = unit.file_set.is_some()
                     && counters
                         .as_ref()
@@ -592,16 +594,21 @@ impl LiveCoverage {
         drop(bytes);
         let version = self.units[idx].version();
         let unit = &mut self.units[idx];
-        let Some(module) = unit.llvm() else {
+        let shared = unit.shared;
+        let first = unit.file_set.is_none();
+        let UnitState::Llvm(module) = &mut unit.state else {
             return (None, Vec::new());
         };
         let mut jobs = Vec::new();
         if repeat {
             // Nothing to export.
-        } else if unit.file_set.is_none() {
-            // A module's first step runs here, with detail: its files decide which modules
-            // share sources, which the following steps need to know.
-            let Some(export) = module.export(true) else {
+        } else if first {
+            // A module's first step runs here: its files decide which modules share sources,
+            // which the following steps need to know. llvm-cov's exports carry the detail
+            // already (a second export later would cost more); the engine's figures name the
+            // files, and a module that turns out to share one gets its detail from a job.
+            let native = module.native();
+            let Some(export) = module.export_point(!native) else {
                 return (None, Vec::new());
             };
             let id = self.take_id();
@@ -612,7 +619,7 @@ impl LiveCoverage {
             }
             self.done.insert(id, (id, idx, version, result));
             jobs.extend(self.mark_shared(idx));
-        } else if let Some(export) = module.export(unit.shared) {
+        } else if let Some(export) = module.export_point(shared) {
             let id = self.take_id();
             jobs.push(Job {
                 id,
@@ -691,6 +698,9 @@ impl LiveCoverage {
             return Vec::new();
         };
         let mut jobs = Vec::new();
+        // The engine's first export of a module is without detail (see `dispatch`).
+        let had_detail = self.units[idx].detail.is_some()
+            || !self.units[idx].llvm().is_some_and(|m| m.native());
         for j in 0..self.units.len() {
             if j == idx {
                 continue;
@@ -713,6 +723,19 @@ impl LiveCoverage {
                 jobs.push(Job {
                     id,
                     unit: j,
+                    version,
+                    export,
+                });
+            }
+        }
+        // Its first export was without detail (the engine's): the shared files need it.
+        if self.units[idx].shared && !had_detail {
+            let version = self.units[idx].version();
+            if let Some(export) = self.units[idx].llvm().and_then(|m| m.export(true)) {
+                let id = self.take_id();
+                jobs.push(Job {
+                    id,
+                    unit: idx,
                     version,
                     export,
                 });

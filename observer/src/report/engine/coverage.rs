@@ -164,7 +164,7 @@ fn max_counter_id(c: Counter, exprs: &[Expression], depth: u32) -> u32 {
 }
 
 /// `PGOFuncName` without the `<file>:` prefix local functions carry.
-fn name_without_prefix(name: &str, file: Option<&str>) -> String {
+pub(super) fn name_without_prefix(name: &str, file: Option<&str>) -> String {
     match file {
         Some(f) if !f.is_empty() && name.starts_with(f) => {
             name.get(f.len() + 1..).unwrap_or("").to_string()
@@ -197,19 +197,26 @@ pub fn function_records(mapping: &Mapping, profile: &ProfileCounts) -> Vec<Funct
 }
 
 fn load(f: &FunctionMapping, profile: &ProfileCounts) -> Option<FunctionRecord> {
-    let counts: Vec<u64> = match profile.by_key.get(&(f.name_ref, f.func_hash)) {
-        Some(c) => c.clone(),
-        None if profile.names.contains_key(&f.name_ref) => return None,
-        None => {
-            let max = f
-                .regions
-                .iter()
-                .map(|r| max_counter_id(r.count, &f.expressions, 0))
-                .max()
-                .unwrap_or(0);
-            vec![0; max as usize + 1]
-        }
-    };
+    match profile.by_key.get(&(f.name_ref, f.func_hash)) {
+        Some(c) => load_counts(f, c),
+        None if profile.names.contains_key(&f.name_ref) => None,
+        None => load_counts(f, &vec![0; zero_counts_len(f)]),
+    }
+}
+
+/// How many zero counters llvm-cov gives a function the profile has no record for.
+pub(super) fn zero_counts_len(f: &FunctionMapping) -> usize {
+    let max = f
+        .regions
+        .iter()
+        .map(|r| max_counter_id(r.count, &f.expressions, 0))
+        .max()
+        .unwrap_or(0);
+    max as usize + 1
+}
+
+/// A function's record for these counters (None: llvm-cov leaves it out).
+pub(super) fn load_counts(f: &FunctionMapping, counts: &[u64]) -> Option<FunctionRecord> {
     if f.regions.is_empty() {
         return None;
     }
@@ -227,7 +234,7 @@ fn load(f: &FunctionMapping, profile: &ProfileCounts) -> Option<FunctionRecord> 
         branches: Vec::new(),
         execution_count: 0,
     };
-    let mut ev = Evaluator::new(&f.expressions, &counts);
+    let mut ev = Evaluator::new(&f.expressions, counts);
     for r in &f.regions {
         if r.kind == Kind::McdcDecision {
             continue;
@@ -451,7 +458,7 @@ struct Data<'a> {
     expansions: Vec<(CountedRegion, &'a FunctionRecord)>,
 }
 
-fn main_file_id(f: &FunctionRecord) -> Option<u32> {
+pub(super) fn main_file_id(f: &FunctionRecord) -> Option<u32> {
     let mut expanded = vec![false; f.filenames.len()];
     for r in &f.regions {
         if r.region.kind == Kind::Expansion
@@ -513,15 +520,15 @@ fn coverage_for_expansion<'a>(region: &CountedRegion, f: &'a FunctionRecord) -> 
 }
 
 /// A function's (or group's) figures.
-#[derive(Clone, Copy, Debug, Default)]
-struct Summary {
-    regions: Counts,
-    lines: Counts,
-    branches: Counts,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Summary {
+    pub(super) regions: Counts,
+    pub(super) lines: Counts,
+    pub(super) branches: Counts,
 }
 
 impl Summary {
-    fn merge(&mut self, o: &Summary) {
+    pub(super) fn merge(&mut self, o: &Summary) {
         for (a, b) in [
             (&mut self.regions, o.regions),
             (&mut self.lines, o.lines),
@@ -566,7 +573,7 @@ fn sum_branch_expansions(
     c
 }
 
-fn function_summary(f: &FunctionRecord, flavor: Flavor) -> Summary {
+pub(super) fn function_summary(f: &FunctionRecord, flavor: Flavor) -> Summary {
     let mut s = Summary::default();
     for r in &f.regions {
         if r.region.kind == Kind::Code {
