@@ -142,6 +142,9 @@ pub struct LiveCoverage {
     unit_by_key: HashMap<String, usize>,
     seen: BTreeSet<String>,
     max_seq: Option<u64>,
+    /// An artifact was added after one with a higher seq (the timeline is then rebuilt in seq
+    /// order at the end).
+    out_of_order: bool,
     artifacts_seen: usize,
     points: Vec<TimelinePoint>,
     excluded: Vec<Excluded>,
@@ -210,6 +213,7 @@ impl LiveCoverage {
             unit_by_key: HashMap::new(),
             seen: BTreeSet::new(),
             max_seq: None,
+            out_of_order: false,
             artifacts_seen: 0,
             points: Vec::new(),
             excluded: Vec::new(),
@@ -317,10 +321,11 @@ impl LiveCoverage {
             .iter()
             .filter(|a| !self.seen.contains(&a.rel))
             .collect();
-        let late = match (self.max_seq, fresh.first()) {
-            (Some(max), Some(first)) => first.meta.seq < max,
-            _ => false,
-        };
+        let late = self.out_of_order
+            || match (self.max_seq, fresh.first()) {
+                (Some(max), Some(first)) => first.meta.seq < max,
+                _ => false,
+            };
         if late {
             let tools = self.tools.take();
             self = Self::new(&self.session_dir, &self.opts)?;
@@ -425,6 +430,7 @@ impl LiveCoverage {
             return (Some(Progress::AlreadySeen), Vec::new());
         }
         self.artifacts_seen += 1;
+        self.out_of_order |= self.max_seq.is_some_and(|m| a.meta.seq < m);
         self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
         if a.meta.runtime == "kcov" {
             if let Err(reason) = self.kernel.add(a) {

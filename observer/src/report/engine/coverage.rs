@@ -215,6 +215,26 @@ pub(super) fn zero_counts_len(f: &FunctionMapping) -> usize {
     max as usize + 1
 }
 
+/// The values of a function's regions for these counters (count and false count of each,
+/// in the order of its mapping, MC/DC decisions left out), as [`load_counts`] evaluates them;
+/// None when it leaves the function out.
+pub(super) fn region_values(f: &FunctionMapping, counts: &[u64]) -> Option<Vec<u64>> {
+    if f.regions.is_empty()
+        || (f.regions.len() == 1
+            && f.regions[0].count.is_zero()
+            && counts.first().is_some_and(|&c| c > 0))
+    {
+        return None;
+    }
+    let mut ev = Evaluator::new(&f.expressions, counts);
+    let mut out = Vec::with_capacity(f.regions.len() * 2);
+    for r in f.regions.iter().filter(|r| r.kind != Kind::McdcDecision) {
+        out.push(ev.eval(r.count)? as u64);
+        out.push(ev.eval(r.false_count)? as u64);
+    }
+    Some(out)
+}
+
 /// A function's record for these counters (None: llvm-cov leaves it out).
 pub(super) fn load_counts(f: &FunctionMapping, counts: &[u64]) -> Option<FunctionRecord> {
     if f.regions.is_empty() {
