@@ -126,12 +126,25 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
     let more: Vec<u64> = counters.counters.iter().map(|c| c + 1).collect();
     for c in [&half, &counters.counters, &counters.counters] {
         let want = engine.coverage(&module, c).summary();
-        assert_eq!(points.summary(&engine.mapping, c), want, "{}", object.display());
+        assert_eq!(
+            points.summary(&engine.mapping, c),
+            want,
+            "{}",
+            object.display()
+        );
     }
-    assert_eq!(points.recomputed, 0, "nothing changed, nothing computed again");
+    assert_eq!(
+        points.recomputed, 0,
+        "nothing changed, nothing computed again"
+    );
     for c in [&doubled, &more, &counters.counters] {
         let want = engine.coverage(&module, c).summary();
-        assert_eq!(points.summary(&engine.mapping, c), want, "{}", object.display());
+        assert_eq!(
+            points.summary(&engine.mapping, c),
+            want,
+            "{}",
+            object.display()
+        );
     }
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),

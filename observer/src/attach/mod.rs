@@ -224,11 +224,12 @@ pub async fn run_session(
     );
 
     // The live coverage (the progress line's, and the end report's).
-    let report_opts = (!opts.no_report && !opts.observe_only).then(|| crate::report::ReportOptions {
-        vmlinux: opts.vmlinux.clone(),
-        modes: opts.modes,
-        ..Default::default()
-    });
+    let report_opts =
+        (!opts.no_report && !opts.observe_only).then(|| crate::report::ReportOptions {
+            vmlinux: opts.vmlinux.clone(),
+            modes: opts.modes,
+            ..Default::default()
+        });
     let mut progress = progress::Progress::new(
         !opts.json && !opts.no_report && !opts.observe_only,
         &out_dir,
@@ -389,7 +390,10 @@ async fn drive(
         for record in early {
             session.on_record(record).await;
         }
-        return drive_loop(session, shutdown, done_rx, reader, control, output, progress).await;
+        return drive_loop(
+            session, shutdown, done_rx, reader, control, output, progress,
+        )
+        .await;
     }
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
@@ -443,7 +447,10 @@ async fn drive(
     for record in early {
         session.on_record(record).await;
     }
-    drive_loop(session, shutdown, done_rx, reader, control, output, progress).await
+    drive_loop(
+        session, shutdown, done_rx, reader, control, output, progress,
+    )
+    .await
 }
 
 async fn drive_loop(

@@ -705,8 +705,8 @@ impl LiveCoverage {
         };
         let mut jobs = Vec::new();
         // The engine's first export of a module is without detail (see `dispatch`).
-        let had_detail = self.units[idx].detail.is_some()
-            || !self.units[idx].llvm().is_some_and(|m| m.native());
+        let had_detail =
+            self.units[idx].detail.is_some() || !self.units[idx].llvm().is_some_and(|m| m.native());
         for j in 0..self.units.len() {
             if j == idx {
                 continue;

@@ -402,15 +402,15 @@ impl Export {
                 detail,
             } => {
                 let c = engine.coverage(&profile, &counters);
-                let detail = if detail {
-                    Some(lcov::parse(&c.lcov(), "covobs' engine").map_err(|e| e.to_string())?)
-                } else {
-                    None
-                };
-                return Ok(Snapshot {
-                    files: c.summary(),
-                    detail,
-                });
+                if !detail {
+                    return Ok(Snapshot {
+                        files: c.summary(),
+                        detail: None,
+                    });
+                }
+                let (text, files) = c.lcov_with_summary();
+                let detail = Some(lcov::parse(&text, "covobs' engine").map_err(|e| e.to_string())?);
+                return Ok(Snapshot { files, detail });
             }
             Export::Tools {
                 cov,

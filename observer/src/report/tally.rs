@@ -192,7 +192,13 @@ impl Tally {
         }
         let mut changed = false;
         let inflation = s.inflation.as_deref();
-        for (i, ((t, o), &m)) in self.total.iter_mut().zip(s.own.iter_mut()).zip(memory.iter()).enumerate() {
+        for (i, ((t, o), &m)) in self
+            .total
+            .iter_mut()
+            .zip(s.own.iter_mut())
+            .zip(memory.iter())
+            .enumerate()
+        {
             let own = match inflation {
                 Some(inf) => m.saturating_sub(inf[i]),
                 None => m,

@@ -127,8 +127,19 @@ fn session(dir: &Path, base: &[u8], n: usize, grow: Grow) -> Result<()> {
     Ok(())
 }
 
-/// `covobs report` of a session: (seconds, peak RSS in MiB of covobs and its children).
-fn report(dir: &Path, tools: bool) -> Result<(f64, f64)> {
+/// What one report took.
+struct Took {
+    /// Wall-clock seconds.
+    secs: f64,
+    /// CPU seconds (user and system) of covobs and its children: what the wall clock shows on
+    /// a machine of its own (this one may be shared).
+    cpu: f64,
+    /// Peak RSS in MiB of covobs and its children.
+    peak: f64,
+}
+
+/// `covobs report` of a session.
+fn report(dir: &Path, tools: bool) -> Result<Took> {
     let _ = std::fs::remove_dir_all(dir.join("report"));
     let mut cmd = Command::new(covobs());
     cmd.args(["report", "--format", "json"]).arg(dir);
@@ -151,8 +162,13 @@ fn report(dir: &Path, tools: bool) -> Result<(f64, f64)> {
     if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("covobs report of {} failed ({status})", dir.display());
     }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     // ru_maxrss: KiB, the largest of covobs and the children it waited for (llvm-cov).
-    Ok((secs, usage.ru_maxrss as f64 / 1024.0))
+    Ok(Took {
+        secs,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak: usage.ru_maxrss as f64 / 1024.0,
+    })
 }
 
 fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
@@ -176,34 +192,48 @@ pub fn run() -> Result<()> {
         // What does not depend on the number of points: the mapping, the end report's detail.
         let dir = tmp.join("session-1");
         session(&dir, &base, 1, grow)?;
-        let (one, one_rss) = report(&dir, false)?;
+        let one = report(&dir, false)?;
         let _ = std::fs::remove_dir_all(&dir);
-        println!("      1 artifact   engine:   whole {one:8.2} s  peak {one_rss:7.0} MiB");
+        println!(
+            "      1 artifact   engine:   whole {:8.2} s (cpu {:7.2} s)  peak {:7.0} MiB",
+            one.secs, one.cpu, one.peak
+        );
         for n in sizes("COVOBS_BENCH_REPORT_SIZES", &[20, 100, 1000]) {
             let dir = tmp.join(format!("session-{n}"));
             session(&dir, &base, n, grow)?;
-            let (secs, rss) = report(&dir, false)?;
-            let added = (secs - one).max(0.0) * 1000.0 / (n.max(2) - 1) as f64;
+            let e = report(&dir, false)?;
+            let per = |t: f64| t * 1000.0 / n as f64;
+            let added = |t: f64, one: f64| (t - one).max(0.0) * 1000.0 / (n.max(2) - 1) as f64;
             println!(
-                "  {n:>5} artifacts  engine:   whole {secs:8.2} s  per point {:9.1} ms  per added point {added:9.1} ms  peak {rss:7.0} MiB",
-                secs * 1000.0 / n as f64
+                "  {n:>5} artifacts  engine:   whole {:8.2} s (cpu {:7.2} s)  per point {:8.1} ms  per added point {:8.1} ms (cpu {:6.1} ms)  peak {:7.0} MiB",
+                e.secs,
+                e.cpu,
+                per(e.secs),
+                added(e.secs, one.secs),
+                added(e.cpu, one.cpu),
+                e.peak
             );
             let mut row = serde_json::json!({
                 "artifacts": n,
                 "grow": grow.describe(),
-                "engine": {"whole_s": secs, "per_point_ms": secs * 1000.0 / n as f64,
-                           "per_added_point_ms": added, "one_artifact_s": one, "peak_mib": rss},
+                "engine": {"whole_s": e.secs, "cpu_s": e.cpu, "per_point_ms": per(e.secs),
+                           "per_added_point_ms": added(e.secs, one.secs),
+                           "per_added_point_cpu_ms": added(e.cpu, one.cpu),
+                           "one_artifact_s": one.secs, "peak_mib": e.peak},
             });
             // llvm-cov's cost does not depend on what grew: once is enough.
             if matches!(grow, Grow::All) && n <= tools_max {
-                let (tsecs, trss) = report(&dir, true)?;
+                let t = report(&dir, true)?;
                 println!(
-                    "  {n:>5} artifacts  llvm-cov: whole {tsecs:8.2} s  per point {:9.1} ms  peak {trss:7.0} MiB  ({:.0}x the engine's time)",
-                    tsecs * 1000.0 / n as f64,
-                    tsecs / secs
+                    "  {n:>5} artifacts  llvm-cov: whole {:8.2} s (cpu {:7.2} s)  per point {:8.1} ms  peak {:7.0} MiB  ({:.0}x the engine's time)",
+                    t.secs,
+                    t.cpu,
+                    per(t.secs),
+                    t.peak,
+                    t.secs / e.secs
                 );
                 row["llvm_cov"] = serde_json::json!({
-                    "whole_s": tsecs, "per_point_ms": tsecs * 1000.0 / n as f64, "peak_mib": trss,
+                    "whole_s": t.secs, "cpu_s": t.cpu, "per_point_ms": per(t.secs), "peak_mib": t.peak,
                 });
             } else if matches!(grow, Grow::All) {
                 println!(

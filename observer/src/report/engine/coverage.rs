@@ -723,8 +723,24 @@ impl ModuleCoverage {
         out
     }
 
+    /// The LCOV and the per-file figures together (each file's figures computed once).
+    pub fn lcov_with_summary(&self) -> (String, std::collections::BTreeMap<String, Totals>) {
+        let mut out = String::new();
+        let mut summary = std::collections::BTreeMap::new();
+        for file in self.files() {
+            let totals = self.file_totals(&file);
+            self.lcov_file_with(&mut out, &file, &totals);
+            summary.insert(file.to_string(), totals);
+        }
+        (out, summary)
+    }
+
     fn lcov_file(&self, out: &mut String, file: &str) {
         let totals = self.file_totals(file);
+        self.lcov_file_with(out, file, &totals);
+    }
+
+    fn lcov_file_with(&self, out: &mut String, file: &str, totals: &Totals) {
         let _ = writeln!(out, "SF:{file}");
         let own: Vec<&FunctionRecord> = self
             .functions

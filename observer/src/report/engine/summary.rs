@@ -138,8 +138,7 @@ impl Summarizer {
                         group_file.len() - 1
                     })
                 });
-            let mut areas: Vec<(u32, (u32, u32), (u32, u32))> =
-                regions().map(|r| (r.file_id, r.start(), r.end())).collect();
+            let mut areas: Vec<_> = regions().map(|r| (r.file_id, r.start(), r.end())).collect();
             areas.sort_unstable();
             let combines = areas.windows(2).any(|w| w[0] == w[1]);
             let executed_at = f
