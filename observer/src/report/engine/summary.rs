@@ -360,15 +360,14 @@ impl Summarizer {
 /// Compares the shape of two value lists: the same zeros, the same equal pairs.
 struct Shape {
     there: HashMap<u64, u64, Mixed>,
-    back: HashMap<u64, u64, Mixed>,
+    images: Vec<u64>,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        let seed = Mixed::new();
         Self {
-            there: HashMap::with_hasher(seed),
-            back: HashMap::with_hasher(seed),
+            there: HashMap::with_hasher(Mixed::new()),
+            images: Vec::new(),
         }
     }
 }
@@ -379,19 +378,26 @@ impl Shape {
             return false;
         }
         self.there.clear();
-        self.back.clear();
+        // Equal values stay equal (old -> new is a function)...
+        let mut last = (0, 0);
         for (&x, &y) in a.iter().zip(b) {
             if (x == 0) != (y == 0) {
                 return false;
             }
-            if x == 0 {
+            if x == 0 || (x, y) == last {
                 continue;
             }
-            if *self.there.entry(x).or_insert(y) != y || *self.back.entry(y).or_insert(x) != x {
+            if *self.there.entry(x).or_insert(y) != y {
                 return false;
             }
+            last = (x, y);
         }
-        true
+        // ... and different ones stay different (it is one to one).
+        self.images.clear();
+        self.images.extend(self.there.values());
+        self.images.sort_unstable();
+        self.images.dedup();
+        self.images.len() == self.there.len()
     }
 }
 
