@@ -622,3 +622,95 @@ fn file_tracking_always_locates_the_targets_own_dumps_in_the_kernel_too() {
     );
     drop(target);
 }
+
+/// Every file under `dir` (path relative to it -> text), without the lines that say when it was
+/// written.
+fn report_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("generated") && !l.contains("timestamp="))
+                .collect();
+            out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), kept.join("\n"));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_end_report_continues_the_live_coverage_and_equals_a_report_of_the_directory() {
+    require_root();
+    let Running {
+        tmp: _tmp,
+        mut target,
+        pid,
+        out,
+        ..
+    } = run_fixture(
+        "attach-live-report",
+        "llvm-rust-target",
+        &["--self-dump-ms", "300"],
+    );
+    // With its report (no --no-report), and -v for the line that says where it came from.
+    let mut covobs = Covobs::start(&[
+        "-v",
+        "attach",
+        "--json",
+        "--pid",
+        &pid.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    covobs.wait_event(T, "three self dumps", |e| {
+        e.kind() == "artifact" && e.u("seq") == 3
+    });
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    target.wait();
+    assert!(covobs.wait(T).success(), "{}", covobs.stderr());
+    let stderr = covobs.stderr();
+    assert!(
+        stderr.contains("the report continues the live coverage"),
+        "the end report was not the live coverage's: {stderr}"
+    );
+    let live = report_files(&out.join("report"));
+    assert!(
+        live.contains_key(Path::new("coverage.lcov")) && live.len() > 3,
+        "{:?}",
+        live.keys()
+    );
+    let arts = artifacts(&out).len();
+    assert!(arts >= 4, "{arts} artifacts");
+    // The same directory reported on its own, afterwards.
+    let again = Command::new(covobs_bin())
+        .arg("report")
+        .arg(&out)
+        .output()
+        .expect("covobs report");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let fresh = report_files(&out.join("report"));
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        fresh.keys().collect::<Vec<_>>()
+    );
+    for (file, text) in &live {
+        assert!(
+            text == &fresh[file],
+            "{}: the live report differs from `covobs report` of the directory",
+            file.display()
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use covobs::report::engine::{Engine, profile::ModuleProfile};
+use covobs::report::engine::{Engine, profile::ModuleProfile, summary::Summarizer};
 use covobs_tests::*;
 use serde_json::Value;
 
@@ -89,6 +89,41 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
         })
         .collect();
     let ours = cov.summary();
+    // The per-point figures, kept up to date function by function, are the same whatever came
+    // before: from nothing, after half the counters, and again with nothing changed.
+    let mut points = Summarizer::new(&engine.mapping, &module, engine.flavor);
+    let half: Vec<u64> = counters
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| if i % 2 == 0 { c } else { 0 })
+        .collect();
+    // Doubled counts keep which region counts are zero and equal (their figures are reused
+    // without computing them again); one more everywhere changes some.
+    let doubled: Vec<u64> = counters.counters.iter().map(|c| c * 2).collect();
+    let more: Vec<u64> = counters.counters.iter().map(|c| c + 1).collect();
+    for c in [&half, &counters.counters, &counters.counters] {
+        let want = engine.coverage(&module, c).summary();
+        assert_eq!(
+            points.summary(&engine.mapping, c),
+            want,
+            "{}",
+            object.display()
+        );
+    }
+    assert_eq!(
+        points.recomputed, 0,
+        "nothing changed, nothing computed again"
+    );
+    for c in [&doubled, &more, &counters.counters] {
+        let want = engine.coverage(&module, c).summary();
+        assert_eq!(
+            points.summary(&engine.mapping, c),
+            want,
+            "{}",
+            object.display()
+        );
+    }
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>()

@@ -230,6 +230,18 @@ pub async fn run_session(
         out_dir.clone(),
     );
 
+    // The live coverage (the progress line's, and the end report's).
+    let report_opts =
+        (!opts.no_report && !opts.observe_only).then(|| crate::report::ReportOptions {
+            vmlinux: opts.vmlinux.clone(),
+            modes: opts.modes,
+            ..Default::default()
+        });
+    let mut progress = progress::Progress::new(
+        !opts.json && !opts.no_report && !opts.observe_only,
+        &out_dir,
+        report_opts,
+    );
     let result = drive(
         &mut session,
         initial,
@@ -237,6 +249,7 @@ pub async fn run_session(
         &mut done_rx,
         launch.as_mut().zip(child.as_mut()),
         output.as_ref(),
+        &mut progress,
     )
     .await;
     if opts.observe_only {
@@ -269,6 +282,7 @@ pub async fn run_session(
                 }
                 drop(session);
                 let _ = pipeline.finish().await;
+                tokio::task::block_in_place(|| progress.stop());
                 remove_refused(&out_dir, created_from.as_deref());
             } else {
                 let _ = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
@@ -293,7 +307,7 @@ pub async fn run_session(
     }
     finished?;
     if !opts.no_report {
-        report(&out_dir, opts.vmlinux.clone(), opts.modes).await;
+        report(&out_dir, opts.vmlinux.clone(), opts.modes, progress).await;
     }
     eprintln!("covobs: session written to {}", out_dir.display());
     if let Some(s) = serving {
@@ -347,6 +361,7 @@ async fn drive(
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
     launch: Option<(&mut crate::run::Prepared, &mut crate::run::Launch)>,
     output: Option<&OutputHealth>,
+    progress: &mut progress::Progress,
 ) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut reader = session
@@ -382,7 +397,10 @@ async fn drive(
         for record in early {
             session.on_record(record).await;
         }
-        return drive_loop(session, shutdown, done_rx, reader, control, output).await;
+        return drive_loop(
+            session, shutdown, done_rx, reader, control, output, progress,
+        )
+        .await;
     }
 
     // Adopt the targets found at start; refuse unsafe ones before anything is sent.
@@ -436,7 +454,10 @@ async fn drive(
     for record in early {
         session.on_record(record).await;
     }
-    drive_loop(session, shutdown, done_rx, reader, control, output).await
+    drive_loop(
+        session, shutdown, done_rx, reader, control, output, progress,
+    )
+    .await
 }
 
 async fn drive_loop(
@@ -446,15 +467,12 @@ async fn drive_loop(
     mut reader: crate::probes::EventReader,
     mut control: Option<control::Requests>,
     output: Option<&OutputHealth>,
+    progress: &mut progress::Progress,
 ) -> anyhow::Result<String> {
     let opts = session.opts.clone();
     let mut finals = session.snapshots.take_reader();
     let mut final_batch = Vec::new();
 
-    let mut progress = progress::Progress::new(
-        !opts.json && !opts.no_report && !opts.observe_only,
-        &session.out_dir,
-    );
     shutdown.start_clock();
     if opts.once {
         session.trigger_all("once").await;
@@ -727,15 +745,20 @@ async fn finish(
     Ok(())
 }
 
-/// The report at the end of attach. A failure there loses nothing: the collected data stays in
+/// The report at the end of attach (the live coverage's, see [`progress`]). A failure there loses nothing: the collected data stays in
 /// the directory for `covobs report DIR`.
 async fn report(
     out_dir: &std::path::Path,
     vmlinux: Option<PathBuf>,
     modes: crate::stream::OutputModes,
+    progress: progress::Progress,
 ) {
     let dir = out_dir.to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
+        // The live coverage's report, finished; from the directory when there is none.
+        if let Some(done) = progress.report() {
+            return done;
+        }
         let opts = crate::report::ReportOptions {
             vmlinux,
             modes,

@@ -145,6 +145,9 @@ pub struct LiveCoverage {
     unit_by_key: HashMap<String, usize>,
     seen: BTreeSet<String>,
     max_seq: Option<u64>,
+    /// An artifact was added after one with a higher seq (the timeline is then rebuilt in seq
+    /// order at the end).
+    out_of_order: bool,
     artifacts_seen: usize,
     points: Vec<TimelinePoint>,
     excluded: Vec<Excluded>,
@@ -213,6 +216,7 @@ impl LiveCoverage {
             unit_by_key: HashMap::new(),
             seen: BTreeSet::new(),
             max_seq: None,
+            out_of_order: false,
             artifacts_seen: 0,
             points: Vec::new(),
             excluded: Vec::new(),
@@ -320,10 +324,11 @@ impl LiveCoverage {
             .iter()
             .filter(|a| !self.seen.contains(&a.rel))
             .collect();
-        let late = match (self.max_seq, fresh.first()) {
-            (Some(max), Some(first)) => first.meta.seq < max,
-            _ => false,
-        };
+        let late = self.out_of_order
+            || match (self.max_seq, fresh.first()) {
+                (Some(max), Some(first)) => first.meta.seq < max,
+                _ => false,
+            };
         if late {
             let tools = self.tools.take();
             self = Self::new(&self.session_dir, &self.opts)?;
@@ -428,6 +433,7 @@ impl LiveCoverage {
             return (Some(Progress::AlreadySeen), Vec::new());
         }
         self.artifacts_seen += 1;
+        self.out_of_order |= self.max_seq.is_some_and(|m| a.meta.seq < m);
         self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
         if a.meta.runtime == "kcov" {
             if let Err(reason) = self.kernel.add(a) {
@@ -480,11 +486,6 @@ impl LiveCoverage {
             Ok(h) => h,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
-        let counters = header
-            .counters
-            .clone()
-            .and_then(|r| bytes.get(r))
-            .map(sha256_hex);
         let merged = match self.merged_base(a) {
             Ok(m) => m,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
@@ -571,6 +572,13 @@ impl LiveCoverage {
                 let UnitState::Llvm(module) = &mut unit.state else {
                     return (None, Vec::new());
                 };
+                // Only for raw profiles merged as they are: a digest of 8 MB of counters is
+                // not free.
+                let counters = header
+                    .counters
+                    .clone()
+                    .and_then(|r| bytes.get(r))
+                    .map(sha256_hex);
                 let repeat = unit.file_set.is_some()
                     && counters
                         .as_ref()
@@ -596,16 +604,21 @@ impl LiveCoverage {
         drop(bytes);
         let version = self.units[idx].version();
         let unit = &mut self.units[idx];
-        let Some(module) = unit.llvm() else {
+        let shared = unit.shared;
+        let first = unit.file_set.is_none();
+        let UnitState::Llvm(module) = &mut unit.state else {
             return (None, Vec::new());
         };
         let mut jobs = Vec::new();
         if repeat {
             // Nothing to export.
-        } else if unit.file_set.is_none() {
-            // A module's first step runs here, with detail: its files decide which modules
-            // share sources, which the following steps need to know.
-            let Some(export) = module.export(true) else {
+        } else if first {
+            // A module's first step runs here: its files decide which modules share sources,
+            // which the following steps need to know. llvm-cov's exports carry the detail
+            // already (a second export later would cost more); the engine's figures name the
+            // files, and a module that turns out to share one gets its detail from a job.
+            let native = module.native();
+            let Some(export) = module.export_point(!native) else {
                 return (None, Vec::new());
             };
             let id = self.take_id();
@@ -616,7 +629,7 @@ impl LiveCoverage {
             }
             self.done.insert(id, (id, idx, version, result));
             jobs.extend(self.mark_shared(idx));
-        } else if let Some(export) = module.export(unit.shared) {
+        } else if let Some(export) = module.export_point(shared) {
             let id = self.take_id();
             jobs.push(Job {
                 id,
@@ -695,6 +708,9 @@ impl LiveCoverage {
             return Vec::new();
         };
         let mut jobs = Vec::new();
+        // The engine's first export of a module is without detail (see `dispatch`).
+        let had_detail =
+            self.units[idx].detail.is_some() || !self.units[idx].llvm().is_some_and(|m| m.native());
         for j in 0..self.units.len() {
             if j == idx {
                 continue;
@@ -717,6 +733,19 @@ impl LiveCoverage {
                 jobs.push(Job {
                     id,
                     unit: j,
+                    version,
+                    export,
+                });
+            }
+        }
+        // Its first export was without detail (the engine's): the shared files need it.
+        if self.units[idx].shared && !had_detail {
+            let version = self.units[idx].version();
+            if let Some(export) = self.units[idx].llvm().and_then(|m| m.export(true)) {
+                let id = self.take_id();
+                jobs.push(Job {
+                    id,
+                    unit: idx,
                     version,
                     export,
                 });

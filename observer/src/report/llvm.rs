@@ -17,6 +17,7 @@ use super::{
     engine::{
         Engine,
         profile::{self, ArtifactCounters, ModuleProfile},
+        summary::Summarizer,
     },
     lcov,
     llvm_tools::Toolset,
@@ -80,6 +81,8 @@ pub struct LlvmModule {
     /// Artifacts (seq, raw profile) whose merge waits for the next one: they repeat counters
     /// merged already, so the coverage does not need them before the end.
     pending: Vec<(u64, Input)>,
+    /// The engine's per-point figures, kept from point to point.
+    summarizer: Option<Summarizer>,
 }
 
 /// Deferred artifacts that failed their merge after all: (seq, reason).
@@ -100,6 +103,7 @@ impl LlvmModule {
             pending: Vec::new(),
             exact: None,
             inexact: None,
+            summarizer: None,
         }
     }
 
@@ -321,6 +325,26 @@ impl LlvmModule {
         Ok(())
     }
 
+    /// The export of a timeline point: without `detail`, the engine's figures are computed
+    /// right here (only the functions whose counters changed since the last point are computed
+    /// again); otherwise as [`LlvmModule::export`].
+    pub fn export_point(&mut self, detail: bool) -> Option<Export> {
+        if detail || !self.native() {
+            return self.export(detail);
+        }
+        let (Some(engine), Some(exact)) = (&self.engine, &self.exact) else {
+            return self.export(detail);
+        };
+        let s = self
+            .summarizer
+            .get_or_insert_with(|| Summarizer::new(&engine.mapping, &exact.profile, engine.flavor));
+        let files = s.summary(&engine.mapping, exact.tally.counters());
+        Some(Export::Ready(Snapshot {
+            files,
+            detail: None,
+        }))
+    }
+
     /// An export of the current state, to run anywhere (it holds its own reference to the
     /// profile it reads). `None` before the first merge.
     pub fn export(&self, detail: bool) -> Option<Export> {
@@ -356,6 +380,8 @@ pub enum Export {
         profdata: Arc<TempFile>,
         detail: bool,
     },
+    /// Computed already.
+    Ready(Snapshot),
 }
 
 /// A module's coverage at one point: per-file figures, and line-level detail when asked for.
@@ -368,6 +394,7 @@ pub struct Snapshot {
 impl Export {
     pub fn run(self) -> Result<Snapshot, String> {
         let (cov, binary, profdata, detail) = match self {
+            Export::Ready(s) => return Ok(s),
             Export::Native {
                 engine,
                 profile,
@@ -375,15 +402,15 @@ impl Export {
                 detail,
             } => {
                 let c = engine.coverage(&profile, &counters);
-                let detail = if detail {
-                    Some(lcov::parse(&c.lcov(), "covobs' engine").map_err(|e| e.to_string())?)
-                } else {
-                    None
-                };
-                return Ok(Snapshot {
-                    files: c.summary(),
-                    detail,
-                });
+                if !detail {
+                    return Ok(Snapshot {
+                        files: c.summary(),
+                        detail: None,
+                    });
+                }
+                let (text, files) = c.lcov_with_summary();
+                let detail = Some(lcov::parse(&text, "covobs' engine").map_err(|e| e.to_string())?);
+                return Ok(Snapshot { files, detail });
             }
             Export::Tools {
                 cov,

@@ -71,9 +71,14 @@ pub struct Tally {
     pub states: u64,
 }
 
-fn saturating_sub_into(out: &mut [u64], a: &[u64], b: &[u64]) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = x.saturating_sub(y);
+/// `v` as `len` counters (padded with zeros or cut), borrowed when it has that length.
+fn fit(v: &[u64], len: usize) -> std::borrow::Cow<'_, [u64]> {
+    if v.len() == len {
+        std::borrow::Cow::Borrowed(v)
+    } else {
+        let mut v = v[..v.len().min(len)].to_vec();
+        v.resize(len, 0);
+        std::borrow::Cow::Owned(v)
     }
 }
 
@@ -142,31 +147,27 @@ impl Tally {
     ) -> Pushed {
         let len = self.len;
         self.states += 1;
-        let fit = |v: &[u64]| -> Vec<u64> {
-            let mut v = v[..v.len().min(len)].to_vec();
-            v.resize(len, 0);
-            v
-        };
-        let memory = fit(counters);
-        let merged = merged.map(fit);
+        // One pass over the module's counters where possible: a timeline point of a large
+        // module must not cost more than that.
+        let memory = fit(counters, len);
+        let merged = merged.map(|m| fit(m, len));
         let mut bits = bits[..bits.len().min(self.bits_len)].to_vec();
         bits.resize(self.bits_len, 0);
         let is_new = !self.series.contains_key(&instance);
         let s = self.series.entry(instance).or_default();
         s.states += 1;
-        // The memory right before this state's merge.
-        let before_merge: Vec<u64> = match &merged {
-            Some(m) => {
-                let mut v = vec![0; len];
-                saturating_sub_into(&mut v, &memory, m);
-                v
-            }
-            None => memory.clone(),
-        };
+        // A counter lower than before, in the memory right before this state's merge.
         let reset = !is_new && {
             let prev = s.memory.as_ref().unwrap_or(&s.own);
-            before_merge.iter().zip(prev).any(|(now, was)| now < was)
-                || bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0)
+            let lower = match &merged {
+                Some(m) => memory
+                    .iter()
+                    .zip(m.iter())
+                    .zip(prev)
+                    .any(|((&now, &m), &was)| now.saturating_sub(m) < was),
+                None => memory.iter().zip(prev).any(|(now, was)| now < was),
+            };
+            lower || bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0)
         };
         let mut pushed = Pushed {
             reset,
@@ -186,43 +187,40 @@ impl Tally {
             s.segments += 1;
             self.resets += 1;
         }
-        if let Some(m) = merged.filter(|_| pushed.merged) {
+        if let Some(m) = merged.as_ref().filter(|_| pushed.merged) {
             let inf = s.inflation.get_or_insert_with(|| vec![0; len]);
-            for (i, &x) in inf.iter_mut().zip(&m) {
+            for (i, &x) in inf.iter_mut().zip(m.iter()) {
                 *i = i.saturating_add(x);
             }
             self.merged_states += 1;
         }
-        let own = match &s.inflation {
-            Some(inf) => {
-                let mut v = vec![0; len];
-                saturating_sub_into(&mut v, &memory, inf);
-                v
-            }
-            None => memory.clone(),
-        };
-        // total += own - previous own (the previous own went to `closed` on a reset, so it
-        // stays counted).
-        let zeros;
-        let old: &[u64] = if reset || is_new {
-            zeros = vec![0u64; 0];
-            &zeros
-        } else {
-            &s.own
-        };
-        for (i, t) in self.total.iter_mut().enumerate() {
+        // own = memory - inflation; total += own - previous own (the previous own went to
+        // `closed` on a reset, so it stays counted). In place, in one pass.
+        let fresh = reset || is_new;
+        if s.own.len() != len {
+            s.own = vec![0; len];
+        }
+        let mut changed = false;
+        let inflation = s.inflation.as_deref();
+        for (i, ((t, o), &m)) in self
+            .total
+            .iter_mut()
+            .zip(s.own.iter_mut())
+            .zip(memory.iter())
+            .enumerate()
+        {
+            let own = match inflation {
+                Some(inf) => m.saturating_sub(inf[i]),
+                None => m,
+            };
+            let was = if fresh { 0 } else { *o };
             let before = *t;
-            let was = old.get(i).copied().unwrap_or(0);
-            *t = t.wrapping_sub(was).wrapping_add(own[i]);
-            if *t != before {
-                pushed.changed = true;
-            }
+            *t = t.wrapping_sub(was).wrapping_add(own);
+            changed |= *t != before;
+            *o = own;
         }
-        if bits != s.bits {
-            pushed.changed = true;
-        }
-        s.memory = s.inflation.is_some().then_some(memory);
-        s.own = own;
+        pushed.changed = changed || bits != s.bits;
+        s.memory = s.inflation.is_some().then(|| memory.into_owned());
         s.bits = bits;
         pushed
     }

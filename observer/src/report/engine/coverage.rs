@@ -172,7 +172,7 @@ fn max_counter_id(c: Counter, exprs: &[Expression], depth: u32) -> u32 {
 }
 
 /// `PGOFuncName` without the `<file>:` prefix local functions carry.
-fn name_without_prefix(name: &str, file: Option<&str>) -> String {
+pub(super) fn name_without_prefix(name: &str, file: Option<&str>) -> String {
     match file {
         Some(f) if !f.is_empty() && name.starts_with(f) => {
             name.get(f.len() + 1..).unwrap_or("").to_string()
@@ -205,19 +205,46 @@ pub fn function_records(mapping: &Mapping, profile: &ProfileCounts) -> Vec<Funct
 }
 
 fn load(f: &FunctionMapping, profile: &ProfileCounts) -> Option<FunctionRecord> {
-    let counts: Vec<u64> = match profile.by_key.get(&(f.name_ref, f.func_hash)) {
-        Some(c) => c.clone(),
-        None if profile.names.contains_key(&f.name_ref) => return None,
-        None => {
-            let max = f
-                .regions
-                .iter()
-                .map(|r| max_counter_id(r.count, &f.expressions, 0))
-                .max()
-                .unwrap_or(0);
-            vec![0; max as usize + 1]
-        }
-    };
+    match profile.by_key.get(&(f.name_ref, f.func_hash)) {
+        Some(c) => load_counts(f, c),
+        None if profile.names.contains_key(&f.name_ref) => None,
+        None => load_counts(f, &vec![0; zero_counts_len(f)]),
+    }
+}
+
+/// How many zero counters llvm-cov gives a function the profile has no record for.
+pub(super) fn zero_counts_len(f: &FunctionMapping) -> usize {
+    let max = f
+        .regions
+        .iter()
+        .map(|r| max_counter_id(r.count, &f.expressions, 0))
+        .max()
+        .unwrap_or(0);
+    max as usize + 1
+}
+
+/// The values of a function's regions for these counters (count and false count of each,
+/// in the order of its mapping, MC/DC decisions left out), as [`load_counts`] evaluates them;
+/// None when it leaves the function out.
+pub(super) fn region_values(f: &FunctionMapping, counts: &[u64]) -> Option<Vec<u64>> {
+    if f.regions.is_empty()
+        || (f.regions.len() == 1
+            && f.regions[0].count.is_zero()
+            && counts.first().is_some_and(|&c| c > 0))
+    {
+        return None;
+    }
+    let mut ev = Evaluator::new(&f.expressions, counts);
+    let mut out = Vec::with_capacity(f.regions.len() * 2);
+    for r in f.regions.iter().filter(|r| r.kind != Kind::McdcDecision) {
+        out.push(ev.eval(r.count)? as u64);
+        out.push(ev.eval(r.false_count)? as u64);
+    }
+    Some(out)
+}
+
+/// A function's record for these counters (None: llvm-cov leaves it out).
+pub(super) fn load_counts(f: &FunctionMapping, counts: &[u64]) -> Option<FunctionRecord> {
     if f.regions.is_empty() {
         return None;
     }
@@ -235,7 +262,7 @@ fn load(f: &FunctionMapping, profile: &ProfileCounts) -> Option<FunctionRecord> 
         branches: Vec::new(),
         execution_count: 0,
     };
-    let mut ev = Evaluator::new(&f.expressions, &counts);
+    let mut ev = Evaluator::new(&f.expressions, counts);
     for r in &f.regions {
         if r.kind == Kind::McdcDecision {
             continue;
@@ -459,7 +486,7 @@ struct Data<'a> {
     expansions: Vec<(CountedRegion, &'a FunctionRecord)>,
 }
 
-fn main_file_id(f: &FunctionRecord) -> Option<u32> {
+pub(super) fn main_file_id(f: &FunctionRecord) -> Option<u32> {
     let mut expanded = vec![false; f.filenames.len()];
     for r in &f.regions {
         if r.region.kind == Kind::Expansion
@@ -521,15 +548,15 @@ fn coverage_for_expansion<'a>(region: &CountedRegion, f: &'a FunctionRecord) -> 
 }
 
 /// A function's (or group's) figures.
-#[derive(Clone, Copy, Debug, Default)]
-struct Summary {
-    regions: Counts,
-    lines: Counts,
-    branches: Counts,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Summary {
+    pub(super) regions: Counts,
+    pub(super) lines: Counts,
+    pub(super) branches: Counts,
 }
 
 impl Summary {
-    fn merge(&mut self, o: &Summary) {
+    pub(super) fn merge(&mut self, o: &Summary) {
         for (a, b) in [
             (&mut self.regions, o.regions),
             (&mut self.lines, o.lines),
@@ -574,7 +601,7 @@ fn sum_branch_expansions(
     c
 }
 
-fn function_summary(f: &FunctionRecord, flavor: Flavor) -> Summary {
+pub(super) fn function_summary(f: &FunctionRecord, flavor: Flavor) -> Summary {
     let mut s = Summary::default();
     for r in &f.regions {
         if r.region.kind == Kind::Code {
@@ -704,8 +731,24 @@ impl ModuleCoverage {
         out
     }
 
+    /// The LCOV and the per-file figures together (each file's figures computed once).
+    pub fn lcov_with_summary(&self) -> (String, std::collections::BTreeMap<String, Totals>) {
+        let mut out = String::new();
+        let mut summary = std::collections::BTreeMap::new();
+        for file in self.files() {
+            let totals = self.file_totals(&file);
+            self.lcov_file_with(&mut out, &file, &totals);
+            summary.insert(file.to_string(), totals);
+        }
+        (out, summary)
+    }
+
     fn lcov_file(&self, out: &mut String, file: &str) {
         let totals = self.file_totals(file);
+        self.lcov_file_with(out, file, &totals);
+    }
+
+    fn lcov_file_with(&self, out: &mut String, file: &str, totals: &Totals) {
         let _ = writeln!(out, "SF:{file}");
         let own: Vec<&FunctionRecord> = self
             .functions

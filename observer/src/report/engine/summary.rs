@@ -1,0 +1,446 @@
+//! A module's per-file figures (`llvm-cov export -summary-only`) kept up to date point after
+//! point: what does not depend on the counters (which profile record each function reads, its
+//! instantiation group, its files, which records llvm-cov keeps when two are alike) is worked
+//! out once per module, and each function's figures are computed again only when its own
+//! counters changed. A timeline point then costs one pass over the counters plus the functions
+//! that ran since the last point; the figures are those of [`super::coverage::ModuleCoverage`]
+//! (the tests compare both).
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Range,
+    sync::Arc,
+};
+
+use super::{
+    coverage::{self, Flavor, Summary},
+    mapping::{Kind, Mapping},
+    profile::ModuleProfile,
+};
+use crate::report::model::{Counts, Totals};
+
+/// What a function's record reads at one point (`load` in [`super::coverage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Input {
+    /// Its profile record's counters.
+    Counts(Vec<u64>),
+    /// The profile has its name only under another hash: llvm-cov leaves it out.
+    Absent,
+    /// The profile has no record of its name: all counters zero.
+    Zeros,
+}
+
+/// A function's figures for the input it was last computed for (None: not loaded), and its
+/// regions' values then.
+#[derive(Clone, Debug)]
+struct Cached {
+    input: Input,
+    values: Option<Vec<u64>>,
+    figures: Option<(Summary, u64)>,
+}
+
+/// One function's place in the module, independent of the counters.
+#[derive(Clone, Debug)]
+struct Place {
+    /// Its profile key (index into `Summarizer::keys`), if the profile has that key at all.
+    key: Option<usize>,
+    /// Its name (index into the names the profile knows), if the profile knows it.
+    name: Option<usize>,
+    /// llvm-cov keeps the first loaded record of each (files, name).
+    dedup: usize,
+    /// Its instantiation group (file and start of its first region there), if any.
+    group: Option<usize>,
+    /// The files it mentions (indices into `Summarizer::files`).
+    files: Vec<usize>,
+    /// Two of its regions cover the same area (llvm-cov adds up their counts).
+    combines: bool,
+    /// Where its execution count (its first code region's) is among its region values.
+    executed_at: Option<usize>,
+}
+
+/// Per-point figures of one module.
+pub struct Summarizer {
+    flavor: Flavor,
+    places: Vec<Place>,
+    /// Per profile key: its records' counter ranges (llvm-profdata adds up same-key records).
+    keys: Vec<Vec<Range<usize>>>,
+    /// Per profile key: the name it belongs to.
+    key_name: Vec<usize>,
+    names: usize,
+    dedups: usize,
+    /// Per group: its file.
+    group_file: Vec<usize>,
+    files: Vec<Arc<str>>,
+    cache: Vec<Option<Cached>>,
+    /// Functions computed again at the last point (for the benchmark and tests).
+    pub recomputed: usize,
+}
+
+impl Summarizer {
+    pub fn new(mapping: &Mapping, profile: &ModuleProfile, flavor: Flavor) -> Self {
+        let mut key_of: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut name_of: HashMap<u64, usize> = HashMap::new();
+        let mut keys: Vec<Vec<Range<usize>>> = Vec::new();
+        let mut key_name = Vec::new();
+        for f in &profile.functions {
+            let names = name_of.len();
+            let name = *name_of.entry(f.name_ref).or_insert(names);
+            let k = *key_of.entry((f.name_ref, f.func_hash)).or_insert_with(|| {
+                keys.push(Vec::new());
+                key_name.push(name);
+                keys.len() - 1
+            });
+            keys[k].push(f.counters.clone());
+        }
+        let mut dedup_of: HashMap<(Vec<Arc<str>>, String), usize> = HashMap::new();
+        let mut group_of: HashMap<(usize, (u32, u32)), usize> = HashMap::new();
+        let mut group_file = Vec::new();
+        let mut file_of: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut files = Vec::new();
+        let mut places = Vec::with_capacity(mapping.functions.len());
+        for f in &mapping.functions {
+            let name = coverage::name_without_prefix(&f.name, f.filenames.first().map(|s| &**s));
+            let n = dedup_of.len();
+            let dedup = *dedup_of.entry((f.filenames.clone(), name)).or_insert(n);
+            let mut file_ids: Vec<usize> = Vec::new();
+            for name in &f.filenames {
+                let id = *file_of.entry(name.clone()).or_insert_with(|| {
+                    files.push(name.clone());
+                    files.len() - 1
+                });
+                if !file_ids.contains(&id) {
+                    file_ids.push(id);
+                }
+            }
+            // The record's regions (branches and MC/DC decisions are kept apart): its main
+            // file is the one no expansion expands, its group where its first region there
+            // starts.
+            let regions = || {
+                f.regions
+                    .iter()
+                    .filter(|r| r.kind != Kind::McdcDecision && !r.kind.is_branch())
+            };
+            let mut expanded = vec![false; f.filenames.len()];
+            for r in regions().filter(|r| r.kind == Kind::Expansion) {
+                if let Some(e) = expanded.get_mut(r.expanded_file_id as usize) {
+                    *e = true;
+                }
+            }
+            let group = expanded
+                .iter()
+                .position(|e| !e)
+                .and_then(|main| {
+                    let first = regions().find(|r| r.file_id as usize == main)?;
+                    Some((file_of[&f.filenames[main]], first.start()))
+                })
+                .map(|g| {
+                    *group_of.entry(g).or_insert_with(|| {
+                        group_file.push(g.0);
+                        group_file.len() - 1
+                    })
+                });
+            let mut areas: Vec<_> = regions().map(|r| (r.file_id, r.start(), r.end())).collect();
+            areas.sort_unstable();
+            let combines = areas.windows(2).any(|w| w[0] == w[1]);
+            let executed_at = f
+                .regions
+                .iter()
+                .filter(|r| r.kind != Kind::McdcDecision)
+                .position(|r| !r.kind.is_branch())
+                .map(|i| 2 * i);
+            places.push(Place {
+                key: key_of.get(&(f.name_ref, f.func_hash)).copied(),
+                name: name_of.get(&f.name_ref).copied(),
+                dedup,
+                group,
+                files: file_ids,
+                combines,
+                executed_at,
+            });
+        }
+        Self {
+            flavor,
+            cache: vec![None; places.len()],
+            places,
+            keys,
+            key_name,
+            names: name_of.len(),
+            dedups: dedup_of.len(),
+            group_file,
+            files,
+            recomputed: 0,
+        }
+    }
+
+    /// Per-file figures for these counters (the module's counter vector).
+    pub fn summary(&mut self, mapping: &Mapping, counters: &[u64]) -> BTreeMap<String, Totals> {
+        // Each key's counters (summed when several records share it), and which keys and names
+        // the profile has: `llvm-profdata merge -sparse` leaves all-zero records out.
+        let summed: HashMap<usize, Vec<u64>> = (0..self.keys.len())
+            .filter(|&k| self.keys[k].len() > 1)
+            .map(|k| (k, self.sum_key(k, counters)))
+            .collect();
+        let mut present = vec![false; self.keys.len()];
+        let mut named = vec![false; self.names];
+        for k in 0..self.keys.len() {
+            if self
+                .key_counts_ref(k, counters, &summed)
+                .iter()
+                .any(|&x| x != 0)
+            {
+                present[k] = true;
+                named[self.key_name[k]] = true;
+            }
+        }
+        let mut taken = vec![false; self.dedups];
+        let mut groups: Vec<Option<(Summary, u64)>> = vec![None; self.group_file.len()];
+        let mut file_seen = vec![false; self.files.len()];
+        self.recomputed = 0;
+        let mut shape = Shape::default();
+        for (i, f) in mapping.functions.iter().enumerate() {
+            let place = &self.places[i];
+            let input: &[u64];
+            let kind = match place.key.filter(|&k| present[k]) {
+                Some(k) => {
+                    input = self.key_counts_ref(k, counters, &summed);
+                    0
+                }
+                None if place.name.is_some_and(|n| named[n]) => {
+                    input = &[];
+                    1
+                }
+                None => {
+                    input = &[];
+                    2
+                }
+            };
+            let same = match (&self.cache[i], kind) {
+                (Some(c), 0) => matches!(&c.input, Input::Counts(v) if v.as_slice() == input),
+                (Some(c), 1) => c.input == Input::Absent,
+                (Some(c), _) => c.input == Input::Zeros,
+                (None, _) => false,
+            };
+            if !same {
+                let zeros;
+                let input = if kind == 2 {
+                    zeros = vec![0u64; coverage::zero_counts_len(f)];
+                    &zeros[..]
+                } else {
+                    input
+                };
+                let values = if kind == 1 {
+                    None
+                } else {
+                    coverage::region_values(f, input)
+                };
+                let before = self.cache[i].take();
+                // The figures depend on the values only through which are zero and which are
+                // equal (llvm-cov compares neighbouring counts when it builds the segments):
+                // values of the same shape as before give the same figures.
+                let reuse = match (&before, &values) {
+                    (Some(b), Some(now)) if !place.combines => b
+                        .values
+                        .as_ref()
+                        .zip(b.figures)
+                        .filter(|(was, _)| shape.same(was, now))
+                        .map(|(_, (summary, _))| {
+                            let executed = place.executed_at.map_or(0, |at| now[at]);
+                            (summary, executed)
+                        }),
+                    _ => None,
+                };
+                let figures = match (reuse, &values) {
+                    (Some(f), _) => Some(f),
+                    (None, None) => None,
+                    (None, Some(_)) => {
+                        self.recomputed += 1;
+                        coverage::load_counts(f, input).map(|rec| {
+                            (
+                                coverage::function_summary(&rec, self.flavor),
+                                rec.execution_count,
+                            )
+                        })
+                    }
+                };
+                let input = match kind {
+                    0 => Input::Counts(input.to_vec()),
+                    1 => Input::Absent,
+                    _ => Input::Zeros,
+                };
+                self.cache[i] = Some(Cached {
+                    input,
+                    values,
+                    figures,
+                });
+            }
+            let Some((summary, executed)) = self.cache[i].as_ref().and_then(|c| c.figures) else {
+                continue;
+            };
+            if std::mem::replace(&mut taken[place.dedup], true) {
+                continue;
+            }
+            for &file in &place.files {
+                file_seen[file] = true;
+            }
+            if let Some(g) = place.group {
+                match &mut groups[g] {
+                    Some((s, e)) => {
+                        s.merge(&summary);
+                        *e = e.wrapping_add(executed);
+                    }
+                    slot @ None => *slot = Some((summary, executed)),
+                }
+            }
+        }
+        let mut out: BTreeMap<String, Totals> = self
+            .files
+            .iter()
+            .zip(&file_seen)
+            .filter(|(_, seen)| **seen)
+            .map(|(name, _)| {
+                (
+                    name.to_string(),
+                    Totals {
+                        regions: Some(Counts::default()),
+                        ..Totals::default()
+                    },
+                )
+            })
+            .collect();
+        for (g, figures) in groups.iter().enumerate() {
+            let Some((s, executed)) = figures else {
+                continue;
+            };
+            let Some(t) = out.get_mut(&*self.files[self.group_file[g]]) else {
+                continue;
+            };
+            t.lines.add(s.lines);
+            t.branches.add(s.branches);
+            if let Some(r) = t.regions.as_mut() {
+                r.add(s.regions);
+            }
+            t.functions.total += 1;
+            t.functions.hit += u64::from(*executed > 0);
+        }
+        out
+    }
+
+    /// The counters of a key several records share, added up as llvm-profdata does (records of
+    /// another length than the first are left out).
+    fn sum_key(&self, k: usize, counters: &[u64]) -> Vec<u64> {
+        let mut v: Option<Vec<u64>> = None;
+        for r in &self.keys[k] {
+            let c = counters.get(r.clone()).unwrap_or(&[]);
+            match &mut v {
+                Some(v) if v.len() == c.len() => {
+                    for (x, y) in v.iter_mut().zip(c) {
+                        *x = x.saturating_add(*y);
+                    }
+                }
+                Some(_) => {}
+                None => v = Some(c.to_vec()),
+            }
+        }
+        v.unwrap_or_default()
+    }
+
+    /// Key `k`'s counters.
+    fn key_counts_ref<'a>(
+        &self,
+        k: usize,
+        counters: &'a [u64],
+        summed: &'a HashMap<usize, Vec<u64>>,
+    ) -> &'a [u64] {
+        match self.keys[k].as_slice() {
+            [only] => counters.get(only.clone()).unwrap_or(&[]),
+            _ => summed.get(&k).map_or(&[], |v| v.as_slice()),
+        }
+    }
+}
+
+/// Compares the shape of two value lists: the same zeros, the same equal pairs.
+struct Shape {
+    there: HashMap<u64, u64, Mixed>,
+    images: Vec<u64>,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            there: HashMap::with_hasher(Mixed::new()),
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Shape {
+    fn same(&mut self, a: &[u64], b: &[u64]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        self.there.clear();
+        // Equal values stay equal (old -> new is a function)...
+        let mut last = (0, 0);
+        for (&x, &y) in a.iter().zip(b) {
+            if (x == 0) != (y == 0) {
+                return false;
+            }
+            if x == 0 || (x, y) == last {
+                continue;
+            }
+            if *self.there.entry(x).or_insert(y) != y {
+                return false;
+            }
+            last = (x, y);
+        }
+        // ... and different ones stay different (it is one to one).
+        self.images.clear();
+        self.images.extend(self.there.values());
+        self.images.sort_unstable();
+        self.images.dedup();
+        self.images.len() == self.there.len()
+    }
+}
+
+/// A fast hash for u64 keys (std's SipHash is several times slower, and this runs for every
+/// region of every function that ran): a random seed, then MurmurHash3's 64-bit finalizer, so
+/// that counts an artifact chose cannot be aimed at one bucket without knowing the seed.
+#[derive(Clone, Copy)]
+struct Mixed(u64);
+
+impl Mixed {
+    fn new() -> Self {
+        use std::hash::BuildHasher as _;
+        Self(std::collections::hash_map::RandomState::new().hash_one(0x636f_766f_6273u64))
+    }
+}
+
+impl std::hash::BuildHasher for Mixed {
+    type Hasher = MixedHasher;
+
+    fn build_hasher(&self) -> MixedHasher {
+        MixedHasher(self.0)
+    }
+}
+
+struct MixedHasher(u64);
+
+impl std::hash::Hasher for MixedHasher {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 ^= x;
+    }
+}
