@@ -124,6 +124,30 @@ impl Shutdown {
         self.deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
     }
 
+    /// Resolves at the next Ctrl-C or SIGTERM (not at the end of `--duration`).
+    pub async fn signalled(&mut self) {
+        let interrupt = async {
+            match self.interrupt.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let terminate = async {
+            match self.terminate.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+
     /// Resolves when it is time to stop.
     pub async fn wait(&mut self) {
         let interrupt = async {

@@ -42,6 +42,7 @@ pub(super) async fn target_collector(
     seq: Arc<AtomicU64>,
     tx: Sender,
     done_tx: mpsc::UnboundedSender<Outcome>,
+    abandon: Arc<AtomicBool>,
 ) {
     let CollectorSetup {
         root,
@@ -74,6 +75,12 @@ pub(super) async fn target_collector(
     .await
     .unwrap_or_default();
     while let Some(job) = jobs.recv().await {
+        // covobs is stopping and its bound for collecting the backlog has passed: what is still
+        // queued is given up, each dump with its `lost` event (never a silent loss).
+        if abandon.load(Ordering::SeqCst) {
+            give_up(job, &tx, &done_tx).await;
+            continue;
+        }
         let job_root = root.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let root = job.done.dump.root.as_ref().unwrap_or(&job_root);
@@ -323,6 +330,24 @@ async fn deliver(
             result,
         });
     }
+}
+
+/// A queued dump covobs stopped before collecting.
+async fn give_up(job: CollectJob, tx: &Sender, done_tx: &mpsc::UnboundedSender<Outcome>) {
+    let CollectJob { done, requests } = job;
+    let (pid, tid, runtime) = (done.dump.pid, done.dump.tid, done.dump.hook.runtime);
+    let reason = format!(
+        "{} dump on thread {tid} (returned {}): covobs stopped before collecting it (the backlog still queued {} s after the stop is given up)",
+        runtime.as_str(),
+        done.ret,
+        super::STOP_COLLECT.as_secs()
+    );
+    lost_event(tx, pid, tid, runtime, &reason).await;
+    let _ = done_tx.send(Outcome {
+        pid,
+        requests,
+        result: Err(reason),
+    });
 }
 
 async fn lost_event(tx: &Sender, pid: u32, tid: u32, runtime: Runtime, reason: &str) {

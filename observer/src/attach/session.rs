@@ -5,7 +5,7 @@ pub(super) use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -81,6 +81,9 @@ pub struct Session {
     pub(super) next_request: u64,
     /// Collections running now.
     pub in_flight: usize,
+    /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
+    /// hold into `lost` events instead of collecting it.
+    pub(super) abandon: Arc<AtomicBool>,
     pub counters: Counters,
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
@@ -166,6 +169,7 @@ impl Session {
             requests: HashMap::new(),
             next_request: 1,
             in_flight: 0,
+            abandon: Arc::new(AtomicBool::new(false)),
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
@@ -234,6 +238,11 @@ impl Session {
             || self.in_flight > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
+    }
+
+    /// Answers covobs still waits for: dumps it asked for, final snapshots of exited targets.
+    pub(super) fn awaiting_dumps(&self) -> bool {
+        self.snapshots.busy() || self.targets.values().any(|t| !t.pending.is_empty())
     }
 
     pub(super) fn dumps_active(&self) -> bool {

@@ -109,6 +109,11 @@ impl DumpTracker {
         self.active.insert(dump.tid, dump);
     }
 
+    /// Every dump still running, taken out (covobs stops: their ends will not be seen).
+    pub fn take_all(&mut self) -> Vec<ActiveDump> {
+        self.active.drain().map(|(_, d)| d).collect()
+    }
+
     pub fn is_active(&self, tid: u32) -> bool {
         self.active.contains_key(&tid)
     }
