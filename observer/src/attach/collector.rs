@@ -81,6 +81,28 @@ pub(super) async fn target_collector(
             give_up(job, &tx, &done_tx).await;
             continue;
         }
+        if let Some(why) = job.done.dump.dir_error.clone() {
+            let reason = format!(
+                "{} dump on thread {} (returned {}): covobs' own failure: {why}",
+                job.done.dump.hook.runtime.as_str(),
+                job.done.dump.tid,
+                job.done.ret
+            );
+            lost_event(
+                &tx,
+                job.done.dump.pid,
+                job.done.dump.tid,
+                job.done.dump.hook.runtime,
+                &reason,
+            )
+            .await;
+            let _ = done_tx.send(Outcome {
+                pid: job.done.dump.pid,
+                requests: job.requests,
+                result: Err(reason),
+            });
+            continue;
+        }
         let job_root = root.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let root = job.done.dump.root.as_ref().unwrap_or(&job_root);

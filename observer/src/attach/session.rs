@@ -446,14 +446,26 @@ impl Session {
                 },
             })
             .await;
+        let mut dir_error = None;
+        let mut open = |which: &str| match TargetDir::open(pid as i32, which) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if collect::read::is_own_errno(&e) {
+                    dir_error = Some(format!("opening /proc/{pid}/{which}: {e}"));
+                }
+                None
+            }
+        };
+        let (cwd, root) = (open("cwd"), open("root"));
         self.dumps.start(ActiveDump {
             pid,
             tid,
             hook,
             start_ns: ts,
             trigger,
-            cwd: TargetDir::open(pid as i32, "cwd").ok(),
-            root: TargetDir::open(pid as i32, "root").ok(),
+            cwd,
+            root,
+            dir_error,
             files: Vec::new(),
         });
     }
@@ -516,7 +528,14 @@ impl Session {
                 pid,
                 tid,
                 hook.runtime.as_str(),
-                format!("the root directory of process {pid} could not be opened"),
+                format!(
+                    "the root directory of process {pid} could not be opened{}",
+                    state
+                        .root_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
             )
             .await;
             return;

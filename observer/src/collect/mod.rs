@@ -79,6 +79,9 @@ pub struct ActiveDump {
     /// The target's root when the dump started: a target that changed its root since covobs
     /// attached (chroot, pivot_root in a new mount namespace) writes into the new one.
     pub root: Option<TargetDir>,
+    /// covobs could not open the dump's cwd or root for its own reasons (no descriptor left, no
+    /// memory): what failed. The dump is then lost as covobs' failure, never read by a guess.
+    pub dir_error: Option<String>,
     pub files: Vec<FileTrace>,
 }
 

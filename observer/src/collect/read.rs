@@ -73,6 +73,17 @@ impl ReadError {
     }
 }
 
+impl ReadError {
+    /// The error as a `lost` reason: a failure of covobs' own says so.
+    pub fn said(&self) -> String {
+        if self.is_covobs_failure() {
+            format!("covobs' own failure: {self}")
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 /// The credentials the kernel checks a target's file accesses against: its filesystem uid and
 /// gid and its supplementary groups, as ids of covobs' user namespace (/proc/PID/status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +220,14 @@ impl TargetDir {
     pub fn creds(&self) -> Option<&Creds> {
         self.creds.as_ref()
     }
+}
+
+/// An error of covobs' own (no descriptor, no memory, no thread), not of the target.
+pub fn is_own_errno(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 /// What the kernel saw a dump write: userspace st_dev and inode.
