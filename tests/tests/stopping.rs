@@ -1,6 +1,7 @@
 //! Stopping under load, and covobs' own failures under load. 20 targets each dumping on their own
 //! every 10 ms (2,000 dumps a second): `--duration`, then SIGTERM mid-run, then a covobs whose
-//! descriptors run out (a low RLIMIT_NOFILE hard limit set before its exec). Each run: exit 0,
+//! descriptors run out (an RLIMIT_NOFILE hard limit of 160 set before its exec: about what it
+//! needs with 20 targets, so opens fail here and there while every target is alive). Each run: exit 0,
 //! every dump_end is an artifact or a `lost` event, no `lost` reason says a target is gone while
 //! all are alive, and, out of descriptors, the reasons name the failure. Figures printed (the
 //! time to exit is a figure: the bound is the documented one, not asserted on a shared machine).
@@ -100,12 +101,13 @@ fn run(tag: &str, stop: Stop, nofile: Option<u64>) -> Vec<Value> {
     let artifacts = of_kind(&events, "artifact").len() as u64;
     let lost = of_kind(&events, "lost");
     // Losses of a dump that ended (not of a trigger, nor of a dump whose end covobs stopped
-    // before seeing).
+    // before seeing, nor an artifact written and then found invalid: that one has both events).
     let dump_lost: u64 = lost
         .iter()
         .filter(|l| {
             (l.s("what") == "llvm" || l.s("what") == "collection")
                 && !l.s("reason").contains("while it ran")
+                && !l.s("reason").contains(" is not valid ")
         })
         .map(|l| l.u("count"))
         .sum();
@@ -176,7 +178,7 @@ fn duration_and_sigterm_end_in_bounded_time_with_every_dump_accounted() {
 #[test]
 fn out_of_descriptors_is_said_to_be_covobs_failure_never_the_targets() {
     require_root();
-    let events = run("stop-emfile", Stop::Duration(3), Some(400));
+    let events = run("stop-emfile", Stop::Duration(3), Some(160));
     let lost = of_kind(&events, "lost");
     assert!(
         lost.iter()

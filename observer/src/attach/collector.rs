@@ -105,7 +105,7 @@ pub(super) async fn target_collector(
         }
         let job_root = root.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let root = job.done.dump.root.as_ref().unwrap_or(&job_root);
+            let root: &TargetDir = job.done.dump.root.as_deref().unwrap_or(&job_root);
             let r = collect::extract(&job.done, root, &mut sources);
             (r, sources, job)
         })

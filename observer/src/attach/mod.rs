@@ -20,6 +20,7 @@ mod adopt;
 mod collector;
 pub mod control;
 mod delivery;
+mod dump_dirs;
 mod gcda_before;
 pub mod kcov;
 mod kcov_session;

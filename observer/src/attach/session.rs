@@ -84,6 +84,8 @@ pub struct Session {
     /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
     /// hold into `lost` events instead of collecting it.
     pub(super) abandon: Arc<AtomicBool>,
+    /// The cwd and root handles dumps share.
+    pub(super) dump_dirs: super::dump_dirs::DumpDirs,
     pub counters: Counters,
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
@@ -170,6 +172,7 @@ impl Session {
             next_request: 1,
             in_flight: 0,
             abandon: Arc::new(AtomicBool::new(false)),
+            dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
@@ -380,6 +383,7 @@ impl Session {
             .await;
         }
         if exited {
+            self.dump_dirs.forget(pid);
             self.snapshots.exited(pid);
             self.ocaml.forget(pid);
             self.expected.retain(|x| x.pid != pid);
@@ -447,14 +451,11 @@ impl Session {
             })
             .await;
         let mut dir_error = None;
-        let mut open = |which: &str| match TargetDir::open(pid as i32, which) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                if collect::read::is_own_errno(&e) {
-                    dir_error = Some(format!("opening /proc/{pid}/{which}: {e}"));
-                }
+        let mut open = |which| {
+            self.dump_dirs.open(pid, which).unwrap_or_else(|e| {
+                dir_error = Some(e);
                 None
-            }
+            })
         };
         let (cwd, root) = (open("cwd"), open("root"));
         self.dumps.start(ActiveDump {
