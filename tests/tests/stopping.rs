@@ -22,6 +22,8 @@ const TARGETS: usize = 20;
 enum Stop {
     Duration(u64),
     Sigterm(u64),
+    /// SIGTERM, then a second one 1.5 s later: the backlog is given up at once.
+    SigtermTwice(u64),
 }
 
 fn run(tag: &str, stop: Stop, nofile: Option<u64>) -> Vec<Value> {
@@ -47,7 +49,7 @@ fn run(tag: &str, stop: Stop, nofile: Option<u64>) -> Vec<Value> {
         .arg(&out);
     match stop {
         Stop::Duration(s) => cmd.arg("--duration").arg(format!("{s}s")),
-        Stop::Sigterm(_) => cmd.arg("--duration").arg("600s"),
+        Stop::Sigterm(_) | Stop::SigtermTwice(_) => cmd.arg("--duration").arg("600s"),
     };
     if let Some(n) = nofile {
         // Also ask for dumps: the triggers need descriptors too (pidfds, /proc reads).
@@ -69,16 +71,22 @@ fn run(tag: &str, stop: Stop, nofile: Option<u64>) -> Vec<Value> {
     let started = Instant::now();
     let mut covobs = Covobs::spawn(cmd);
     let stop_at = match stop {
-        Stop::Duration(s) | Stop::Sigterm(s) => s,
+        Stop::Duration(s) | Stop::Sigterm(s) | Stop::SigtermTwice(s) => s,
     };
-    let signalled = if let Stop::Sigterm(s) = stop {
-        std::thread::sleep(Duration::from_secs(s));
-        covobs.signal(libc::SIGTERM);
-        Some(Instant::now())
-    } else {
-        None
+    let signalled = match stop {
+        Stop::Duration(_) => None,
+        Stop::Sigterm(s) | Stop::SigtermTwice(s) => {
+            std::thread::sleep(Duration::from_secs(s));
+            covobs.signal(libc::SIGTERM);
+            let at = Instant::now();
+            if matches!(stop, Stop::SigtermTwice(_)) {
+                std::thread::sleep(Duration::from_millis(1500));
+                covobs.signal(libc::SIGTERM);
+            }
+            Some(at)
+        }
     };
-    // A hang detector, far above the documented bound (--dump-timeout 10 s + 8 s).
+    // A hang detector, far above the documented bound (2 x --dump-timeout 10 s + 3 s).
     let status = covobs.wait(Duration::from_secs(120));
     let exited = Instant::now();
     let covobs_ran = exited - started;
@@ -173,6 +181,16 @@ fn duration_and_sigterm_end_in_bounded_time_with_every_dump_accounted() {
     require_root();
     run("stop-duration", Stop::Duration(3), None);
     run("stop-sigterm", Stop::Sigterm(2), None);
+    let events = run("stop-sigterm-twice", Stop::SigtermTwice(2), None);
+    let given_up: u64 = of_kind(&events, "lost")
+        .iter()
+        .filter(|l| {
+            l.s("reason")
+                .contains("covobs stopped before collecting it")
+        })
+        .map(|l| l.u("count"))
+        .sum();
+    println!("  the second SIGTERM gave up {given_up} queued dumps, each a lost event");
 }
 
 #[test]

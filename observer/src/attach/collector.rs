@@ -359,10 +359,9 @@ async fn give_up(job: CollectJob, tx: &Sender, done_tx: &mpsc::UnboundedSender<O
     let CollectJob { done, requests } = job;
     let (pid, tid, runtime) = (done.dump.pid, done.dump.tid, done.dump.hook.runtime);
     let reason = format!(
-        "{} dump on thread {tid} (returned {}): covobs stopped before collecting it (the backlog still queued {} s after the stop is given up)",
+        "{} dump on thread {tid} (returned {}): covobs stopped before collecting it (what is still queued at the stop's bound, or at a second Ctrl-C or SIGTERM, is given up)",
         runtime.as_str(),
         done.ret,
-        super::STOP_COLLECT.as_secs()
     );
     lost_event(tx, pid, tid, runtime, &reason).await;
     let _ = done_tx.send(Outcome {

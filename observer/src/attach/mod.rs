@@ -568,10 +568,11 @@ async fn drive_loop(
     session.kcov_finish().await;
     session.expire_all().await;
     session.unended_dumps_lost().await;
-    // The backlog: collected for STOP_COLLECT (or until a second Ctrl-C or SIGTERM), then given
+    // The backlog: collected for --dump-timeout, at least STOP_COLLECT (or until a second Ctrl-C
+    // or SIGTERM), then given
     // up dump by dump, each with its `lost` event; what no collector answered for within
     // STOP_ABANDON more is counted lost in one event. Never a silent loss, never an endless wait.
-    let collect_until = tokio::time::Instant::now() + STOP_COLLECT;
+    let collect_until = tokio::time::Instant::now() + STOP_COLLECT.max(opts.dump_timeout);
     let again = wait_outcomes(session, done_rx, collect_until, Some(shutdown)).await;
     if session.in_flight > 0 {
         if again {
@@ -593,8 +594,9 @@ async fn drive_loop(
 
 /// After a stop, how long covobs waits for the ends of dumps already running.
 const STOP_DUMP_ENDS: Duration = Duration::from_secs(1);
-/// After a stop (and the detach-time dump), how long covobs keeps collecting its backlog.
-pub(super) const STOP_COLLECT: Duration = Duration::from_secs(5);
+/// After a stop (and the detach-time dump), how long covobs keeps collecting its backlog at least
+/// (`--dump-timeout` when longer: a dump that takes long to read is not cut short by default).
+const STOP_COLLECT: Duration = Duration::from_secs(5);
 /// Then how long the collectors have to report what they give up.
 const STOP_ABANDON: Duration = Duration::from_secs(2);
 
