@@ -150,31 +150,15 @@ impl Shutdown {
 
     /// Resolves when it is time to stop.
     pub async fn wait(&mut self) {
-        let interrupt = async {
-            match self.interrupt.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let terminate = async {
-            match self.terminate.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let deadline = self.deadline;
         let timer = async {
-            match self.deadline {
+            match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
-            _ = interrupt => {}
-            _ = terminate => {}
+            _ = self.signalled() => {}
             _ = timer => {}
         }
     }
