@@ -124,8 +124,8 @@ impl Shutdown {
         self.deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
     }
 
-    /// Resolves when it is time to stop.
-    pub async fn wait(&mut self) {
+    /// Resolves at the next Ctrl-C or SIGTERM (not at the end of `--duration`).
+    pub async fn signalled(&mut self) {
         let interrupt = async {
             match self.interrupt.as_mut() {
                 Some(s) => {
@@ -142,15 +142,23 @@ impl Shutdown {
                 None => std::future::pending::<()>().await,
             }
         };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+
+    /// Resolves when it is time to stop.
+    pub async fn wait(&mut self) {
+        let deadline = self.deadline;
         let timer = async {
-            match self.deadline {
+            match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
-            _ = interrupt => {}
-            _ = terminate => {}
+            _ = self.signalled() => {}
             _ = timer => {}
         }
     }

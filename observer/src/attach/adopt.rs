@@ -175,6 +175,7 @@ impl Session {
                 self.seq.clone(),
                 self.tx.clone(),
                 self.done_tx.clone(),
+                self.abandon.clone(),
             ));
             state.collector = Some(jobs);
         }

@@ -42,6 +42,7 @@ pub(super) async fn target_collector(
     seq: Arc<AtomicU64>,
     tx: Sender,
     done_tx: mpsc::UnboundedSender<Outcome>,
+    abandon: Arc<AtomicBool>,
 ) {
     let CollectorSetup {
         root,
@@ -74,9 +75,37 @@ pub(super) async fn target_collector(
     .await
     .unwrap_or_default();
     while let Some(job) = jobs.recv().await {
+        // covobs is stopping and its bound for collecting the backlog has passed: what is still
+        // queued is given up, each dump with its `lost` event (never a silent loss).
+        if abandon.load(Ordering::SeqCst) {
+            give_up(job, &tx, &done_tx).await;
+            continue;
+        }
+        if let Some(why) = job.done.dump.dir_error.clone() {
+            let reason = format!(
+                "{} dump on thread {} (returned {}): covobs' own failure: {why}",
+                job.done.dump.hook.runtime.as_str(),
+                job.done.dump.tid,
+                job.done.ret
+            );
+            lost_event(
+                &tx,
+                job.done.dump.pid,
+                job.done.dump.tid,
+                job.done.dump.hook.runtime,
+                &reason,
+            )
+            .await;
+            let _ = done_tx.send(Outcome {
+                pid: job.done.dump.pid,
+                requests: job.requests,
+                result: Err(reason),
+            });
+            continue;
+        }
         let job_root = root.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let root = job.done.dump.root.as_ref().unwrap_or(&job_root);
+            let root: &TargetDir = job.done.dump.root.as_deref().unwrap_or(&job_root);
             let r = collect::extract(&job.done, root, &mut sources);
             (r, sources, job)
         })
@@ -323,6 +352,23 @@ async fn deliver(
             result,
         });
     }
+}
+
+/// A queued dump covobs stopped before collecting.
+async fn give_up(job: CollectJob, tx: &Sender, done_tx: &mpsc::UnboundedSender<Outcome>) {
+    let CollectJob { done, requests } = job;
+    let (pid, tid, runtime) = (done.dump.pid, done.dump.tid, done.dump.hook.runtime);
+    let reason = format!(
+        "{} dump on thread {tid} (returned {}): covobs stopped before collecting it (what is still queued at the stop's bound, or at a second Ctrl-C or SIGTERM, is given up)",
+        runtime.as_str(),
+        done.ret,
+    );
+    lost_event(tx, pid, tid, runtime, &reason).await;
+    let _ = done_tx.send(Outcome {
+        pid,
+        requests,
+        result: Err(reason),
+    });
 }
 
 async fn lost_event(tx: &Sender, pid: u32, tid: u32, runtime: Runtime, reason: &str) {

@@ -20,6 +20,7 @@ mod adopt;
 mod collector;
 pub mod control;
 mod delivery;
+mod dump_dirs;
 mod gcda_before;
 pub mod kcov;
 mod kcov_session;
@@ -27,6 +28,7 @@ mod leave;
 pub mod progress;
 pub mod session;
 pub mod snapshots;
+mod stopping;
 pub mod targets;
 mod triggering;
 
@@ -560,8 +562,14 @@ async fn drive_loop(
             stopping_since = Some(tokio::time::Instant::now());
         }
         if let Some(since) = stopping_since {
+            // Stopping waits for the dumps asked for (the detach-time dump, up to its timeout)
+            // and, briefly, for the ends of dumps running now; the collection backlog is bounded
+            // below, after the loop. Targets dumping on their own keep dumping: waiting for a
+            // moment without any dump running would never end.
             let grace = opts.dump_timeout + Duration::from_secs(1);
-            if !session.busy() || since.elapsed() > grace {
+            let waiting = session.awaiting_dumps()
+                || (session.dumps_active() && since.elapsed() < STOP_DUMP_ENDS);
+            if !waiting || since.elapsed() > grace {
                 break;
             }
         }
@@ -577,15 +585,64 @@ async fn drive_loop(
     }
     session.kcov_finish().await;
     session.expire_all().await;
-    while session.in_flight > 0 {
-        match tokio::time::timeout(opts.dump_timeout, done_rx.recv()).await {
-            Ok(Some(o)) => session.on_outcome(o).await,
-            _ => break,
+    session.unended_dumps_lost().await;
+    // The backlog: collected for --dump-timeout, at least STOP_COLLECT (or until a second Ctrl-C
+    // or SIGTERM), then given
+    // up dump by dump, each with its `lost` event; what no collector answered for within
+    // STOP_ABANDON more is counted lost in one event. Never a silent loss, never an endless wait.
+    let collect_until = tokio::time::Instant::now() + STOP_COLLECT.max(opts.dump_timeout);
+    let again = wait_outcomes(session, done_rx, collect_until, Some(shutdown)).await;
+    if session.in_flight > 0 {
+        if again {
+            eprintln!(
+                "covobs: stopping now: the collection backlog is given up, each dump reported lost"
+            );
         }
+        session
+            .abandon
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + STOP_ABANDON;
+        wait_outcomes(session, done_rx, until, None).await;
     }
+    session.unanswered_lost().await;
     drops.report(&session.probes, &session.sender()).await;
     session.counters.ring_buffer_drops = drops.total;
     Ok(progress.finish(session))
+}
+
+/// After a stop, how long covobs waits for the ends of dumps already running.
+const STOP_DUMP_ENDS: Duration = Duration::from_secs(1);
+/// After a stop (and the detach-time dump), how long covobs keeps collecting its backlog at least
+/// (`--dump-timeout` when longer: a dump that takes long to read is not cut short by default).
+const STOP_COLLECT: Duration = Duration::from_secs(5);
+/// Then how long the collectors have to report what they give up.
+const STOP_ABANDON: Duration = Duration::from_secs(2);
+
+/// Take collection outcomes until none is in flight or `until`; true if a second stop signal
+/// came (`shutdown`) and cut the wait short.
+async fn wait_outcomes(
+    session: &mut Session,
+    done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
+    until: tokio::time::Instant,
+    mut shutdown: Option<&mut Shutdown>,
+) -> bool {
+    while session.in_flight > 0 {
+        let again = async {
+            match shutdown.as_mut() {
+                Some(s) => s.signalled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            o = done_rx.recv() => match o {
+                Some(o) => session.on_outcome(o).await,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(until) => break,
+            _ = again => return true,
+        }
+    }
+    false
 }
 
 /// How long attach waits, at start, for the probes to show which thread runs OCaml.

@@ -5,7 +5,7 @@ pub(super) use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -81,6 +81,11 @@ pub struct Session {
     pub(super) next_request: u64,
     /// Collections running now.
     pub in_flight: usize,
+    /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
+    /// hold into `lost` events instead of collecting it.
+    pub(super) abandon: Arc<AtomicBool>,
+    /// The cwd and root handles dumps share.
+    pub(super) dump_dirs: super::dump_dirs::DumpDirs,
     pub counters: Counters,
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
@@ -166,6 +171,8 @@ impl Session {
             requests: HashMap::new(),
             next_request: 1,
             in_flight: 0,
+            abandon: Arc::new(AtomicBool::new(false)),
+            dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
@@ -234,6 +241,11 @@ impl Session {
             || self.in_flight > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
+    }
+
+    /// Answers covobs still waits for: dumps it asked for, final snapshots of exited targets.
+    pub(super) fn awaiting_dumps(&self) -> bool {
+        self.snapshots.busy() || self.targets.values().any(|t| !t.pending.is_empty())
     }
 
     pub(super) fn dumps_active(&self) -> bool {
@@ -371,6 +383,7 @@ impl Session {
             .await;
         }
         if exited {
+            self.dump_dirs.forget(pid);
             self.snapshots.exited(pid);
             self.ocaml.forget(pid);
             self.expected.retain(|x| x.pid != pid);
@@ -437,14 +450,23 @@ impl Session {
                 },
             })
             .await;
+        let mut dir_error = None;
+        let mut open = |which| {
+            self.dump_dirs.open(pid, which).unwrap_or_else(|e| {
+                dir_error = Some(e);
+                None
+            })
+        };
+        let (cwd, root) = (open("cwd"), open("root"));
         self.dumps.start(ActiveDump {
             pid,
             tid,
             hook,
             start_ns: ts,
             trigger,
-            cwd: TargetDir::open(pid as i32, "cwd").ok(),
-            root: TargetDir::open(pid as i32, "root").ok(),
+            cwd,
+            root,
+            dir_error,
             files: Vec::new(),
         });
     }
@@ -507,7 +529,14 @@ impl Session {
                 pid,
                 tid,
                 hook.runtime.as_str(),
-                format!("the root directory of process {pid} could not be opened"),
+                format!(
+                    "the root directory of process {pid} could not be opened{}",
+                    state
+                        .root_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
             )
             .await;
             return;

@@ -27,6 +27,8 @@ pub struct TargetState {
     /// `<pid>-<comm>`: the artifact directory.
     pub dir: String,
     pub root: Option<Arc<TargetDir>>,
+    /// Why the root could not be opened (covobs' own failure says so).
+    pub root_error: Option<String>,
     pub modules: Vec<Mapped>,
     /// Runtimes with a probed dump function (the ones a signal can make dump).
     pub dumpable: Vec<Runtime>,
@@ -40,11 +42,19 @@ pub struct TargetState {
 
 impl TargetState {
     pub fn new(pid: u32, comm: &str) -> Self {
+        let root = match TargetDir::open(pid as i32, "root") {
+            Ok(d) => Ok(Arc::new(d)),
+            Err(e) if crate::collect::read::is_own_errno(&e) => {
+                Err(format!("covobs' own failure: {e}"))
+            }
+            Err(e) => Err(e.to_string()),
+        };
         Self {
             pid,
             comm: comm.to_owned(),
             dir: format!("{pid}-{}", sanitize(comm)),
-            root: TargetDir::open(pid as i32, "root").ok().map(Arc::new),
+            root: root.as_ref().ok().cloned(),
+            root_error: root.err(),
             modules: Vec::new(),
             dumpable: Vec::new(),
             llvm_profile: None,

@@ -115,8 +115,13 @@ impl Session {
                     .await;
                 continue;
             }
-            let Some(thread) = ThreadRef::get(pid as i32, t.tid) else {
-                continue;
+            let thread = match ThreadRef::get(pid as i32, t.tid) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.lost(pid, t.tid as u32, "dump trigger", e.to_string())
+                        .await;
+                    continue;
+                }
             };
             // The OCaml thread's signal can leave from eBPF, on that thread, the next time it
             // runs OCaml (--deliver bpf); the trigger event comes when it does.

@@ -176,7 +176,7 @@ impl ProfileCursor {
             Err(e) => self.path.clone().ok_or(e)?,
         };
         let file =
-            read::open_in_target(root, cwd, &path, Expect::Writable).map_err(|e| e.to_string())?;
+            read::open_in_target(root, cwd, &path, Expect::Writable).map_err(|e| e.said())?;
         let meta = file.metadata().map_err(|e| e.to_string())?;
         if self.ino.is_some_and(|ino| ino != meta.ino()) || meta.len() < self.offset {
             // A new file (the target truncated or replaced it): its dumps start at 0.
@@ -190,7 +190,7 @@ impl ProfileCursor {
             self.offset
         };
         let end = profile_end(&file, &path, start, meta.len())?;
-        let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.to_string())?;
+        let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.said())?;
         llvm_raw::parse(&data, true).map_err(|e| format!("{path} at byte {start}: {e}"))?;
         self.offset = end;
         Ok((data, path, start))
@@ -227,7 +227,7 @@ fn profile_end(file: &fs::File, path: &str, start: u64, size: u64) -> Result<u64
             "{path} holds no profile after the last one covobs took"
         ));
     }
-    let read = |at: u64, len: u64| read::read_range(file, path, at, len).map_err(|e| e.to_string());
+    let read = |at: u64, len: u64| read::read_range(file, path, at, len).map_err(|e| e.said());
     let head = read(start, (size - start).min(llvm_raw::MAX_HEADER_BYTES as u64))?;
     let header = llvm_raw::header(&head).map_err(|e| format!("{path} at byte {start}: {e}"))?;
     let mut end = start
@@ -273,8 +273,7 @@ fn resolve_glob(
         Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
         None => (".", expanded.pattern.as_str()),
     };
-    let dir_file =
-        read::open_in_target(root, cwd, dir, Expect::Directory).map_err(|e| e.to_string())?;
+    let dir_file = read::open_in_target(root, cwd, dir, Expect::Directory).map_err(|e| e.said())?;
     let listing = fs::read_dir(format!("/proc/self/fd/{}", dir_file.as_raw_fd()))
         .map_err(|e| format!("listing {dir}: {e}"))?;
     let mut best: Option<(std::time::SystemTime, String)> = None;

@@ -75,10 +75,13 @@ pub struct ActiveDump {
     pub hook: Arc<HookRef>,
     pub start_ns: u64,
     pub trigger: Trigger,
-    pub cwd: Option<TargetDir>,
+    pub cwd: Option<Arc<TargetDir>>,
     /// The target's root when the dump started: a target that changed its root since covobs
     /// attached (chroot, pivot_root in a new mount namespace) writes into the new one.
-    pub root: Option<TargetDir>,
+    pub root: Option<Arc<TargetDir>>,
+    /// covobs could not open the dump's cwd or root for its own reasons (no descriptor left, no
+    /// memory): what failed. The dump is then lost as covobs' failure, never read by a guess.
+    pub dir_error: Option<String>,
     pub files: Vec<FileTrace>,
 }
 
@@ -107,6 +110,11 @@ pub struct DumpTracker {
 impl DumpTracker {
     pub fn start(&mut self, dump: ActiveDump) {
         self.active.insert(dump.tid, dump);
+    }
+
+    /// Every dump still running, taken out (covobs stops: their ends will not be seen).
+    pub fn take_all(&mut self) -> Vec<ActiveDump> {
+        self.active.drain().map(|(_, d)| d).collect()
     }
 
     pub fn is_active(&self, tid: u32) -> bool {
@@ -424,7 +432,7 @@ fn extract_bisect(
     root: &TargetDir,
     mut source: Option<&mut bisect::BisectSource>,
 ) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_ref();
+    let cwd = done.dump.cwd.as_deref();
     let mut out = Vec::new();
     for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
         // The dump writes into a file its caller opened: no path from the kernel, only the inode.
@@ -519,7 +527,7 @@ fn extract_gcov(
     root: &TargetDir,
     gcda: &[(String, String)],
 ) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_ref();
+    let cwd = done.dump.cwd.as_deref();
     let mut files: Vec<(String, Expect, &'static str)> = done
         .dump
         .files
@@ -644,7 +652,7 @@ pub fn extract_llvm(
     root: &TargetDir,
     cursor: Option<&mut llvm_path::ProfileCursor>,
 ) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_ref();
+    let cwd = done.dump.cwd.as_deref();
     let mut out = Vec::new();
     let mut observed = Vec::new();
     for f in done.dump.files.iter().filter(|f| f.bytes > 0) {

@@ -73,6 +73,17 @@ impl ReadError {
     }
 }
 
+impl ReadError {
+    /// The error as a `lost` reason: a failure of covobs' own says so.
+    pub fn said(&self) -> String {
+        if self.is_covobs_failure() {
+            format!("covobs' own failure: {self}")
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 /// The credentials the kernel checks a target's file accesses against: its filesystem uid and
 /// gid and its supplementary groups, as ids of covobs' user namespace (/proc/PID/status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +220,50 @@ impl TargetDir {
     pub fn creds(&self) -> Option<&Creds> {
         self.creds.as_ref()
     }
+
+    /// What makes two handles the same place for opening files: the directory (device, inode),
+    /// the mount it was reached through (so another mount namespace's view differs) and the
+    /// credentials used inside it.
+    pub fn identity(&self) -> std::io::Result<DirIdentity> {
+        // SAFETY: statx fills the zeroed struct we pass; AT_EMPTY_PATH with "" targets the fd.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd, a NUL-terminated empty path and a live statx buffer.
+        let r = unsafe {
+            libc::statx(
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_INO | libc::STATX_MNT_ID,
+                &mut st,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(DirIdentity {
+            dev: (u64::from(st.stx_dev_major) << 32) | u64::from(st.stx_dev_minor),
+            ino: st.stx_ino,
+            mnt_id: st.stx_mnt_id,
+            creds: self.creds.clone(),
+        })
+    }
+}
+
+/// See [`TargetDir::identity`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirIdentity {
+    dev: u64,
+    ino: u64,
+    mnt_id: u64,
+    creds: Option<Creds>,
+}
+
+/// An error of covobs' own (no descriptor, no memory, no thread), not of the target.
+pub fn is_own_errno(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+    )
 }
 
 /// What the kernel saw a dump write: userspace st_dev and inode.

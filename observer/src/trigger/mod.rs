@@ -38,7 +38,7 @@ pub enum TriggerError {
         source: std::io::Error,
     },
     #[error(
-        "covobs' own failure reading {what} of thread {tid} of process {pid}: {source} (the target is not at fault)"
+        "covobs' own failure {what} of thread {tid} of process {pid}: {source} (the target is not at fault)"
     )]
     Covobs {
         pid: i32,
@@ -118,8 +118,8 @@ impl Masks {
 /// Check that `sig` sent to `tid` will run the target's handler. `force` allows a signal with the
 /// default action (the user accepts it may kill the target).
 pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), TriggerError> {
-    let masks =
-        Masks::read(pid, tid).map_err(|e| gone_or_covobs(pid, tid, "the signal masks", e))?;
+    let masks = Masks::read(pid, tid)
+        .map_err(|e| gone_or_covobs(pid, tid, "reading the signal masks", e))?;
     let signal = sig.as_str();
     if masks.ignores(sig) {
         return Err(TriggerError::Ignored { pid, signal });
@@ -133,7 +133,7 @@ pub fn check_safe(pid: i32, tid: i32, sig: Signal, force: bool) -> Result<(), Tr
         for _ in 0..5 {
             std::thread::sleep(std::time::Duration::from_millis(2));
             let again = Masks::read(pid, tid)
-                .map_err(|e| gone_or_covobs(pid, tid, "the signal masks", e))?;
+                .map_err(|e| gone_or_covobs(pid, tid, "reading the signal masks", e))?;
             if !again.blocks(sig) {
                 return Ok(());
             }
@@ -152,10 +152,18 @@ pub struct ThreadRef {
 }
 
 impl ThreadRef {
-    /// The thread as it is now.
-    pub fn get(pid: i32, tid: i32) -> Option<Self> {
-        let start_time = thread_start_time(pid, tid)?;
-        Some(Self {
+    /// The thread as it is now: `Gone` only when /proc says it does not exist; a read that
+    /// failed for covobs' own reasons (no descriptor, no memory) says so.
+    pub fn get(pid: i32, tid: i32) -> Result<Self, TriggerError> {
+        let start_time = read_start_time(pid, tid)
+            .map_err(|e| gone_or_covobs(pid, tid, "reading the start time", e))?
+            .ok_or_else(|| TriggerError::Covobs {
+                pid,
+                tid,
+                what: "reading the start time",
+                source: std::io::Error::other("/proc's stat line has no start time"),
+            })?;
+        Ok(Self {
             pid,
             tid,
             start_time,
@@ -166,16 +174,12 @@ impl ThreadRef {
     fn still_same(&self) -> Result<bool, TriggerError> {
         match read_start_time(self.pid, self.tid) {
             Ok(start) => Ok(start == Some(self.start_time)),
-            Err(e) => match gone_or_covobs(self.pid, self.tid, "the start time", e) {
+            Err(e) => match gone_or_covobs(self.pid, self.tid, "reading the start time", e) {
                 TriggerError::Gone { .. } => Ok(false),
                 other => Err(other),
             },
         }
     }
-}
-
-fn thread_start_time(pid: i32, tid: i32) -> Option<u64> {
-    read_start_time(pid, tid).ok().flatten()
 }
 
 fn read_start_time(pid: i32, tid: i32) -> std::io::Result<Option<u64>> {
@@ -252,7 +256,14 @@ pub fn send(thread: ThreadRef, sig: Signal) -> Result<Method, TriggerError> {
         Some(libc::ESRCH) => return Err(gone()),
         // Out of descriptors or memory: covobs' failure, said as such (tgkill would work, but a
         // covobs that cannot open a pidfd is in trouble the user must hear about).
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => return Err(send_err(err)),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+            return Err(TriggerError::Covobs {
+                pid,
+                tid,
+                what: "opening a pidfd",
+                source: err,
+            });
+        }
         _ => {}
     }
     // Kernels before 6.9 cannot open a thread pidfd: re-check identity, then tgkill.
