@@ -71,6 +71,14 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
             .arg(object),
     );
     assert_same_lcov(&object.display().to_string(), &ours, &theirs);
+    // The report's line detail, built without the text, is what the LCOV reader makes of it.
+    let (text, files) = cov.lcov_with_summary();
+    let parsed = covobs::report::lcov::parse(&text, "covobs' engine").expect("engine LCOV");
+    assert!(
+        cov.detail_with_summary() == Some((parsed, files)),
+        "{}: detail built directly differs from the LCOV read back",
+        object.display()
+    );
     let summary: Value = serde_json::from_str(&run_ok(
         Command::new(&tools.cov)
             .args(["export", "-summary-only", &instr])

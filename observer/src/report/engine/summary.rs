@@ -13,8 +13,9 @@ use std::{
 
 use super::{
     coverage::{self, Flavor, Summary},
-    mapping::{Kind, Mapping},
+    mapping::{FunctionMapping, Kind, Mapping},
     profile::ModuleProfile,
+    program::Program,
 };
 use crate::report::model::{Counts, Totals};
 
@@ -35,6 +36,8 @@ enum Input {
 struct Cached {
     input: Input,
     values: Option<Vec<u64>>,
+    /// The positions of its nonzero values, by value (for [`Shape::same`]).
+    order: Vec<u32>,
     figures: Option<(Summary, u64)>,
 }
 
@@ -55,6 +58,8 @@ struct Place {
     combines: bool,
     /// Where its execution count (its first code region's) is among its region values.
     executed_at: Option<usize>,
+    /// Its region values, compiled (None: evaluated by [`coverage::region_values`]).
+    program: Option<Program>,
 }
 
 /// Per-point figures of one module.
@@ -71,6 +76,9 @@ pub struct Summarizer {
     group_file: Vec<usize>,
     files: Vec<Arc<str>>,
     cache: Vec<Option<Cached>>,
+    /// Scratch space for the programs.
+    slots: Vec<u64>,
+    values: Vec<u64>,
     /// Functions computed again at the last point (for the benchmark and tests).
     pub recomputed: usize,
 }
@@ -155,6 +163,7 @@ impl Summarizer {
                 files: file_ids,
                 combines,
                 executed_at,
+                program: Program::compile(f),
             });
         }
         Self {
@@ -167,6 +176,8 @@ impl Summarizer {
             dedups: dedup_of.len(),
             group_file,
             files,
+            slots: Vec::new(),
+            values: Vec::new(),
             recomputed: 0,
         }
     }
@@ -227,32 +238,39 @@ impl Summarizer {
                 } else {
                     input
                 };
-                let values = if kind == 1 {
-                    None
-                } else {
-                    coverage::region_values(f, input)
-                };
                 let before = self.cache[i].take();
+                let (old_input, old_values, mut order, old_figures) = match before {
+                    Some(c) => (Some(c.input), c.values, c.order, c.figures),
+                    None => (None, None, Vec::new(), None),
+                };
+                let has_values = kind != 1
+                    && region_values(
+                        place.program.as_ref(),
+                        f,
+                        input,
+                        &mut self.slots,
+                        &mut self.values,
+                    );
                 // The figures depend on the values only through which are zero and which are
                 // equal (llvm-cov compares neighbouring counts when it builds the segments):
                 // values of the same shape as before give the same figures.
-                let reuse = match (&before, &values) {
-                    (Some(b), Some(now)) if !place.combines => b
-                        .values
-                        .as_ref()
-                        .zip(b.figures)
-                        .filter(|(was, _)| shape.same(was, now))
-                        .map(|(_, (summary, _))| {
-                            let executed = place.executed_at.map_or(0, |at| now[at]);
-                            (summary, executed)
-                        }),
+                let reuse = match (&old_values, old_figures) {
+                    (Some(was), Some((summary, _)))
+                        if has_values
+                            && !place.combines
+                            && shape.same(was, &self.values, &mut order) =>
+                    {
+                        let executed = place.executed_at.map_or(0, |at| self.values[at]);
+                        Some((summary, executed))
+                    }
                     _ => None,
                 };
-                let figures = match (reuse, &values) {
-                    (Some(f), _) => Some(f),
-                    (None, None) => None,
-                    (None, Some(_)) => {
+                let figures = match reuse {
+                    Some(f) => Some(f),
+                    None if !has_values => None,
+                    None => {
                         self.recomputed += 1;
+                        sort_order(&self.values, &mut order);
                         coverage::load_counts(f, input).map(|rec| {
                             (
                                 coverage::function_summary(&rec, self.flavor),
@@ -261,14 +279,26 @@ impl Summarizer {
                         })
                     }
                 };
-                let input = match kind {
-                    0 => Input::Counts(input.to_vec()),
-                    1 => Input::Absent,
+                // The buffers of the last values and input are used again.
+                let values = has_values.then(|| {
+                    let mut v = old_values.unwrap_or_default();
+                    std::mem::swap(&mut v, &mut self.values);
+                    v
+                });
+                let input = match (kind, old_input) {
+                    (0, Some(Input::Counts(mut v))) => {
+                        v.clear();
+                        v.extend_from_slice(input);
+                        Input::Counts(v)
+                    }
+                    (0, _) => Input::Counts(input.to_vec()),
+                    (1, _) => Input::Absent,
                     _ => Input::Zeros,
                 };
                 self.cache[i] = Some(Cached {
                     input,
                     values,
+                    order,
                     figures,
                 });
             }
@@ -357,6 +387,34 @@ impl Summarizer {
     }
 }
 
+/// A function's region values for these counters into `out`, by its program when it has one;
+/// false when llvm-cov leaves the function out.
+fn region_values(
+    program: Option<&Program>,
+    f: &FunctionMapping,
+    counts: &[u64],
+    slots: &mut Vec<u64>,
+    out: &mut Vec<u64>,
+) -> bool {
+    if f.regions.is_empty()
+        || (f.regions.len() == 1
+            && f.regions[0].count.is_zero()
+            && counts.first().is_some_and(|&c| c > 0))
+    {
+        return false;
+    }
+    match program {
+        Some(p) => p.run(counts, slots, out),
+        None => match coverage::region_values(f, counts) {
+            Some(v) => {
+                *out = v;
+                true
+            }
+            None => false,
+        },
+    }
+}
+
 /// Compares the shape of two value lists: the same zeros, the same equal pairs.
 struct Shape {
     there: HashMap<u64, u64, Mixed>,
@@ -373,17 +431,39 @@ impl Default for Shape {
 }
 
 impl Shape {
-    fn same(&mut self, a: &[u64], b: &[u64]) -> bool {
-        if a.len() != b.len() {
+    /// `order`: the positions of `a`'s nonzero values by value; when the shapes are the same it
+    /// is left (or made) right for `b`.
+    fn same(&mut self, a: &[u64], b: &[u64], order: &mut Vec<u32>) -> bool {
+        if a.len() != b.len() || a.iter().zip(b).any(|(&x, &y)| (x == 0) != (y == 0)) {
             return false;
         }
+        // Usually the values keep their order: equal neighbours (in a's order) stay equal and
+        // the others stay in increasing order, so the partition is the same.
+        let kept = order.len() == a.iter().filter(|&&x| x != 0).count()
+            && order.windows(2).all(|w| {
+                let at = |v: &[u64], i: u32| v.get(i as usize).copied();
+                match (at(a, w[0]), at(a, w[1]), at(b, w[0]), at(b, w[1])) {
+                    (Some(ap), Some(aq), Some(bp), Some(bq)) if ap == aq => bp == bq,
+                    (Some(_), Some(_), Some(bp), Some(bq)) => bp < bq,
+                    _ => false,
+                }
+            });
+        if kept {
+            return true;
+        }
+        if !self.same_partition(a, b) {
+            return false;
+        }
+        sort_order(b, order);
+        true
+    }
+
+    /// The same equal pairs among the nonzero values (of the same zeros).
+    fn same_partition(&mut self, a: &[u64], b: &[u64]) -> bool {
         self.there.clear();
         // Equal values stay equal (old -> new is a function)...
         let mut last = (0, 0);
         for (&x, &y) in a.iter().zip(b) {
-            if (x == 0) != (y == 0) {
-                return false;
-            }
             if x == 0 || (x, y) == last {
                 continue;
             }
@@ -399,6 +479,19 @@ impl Shape {
         self.images.dedup();
         self.images.len() == self.there.len()
     }
+}
+
+/// The positions of the nonzero values, by value.
+fn sort_order(values: &[u64], order: &mut Vec<u32>) {
+    order.clear();
+    order.extend(
+        values
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v != 0)
+            .map(|(i, _)| i as u32),
+    );
+    order.sort_unstable_by_key(|&i| values[i as usize]);
 }
 
 /// A fast hash for u64 keys (std's SipHash is several times slower, and this runs for every
