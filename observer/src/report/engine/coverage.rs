@@ -754,7 +754,7 @@ impl ModuleCoverage {
     pub fn detail_with_summary(&self) -> Option<(Coverage, BTreeMap<String, Totals>)> {
         let files = self.files();
         let plain = |s: &str| !s.contains(['\n', '\r']);
-        if !files.iter().all(|f| plain(&**f))
+        if !files.iter().all(|f| plain(f))
             || !self
                 .functions
                 .iter()
