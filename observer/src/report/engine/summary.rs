@@ -36,7 +36,9 @@ enum Input {
 struct Cached {
     input: Input,
     values: Option<Vec<u64>>,
-    /// The positions of its nonzero values, by value (for [`Shape::same`]).
+    /// The positions of its nonzero values by value, each marked when its value equals the one
+    /// before (for [`Shape::same`]: it checks new values against these alone, without reading
+    /// the old ones, which a point would otherwise fetch from memory for every function).
     order: Vec<u32>,
     figures: Option<(Summary, u64)>,
 }
@@ -431,27 +433,28 @@ impl Default for Shape {
 }
 
 impl Shape {
-    /// `order`: the positions of `a`'s nonzero values by value; when the shapes are the same it
-    /// is left (or made) right for `b`.
+    /// `order`: `a`'s [`sort_order`]; when the shapes are the same it is left (or made) right
+    /// for `b`.
     fn same(&mut self, a: &[u64], b: &[u64], order: &mut Vec<u32>) -> bool {
-        if a.len() != b.len() || a.iter().zip(b).any(|(&x, &y)| (x == 0) != (y == 0)) {
+        if a.len() != b.len() {
             return false;
         }
-        // Usually the values keep their order: equal neighbours (in a's order) stay equal and
-        // the others stay in increasing order, so the partition is the same.
-        let kept = order.len() == a.iter().filter(|&&x| x != 0).count()
-            && order.windows(2).all(|w| {
-                let at = |v: &[u64], i: u32| v.get(i as usize).copied();
-                match (at(a, w[0]), at(a, w[1]), at(b, w[0]), at(b, w[1])) {
-                    (Some(ap), Some(aq), Some(bp), Some(bq)) if ap == aq => bp == bq,
-                    (Some(_), Some(_), Some(bp), Some(bq)) => bp < bq,
-                    _ => false,
-                }
+        // Usually the values keep their order: values equal before stay equal and the others
+        // stay in increasing order, so the partition is the same; with as many nonzero values,
+        // all at a's nonzero positions, the zeros are the same too.
+        if a.len() <= POSITION as usize && b.iter().filter(|&&y| y != 0).count() == order.len() {
+            let mut last = 0;
+            let kept = order.iter().all(|&e| {
+                let y = b.get((e & POSITION) as usize).copied().unwrap_or(0);
+                let fits = y != 0 && if e & EQUAL != 0 { y == last } else { y > last };
+                last = y;
+                fits
             });
-        if kept {
-            return true;
+            if kept {
+                return true;
+            }
         }
-        if !self.same_partition(a, b) {
+        if a.iter().zip(b).any(|(&x, &y)| (x == 0) != (y == 0)) || !self.same_partition(a, b) {
             return false;
         }
         sort_order(b, order);
@@ -481,9 +484,18 @@ impl Shape {
     }
 }
 
-/// The positions of the nonzero values, by value.
+/// In an order entry: the position (values beyond it have no order: [`Shape::same`] then
+/// compares with the old values), and the mark of a value equal to the one before.
+const POSITION: u32 = u32::MAX >> 1;
+const EQUAL: u32 = !POSITION;
+
+/// The positions of the nonzero values by value, each marked [`EQUAL`] when its value equals
+/// the one before.
 fn sort_order(values: &[u64], order: &mut Vec<u32>) {
     order.clear();
+    if values.len() > POSITION as usize {
+        return;
+    }
     order.extend(
         values
             .iter()
@@ -492,6 +504,14 @@ fn sort_order(values: &[u64], order: &mut Vec<u32>) {
             .map(|(i, _)| i as u32),
     );
     order.sort_unstable_by_key(|&i| values[i as usize]);
+    let mut last = 0;
+    for e in order.iter_mut() {
+        let v = values[*e as usize];
+        if v == last {
+            *e |= EQUAL;
+        }
+        last = v;
+    }
 }
 
 /// A fast hash for u64 keys (std's SipHash is several times slower, and this runs for every
