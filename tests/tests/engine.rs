@@ -110,6 +110,13 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
     // without computing them again); one more everywhere changes some.
     let doubled: Vec<u64> = counters.counters.iter().map(|c| c * 2).collect();
     let more: Vec<u64> = counters.counters.iter().map(|c| c + 1).collect();
+    // Zeros kept, nonzero counts moved past each other: the kept order no longer holds.
+    let shuffled: Vec<u64> = counters
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| if c > 0 { c + (i as u64 % 7) * 3 } else { 0 })
+        .collect();
     for c in [&half, &counters.counters, &counters.counters] {
         let want = engine.coverage(&module, c).summary();
         assert_eq!(
@@ -123,7 +130,13 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
         points.recomputed, 0,
         "nothing changed, nothing computed again"
     );
-    for c in [&doubled, &more, &counters.counters] {
+    for c in [
+        &doubled,
+        &more,
+        &counters.counters,
+        &shuffled,
+        &counters.counters,
+    ] {
         let want = engine.coverage(&module, c).summary();
         assert_eq!(
             points.summary(&engine.mapping, c),

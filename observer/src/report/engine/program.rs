@@ -1,7 +1,8 @@
 //! A function's region values compiled once: its counter expressions in an evaluation order
 //! worked out from the mapping, so that a timeline point evaluates each with one addition or
 //! subtraction into a flat list, with no recursion and no memo, giving the values
-//! [`super::coverage::region_values`] gives.
+//! [`super::coverage::region_values`] gives. The list starts with a zero and the function's
+//! counters, so that every operand is an index into it.
 use super::mapping::{Counter, Expression, FunctionMapping, Kind};
 
 /// Where an operand's value is.
@@ -15,9 +16,9 @@ enum Operand {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Op {
-    lhs: Operand,
-    rhs: Operand,
+struct Op<T> {
+    lhs: T,
+    rhs: T,
     subtract: bool,
 }
 
@@ -26,10 +27,11 @@ struct Op {
 pub struct Program {
     /// How many counters it reads (a shorter record: llvm-cov leaves the function out).
     needs: usize,
-    /// The expressions the regions use, each after those it uses.
-    ops: Vec<Op>,
-    /// Per region (MC/DC decisions left out): its count and its false count.
-    outputs: Vec<Operand>,
+    /// The expressions the regions use, each after those it uses (operands: indices into the
+    /// list).
+    ops: Vec<Op<u32>>,
+    /// Per region (MC/DC decisions left out): where its count and its false count are.
+    outputs: Vec<u32>,
 }
 
 /// Deeper expression chains than this are left to the recursive evaluator.
@@ -50,9 +52,29 @@ impl Program {
             outputs.push(c.operand(r.count, 0)?);
             outputs.push(c.operand(r.false_count, 0)?);
         }
+        // The list: zero, the counters, the expressions' values.
+        let at = |o: Operand| -> Option<u32> {
+            match o {
+                Operand::Zero => Some(0),
+                Operand::Counter(i) => i.checked_add(1),
+                Operand::Slot(s) => u32::try_from(c.needs + 1).ok()?.checked_add(s),
+            }
+        };
+        let ops = c
+            .ops
+            .iter()
+            .map(|op| {
+                Some(Op {
+                    lhs: at(op.lhs)?,
+                    rhs: at(op.rhs)?,
+                    subtract: op.subtract,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let outputs = outputs.into_iter().map(at).collect::<Option<Vec<_>>>()?;
         Some(Self {
             needs: c.needs,
-            ops: c.ops,
+            ops,
             outputs,
         })
     }
@@ -61,15 +83,15 @@ impl Program {
     /// leaves the function out for lack of counters. `slots` is scratch space.
     pub fn run(&self, counts: &[u64], slots: &mut Vec<u64>, out: &mut Vec<u64>) -> bool {
         out.clear();
-        if counts.len() < self.needs {
+        let Some(counts) = counts.get(..self.needs) else {
             return false;
-        }
-        let value = |o: Operand, slots: &[u64]| match o {
-            Operand::Zero => 0,
-            Operand::Counter(i) => counts[i as usize],
-            Operand::Slot(i) => slots[i as usize],
         };
         slots.clear();
+        slots.push(0);
+        slots.extend_from_slice(counts);
+        // Every index is below the list's length by construction: `get` only keeps this free
+        // of panics.
+        let value = |i: u32, slots: &[u64]| slots.get(i as usize).copied().unwrap_or(0);
         for op in &self.ops {
             let l = value(op.lhs, slots);
             let r = value(op.rhs, slots);
@@ -79,7 +101,7 @@ impl Program {
                 l.wrapping_add(r)
             });
         }
-        out.extend(self.outputs.iter().map(|&o| value(o, slots)));
+        out.extend(self.outputs.iter().map(|&i| value(i, slots)));
         true
     }
 }
@@ -94,7 +116,7 @@ enum Slot {
 struct Compiler<'a> {
     exprs: &'a [Expression],
     slot: Vec<Slot>,
-    ops: Vec<Op>,
+    ops: Vec<Op<Operand>>,
     needs: usize,
 }
 

@@ -30,15 +30,16 @@ enum Input {
     Zeros,
 }
 
-/// A function's figures for the input it was last computed for (None: not loaded), and its
-/// regions' values then.
+/// A function's figures for the input it was last computed for (None: not loaded), and the
+/// region values they were computed from (values of the same shape give the same figures).
 #[derive(Clone, Debug)]
 struct Cached {
     input: Input,
     values: Option<Vec<u64>>,
-    /// The positions of its nonzero values by value, each marked when its value equals the one
-    /// before (for [`Shape::same`]: it checks new values against these alone, without reading
-    /// the old ones, which a point would otherwise fetch from memory for every function).
+    /// The positions of the last point's nonzero values by value, each marked when its value
+    /// equals the one before (for [`Shape::same`]: it checks new values against these alone,
+    /// without reading the old ones, which a point would otherwise fetch from memory for every
+    /// function).
     order: Vec<u32>,
     figures: Option<(Summary, u64)>,
 }
@@ -267,6 +268,7 @@ impl Summarizer {
                     }
                     _ => None,
                 };
+                let reused = reuse.is_some();
                 let figures = match reuse {
                     Some(f) => Some(f),
                     None if !has_values => None,
@@ -281,12 +283,18 @@ impl Summarizer {
                         })
                     }
                 };
-                // The buffers of the last values and input are used again.
-                let values = has_values.then(|| {
-                    let mut v = old_values.unwrap_or_default();
-                    std::mem::swap(&mut v, &mut self.values);
-                    v
-                });
+                // Reused figures keep the values they were computed for (of the same shape as
+                // these): the point then writes no values back. Otherwise the buffer of the last
+                // values is used again.
+                let values = match (reused, has_values) {
+                    (true, _) => old_values,
+                    (false, true) => {
+                        let mut v = old_values.unwrap_or_default();
+                        std::mem::swap(&mut v, &mut self.values);
+                        Some(v)
+                    }
+                    (false, false) => None,
+                };
                 let input = match (kind, old_input) {
                     (0, Some(Input::Counts(mut v))) => {
                         v.clear();
