@@ -71,6 +71,14 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
             .arg(object),
     );
     assert_same_lcov(&object.display().to_string(), &ours, &theirs);
+    // The report's line detail, built without the text, is what the LCOV reader makes of it.
+    let (text, files) = cov.lcov_with_summary();
+    let parsed = covobs::report::lcov::parse(&text, "covobs' engine").expect("engine LCOV");
+    assert!(
+        cov.detail_with_summary() == Some((parsed, files)),
+        "{}: detail built directly differs from the LCOV read back",
+        object.display()
+    );
     let summary: Value = serde_json::from_str(&run_ok(
         Command::new(&tools.cov)
             .args(["export", "-summary-only", &instr])
@@ -102,6 +110,13 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
     // without computing them again); one more everywhere changes some.
     let doubled: Vec<u64> = counters.counters.iter().map(|c| c * 2).collect();
     let more: Vec<u64> = counters.counters.iter().map(|c| c + 1).collect();
+    // Zeros kept, nonzero counts moved past each other: the kept order no longer holds.
+    let shuffled: Vec<u64> = counters
+        .counters
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| if c > 0 { c + (i as u64 % 7) * 3 } else { 0 })
+        .collect();
     for c in [&half, &counters.counters, &counters.counters] {
         let want = engine.coverage(&module, c).summary();
         assert_eq!(
@@ -115,7 +130,13 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
         points.recomputed, 0,
         "nothing changed, nothing computed again"
     );
-    for c in [&doubled, &more, &counters.counters] {
+    for c in [
+        &doubled,
+        &more,
+        &counters.counters,
+        &shuffled,
+        &counters.counters,
+    ] {
         let want = engine.coverage(&module, c).summary();
         assert_eq!(
             points.summary(&engine.mapping, c),

@@ -408,9 +408,21 @@ impl Export {
                         detail: None,
                     });
                 }
-                let (text, files) = c.lcov_with_summary();
-                let detail = Some(lcov::parse(&text, "covobs' engine").map_err(|e| e.to_string())?);
-                return Ok(Snapshot { files, detail });
+                // The detail built directly, or read back from the LCOV text when a name would
+                // not come through it unchanged.
+                let (detail, files) = match c.detail_with_summary() {
+                    Some(both) => both,
+                    None => {
+                        let (text, files) = c.lcov_with_summary();
+                        let detail =
+                            lcov::parse(&text, "covobs' engine").map_err(|e| e.to_string())?;
+                        (detail, files)
+                    }
+                };
+                return Ok(Snapshot {
+                    files,
+                    detail: Some(detail),
+                });
             }
             Export::Tools {
                 cov,

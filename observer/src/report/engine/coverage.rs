@@ -7,10 +7,14 @@
 //! LineCoverageStats), llvm-cov's CoverageSummaryInfo and CoverageReport (a file's figures are
 //! the sum over its instantiation groups, each group the best of its instantiations) and
 //! CoverageExporterLcov; behaviours that differ between LLVM majors are chosen by [`Flavor`].
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    sync::Arc,
+};
 
 use super::mapping::{Counter, Expression, FunctionMapping, Kind, Mapping, Region};
-use crate::report::model::{Counts, Totals};
+use crate::report::model::{Branch, Counts, Coverage, Declared, FileCoverage, Function, Totals};
 
 /// The llvm-cov whose output is reproduced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -743,6 +747,84 @@ impl ModuleCoverage {
         (out, summary)
     }
 
+    /// The line detail and the per-file figures: what [`crate::report::lcov::parse`] reads
+    /// from [`Self::lcov_with_summary`]'s text, built without the text. None when a name would
+    /// not come back from the text as it is (a comma or a line break in it): then parse the
+    /// text.
+    pub fn detail_with_summary(&self) -> Option<(Coverage, BTreeMap<String, Totals>)> {
+        let files = self.files();
+        let plain = |s: &str| !s.contains(['\n', '\r']);
+        if !files.iter().all(|f| plain(f))
+            || !self
+                .functions
+                .iter()
+                .all(|f| plain(&f.name) && !f.name.contains(','))
+        {
+            return None;
+        }
+        let mut cov = Coverage::default();
+        let mut summary = BTreeMap::new();
+        for file in files {
+            let totals = self.file_totals(&file);
+            let detail = self.file_detail(&file, &totals);
+            match cov.files.get_mut(&detail.path) {
+                Some(existing) => existing.merge(&detail),
+                None => {
+                    cov.files.insert(detail.path.clone(), detail);
+                }
+            }
+            summary.insert(file.to_string(), totals);
+        }
+        Some((cov, summary))
+    }
+
+    /// One file's record as LCOV gives it (see [`Self::lcov_file_with`]), counts read back as
+    /// the LCOV reader does (above i64::MAX: 0).
+    fn file_detail(&self, file: &str, totals: &Totals) -> FileCoverage {
+        let read = |n: u64| if i64::try_from(n).is_err() { 0 } else { n };
+        let mut out = FileCoverage::new(file);
+        let own = self
+            .functions
+            .iter()
+            .filter(|f| f.filenames.first().is_some_and(|n| &**n == file));
+        // FN then FNDA: each FNDA's hits go to the first function of its name.
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for f in own.clone() {
+            first.entry(f.name.as_str()).or_insert(out.functions.len());
+            out.functions.push(Function {
+                name: f.name.clone(),
+                line: f.regions.first().map_or(0, |r| r.region.line_start),
+                end_line: None,
+                hits: 0,
+            });
+        }
+        for f in own {
+            if let Some(g) = first.get(&*f.name).and_then(|&i| out.functions.get_mut(i)) {
+                g.hits = g.hits.saturating_add(read(f.execution_count));
+            }
+        }
+        let data = self.coverage_for_file(file);
+        for (line, count) in line_stats(&data.segments) {
+            let sum = out.lines.entry(line).or_default();
+            *sum = sum.saturating_add(read(count));
+        }
+        self.branch_records(&data, &mut |line, pair, index, taken| {
+            out.branches.push(Branch {
+                line,
+                block: pair.to_string(),
+                branch: index.to_string(),
+                taken: taken.map(u64::from),
+            });
+        });
+        let pair = |c: Counts| Some(Counts::new(read(c.hit), read(c.total)));
+        out.declared = Declared {
+            functions: pair(totals.functions),
+            lines: pair(totals.lines),
+            branches: pair(totals.branches),
+        };
+        out
+    }
+
     fn lcov_file(&self, out: &mut String, file: &str) {
         let totals = self.file_totals(file);
         self.lcov_file_with(out, file, &totals);
@@ -777,6 +859,17 @@ impl ModuleCoverage {
     }
 
     fn lcov_branches(&self, out: &mut String, data: &Data) {
+        self.branch_records(data, &mut |line, pair, index, taken| {
+            let _ = match taken {
+                Some(side) => writeln!(out, "BRDA:{line},{pair},{index},{side}"),
+                None => writeln!(out, "BRDA:{line},{pair},{index},-"),
+            };
+        });
+    }
+
+    /// The LCOV branch records of a file's data, in order: line, pair, index in the line, taken
+    /// (None: LCOV's `-`).
+    fn branch_records(&self, data: &Data, emit: &mut dyn FnMut(u32, u32, u32, Option<u32>)) {
         // (path of start locations, position, branch); newer llvm-cov leaves branches folded on
         // both sides out before sorting, older ones after (they take part in the sort).
         let newer = self.flavor.nested_branch_order();
@@ -822,11 +915,7 @@ impl ModuleCoverage {
                 // llvm-cov prints the counts as unsigned (32-bit).
                 let (c1, c2) = (b.count as u32, b.false_count as u32);
                 for side in [c1, c2] {
-                    if c1 == 0 && c2 == 0 {
-                        let _ = writeln!(out, "BRDA:{line},{pair},{index},-");
-                    } else {
-                        let _ = writeln!(out, "BRDA:{line},{pair},{index},{side}");
-                    }
+                    emit(line, pair, index, (c1 != 0 || c2 != 0).then_some(side));
                     index += 1;
                 }
                 pair += 1;

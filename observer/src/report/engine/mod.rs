@@ -9,6 +9,7 @@
 pub mod coverage;
 pub mod mapping;
 pub mod profile;
+pub mod program;
 pub mod summary;
 
 use std::collections::BTreeMap;

@@ -13,8 +13,9 @@ use std::{
 
 use super::{
     coverage::{self, Flavor, Summary},
-    mapping::{Kind, Mapping},
+    mapping::{FunctionMapping, Kind, Mapping},
     profile::ModuleProfile,
+    program::Program,
 };
 use crate::report::model::{Counts, Totals};
 
@@ -29,12 +30,17 @@ enum Input {
     Zeros,
 }
 
-/// A function's figures for the input it was last computed for (None: not loaded), and its
-/// regions' values then.
+/// A function's figures for the input it was last computed for (None: not loaded), and the
+/// region values they were computed from (values of the same shape give the same figures).
 #[derive(Clone, Debug)]
 struct Cached {
     input: Input,
     values: Option<Vec<u64>>,
+    /// The positions of the last point's nonzero values by value, each marked when its value
+    /// equals the one before (for [`Shape::same`]: it checks new values against these alone,
+    /// without reading the old ones, which a point would otherwise fetch from memory for every
+    /// function).
+    order: Vec<u32>,
     figures: Option<(Summary, u64)>,
 }
 
@@ -55,6 +61,8 @@ struct Place {
     combines: bool,
     /// Where its execution count (its first code region's) is among its region values.
     executed_at: Option<usize>,
+    /// Its region values, compiled (None: evaluated by [`coverage::region_values`]).
+    program: Option<Program>,
 }
 
 /// Per-point figures of one module.
@@ -71,6 +79,9 @@ pub struct Summarizer {
     group_file: Vec<usize>,
     files: Vec<Arc<str>>,
     cache: Vec<Option<Cached>>,
+    /// Scratch space for the programs.
+    slots: Vec<u64>,
+    values: Vec<u64>,
     /// Functions computed again at the last point (for the benchmark and tests).
     pub recomputed: usize,
 }
@@ -155,6 +166,7 @@ impl Summarizer {
                 files: file_ids,
                 combines,
                 executed_at,
+                program: Program::compile(f),
             });
         }
         Self {
@@ -167,6 +179,8 @@ impl Summarizer {
             dedups: dedup_of.len(),
             group_file,
             files,
+            slots: Vec::new(),
+            values: Vec::new(),
             recomputed: 0,
         }
     }
@@ -227,32 +241,40 @@ impl Summarizer {
                 } else {
                     input
                 };
-                let values = if kind == 1 {
-                    None
-                } else {
-                    coverage::region_values(f, input)
-                };
                 let before = self.cache[i].take();
+                let (old_input, old_values, mut order, old_figures) = match before {
+                    Some(c) => (Some(c.input), c.values, c.order, c.figures),
+                    None => (None, None, Vec::new(), None),
+                };
+                let has_values = kind != 1
+                    && region_values(
+                        place.program.as_ref(),
+                        f,
+                        input,
+                        &mut self.slots,
+                        &mut self.values,
+                    );
                 // The figures depend on the values only through which are zero and which are
                 // equal (llvm-cov compares neighbouring counts when it builds the segments):
                 // values of the same shape as before give the same figures.
-                let reuse = match (&before, &values) {
-                    (Some(b), Some(now)) if !place.combines => b
-                        .values
-                        .as_ref()
-                        .zip(b.figures)
-                        .filter(|(was, _)| shape.same(was, now))
-                        .map(|(_, (summary, _))| {
-                            let executed = place.executed_at.map_or(0, |at| now[at]);
-                            (summary, executed)
-                        }),
+                let reuse = match (&old_values, old_figures) {
+                    (Some(was), Some((summary, _)))
+                        if has_values
+                            && !place.combines
+                            && shape.same(was, &self.values, &mut order) =>
+                    {
+                        let executed = place.executed_at.map_or(0, |at| self.values[at]);
+                        Some((summary, executed))
+                    }
                     _ => None,
                 };
-                let figures = match (reuse, &values) {
-                    (Some(f), _) => Some(f),
-                    (None, None) => None,
-                    (None, Some(_)) => {
+                let reused = reuse.is_some();
+                let figures = match reuse {
+                    Some(f) => Some(f),
+                    None if !has_values => None,
+                    None => {
                         self.recomputed += 1;
+                        sort_order(&self.values, &mut order);
                         coverage::load_counts(f, input).map(|rec| {
                             (
                                 coverage::function_summary(&rec, self.flavor),
@@ -261,14 +283,32 @@ impl Summarizer {
                         })
                     }
                 };
-                let input = match kind {
-                    0 => Input::Counts(input.to_vec()),
-                    1 => Input::Absent,
+                // Reused figures keep the values they were computed for (of the same shape as
+                // these): the point then writes no values back. Otherwise the buffer of the last
+                // values is used again.
+                let values = match (reused, has_values) {
+                    (true, _) => old_values,
+                    (false, true) => {
+                        let mut v = old_values.unwrap_or_default();
+                        std::mem::swap(&mut v, &mut self.values);
+                        Some(v)
+                    }
+                    (false, false) => None,
+                };
+                let input = match (kind, old_input) {
+                    (0, Some(Input::Counts(mut v))) => {
+                        v.clear();
+                        v.extend_from_slice(input);
+                        Input::Counts(v)
+                    }
+                    (0, _) => Input::Counts(input.to_vec()),
+                    (1, _) => Input::Absent,
                     _ => Input::Zeros,
                 };
                 self.cache[i] = Some(Cached {
                     input,
                     values,
+                    order,
                     figures,
                 });
             }
@@ -357,6 +397,34 @@ impl Summarizer {
     }
 }
 
+/// A function's region values for these counters into `out`, by its program when it has one;
+/// false when llvm-cov leaves the function out.
+fn region_values(
+    program: Option<&Program>,
+    f: &FunctionMapping,
+    counts: &[u64],
+    slots: &mut Vec<u64>,
+    out: &mut Vec<u64>,
+) -> bool {
+    if f.regions.is_empty()
+        || (f.regions.len() == 1
+            && f.regions[0].count.is_zero()
+            && counts.first().is_some_and(|&c| c > 0))
+    {
+        return false;
+    }
+    match program {
+        Some(p) => p.run(counts, slots, out),
+        None => match coverage::region_values(f, counts) {
+            Some(v) => {
+                *out = v;
+                true
+            }
+            None => false,
+        },
+    }
+}
+
 /// Compares the shape of two value lists: the same zeros, the same equal pairs.
 struct Shape {
     there: HashMap<u64, u64, Mixed>,
@@ -373,17 +441,40 @@ impl Default for Shape {
 }
 
 impl Shape {
-    fn same(&mut self, a: &[u64], b: &[u64]) -> bool {
+    /// `order`: `a`'s [`sort_order`]; when the shapes are the same it is left (or made) right
+    /// for `b`.
+    fn same(&mut self, a: &[u64], b: &[u64], order: &mut Vec<u32>) -> bool {
         if a.len() != b.len() {
             return false;
         }
+        // Usually the values keep their order: values equal before stay equal and the others
+        // stay in increasing order, so the partition is the same; with as many nonzero values,
+        // all at a's nonzero positions, the zeros are the same too.
+        if a.len() <= POSITION as usize && b.iter().filter(|&&y| y != 0).count() == order.len() {
+            let mut last = 0;
+            let kept = order.iter().all(|&e| {
+                let y = b.get((e & POSITION) as usize).copied().unwrap_or(0);
+                let fits = y != 0 && if e & EQUAL != 0 { y == last } else { y > last };
+                last = y;
+                fits
+            });
+            if kept {
+                return true;
+            }
+        }
+        if a.iter().zip(b).any(|(&x, &y)| (x == 0) != (y == 0)) || !self.same_partition(a, b) {
+            return false;
+        }
+        sort_order(b, order);
+        true
+    }
+
+    /// The same equal pairs among the nonzero values (of the same zeros).
+    fn same_partition(&mut self, a: &[u64], b: &[u64]) -> bool {
         self.there.clear();
         // Equal values stay equal (old -> new is a function)...
         let mut last = (0, 0);
         for (&x, &y) in a.iter().zip(b) {
-            if (x == 0) != (y == 0) {
-                return false;
-            }
             if x == 0 || (x, y) == last {
                 continue;
             }
@@ -398,6 +489,36 @@ impl Shape {
         self.images.sort_unstable();
         self.images.dedup();
         self.images.len() == self.there.len()
+    }
+}
+
+/// In an order entry: the position (values beyond it have no order: [`Shape::same`] then
+/// compares with the old values), and the mark of a value equal to the one before.
+const POSITION: u32 = u32::MAX >> 1;
+const EQUAL: u32 = !POSITION;
+
+/// The positions of the nonzero values by value, each marked [`EQUAL`] when its value equals
+/// the one before.
+fn sort_order(values: &[u64], order: &mut Vec<u32>) {
+    order.clear();
+    if values.len() > POSITION as usize {
+        return;
+    }
+    order.extend(
+        values
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v != 0)
+            .map(|(i, _)| i as u32),
+    );
+    order.sort_unstable_by_key(|&i| values[i as usize]);
+    let mut last = 0;
+    for e in order.iter_mut() {
+        let v = values[*e as usize];
+        if v == last {
+            *e |= EQUAL;
+        }
+        last = v;
     }
 }
 
