@@ -542,11 +542,11 @@ fn extract_gcov(
     if files.is_empty() {
         // Outside a window: the .gcda files the binary names that changed during the dump.
         let since = done.dump.start_ns;
-        files = gcda
-            .iter()
-            .filter(|(_, p)| modified_since(root, cwd, p, since))
-            .map(|(_, p)| (p.clone(), Expect::Writable, "environment"))
-            .collect();
+        for (_, p) in gcda {
+            if modified_since(root, cwd, p, since)? {
+                files.push((p.clone(), Expect::Writable, "environment"));
+            }
+        }
     }
     if files.is_empty() {
         return Err(CollectError::Fallback(format!(
@@ -615,16 +615,22 @@ fn modified_since(
     cwd: Option<&TargetDir>,
     path: &str,
     since_boot_ns: u64,
-) -> bool {
+) -> Result<bool, read::ReadError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(f) = read::open_in_target(root, cwd, path, Expect::Writable) else {
-        return false;
+    let f = match read::open_in_target(root, cwd, path, Expect::Writable) {
+        Ok(f) => f,
+        // covobs' own failure (descriptors, memory) is said as such, not as "nothing written".
+        Err(e) if e.is_covobs_failure() => return Err(e),
+        // Not there, or not a file the target may write: not this dump's output.
+        Err(_) => return Ok(false),
     };
-    let Ok(m) = f.metadata() else { return false };
+    let Ok(m) = f.metadata() else {
+        return Ok(false);
+    };
     let mtime_unix_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
     let since_unix_ns = i128::from(since_boot_ns) + crate::sys::clock::boot_to_unix_offset_ns();
     // Filesystem timestamps are coarse (jiffies): allow 20 ms.
-    mtime_unix_ns + 20_000_000 >= since_unix_ns
+    Ok(mtime_unix_ns + 20_000_000 >= since_unix_ns)
 }
 
 impl CollectError {
