@@ -553,3 +553,17 @@ pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 mod session;
 pub use session::*;
+
+/// The raw profiles appended one after the other in a plain-named LLVM profile file.
+pub fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let p = covobs::collect::llvm_raw::parse(&bytes[at..], false)
+            .unwrap_or_else(|e| panic!("profile at byte {at}: {e}"));
+        let end = at + p.total_size as usize;
+        out.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    out
+}

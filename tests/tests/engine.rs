@@ -14,20 +14,6 @@ use covobs::report::engine::{Engine, profile::ModuleProfile, summary::Summarizer
 use covobs_tests::*;
 use serde_json::Value;
 
-/// The raw profiles appended one after the other in a profile file.
-fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let p = covobs::collect::llvm_raw::parse(&bytes[at..], false)
-            .unwrap_or_else(|e| panic!("profile at byte {at}: {e}"));
-        let end = at + p.total_size as usize;
-        out.push(bytes[at..end].to_vec());
-        at = end;
-    }
-    out
-}
-
 /// Run a fixture for a while and stop it; the profiles its runtimes wrote.
 fn dump_fixture(work: &Path, name: &str, ms: &str) -> Vec<Vec<u8>> {
     let file = work.join(format!("{name}.profraw"));

@@ -18,20 +18,6 @@ use serde_json::{Value, json};
 
 const FIXTURE: &str = "llvm-rust-target";
 
-/// The raw profiles appended one after the other in a plain-named profile file.
-fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let p = covobs::collect::llvm_raw::parse(&bytes[at..], false)
-            .unwrap_or_else(|e| panic!("profile at byte {at}: {e}"));
-        let end = at + p.total_size as usize;
-        out.push(bytes[at..end].to_vec());
-        at = end;
-    }
-    out
-}
-
 /// One run of the fixture that dumps on its own every `every_ms` until its profile file holds
 /// at least `dumps` profiles, then is stopped (its exit-time dump is the last profile).
 /// Returns (pid, process start ns, profiles in order).

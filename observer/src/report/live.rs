@@ -727,31 +727,25 @@ impl LiveCoverage {
                 continue;
             }
             self.units[j].shared = true;
-            let version = self.units[j].version();
-            if let Some(export) = self.units[j].llvm().and_then(|m| m.export(true)) {
-                let id = self.take_id();
-                jobs.push(Job {
-                    id,
-                    unit: j,
-                    version,
-                    export,
-                });
-            }
+            jobs.extend(self.detail_job(j));
         }
         // Its first export was without detail (the engine's): the shared files need it.
         if self.units[idx].shared && !had_detail {
-            let version = self.units[idx].version();
-            if let Some(export) = self.units[idx].llvm().and_then(|m| m.export(true)) {
-                let id = self.take_id();
-                jobs.push(Job {
-                    id,
-                    unit: idx,
-                    version,
-                    export,
-                });
-            }
+            jobs.extend(self.detail_job(idx));
         }
         jobs
+    }
+
+    /// An export with line detail of a unit's current state, if it has one.
+    fn detail_job(&mut self, unit: usize) -> Option<Job> {
+        let version = self.units[unit].version();
+        let export = self.units[unit].llvm()?.export(true)?;
+        Some(Job {
+            id: self.take_id(),
+            unit,
+            version,
+            export,
+        })
     }
 
     /// Apply finished exports in step order, recording a timeline point after each step.
