@@ -129,9 +129,6 @@ pub(super) async fn target_collector(
 
 /// What a merge-pool file holds now (before the first dump covobs collects from it).
 fn pool_now(c: &llvm_path::ProfileCursor, root: &TargetDir) -> Option<Pool> {
-    if !c.expanded.merge_pool {
-        return None;
-    }
     let path = c.path.clone()?;
     let bytes = c.pool_content(root)?;
     Some(Pool {
