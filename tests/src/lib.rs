@@ -567,3 +567,20 @@ pub fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// The whole profiles in a profile file its process may still be appending to: a profile being
+/// written at the end (its header or sections not all there yet) is left for a later read. Once
+/// the writer has stopped, use [`split_profiles`], which refuses a partial profile.
+pub fn complete_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(p) = covobs::collect::llvm_raw::parse(&bytes[at..], false) else {
+            break;
+        };
+        let end = at + p.total_size as usize;
+        out.push(bytes[at..end].to_vec());
+        at = end;
+    }
+    out
+}

@@ -36,7 +36,7 @@ fn run_dumps(work: &Path, tag: &str, every_ms: u64, dumps: usize) -> Run {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n = fs::read(&file)
-            .map(|b| split_profiles(&b).len())
+            .map(|b| complete_profiles(&b).len())
             .unwrap_or(0);
         if n >= dumps {
             break;
@@ -281,7 +281,7 @@ fn dumps_with_reset_add_up() {
         unsafe { libc::kill(pid, libc::SIGUSR2) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while fs::read(&file)
-            .map(|b| split_profiles(&b).len())
+            .map(|b| complete_profiles(&b).len())
             .unwrap_or(0)
             <= dumps
         {
@@ -373,7 +373,7 @@ fn signal_dumps_and_snapshots_of_one_process_never_double_count() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let dumps = loop {
             let d = fs::read(&file)
-                .map(|b| split_profiles(&b))
+                .map(|b| complete_profiles(&b))
                 .unwrap_or_default();
             if d.len() > dumps_seen {
                 break d;
