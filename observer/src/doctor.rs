@@ -401,7 +401,11 @@ fn live_probes() -> Vec<Check> {
         .filter(|r| matches!(r, crate::probes::records::Record::Selftest { hdr } if hdr.tid as i32 == me))
         .count();
     out.push(if records >= 1 {
-        check("ring buffer", Status::Ok, "the uprobe's record arrived")
+        check(
+            "ring buffer",
+            Status::Ok,
+            format!("the uprobe's record arrived with the probed thread's id ({me})"),
+        )
     } else {
         check(
             "ring buffer",

@@ -216,6 +216,19 @@ impl Covobs {
         self.stderr_seen.join("\n")
     }
 
+    /// Wait until covobs printed a line containing `needle` on stderr (panics after `timeout`).
+    pub fn wait_stderr(&mut self, timeout: Duration, needle: &str) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "covobs never said {needle:?}: {}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Send a signal to covobs.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill on our own child's pid.

@@ -538,21 +538,50 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     let mut covobs = attach(&["--pid", &pid, "--out", out.to_str().unwrap()]);
     covobs.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
     let idle = covobs.bpf_ids();
+    assert!(!idle.programs.is_empty(), "covobs' BPF programs: {idle:?}");
     // An attach that is stuck (its socket takes connections, nobody answers) does not hold up
-    // the one that watches the target.
+    // the one that watches the target: with a 600 s timeout, a client that waited for it would
+    // not be back within T.
     let stuck_path = PathBuf::from(format!(
         "/run/covobs/attach-0-stuck-{}.sock",
         std::process::id()
     ));
     let _ = std::fs::remove_file(&stuck_path);
     let stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("stuck socket");
-    let asked = Instant::now();
-    run_ok(Command::new(covobs_bin()).args(["dump", "--pid", &pid, "--timeout", "30s"]));
-    assert!(
-        asked.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        asked.elapsed()
-    );
+    // The links covobs holds, seen every few ms while the dump is asked for and collected.
+    let covobs_pid = covobs.pid();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = std::thread::spawn({
+        let watching = watching.clone();
+        move || {
+            let mut most = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = bpf_ids_of(covobs_pid).links;
+                if now.len() > most.len() {
+                    most = now;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        }
+    });
+    let mut dump = Command::new(covobs_bin())
+        .args(["dump", "--pid", &pid, "--timeout", "600s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("covobs dump");
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = dump.try_wait().expect("covobs dump") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = dump.kill();
+            panic!("covobs dump was held up by the stuck attach");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "covobs dump: {status}");
     drop(stuck);
     let _ = std::fs::remove_file(&stuck_path);
     // The dump was located by the kernel, and the window closed again after it.
@@ -560,17 +589,27 @@ fn syscall_tracepoints_are_attached_only_around_the_dumps_covobs_asks_for() {
     assert_eq!(art.s("trigger"), "signal");
     let meta = artifacts_with_data(&out);
     assert_eq!(meta[0].0["source"]["located_by"], "kernel", "{}", meta[0].0);
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let during = seen.join().expect("watcher");
+    let added: Vec<u32> = during
+        .iter()
+        .filter(|l| !idle.links.contains(l))
+        .copied()
+        .collect();
+    assert!(
+        !added.is_empty(),
+        "no link was added around the dump: idle {idle:?}, during {during:?}"
+    );
     // The window lingers a second after the last dump, then closes.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut after = covobs.bpf_ids();
-    while after.links.len() != idle.links.len() && Instant::now() < deadline {
+    while after.links.iter().any(|l| added.contains(l)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         after = covobs.bpf_ids();
     }
     assert_eq!(
-        idle.links.len(),
-        after.links.len(),
-        "idle {idle:?}, after {after:?}"
+        idle.links, after.links,
+        "the links added around the dump ({added:?}) stayed"
     );
     covobs.signal(libc::SIGINT);
     assert!(covobs.wait(T).success());

@@ -43,15 +43,19 @@ fn watch_picks_up_processes_started_forked_or_moved_into_the_cgroup_and_nothing_
         "--duration",
         "30s",
     ]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // It says it waits once its probes are in place.
+    covobs.wait_stderr(T, "yet; waiting for one");
 
     // Started below the cgroup after covobs: picked up at its exec.
     let inside = start_in(&below, &bin, &p("a.profraw"), tmp.path());
     // Started in another cgroup: ignored.
     let outside = start_in(&other.dir, &bin, &p("b.profraw"), tmp.path());
-    covobs.wait_event(T, "the process started in the cgroup", |e| {
+    let picked = covobs.wait_event(T, "the process started in the cgroup", |e| {
         e.kind() == "target" && e.u("pid") == inside.pid() as u64
     });
+    // start_in moves the forked child into the cgroup before its exec: with no name to match,
+    // that move is what makes it a target.
+    assert_eq!(picked.s("reason"), "cgroup", "{picked}");
     // A shell in the cgroup that forks a subshell (no exec): the child is in the cgroup too.
     let mut sh = Command::new("sh");
     sh.args(["-c", "(while :; do sleep 0.2; done) & wait"])
@@ -144,7 +148,8 @@ fn attach_triggers_and_collects_a_process_started_in_the_cgroup_after_it() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // It says it waits once its probes are in place.
+    covobs.wait_stderr(T, "yet; waiting for one");
     // Same name, wrong cgroup: not a target.
     let elsewhere = start_program(
         &bin,
@@ -156,9 +161,10 @@ fn attach_triggers_and_collects_a_process_started_in_the_cgroup_after_it() {
         tmp.path(),
     );
     let late = start_in(&cg.dir, &bin, &profile, tmp.path());
-    covobs.wait_event(T, "the late process adopted", |e| {
+    let adopted = covobs.wait_event(T, "the late process adopted", |e| {
         e.kind() == "target" && e.u("pid") == late.pid() as u64
     });
+    assert_eq!(adopted.s("reason"), "exec", "{adopted}");
     assert!(covobs.wait(T).success(), "{}", covobs.stderr());
     let events = covobs.events().to_vec();
     let targets: Vec<u64> = of_kind(&events, "target")

@@ -44,6 +44,11 @@ fn doctor_says_kcov_is_missing_and_how_to_get_it() {
         .expect("covobs doctor");
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("kcov"), "{text}");
+    assert_eq!(
+        human.status.code(),
+        Some(0),
+        "kcov missing fails the doctor: {text}"
+    );
 }
 
 #[test]

@@ -427,4 +427,21 @@ fn doctor_in_a_pod_namespace_says_attaching_works_there() {
     // The self-test's record came back with covobs' thread id in the pod.
     let ring = checks.iter().find(|c| c["name"] == "ring buffer").unwrap();
     assert_eq!(ring["status"], "ok", "{ring}");
+    let signal = checks
+        .iter()
+        .find(|c| c["name"] == "bpf_send_signal_thread")
+        .unwrap();
+    assert_eq!(signal["status"], "ok", "{signal}");
+    // Both name the same thread: the one that fired the uprobe is the one the signal reached.
+    let tid = |c: &serde_json::Value| -> u32 {
+        let d = c["detail"].as_str().unwrap_or("");
+        d.rsplit('(')
+            .next()
+            .and_then(|t| t.strip_suffix(')'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no thread id in {c}"))
+    };
+    assert_eq!(tid(ring), tid(signal), "{ring} {signal}");
+    // A thread id of the pod's own PID namespace (its init is 1), not the host's.
+    assert!((2..1000).contains(&tid(ring)), "{ring}");
 }

@@ -88,7 +88,9 @@ fn entry_count(show: &str, needle: &str) -> u64 {
         if line.starts_with("  ") && !line.starts_with("    ") && t.ends_with(':') {
             in_fn = t.contains(needle);
         } else if in_fn && let Some(c) = t.strip_prefix("Function count: ") {
-            return c.parse().unwrap_or(0);
+            return c
+                .parse()
+                .unwrap_or_else(|e| panic!("function count {c:?} of {needle}: {e}"));
         }
     }
     panic!("no function named like {needle} in\n{show}");

@@ -237,7 +237,7 @@ fn a_long_name_matches_the_executable_not_just_the_kernels_15_bytes() {
         e.kind() == "thread_rename" && e.s("name") == "wantedthread"
     });
     covobs.signal(libc::SIGINT);
-    covobs.wait(T);
+    assert!(covobs.wait(T).success(), "{}", covobs.stderr());
     let events = covobs.events().to_vec();
     assert!(
         events
