@@ -20,8 +20,22 @@ fn covobs_in(cwd: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
+/// Run covobs to its end; whatever happened, it left no control socket behind (its BPF objects
+/// are never pinned: they go with its descriptors).
 fn run(mut cmd: Command) -> Output {
-    cmd.output().expect("run covobs")
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run covobs");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("run covobs");
+    let socket = format!("/run/covobs/attach-{pid}.sock");
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "{socket} left behind"
+    );
+    out
 }
 
 /// What a directory holds, by name.
