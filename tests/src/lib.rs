@@ -100,6 +100,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // COVOBS_KEEP_FAILED=1 keeps a failed test's directory to look at.
+        if thread::panicking() && std::env::var_os("COVOBS_KEEP_FAILED").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

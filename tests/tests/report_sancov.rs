@@ -124,6 +124,18 @@ fn sancov_snapshots_of_two_runs_report_exact_lines() {
         assert_eq!(words[0], 0xC0BF_FFFF_FFFF_FF64);
         pcs.extend(&words[1..]);
     }
+    // Module-relative PCs, every one a place in the program (a process caught at its exec has
+    // not relocated its PC table yet: its memory then holds no run-time PCs).
+    let unknown = run_ok(
+        Command::new("llvm-symbolizer-14")
+            .arg("--no-inlines")
+            .arg(format!("--obj={}", bin.display()))
+            .args(pcs.iter().map(|pc| format!("{pc:#x}"))),
+    );
+    assert!(
+        !unknown.contains("??:0"),
+        "PCs outside the module: {pcs:x?}\n{unknown}"
+    );
     let summary = read_json(&out.join("report/summary.json"));
     assert_eq!(summary["artifacts"]["excluded"], 0, "{summary:#}");
     let lines = report_lines(&out);

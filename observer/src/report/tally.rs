@@ -102,6 +102,16 @@ impl Tally {
             self.len = len;
             self.closed.resize(len, 0);
             self.total.resize(len, 0);
+            // Every instance keeps what it counted: its new counters start at 0.
+            for s in self.series.values_mut() {
+                s.own.resize(len, 0);
+                if let Some(m) = &mut s.memory {
+                    m.resize(len, 0);
+                }
+                if let Some(i) = &mut s.inflation {
+                    i.resize(len, 0);
+                }
+            }
         }
     }
 
@@ -198,7 +208,8 @@ impl Tally {
         // `closed` on a reset, so it stays counted). In place, in one pass.
         let fresh = reset || is_new;
         if s.own.len() != len {
-            s.own = vec![0; len];
+            // A new instance (grown modules resize every instance's counts in `grow`).
+            s.own.resize(len, 0);
         }
         let mut changed = false;
         let inflation = s.inflation.as_deref();
@@ -247,6 +258,21 @@ mod tests {
         let p = t.push(A, &[3, 1, 0], &[], None);
         assert!(!p.changed && !p.reset);
         assert_eq!(t.counters(), [3, 1, 0]);
+        assert_eq!(t.resets, 0);
+    }
+
+    #[test]
+    fn a_module_that_grows_keeps_what_each_instance_counted() {
+        let mut t = Tally::new(2, 0);
+        t.push(A, &[8, 1], &[], None);
+        t.push(B, &[8, 1], &[], None);
+        // A later state names a counter the module did not list yet.
+        t.grow(3);
+        let p = t.push(A, &[8, 1, 1], &[], None);
+        assert!(p.changed && !p.reset);
+        assert_eq!(t.counters(), [16, 2, 1]);
+        t.push(B, &[8, 1, 0], &[], None);
+        assert_eq!(t.counters(), [16, 2, 1]);
         assert_eq!(t.resets, 0);
     }
 

@@ -351,7 +351,8 @@ pub fn plan_module(
         let pcs = section("__sancov_pcs").ok_or_else(|| {
             missing("__sancov_pcs (build with -fsanitize-coverage=inline-8bit-counters,pc-table)")
         })?;
-        let plan = sancov::plan(pid, at(cntrs), at(pcs), bias)?;
+        let file = read_file(&mapped.open_path)?;
+        let plan = sancov::plan(&file, &mapped.open_path, at(cntrs), pcs.vaddr, pcs.size)?;
         plans.push(ModulePlan {
             module: module.clone(),
             open_path: mapped.open_path.clone(),

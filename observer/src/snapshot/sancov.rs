@@ -1,8 +1,7 @@
 //! SanitizerCoverage from memory: targets built with
 //! `-fsanitize-coverage=inline-8bit-counters,pc-table` keep one 8-bit counter per edge in
 //! `__sancov_cntrs` and, in `__sancov_pcs`, one (PC, flags) pair per counter, in the same order.
-//! A snapshot reads the counters; the PC table (relocated pointers, never written afterwards) is
-//! read once. It yields the `.sancov` file the sanitizer runtime would write for the covered
+//! A snapshot reads the counters; the PC table comes once from the module's file. It yields the `.sancov` file the sanitizer runtime would write for the covered
 //! edges (64-bit magic, then module-relative PCs, ascending) and an AFL-style bucketed map of the
 //! counters.
 use std::sync::Arc;
@@ -25,15 +24,25 @@ pub struct SancovPlan {
     pub pcs: Arc<[(u64, u64)]>,
 }
 
-/// Read the PC table of a module and check that it matches its counters.
-pub fn plan(pid: i32, counters: Range, pcs: Range, bias: u64) -> Result<SancovPlan, SnapshotError> {
-    if pcs.len != counters.len * 16 {
+/// The PC table of a module, checked against its counters. It is taken from the module's file
+/// with its dynamic relocations applied, not from the process's memory: a process caught at its
+/// exec has not run the dynamic loader yet, and its memory then holds link-time values or zeros
+/// (depending on the linker) where relocated pointers will be. The link-time PC is what the
+/// sanitizer runtime writes (run-time PC minus the load bias), so no bias is needed.
+pub fn plan(
+    file: &[u8],
+    path: &std::path::Path,
+    counters: Range,
+    pcs_vaddr: u64,
+    pcs_len: u64,
+) -> Result<SancovPlan, SnapshotError> {
+    if pcs_len != counters.len * 16 {
         return Err(SnapshotError::Unsupported(format!(
             "__sancov_pcs has {} bytes for {} counters (expected 16 bytes each: is it built with inline-8bit-counters,pc-table?)",
-            pcs.len, counters.len
+            pcs_len, counters.len
         )));
     }
-    let (table, _) = memory::read_vec(pid, pcs)?;
+    let table = link_time_table(file, path, pcs_vaddr, pcs_len)?;
     let words: Vec<u64> = table
         .as_chunks::<8>()
         .0
@@ -44,12 +53,61 @@ pub fn plan(pid: i32, counters: Range, pcs: Range, bias: u64) -> Result<SancovPl
         .as_chunks::<2>()
         .0
         .iter()
-        .map(|[pc, flags]| (pc.wrapping_sub(bias), *flags))
+        .map(|[pc, flags]| (*pc, *flags))
         .collect();
+    if pcs.iter().any(|(pc, _)| *pc == 0) {
+        return Err(SnapshotError::Unsupported(
+            "__sancov_pcs holds entries its file does not give (relocations covobs does not apply)"
+                .into(),
+        ));
+    }
     Ok(SancovPlan {
         counters,
         pcs: pcs.into(),
     })
+}
+
+/// The bytes of `__sancov_pcs` as the loader leaves them for a module loaded at its link-time
+/// address: the file's contents, with each relative relocation's explicit addend (RELA) written
+/// in. Implicit addends (REL, RELR) are in the contents already.
+fn link_time_table(
+    file: &[u8],
+    path: &std::path::Path,
+    vaddr: u64,
+    len: u64,
+) -> Result<Vec<u8>, SnapshotError> {
+    use object::{Object, ObjectSection, RelocationFlags};
+    let elf = |source| SnapshotError::Elf {
+        path: path.to_path_buf(),
+        source,
+    };
+    let obj = object::File::parse(file).map_err(elf)?;
+    let section = obj
+        .section_by_name("__sancov_pcs")
+        .filter(|s| s.address() == vaddr && s.size() == len)
+        .ok_or_else(|| SnapshotError::Unsupported("__sancov_pcs is not in the file".into()))?;
+    let mut table = section.data().map_err(elf)?.to_vec();
+    if table.len() as u64 != len {
+        return Err(SnapshotError::Unsupported(
+            "__sancov_pcs has no contents in the file".into(),
+        ));
+    }
+    for (at, r) in obj.dynamic_relocations().into_iter().flatten() {
+        let relative = matches!(
+            r.flags(),
+            RelocationFlags::Elf { r_type }
+                if r_type == object::elf::R_X86_64_RELATIVE
+                    || r_type == object::elf::R_AARCH64_RELATIVE
+        );
+        let Some(off) = at.checked_sub(vaddr).filter(|o| o + 8 <= len) else {
+            continue;
+        };
+        if relative && !r.has_implicit_addend() {
+            let off = off as usize;
+            table[off..off + 8].copy_from_slice(&(r.addend() as u64).to_le_bytes());
+        }
+    }
+    Ok(table)
 }
 
 impl SancovPlan {
