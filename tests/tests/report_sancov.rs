@@ -105,6 +105,13 @@ fn sancov_snapshots_of_two_runs_report_exact_lines() {
     }
     covobs.signal(libc::SIGINT);
     assert!(covobs.wait(T).success(), "{}", covobs.stderr());
+    // Each run was adopted at its exec: that exec lost nothing, whenever its record came in.
+    let events = covobs.events().to_vec();
+    let execs: Vec<&Value> = of_kind(&events, "lost")
+        .into_iter()
+        .filter(|e| e.s("reason").contains("exec"))
+        .collect();
+    assert!(execs.is_empty(), "{execs:?}");
 
     let metas: Vec<Artifact> = artifacts(&out)
         .into_iter()

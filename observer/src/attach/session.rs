@@ -339,8 +339,14 @@ impl Session {
             Body::SignalDeliver { sig, .. } => Some((*sig, e.ts_ns)),
             _ => None,
         };
+        // An exec from before covobs adopted the process is the one that made the image it
+        // adopted (the kernel's record can arrive after the adoption): nothing went with it.
         let exec = matches!(e.body, Body::ProcessExec { .. })
-            && (self.targets.contains_key(&pid) || self.launched == Some(pid));
+            && (self
+                .targets
+                .get(&pid)
+                .is_some_and(|t| e.ts_ns > t.adopted_ns)
+                || self.launched == Some(pid));
         let kcov_exit = match &e.body {
             Body::ThreadExit { .. } => Some(Some(tid)),
             Body::ProcessExit { .. } => Some(None),

@@ -38,10 +38,14 @@ pub struct TargetState {
     pub pending: Vec<Pending>,
     /// Dumps seen per runtime (for summaries and tests).
     pub dumps: HashMap<Runtime, u64>,
+    /// When covobs began to look at the process (boot ns): an exec the kernel reported from
+    /// before then made the image covobs adopted, not a new one.
+    pub adopted_ns: u64,
 }
 
 impl TargetState {
     pub fn new(pid: u32, comm: &str) -> Self {
+        let adopted_ns = crate::sys::clock::boot_ns();
         let root = match TargetDir::open(pid as i32, "root") {
             Ok(d) => Ok(Arc::new(d)),
             Err(e) if crate::collect::read::is_own_errno(&e) => {
@@ -61,6 +65,7 @@ impl TargetState {
             collector: None,
             pending: Vec::new(),
             dumps: HashMap::new(),
+            adopted_ns,
         }
     }
 
