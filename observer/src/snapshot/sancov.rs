@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use super::{
     SnapshotError,
-    memory::{self, Range, ReadTiming},
+    memory::{Range, ReadTiming},
+    source::MemorySource,
 };
 
 /// `.sancov` magic for 64-bit PCs.
@@ -26,14 +27,19 @@ pub struct SancovPlan {
 }
 
 /// Read the PC table of a module and check that it matches its counters.
-pub fn plan(pid: i32, counters: Range, pcs: Range, bias: u64) -> Result<SancovPlan, SnapshotError> {
+pub fn plan(
+    src: &dyn MemorySource,
+    counters: Range,
+    pcs: Range,
+    bias: u64,
+) -> Result<SancovPlan, SnapshotError> {
     if pcs.len != counters.len * 16 {
         return Err(SnapshotError::Unsupported(format!(
             "__sancov_pcs has {} bytes for {} counters (expected 16 bytes each: is it built with inline-8bit-counters,pc-table?)",
             pcs.len, counters.len
         )));
     }
-    let (table, _) = memory::read_vec(pid, pcs)?;
+    let (table, _) = src.read_vec(pcs)?;
     let words: Vec<u64> = table
         .as_chunks::<8>()
         .0
@@ -53,8 +59,8 @@ pub fn plan(pid: i32, counters: Range, pcs: Range, bias: u64) -> Result<SancovPl
 }
 
 impl SancovPlan {
-    pub fn read(&self, pid: i32) -> Result<(Vec<u8>, ReadTiming), SnapshotError> {
-        Ok(memory::read_vec(pid, self.counters)?)
+    pub fn read(&self, src: &dyn MemorySource) -> Result<(Vec<u8>, ReadTiming), SnapshotError> {
+        Ok(src.read_vec(self.counters)?)
     }
 
     /// The `.sancov` bytes of the edges whose counter is not zero.
