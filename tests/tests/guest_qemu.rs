@@ -254,6 +254,15 @@ fn a_guest_payloads_counters_read_from_qemu_are_minicovs_own_capture() {
     let paused = dir.join("paused.profraw");
     let wp = snapshot(&["--qemu", &qemu, "--elf", payload_s, "--pause"], &paused);
     assert_eq!(wp["snapshot"]["method"], "qemu-guest-ram-paused");
+    // With QMP, QEMU says where the counters are; without, covobs finds them by content.
+    assert!(
+        wp["memory"].as_str().unwrap().contains("qmp-gpa2hva"),
+        "{wp}"
+    );
+    assert!(
+        w["memory"].as_str().unwrap().contains("found by content"),
+        "{w}"
+    );
 
     let minicov_show = show(&tools.profdata, &minicov);
     assert_eq!(

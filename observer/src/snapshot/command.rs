@@ -130,12 +130,17 @@ pub fn run_image(
     out: &Path,
 ) -> Result<Vec<Written>, CommandError> {
     let target = ElfTarget::open(elf).map_err(named_input)?;
-    let img = Image::open(image, base).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let mut img = Image::open(image, base).map_err(|e| CommandError::BadInput(e.to_string()))?;
     let plans = if img.is_core() {
         let biases = target.biases_in_core(&img.files);
         let mut first_error = None;
         let mut found = None;
         for bias in &biases {
+            img.set_file_pieces(
+                target
+                    .read_only_pieces(&img.files, *bias)
+                    .map_err(named_input)?,
+            );
             match target.plan(&img, *bias) {
                 Ok(p) => {
                     found = Some(p);
@@ -188,8 +193,7 @@ struct Paused {
 
 impl Paused {
     /// Stop the guest if it runs (a guest someone else stopped is left as it is).
-    fn stop(path: &Path) -> Result<Self, qmp::QmpError> {
-        let mut q = Qmp::connect(path)?;
+    fn stop(mut q: Qmp) -> Result<Self, qmp::QmpError> {
         if !q.running()? {
             return Ok(Self { qmp: None });
         }
@@ -215,7 +219,10 @@ impl Drop for Paused {
     }
 }
 
-/// `covobs snapshot --qemu PID --elf PAYLOAD [--qmp SOCKET] [--pause]`.
+/// `covobs snapshot --qemu PID --elf PAYLOAD [--qmp SOCKET] [--pause]`. With QMP (`--pause`, or
+/// `--qmp` given), QEMU is asked where the payload's counters are (`gpa2hva`) and that block is
+/// tried first; otherwise (and when that block fails the checks) the QEMU process's mappings
+/// are tried by content.
 pub fn run_qemu(
     pid: i32,
     elf: &Path,
@@ -229,21 +236,33 @@ pub fn run_qemu(
         qemu::QemuError::Maps { .. } => CommandError::Qemu(e.to_string()),
         other => CommandError::BadInput(other.to_string()),
     };
-    let candidates = qemu::candidates(pid).map_err(bad)?;
+    let mut candidates = qemu::candidates(pid).map_err(bad)?;
     let socket = match qmp_socket {
         Some(p) => Some(p.to_path_buf()),
-        None => qmp::socket_from_cmdline(&qemu::cmdline(pid).map_err(bad)?),
+        None if pause => qmp::socket_from_cmdline(&qemu::cmdline(pid).map_err(bad)?),
+        None => None,
     };
-    let paused = match (pause, &socket) {
-        (false, _) => None,
-        (true, None) => {
+    let mut conn = match (&socket, pause) {
+        (None, false) => None,
+        (None, true) => {
             return Err(CommandError::BadInput(format!(
                 "--pause needs QEMU process {pid}'s QMP socket: none on its command line (-qmp unix:PATH,server=on,wait=off), give --qmp PATH"
             )));
         }
-        (true, Some(s)) => {
-            Some(Paused::stop(s).map_err(|e| CommandError::BadInput(e.to_string()))?)
+        (Some(s), _) => Some(Qmp::connect(s).map_err(|e| CommandError::BadInput(e.to_string()))?),
+    };
+    if let Some(q) = conn.as_mut()
+        && let Some(gpa) = target.counters_addr()
+        && let Ok(Some(hva)) = q.gpa2hva(gpa)
+        && let Some(ram) = qemu::locate(&candidates, gpa, hva)
+    {
+        candidates.insert(0, ram);
+    }
+    let paused = match conn {
+        Some(q) if pause => {
+            Some(Paused::stop(q).map_err(|e| CommandError::BadInput(e.to_string()))?)
         }
+        _ => None,
     };
     let (ram, plans) = find_payload(pid, &target, candidates, paused.is_some())?;
     let paths = output_paths(out, &plans);
@@ -257,8 +276,8 @@ pub fn run_qemu(
         p.resume().map_err(|e| CommandError::Qemu(e.to_string()))?;
     }
     let memory = format!(
-        "QEMU process {pid}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({})",
-        ram.len, ram.gpa, ram.hva, ram.backing
+        "QEMU process {pid}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {})",
+        ram.len, ram.gpa, ram.hva, ram.backing, ram.located
     );
     write(snaps, paths, Some(memory))
 }

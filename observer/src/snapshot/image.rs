@@ -53,6 +53,8 @@ pub struct Image {
     pieces: Vec<Piece>,
     /// The core's NT_FILE entries (empty for a raw image).
     pub files: Vec<MappedFile>,
+    /// Bytes the core left out but a mapped file holds (see [`Image::set_file_pieces`]).
+    extra: Vec<(u64, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Image {
@@ -108,6 +110,7 @@ impl Image {
                 map,
                 core: false,
                 files: Vec::new(),
+                extra: Vec::new(),
             });
         }
         if base.is_some() {
@@ -123,7 +126,30 @@ impl Image {
             core: true,
             pieces,
             files,
+            extra: Vec::new(),
         })
+    }
+
+    /// Memory the core does not hold that is the unchanged content of a mapped file: gdb leaves
+    /// out file mappings that were never written (the text and read-only data of a program).
+    /// Each `(address, bytes)` is used only where no segment of the core covers it.
+    pub fn set_file_pieces(&mut self, pieces: Vec<(u64, Vec<u8>)>) {
+        self.extra = pieces;
+    }
+
+    fn held(&self, at: u64) -> Option<&[u8]> {
+        if let Some(p) = self
+            .pieces
+            .iter()
+            .find(|p| at >= p.addr && at - p.addr < p.len)
+        {
+            let from = (p.offset + (at - p.addr)) as usize;
+            return self.map.get(from..(p.offset + p.len) as usize);
+        }
+        self.extra
+            .iter()
+            .find(|(addr, b)| at >= *addr && at - addr < b.len() as u64)
+            .and_then(|(addr, b)| b.get((at - addr) as usize..))
     }
 
     pub fn is_core(&self) -> bool {
@@ -134,21 +160,14 @@ impl Image {
     fn copy(&self, addr: u64, buf: &mut [u8]) -> bool {
         let mut done = 0usize;
         while done < buf.len() {
-            let at = addr.wrapping_add(done as u64);
-            let Some(p) = self
-                .pieces
-                .iter()
-                .find(|p| at >= p.addr && at - p.addr < p.len)
-            else {
+            let Some(src) = self.held(addr.wrapping_add(done as u64)) else {
                 return false;
             };
-            let skip = at - p.addr;
-            let n = (p.len - skip).min((buf.len() - done) as u64) as usize;
-            let from = (p.offset + skip) as usize;
-            let Some(src) = self.map.get(from..from + n) else {
+            if src.is_empty() {
                 return false;
-            };
-            buf[done..done + n].copy_from_slice(src);
+            }
+            let n = src.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&src[..n]);
             done += n;
         }
         true

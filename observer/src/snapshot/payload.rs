@@ -37,6 +37,20 @@ impl ElfTarget {
         })
     }
 
+    /// Link-time address of the counters (LLVM's, else SanitizerCoverage's).
+    pub fn counters_addr(&self) -> Option<u64> {
+        ["__llvm_prf_cnts", "__sancov_cntrs"]
+            .iter()
+            .find_map(|name| {
+                self.module
+                    .elf
+                    .sections
+                    .iter()
+                    .find(|s| s.name == *name && s.size > 0)
+                    .map(|s| s.vaddr)
+            })
+    }
+
     pub fn position_independent(&self) -> bool {
         self.module.elf.position_independent
     }
@@ -91,6 +105,41 @@ impl ElfTarget {
         out
     }
 
+    /// The read-only loadable parts of this file as they are mapped at `bias` by the NT_FILE
+    /// entries of `files` with this bias: what a core may leave out (see
+    /// [`super::image::Image::set_file_pieces`]).
+    pub fn read_only_pieces(
+        &self,
+        files: &[MappedFile],
+        bias: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SnapshotError> {
+        use object::{Object as _, ObjectSegment as _, SegmentFlags};
+        let file = read_file(&self.path)?;
+        let obj = object::File::parse(&*file).map_err(|source| SnapshotError::Elf {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for seg in obj.segments() {
+            let writable = match seg.flags() {
+                SegmentFlags::Elf { p_flags, .. } => p_flags.0 & object::elf::PF_W.0 != 0,
+                _ => true,
+            };
+            let (offset, len) = seg.file_range();
+            let at = seg.address().wrapping_add(bias);
+            let mapped = files
+                .iter()
+                .any(|f| f.start <= at && at.saturating_add(len) <= f.end);
+            if writable || len == 0 || !mapped {
+                continue;
+            }
+            if let Some(bytes) = file.get(offset as usize..(offset + len) as usize) {
+                out.push((at, bytes.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Plan the module at `bias` in `src` and check that what `src` holds there is this build.
     pub fn plan(
         &self,
@@ -110,9 +159,44 @@ impl ElfTarget {
                 }
                 l.check_counter_pointers()
                     .map_err(|e| self.mismatch(&format!("its profile data does not match: {e}")))?;
+                self.check_records(l)?;
             }
         }
         Ok(plans)
+    }
+
+    /// The data records in memory name the functions (name MD5) and their shapes (hash) of the
+    /// file's records: the first 16 bytes of each (the rest holds relocated pointers).
+    fn check_records(&self, l: &super::llvm::LlvmPlan) -> Result<(), SnapshotError> {
+        let file = read_file(&self.path)?;
+        let Some(data) = self
+            .module
+            .elf
+            .sections
+            .iter()
+            .find(|s| s.name == "__llvm_prf_data" && s.size > 0)
+        else {
+            return Ok(());
+        };
+        let Some(in_file) =
+            file.get(data.file_offset as usize..(data.file_offset + data.size) as usize)
+        else {
+            return Ok(());
+        };
+        let rec = super::llvm::data_record_size(l.version()) as usize;
+        for (i, (m, f)) in l
+            .data_bytes
+            .chunks_exact(rec)
+            .zip(in_file.chunks_exact(rec))
+            .enumerate()
+        {
+            if m[..16] != f[..16] {
+                return Err(self.mismatch(&format!(
+                    "its profile data record {i} names another function"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Compare the loaded build-id note with the file's, when the note is loaded.

@@ -38,6 +38,9 @@ pub struct GuestRam {
     pub backing: String,
     /// The guest was stopped through QMP for this read.
     pub paused: bool,
+    /// How the block was found: `qmp-gpa2hva` (QEMU said where a guest-physical address is) or
+    /// `content` (the mapping where the payload's bytes are, taking byte 0 as guest-physical 0).
+    pub located: &'static str,
 }
 
 impl GuestRam {
@@ -127,7 +130,8 @@ fn parse_line(pid: i32, line: &str) -> Option<GuestRam> {
         u64::from_str_radix(end, 16).ok()?,
     );
     let len = end.checked_sub(start)?;
-    if !perms.starts_with("rw") || len < MIN_RAM || path.starts_with('[') {
+    // Guest RAM is never executable in QEMU (TCG's code buffer is: left out).
+    if !perms.starts_with("rw-") || len < MIN_RAM || path.starts_with('[') {
         return None;
     }
     Some(GuestRam {
@@ -141,6 +145,19 @@ fn parse_line(pid: i32, line: &str) -> Option<GuestRam> {
             path
         },
         paused: false,
+        located: "content",
+    })
+}
+
+/// The candidate block that holds host address `hva`, which QEMU says is guest-physical `gpa`.
+pub fn locate(candidates: &[GuestRam], gpa: u64, hva: u64) -> Option<GuestRam> {
+    let c = candidates
+        .iter()
+        .find(|c| hva >= c.hva && hva - c.hva < c.len)?;
+    Some(GuestRam {
+        gpa: gpa.checked_sub(hva - c.hva)?,
+        located: "qmp-gpa2hva",
+        ..c.clone()
     })
 }
 
@@ -161,6 +178,10 @@ mod tests {
         assert_eq!(file.backing, "/dev/shm/guest.ram");
         assert!(parse_line(7, "7f0000000000-7f0000001000 rw-p 00000000 00:00 0").is_none());
         assert!(parse_line(7, "7f0000000000-7f0004000000 r--p 00000000 00:00 0").is_none());
+        assert!(parse_line(7, "7f0000000000-7f0040000000 rwxp 00000000 00:00 0").is_none());
+        let high = locate(std::slice::from_ref(&ram), 0x1_0010_0000, 0x7f00_0010_0000).unwrap();
+        assert_eq!((high.gpa, high.hva), (0x1_0000_0000, 0x7f00_0000_0000));
+        assert!(locate(std::slice::from_ref(&ram), 0x10, 0x7f00_0010_0000).is_none());
         assert!(parse_line(7, "7f0000000000-7f0004000000 rw-p 00000000 00:00 0 [heap]").is_none());
         let r = ram.host(&Range {
             addr: 0x10_0000,

@@ -100,11 +100,26 @@ impl Qmp {
         }
     }
 
+    /// The host virtual address in QEMU of guest-physical `gpa` (HMP `gpa2hva`), if RAM is there.
+    pub fn gpa2hva(&mut self, gpa: u64) -> Result<Option<u64>, QmpError> {
+        let r = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": format!("gpa2hva {gpa:#x}") })),
+        )?;
+        // "Host virtual address for 0x200000 (pc.ram) is 0x7f44d0000000"
+        Ok(r.as_str().and_then(parse_gpa2hva))
+    }
+
     /// Whether the guest's CPUs run.
     pub fn running(&mut self) -> Result<bool, QmpError> {
         let status = self.execute("query-status", None)?;
         Ok(status.get("running").and_then(Value::as_bool) == Some(true))
     }
+}
+
+fn parse_gpa2hva(text: &str) -> Option<u64> {
+    let hex = text.trim().rsplit(" is ").next()?.strip_prefix("0x")?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// The QMP socket on a QEMU command line: `-qmp unix:PATH[,...]`, or a `-chardev socket` with
@@ -147,6 +162,18 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn gpa2hva_answers() {
+        assert_eq!(
+            parse_gpa2hva("Host virtual address for 0x200000 (pc.ram) is 0x7f44d0200000\r\n"),
+            Some(0x7f44_d020_0000)
+        );
+        assert_eq!(
+            parse_gpa2hva("No memory is mapped at address 0x80000000\r\n"),
+            None
+        );
     }
 
     #[test]
