@@ -308,6 +308,33 @@ fn a_guest_payloads_counters_read_from_qemu_are_minicovs_own_capture() {
         "pmemsave image"
     );
 
+    // Figures (printed, not asserted): one covobs snapshot of the guest next to the path it
+    // replaces, a pmemsave of the guest's RAM and a profile built from that image.
+    let t = Instant::now();
+    snapshot(
+        &["--qemu", &qemu, "--elf", payload_s],
+        &dir.join("timed.profraw"),
+    );
+    let direct = t.elapsed();
+    let t = Instant::now();
+    let whole = dir.join("whole-ram.bin");
+    guest.qmp(
+        "pmemsave",
+        serde_json::json!({"val": 0, "size": 64u64 << 20, "filename": whole.to_str().unwrap()}),
+    );
+    snapshot(
+        &["--image", whole.to_str().unwrap(), "--elf", payload_s],
+        &dir.join("timed-image.profraw"),
+    );
+    let via_image = t.elapsed();
+    std::fs::remove_file(&whole).unwrap();
+    println!(
+        "guest snapshot: covobs --qemu {:.1} ms; pmemsave of 64 MiB + --image {:.1} ms ({:.1}x)",
+        direct.as_secs_f64() * 1e3,
+        via_image.as_secs_f64() * 1e3,
+        via_image.as_secs_f64() / direct.as_secs_f64()
+    );
+
     // Bad input.
     let out = dir.join("refused.profraw");
     let other = other_build(&payload, dir);
