@@ -112,8 +112,27 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct SnapshotArgs {
     /// The process to snapshot.
-    #[arg(long)]
-    pub pid: i32,
+    #[arg(long, required_unless_present_any = ["image", "qemu"], conflicts_with_all = ["image", "qemu", "elf"])]
+    pub pid: Option<i32>,
+    /// A memory image holding --elf: an ELF core file (gcore) or a raw RAM dump (QEMU pmemsave)
+    /// whose first byte was at --base.
+    #[arg(long, value_name = "FILE", requires = "elf", conflicts_with = "qemu")]
+    pub image: Option<std::path::PathBuf>,
+    /// A QEMU process: read --elf's counters from its guest's RAM.
+    #[arg(long, value_name = "PID", requires = "elf")]
+    pub qemu: Option<i32>,
+    /// The instrumented ELF (program or guest payload) the image or guest holds.
+    #[arg(long, value_name = "BINARY")]
+    pub elf: Option<std::path::PathBuf>,
+    /// Raw image: the address of its first byte (guest-physical for pmemsave); hex with 0x.
+    #[arg(long, value_name = "ADDR", requires = "image", value_parser = parse_addr)]
+    pub base: Option<u64>,
+    /// With --qemu: QEMU's QMP socket (default: the -qmp unix: socket on its command line).
+    #[arg(long, value_name = "SOCKET", requires = "qemu")]
+    pub qmp: Option<std::path::PathBuf>,
+    /// With --qemu: stop the guest through QMP for an exact snapshot, then resume it.
+    #[arg(long, requires = "qemu")]
+    pub pause: bool,
     /// Output file (one instrumented module); with several, a stem: <stem>.<module>.<ext>.
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -323,4 +342,35 @@ pub struct ReportArgs {
     /// covobs' own engine (the same figures, much slower; for cross-checking).
     #[arg(long = "llvm-cov")]
     pub llvm_cov: bool,
+}
+
+/// An address: hexadecimal with `0x`, else decimal.
+pub fn parse_addr(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not an address: {e}"))
+}
+
+impl SnapshotArgs {
+    /// Where the memory to snapshot is.
+    pub fn source(&self) -> crate::snapshot::command::Source {
+        use crate::snapshot::command::Source;
+        let elf = self.elf.clone().unwrap_or_default();
+        match (self.pid, &self.image, self.qemu) {
+            (_, Some(path), _) => Source::Image {
+                path: path.clone(),
+                elf,
+                base: self.base,
+            },
+            (_, None, Some(pid)) => Source::Qemu {
+                pid,
+                elf,
+                qmp: self.qmp.clone(),
+                pause: self.pause,
+            },
+            (pid, None, None) => Source::Pid(pid.unwrap_or(0)),
+        }
+    }
 }

@@ -177,13 +177,15 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Snapshot(args) => {
             let out = args.out.clone();
-            let written =
-                tokio::task::spawn_blocking(move || covobs::snapshot::command::run(args.pid, &out))
-                    .await?
-                    .map_err(|e| match e.is_bad_input() {
-                        true => anyhow::Error::new(BadInput(e.to_string())),
-                        false => anyhow::Error::new(e),
-                    })?;
+            let source = args.source();
+            let written = tokio::task::spawn_blocking(move || {
+                covobs::snapshot::command::run_source(&source, &out)
+            })
+            .await?
+            .map_err(|e| match e.is_bad_input() {
+                true => anyhow::Error::new(BadInput(e.to_string())),
+                false => anyhow::Error::new(e),
+            })?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&written)?);
             } else {

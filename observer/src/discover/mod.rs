@@ -182,6 +182,18 @@ impl Discovery {
     }
 }
 
+/// A module read from a file the user named (`covobs snapshot --elf`): what is found in it,
+/// whether or not it carries a dump function.
+pub fn describe_file(path: &std::path::Path) -> Result<Module, elf::ElfError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let info = elf::read(path)?;
+    let id = std::fs::metadata(path).map_or(FileId { dev: 0, ino: 0 }, |m| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    });
+    Ok(describe(id, &path.to_string_lossy(), info))
+}
+
 fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
     let mut runtimes: Vec<Runtime> = elf
         .hooks

@@ -5,6 +5,11 @@
 //! (the stem is FILE without a `.profraw`/`.sancov` extension; `<module>` the module's file name,
 //! `-2`, `-3`... when two modules share a name; `<ext>` `profraw` or `sancov`). A SanitizerCoverage
 //! module's bucketed counter map goes beside its `.sancov`, with the extension `.counters`.
+//!
+//! The same for memory that is not a live process's own ([`Source`]): `--image FILE --elf BIN`
+//! (an ELF core file, or a raw RAM dump starting at `--base`) and `--qemu PID --elf PAYLOAD` (a
+//! QEMU guest's RAM, read inside the QEMU process; `--pause` stops the guest through QMP for the
+//! read).
 use std::{
     fs::OpenOptions,
     io::Write as _,
@@ -13,8 +18,37 @@ use std::{
 
 use serde::Serialize;
 
-use super::{ModulePlan, Snapshot, SnapshotError, module_names, plan_process};
+use super::{
+    ModulePlan, Snapshot, SnapshotError,
+    image::Image,
+    memory::MemoryError,
+    module_names,
+    payload::ElfTarget,
+    plan_process,
+    qemu::{self, GuestRam},
+    qmp::{self, Qmp},
+};
 use crate::{discover::Discovery, target::Process};
+
+/// Where a snapshot's memory is.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A live process: every instrumented module it maps.
+    Pid(i32),
+    /// A memory image (ELF core file, or raw dump whose first byte was at `base`) holding `elf`.
+    Image {
+        path: PathBuf,
+        elf: PathBuf,
+        base: Option<u64>,
+    },
+    /// The RAM of the guest of QEMU process `pid`, where `elf` is loaded.
+    Qemu {
+        pid: i32,
+        elf: PathBuf,
+        qmp: Option<PathBuf>,
+        pause: bool,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -22,6 +56,8 @@ pub enum CommandError {
     BadInput(String),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("{0}")]
+    Qemu(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -48,6 +84,241 @@ pub struct Written {
     pub format: crate::collect::FormatInfo,
     pub bytes: u64,
     pub snapshot: super::SnapshotInfo,
+    /// Where the memory was, for images and guests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// Take the snapshot `source` names and write it under `out`.
+pub fn run_source(source: &Source, out: &Path) -> Result<Vec<Written>, CommandError> {
+    match source {
+        Source::Pid(pid) => run(*pid, out),
+        Source::Image { path, elf, base } => run_image(path, elf, *base, out),
+        Source::Qemu {
+            pid,
+            elf,
+            qmp,
+            pause,
+        } => run_qemu(*pid, elf, qmp.as_deref(), *pause, out),
+    }
+}
+
+/// Errors about memory or an ELF the user named: bad input (exit 2).
+fn named_input(e: SnapshotError) -> CommandError {
+    match e {
+        SnapshotError::Memory(MemoryError::Read { .. } | MemoryError::Short { .. })
+        | SnapshotError::Maps { .. } => CommandError::Snapshot(e),
+        other => CommandError::BadInput(other.to_string()),
+    }
+}
+
+fn fixed_address(target: &ElfTarget, what: &str) -> Result<(), CommandError> {
+    if target.position_independent() {
+        return Err(CommandError::BadInput(format!(
+            "{} is position-independent: {what} needs a fixed-address build (ET_EXEC; rustc -C relocation-model=static)",
+            target.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `covobs snapshot --image FILE --elf BIN [--base ADDR]`.
+pub fn run_image(
+    image: &Path,
+    elf: &Path,
+    base: Option<u64>,
+    out: &Path,
+) -> Result<Vec<Written>, CommandError> {
+    let target = ElfTarget::open(elf).map_err(named_input)?;
+    let mut img = Image::open(image, base).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let plans = if img.is_core() {
+        let biases = target.biases_in_core(&img.files);
+        let mut first_error = None;
+        let mut found = None;
+        for bias in &biases {
+            img.set_file_pieces(
+                target
+                    .read_only_pieces(&img.files, *bias)
+                    .map_err(named_input)?,
+            );
+            match target.plan(&img, *bias) {
+                Ok(p) => {
+                    found = Some(p);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (found, first_error) {
+            (Some(p), _) => p,
+            (None, Some(e)) if biases.len() == 1 => return Err(named_input(e)),
+            (None, e) => {
+                return Err(CommandError::BadInput(format!(
+                    "{}: no file mapped in the core's process is {}{}",
+                    image.display(),
+                    target.path.display(),
+                    e.map_or_else(String::new, |e| format!("; at the likeliest mapping: {e}"))
+                )));
+            }
+        }
+    } else {
+        fixed_address(&target, "a raw image")?;
+        target.plan(&img, 0).map_err(named_input)?
+    };
+    let paths = output_paths(out, &plans);
+    check_new(&paths)?;
+    let snaps = plans
+        .iter()
+        .map(|p| p.take_from(&img))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(named_input)?;
+    let memory = format!(
+        "{} {}",
+        if img.is_core() {
+            "core file"
+        } else {
+            "raw image"
+        },
+        image.display()
+    );
+    write(snaps, paths, Some(memory))
+}
+
+/// A guest stopped through QMP for a snapshot; resumed by `resume`, or when dropped.
+struct Paused {
+    qmp: Option<Qmp>,
+}
+
+impl Paused {
+    /// Stop the guest if it runs (a guest someone else stopped is left as it is).
+    fn stop(mut q: Qmp) -> Result<Self, qmp::QmpError> {
+        if !q.running()? {
+            return Ok(Self { qmp: None });
+        }
+        q.execute("stop", None)?;
+        Ok(Self { qmp: Some(q) })
+    }
+
+    fn resume(mut self) -> Result<(), qmp::QmpError> {
+        match self.qmp.take() {
+            Some(mut q) => q.execute("cont", None).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(mut q) = self.qmp.take()
+            && let Err(e) = q.execute("cont", None)
+        {
+            eprintln!("covobs: warning: resuming the guest: {e}");
+        }
+    }
+}
+
+/// `covobs snapshot --qemu PID --elf PAYLOAD [--qmp SOCKET] [--pause]`. With QMP (`--pause`, or
+/// `--qmp` given), QEMU is asked where the payload's counters are (`gpa2hva`) and that block is
+/// tried first; otherwise (and when that block fails the checks) the QEMU process's mappings
+/// are tried by content.
+pub fn run_qemu(
+    pid: i32,
+    elf: &Path,
+    qmp_socket: Option<&Path>,
+    pause: bool,
+    out: &Path,
+) -> Result<Vec<Written>, CommandError> {
+    let target = ElfTarget::open(elf).map_err(named_input)?;
+    fixed_address(&target, "a guest snapshot")?;
+    let bad = |e: qemu::QemuError| match e {
+        qemu::QemuError::Maps { .. } => CommandError::Qemu(e.to_string()),
+        other => CommandError::BadInput(other.to_string()),
+    };
+    let mut candidates = qemu::candidates(pid).map_err(bad)?;
+    let socket = match qmp_socket {
+        Some(p) => Some(p.to_path_buf()),
+        None if pause => qmp::socket_from_cmdline(&qemu::cmdline(pid).map_err(bad)?),
+        None => None,
+    };
+    let mut conn = match (&socket, pause) {
+        (None, false) => None,
+        (None, true) => {
+            return Err(CommandError::BadInput(format!(
+                "--pause needs QEMU process {pid}'s QMP socket: none on its command line (-qmp unix:PATH,server=on,wait=off), give --qmp PATH"
+            )));
+        }
+        (Some(s), _) => Some(Qmp::connect(s).map_err(|e| CommandError::BadInput(e.to_string()))?),
+    };
+    if let Some(q) = conn.as_mut()
+        && let Some(gpa) = target.counters_addr()
+        && let Ok(Some(hva)) = q.gpa2hva(gpa)
+        && let Some(ram) = qemu::locate(&candidates, gpa, hva)
+    {
+        candidates.insert(0, ram);
+    }
+    let paused = match conn {
+        Some(q) if pause => {
+            Some(Paused::stop(q).map_err(|e| CommandError::BadInput(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let (ram, plans) = find_payload(pid, &target, candidates, paused.is_some())?;
+    let paths = output_paths(out, &plans);
+    check_new(&paths)?;
+    let snaps = plans
+        .iter()
+        .map(|p| p.take_from(&ram))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(named_input)?;
+    if let Some(p) = paused {
+        p.resume().map_err(|e| CommandError::Qemu(e.to_string()))?;
+    }
+    let memory = format!(
+        "QEMU process {pid}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {})",
+        ram.len, ram.gpa, ram.hva, ram.backing, ram.located
+    );
+    write(snaps, paths, Some(memory))
+}
+
+/// The first candidate RAM block that holds the payload, with its plans.
+fn find_payload(
+    pid: i32,
+    target: &ElfTarget,
+    candidates: Vec<GuestRam>,
+    paused: bool,
+) -> Result<(GuestRam, Vec<ModulePlan>), CommandError> {
+    let n = candidates.len();
+    let mut first_error = None;
+    for mut ram in candidates {
+        ram.paused = paused;
+        match target.plan(&ram, 0) {
+            Ok(plans) => return Ok((ram, plans)),
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    Err(CommandError::BadInput(format!(
+        "QEMU process {pid} has no guest RAM holding {} (looked at {n} read-write mappings of 1 MiB or more{})",
+        target.path.display(),
+        first_error.map_or_else(String::new, |e| format!("; the largest: {e}"))
+    )))
+}
+
+fn check_new(paths: &[(PathBuf, Option<PathBuf>)]) -> Result<(), CommandError> {
+    for (file, map) in paths {
+        for p in std::iter::once(file).chain(map.as_ref()) {
+            if p.exists() {
+                return Err(CommandError::BadInput(format!(
+                    "{} exists: covobs never overwrites output",
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Take the snapshot of `pid` and write it under `out`.
@@ -77,16 +348,7 @@ pub fn run(pid: i32, out: &Path) -> Result<Vec<Written>, CommandError> {
         eprintln!("covobs: warning: {} is left out: {e}", m.path);
     }
     let paths = output_paths(out, &plans);
-    for (file, map) in &paths {
-        for p in std::iter::once(file).chain(map.as_ref()) {
-            if p.exists() {
-                return Err(CommandError::BadInput(format!(
-                    "{} exists: covobs never overwrites output",
-                    p.display()
-                )));
-            }
-        }
-    }
+    check_new(&paths)?;
     // Every module first, then the files: the reads stay as close together as they can.
     let mut snaps: Vec<Snapshot> = Vec::with_capacity(plans.len());
     for p in &plans {
@@ -98,6 +360,15 @@ pub fn run(pid: i32, out: &Path) -> Result<Vec<Written>, CommandError> {
             module: "the process (it exited during the snapshot)".into(),
         }));
     }
+    write(snaps, paths, None)
+}
+
+/// Write each snapshot to its paths; on a failure, remove what was written.
+fn write(
+    snaps: Vec<Snapshot>,
+    paths: Vec<(PathBuf, Option<PathBuf>)>,
+    memory: Option<String>,
+) -> Result<Vec<Written>, CommandError> {
     let mut written = Vec::new();
     let mut created: Vec<PathBuf> = Vec::new();
     let result = (|| {
@@ -117,6 +388,7 @@ pub fn run(pid: i32, out: &Path) -> Result<Vec<Written>, CommandError> {
                 format: snap.format.clone(),
                 bytes: snap.bytes.len() as u64,
                 snapshot: snap.info,
+                memory: memory.clone(),
             });
         }
         Ok(())

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::{
     SnapshotError,
     memory::{self, Range, ReadTiming},
+    source::MemorySource,
 };
 use crate::collect::llvm_raw::MAGIC_64;
 
@@ -76,20 +77,48 @@ impl LlvmPlan {
         v
     }
 
-    /// Read the counters (and bitmap) in one process_vm_readv.
-    pub fn read(&self, pid: i32) -> Result<(Vec<u8>, Vec<u8>, ReadTiming), SnapshotError> {
+    /// Read the counters (and bitmap) in one read of the source.
+    pub fn read(
+        &self,
+        src: &dyn MemorySource,
+    ) -> Result<(Vec<u8>, Vec<u8>, ReadTiming), SnapshotError> {
         let mut counters = memory::buffer(self.counters.len as usize);
         let mut bitmap = memory::buffer(self.bitmap.len as usize);
         let timing = if self.bitmap.len > 0 {
-            memory::read_ranges(
-                pid,
+            src.read_ranges(
                 &[self.counters, self.bitmap],
                 &mut [&mut counters[..], &mut bitmap[..]],
             )?
         } else {
-            memory::read_ranges(pid, &[self.counters], &mut [&mut counters[..]])?
+            src.read_ranges(&[self.counters], &mut [&mut counters[..]])?
         };
         Ok((counters, bitmap, timing))
+    }
+
+    /// Check that every data record's counter pointer (relative to the record, raw profile v8+)
+    /// lands inside the counters: data records read from memory that does not belong to this
+    /// build fail it. Debug-info-correlated modules have no records to check.
+    pub fn check_counter_pointers(&self) -> Result<(), String> {
+        if self.version_word & VARIANT_MASK_DBG_CORRELATE != 0 {
+            return Ok(());
+        }
+        let rec = data_record_size(self.version()) as usize;
+        for (i, r) in self.data_bytes.chunks_exact(rec).enumerate() {
+            let rel = i64::from_le_bytes(r[16..24].try_into().unwrap_or_default());
+            let at = self
+                .data
+                .addr
+                .wrapping_add((i * rec) as u64)
+                .wrapping_add(rel as u64);
+            if at < self.counters.addr || at >= self.counters.end() {
+                return Err(format!(
+                    "data record {i} points at {at:#x}, outside the counters ({:#x}..{:#x})",
+                    self.counters.addr,
+                    self.counters.end()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The raw profile of these counters, as the runtime would write it.
@@ -135,8 +164,8 @@ pub struct Sections {
     pub unsupported_sections: Vec<String>,
 }
 
-/// Check what the module is and read its data records from the process.
-pub fn plan(pid: i32, s: Sections) -> Result<LlvmPlan, SnapshotError> {
+/// Check what the module is and read its data records from the source.
+pub fn plan(src: &dyn MemorySource, s: Sections) -> Result<LlvmPlan, SnapshotError> {
     let version = s.version_word & 0xffff_ffff;
     if !VERSIONS.contains(&version) {
         return Err(SnapshotError::Unsupported(format!(
@@ -165,7 +194,7 @@ pub fn plan(pid: i32, s: Sections) -> Result<LlvmPlan, SnapshotError> {
         addr: s.data.addr,
         len: num_data * rec,
     };
-    let (data_bytes, _) = memory::read_vec(pid, data)?;
+    let (data_bytes, _) = src.read_vec(data)?;
     let (vs_at, vs_n) = value_sites(version);
     for (i, r) in data_bytes.chunks_exact(rec as usize).enumerate() {
         let sites = r[vs_at..vs_at + 2 * vs_n]
@@ -263,6 +292,18 @@ fn write_profile(p: &LlvmPlan, counters: &[u8], bitmap: &[u8]) -> Vec<u8> {
         out.resize(out.len() + pad8(names_size) as usize, 0);
     }
     out
+}
+
+/// Whether the module's profiling runtime is minicov (the no_std runtime: compiler-rt's writer
+/// built for bare metal, which writes no build ids), by its Rust symbols.
+pub fn uses_minicov(file: &[u8]) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    object::File::parse(file).is_ok_and(|obj| {
+        obj.symbols().any(|s| {
+            s.name_bytes()
+                .is_ok_and(|n| memchr::memmem::find(n, b"7minicov").is_some())
+        })
+    })
 }
 
 /// The build-id notes of an ELF file, serialized as compiler-rt's `__llvm_write_binary_ids` does:

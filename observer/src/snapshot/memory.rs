@@ -17,6 +17,14 @@ pub enum MemoryError {
         "reading the memory of process {pid}: got {got} of {want} bytes (a range is no longer mapped)"
     )]
     Short { pid: i32, got: usize, want: usize },
+    /// A memory image or a guest's RAM does not hold a range the snapshot needs.
+    #[error("{holder} does not hold the {len} bytes at {addr:#x}{hint}")]
+    NotHeld {
+        holder: String,
+        addr: u64,
+        len: u64,
+        hint: &'static str,
+    },
 }
 
 /// A range of the target's address space.

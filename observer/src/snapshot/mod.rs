@@ -24,12 +24,18 @@ use crate::{
 pub mod command;
 pub mod delta;
 pub mod exit;
+pub mod image;
 pub mod llvm;
 pub mod memory;
+pub mod payload;
+pub mod qemu;
+pub mod qmp;
 pub mod sancov;
+pub mod source;
 
 pub use delta::{CoveredSet, Delta, DeltaTracker};
 pub use memory::{Range, ReadTiming};
+pub use source::{LiveProcess, MemorySource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -53,6 +59,9 @@ pub enum SnapshotError {
     NotMapped { pid: i32, module: String },
     #[error("reading the memory map of process {pid}: {source}")]
     Maps { pid: i32, source: std::io::Error },
+    /// The memory named by the user does not hold the ELF named by the user.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// What a snapshot reads in one module, resolved for one process.
@@ -126,16 +135,21 @@ impl ModulePlan {
         }
     }
 
-    /// Read the live ranges now (one process_vm_readv) and build the snapshot.
+    /// Read the live ranges of process `pid` now (one process_vm_readv) and build the snapshot.
     pub fn take(&self, pid: i32) -> Result<Snapshot, SnapshotError> {
+        self.take_from(&LiveProcess(pid))
+    }
+
+    /// Read the live ranges from `src` (in one read) and build the snapshot.
+    pub fn take_from(&self, src: &dyn MemorySource) -> Result<Snapshot, SnapshotError> {
         match &self.kind {
             Kind::Llvm(p) => {
-                let (counters, bitmap, read) = p.read(pid)?;
-                Ok(self.build(vec![counters, bitmap], read, "process_vm_readv".into(), 0))
+                let (counters, bitmap, read) = p.read(src)?;
+                Ok(self.build(vec![counters, bitmap], read, src.method().into(), 0))
             }
             Kind::Sancov(p) => {
-                let (counters, read) = p.read(pid)?;
-                Ok(self.build(vec![counters], read, "process_vm_readv".into(), 0))
+                let (counters, read) = p.read(src)?;
+                Ok(self.build(vec![counters], read, src.method().into(), 0))
             }
         }
     }
@@ -153,14 +167,24 @@ impl ModulePlan {
         let bitmap = live.pop().unwrap_or_default();
         let counters = live.pop().unwrap_or_default();
         let counters_addr = self.live_ranges().first().map_or(0, |r| r.addr);
-        let consistency = if method == "process_vm_readv" {
-            format!(
-                "counters copied in one process_vm_readv of {} bytes over {} ns while the target ran: each counter is a value it held in that window",
+        let window = read.end_ns.saturating_sub(read.start_ns);
+        let consistency = match method.as_str() {
+            "process_vm_readv" => format!(
+                "counters copied in one process_vm_readv of {} bytes over {window} ns while the target ran: each counter is a value it held in that window",
                 read.bytes,
-                read.end_ns.saturating_sub(read.start_ns)
-            )
-        } else {
-            "copied in the kernel as the last thread exited: no user code ran during the copy, the counters are final".into()
+            ),
+            qemu::METHOD_RUNNING => format!(
+                "counters copied from the guest's RAM in one process_vm_readv of the QEMU process, {} bytes over {window} ns while the guest ran: each counter is a value it held in that window",
+                read.bytes,
+            ),
+            qemu::METHOD_PAUSED => format!(
+                "counters copied from the guest's RAM in one process_vm_readv of the QEMU process, {} bytes over {window} ns while the guest was stopped: exact",
+                read.bytes,
+            ),
+            image::METHOD_CORE | image::METHOD_RAW => {
+                "read from a memory image: the counters as the image holds them".into()
+            }
+            _ => "copied in the kernel as the last thread exited: no user code ran during the copy, the counters are final".into(),
         };
         match &self.kind {
             Kind::Llvm(p) => {
@@ -271,7 +295,33 @@ pub fn plan_module(
     mapped: &Mapped,
     mappings: &[Mapping],
 ) -> Result<Vec<ModulePlan>, SnapshotError> {
-    let module = &mapped.module;
+    if !has_counters(&mapped.module) {
+        return Ok(Vec::new());
+    }
+    let bias = load_bias(&mapped.module, mappings).ok_or_else(|| SnapshotError::NotMapped {
+        pid,
+        module: mapped.module.path.clone(),
+    })?;
+    plan_module_at(&LiveProcess(pid), &mapped.module, &mapped.open_path, bias)
+}
+
+/// Whether the module has counters a snapshot can read.
+pub fn has_counters(module: &Module) -> bool {
+    module
+        .elf
+        .sections
+        .iter()
+        .any(|s| (s.name == "__llvm_prf_cnts" || s.name == "__sancov_cntrs") && s.size > 0)
+}
+
+/// The plans of one module whose link-time addresses plus `bias` are its addresses in `src`;
+/// `open_path` opens the module file.
+pub fn plan_module_at(
+    src: &dyn MemorySource,
+    module: &Arc<Module>,
+    open_path: &std::path::Path,
+    bias: u64,
+) -> Result<Vec<ModulePlan>, SnapshotError> {
     let section = |name: &str| {
         module
             .elf
@@ -281,13 +331,6 @@ pub fn plan_module(
     };
     let has_llvm = section("__llvm_prf_cnts").is_some();
     let has_sancov = section("__sancov_cntrs").is_some();
-    if !has_llvm && !has_sancov {
-        return Ok(Vec::new());
-    }
-    let bias = load_bias(module, mappings).ok_or_else(|| SnapshotError::NotMapped {
-        pid,
-        module: module.path.clone(),
-    })?;
     let at = |s: &crate::discover::elf::SectionInfo| Range {
         addr: s.vaddr.wrapping_add(bias),
         len: s.size,
@@ -298,18 +341,15 @@ pub fn plan_module(
     };
     let mut plans = Vec::new();
     if has_llvm {
-        let file = read_file(&mapped.open_path)?;
+        let file = read_file(open_path)?;
         let version_addr = module
             .elf
             .llvm_raw_version_addr
             .ok_or_else(|| missing("__llvm_profile_raw_version (stripped symbols?)"))?;
-        let (word, _) = memory::read_vec(
-            pid,
-            Range {
-                addr: version_addr.wrapping_add(bias),
-                len: 8,
-            },
-        )?;
+        let (word, _) = src.read_vec(Range {
+            addr: version_addr.wrapping_add(bias),
+            len: 8,
+        })?;
         let version_word = u64::from_le_bytes(word[..8].try_into().unwrap_or_default());
         let data = section("__llvm_prf_data").ok_or_else(|| missing("__llvm_prf_data"))?;
         let cnts = section("__llvm_prf_cnts").ok_or_else(|| missing("__llvm_prf_cnts"))?;
@@ -317,17 +357,22 @@ pub fn plan_module(
         let names_bytes = file
             .get(names.file_offset as usize..(names.file_offset + names.size) as usize)
             .ok_or_else(|| missing("__llvm_prf_names contents"))?;
-        let binary_ids = llvm::binary_ids(&file).map_err(|source| SnapshotError::Elf {
-            path: mapped.open_path.clone(),
-            source,
-        })?;
+        // minicov, built for bare metal, writes no build ids; compiler-rt's runtime writes them.
+        let binary_ids = if llvm::uses_minicov(&file) {
+            Vec::new()
+        } else {
+            llvm::binary_ids(&file).map_err(|source| SnapshotError::Elf {
+                path: open_path.to_path_buf(),
+                source,
+            })?
+        };
         let unsupported = ["__llvm_prf_vtab", "__llvm_prf_vns"]
             .iter()
             .filter(|n| section(n).is_some())
             .map(|n| n.to_string())
             .collect();
         let plan = llvm::plan(
-            pid,
+            src,
             llvm::Sections {
                 version_word,
                 data: at(data),
@@ -341,7 +386,7 @@ pub fn plan_module(
         )?;
         plans.push(ModulePlan {
             module: module.clone(),
-            open_path: mapped.open_path.clone(),
+            open_path: open_path.to_path_buf(),
             load_bias: bias,
             kind: Kind::Llvm(plan),
         });
@@ -351,11 +396,11 @@ pub fn plan_module(
         let pcs = section("__sancov_pcs").ok_or_else(|| {
             missing("__sancov_pcs (build with -fsanitize-coverage=inline-8bit-counters,pc-table)")
         })?;
-        let file = read_file(&mapped.open_path)?;
-        let plan = sancov::plan(&file, &mapped.open_path, at(cntrs), pcs.vaddr, pcs.size)?;
+        let file = read_file(open_path)?;
+        let plan = sancov::plan(&file, open_path, at(cntrs), pcs.vaddr, pcs.size)?;
         plans.push(ModulePlan {
             module: module.clone(),
-            open_path: mapped.open_path.clone(),
+            open_path: open_path.to_path_buf(),
             load_bias: bias,
             kind: Kind::Sancov(plan),
         });
@@ -363,7 +408,7 @@ pub fn plan_module(
     Ok(plans)
 }
 
-fn read_file(path: &std::path::Path) -> Result<memmap2::Mmap, SnapshotError> {
+pub(crate) fn read_file(path: &std::path::Path) -> Result<memmap2::Mmap, SnapshotError> {
     let err = |source| SnapshotError::File {
         path: path.to_path_buf(),
         source,

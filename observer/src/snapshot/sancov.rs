@@ -1,14 +1,15 @@
 //! SanitizerCoverage from memory: targets built with
 //! `-fsanitize-coverage=inline-8bit-counters,pc-table` keep one 8-bit counter per edge in
 //! `__sancov_cntrs` and, in `__sancov_pcs`, one (PC, flags) pair per counter, in the same order.
-//! A snapshot reads the counters; the PC table comes once from the module's file. It yields the `.sancov` file the sanitizer runtime would write for the covered
-//! edges (64-bit magic, then module-relative PCs, ascending) and an AFL-style bucketed map of the
-//! counters.
+//! A snapshot reads the counters; the PC table comes once from the module's file. It yields the
+//! `.sancov` file the sanitizer runtime would write for the covered edges (64-bit magic, then
+//! module-relative PCs, ascending) and an AFL-style bucketed map of the counters.
 use std::sync::Arc;
 
 use super::{
     SnapshotError,
-    memory::{self, Range, ReadTiming},
+    memory::{Range, ReadTiming},
+    source::MemorySource,
 };
 
 /// `.sancov` magic for 64-bit PCs.
@@ -111,8 +112,8 @@ fn link_time_table(
 }
 
 impl SancovPlan {
-    pub fn read(&self, pid: i32) -> Result<(Vec<u8>, ReadTiming), SnapshotError> {
-        Ok(memory::read_vec(pid, self.counters)?)
+    pub fn read(&self, src: &dyn MemorySource) -> Result<(Vec<u8>, ReadTiming), SnapshotError> {
+        Ok(src.read_vec(self.counters)?)
     }
 
     /// The `.sancov` bytes of the edges whose counter is not zero.

@@ -1,0 +1,392 @@
+//! Coverage of a no_std payload in a QEMU guest, read from the host: the fixture `guest-payload`
+//! (Rust, `-C instrument-coverage -Z no-profiler-runtime`, minicov) boots under QEMU system
+//! emulation (TCG, plain `-m 64M`), runs phases that reach new code over time, writes minicov's
+//! own capture to the debugcon port and halts. `covobs snapshot --qemu PID --elf PAYLOAD` of the
+//! halted guest (running, and `--pause`d through QMP) is byte for byte minicov's capture, and so
+//! are llvm-profdata's counts and llvm-cov's LCOV; a snapshot taken mid-run has fewer counters
+//! covered; a `pmemsave` image of the guest's RAM gives the same profile through
+//! `--image --base`. Bad input: a payload of another build (its build id differs), a
+//! position-independent ELF, a process that is not QEMU, a truncated image.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use covobs_tests::{TempDir, covobs_bin, fixture, llvm_tools, require_root, run_ok};
+use serde_json::Value;
+
+const QEMU: &str = "qemu-system-x86_64";
+
+/// A QEMU guest running the payload; killed when dropped.
+struct Guest {
+    child: Child,
+    serial: PathBuf,
+    debugcon: PathBuf,
+    qmp: PathBuf,
+}
+
+impl Guest {
+    fn boot(payload: &Path, dir: &Path) -> Self {
+        let serial = dir.join("serial.log");
+        let debugcon = dir.join("debugcon.bin");
+        let qmp = dir.join("qmp.sock");
+        let child = Command::new(QEMU)
+            .args(["-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", "64M"])
+            .args(["-display", "none", "-nodefaults", "-no-reboot", "-kernel"])
+            .arg(payload)
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-debugcon")
+            .arg(format!("file:{}", debugcon.display()))
+            .args(["-global", "isa-debugcon.iobase=0xe9", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{QEMU} cannot run ({e}): the guest tests need QEMU system emulation (Debian: apt-get install qemu-system-x86)")
+            });
+        Self {
+            child,
+            serial,
+            debugcon,
+            qmp,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Wait (bounded) until the serial log has a line `line`.
+    fn wait_line(&mut self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = std::fs::read_to_string(&self.serial).unwrap_or_default();
+            if log.lines().any(|l| l == line) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("QEMU exited ({status}) before {line:?}; serial:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} from the guest; serial:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// minicov's capture, as the payload wrote it to debugcon.
+    fn capture(&self) -> Vec<u8> {
+        let bytes = std::fs::read(&self.debugcon).expect("debugcon output");
+        assert_eq!(&bytes[..8], b"MINICOV1", "debugcon frame");
+        let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        assert_eq!(bytes.len(), 16 + len, "debugcon frame length");
+        bytes[16..].to_vec()
+    }
+
+    /// One QMP command on a fresh connection (QMP serves one client at a time).
+    fn qmp(&self, command: &str, arguments: Value) -> Value {
+        let s = UnixStream::connect(&self.qmp).expect("QMP socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let mut ask = |msg: Value| -> Value {
+            writeln!(w, "{msg}").unwrap();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let v: Value = serde_json::from_str(&line).expect("QMP JSON");
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return v;
+                }
+            }
+        };
+        ask(serde_json::json!({"execute": "qmp_capabilities"}));
+        let mut msg = serde_json::json!({ "execute": command });
+        if !arguments.is_null() {
+            msg["arguments"] = arguments;
+        }
+        let v = ask(msg);
+        assert!(v.get("error").is_none(), "QMP {command}: {v}");
+        v["return"].clone()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn snapshot(args: &[&str], out: &Path) -> Value {
+    let text = run_ok(
+        Command::new(covobs_bin())
+            .args(["snapshot", "--json"])
+            .args(args)
+            .arg("--out")
+            .arg(out),
+    );
+    let v: Value = serde_json::from_str(&text).expect("snapshot --json");
+    v[0].clone()
+}
+
+/// A snapshot that must be refused: exit code 2, one line on stderr, no output file.
+fn refused(args: &[&str], out: &Path) -> String {
+    let o = Command::new(covobs_bin())
+        .arg("snapshot")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run covobs");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("covobs: error: "), "{stderr}");
+    assert!(!out.exists(), "{args:?} left {} behind", out.display());
+    stderr
+}
+
+fn show(profdata: &Path, profraw: &Path) -> String {
+    run_ok(
+        Command::new(profdata)
+            .args(["show", "--all-functions", "--counts"])
+            .arg(profraw),
+    )
+}
+
+fn lcov(tools: &covobs_tests::LlvmTools, profraw: &Path, object: &Path) -> String {
+    let profdata = profraw.with_extension("profdata");
+    run_ok(
+        Command::new(&tools.profdata)
+            .args(["merge", "-o"])
+            .arg(&profdata)
+            .arg(profraw),
+    );
+    run_ok(
+        Command::new(&tools.cov)
+            .args(["export", "-format=lcov", "-instr-profile"])
+            .arg(&profdata)
+            .arg(object),
+    )
+}
+
+/// The count llvm-profdata shows for the first function whose name contains `needle`.
+fn function_count(show: &str, needle: &str) -> u64 {
+    let mut in_fn = false;
+    for line in show.lines() {
+        let t = line.trim();
+        if line.starts_with("  ") && !line.starts_with("    ") && t.ends_with(':') {
+            in_fn = t.contains(needle);
+        } else if in_fn && let Some(c) = t.strip_prefix("Function count: ") {
+            return c.parse().expect("function count");
+        }
+    }
+    panic!("no function like {needle} in\n{show}");
+}
+
+/// A copy of the payload whose build id differs by one byte: another build of the same code.
+fn other_build(payload: &Path, dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(payload).unwrap();
+    let note = b"\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00";
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("the payload has a 20-byte GNU build id note");
+    bytes[at + note.len()] ^= 0xff;
+    let path = dir.join("other-build");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_guest_payloads_counters_read_from_qemu_are_minicovs_own_capture() {
+    require_root();
+    let tools = llvm_tools("guest-payload");
+    let payload = fixture("guest-payload");
+    let payload_s = payload.to_str().unwrap();
+    let tmp = TempDir::new("guest-qemu");
+    let dir = tmp.path();
+    let mut guest = Guest::boot(&payload, dir);
+    let qemu = guest.pid().to_string();
+
+    // Mid-run, paused for an exact read: some phases have not run yet.
+    guest.wait_line("phase 2 checksum = 3677586914");
+    let mid = dir.join("mid.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s, "--pause"], &mid);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram-paused", "{w}");
+    let mid_covered = w["snapshot"]["covered"].as_u64().unwrap();
+    assert_eq!(
+        guest.qmp("query-status", Value::Null)["running"],
+        true,
+        "covobs resumed the guest"
+    );
+    let mid_show = show(&tools.profdata, &mid);
+    assert!(
+        function_count(&mid_show, "phase_checksum") == 1,
+        "{mid_show}"
+    );
+
+    guest.wait_line("halted");
+    let capture = guest.capture();
+    let minicov = dir.join("minicov.profraw");
+    std::fs::write(&minicov, &capture).unwrap();
+
+    let running = dir.join("running.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s], &running);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram", "{w}");
+    assert!(
+        w["memory"].as_str().unwrap().contains("guest-physical 0x0"),
+        "{w}"
+    );
+    let final_covered = w["snapshot"]["covered"].as_u64().unwrap();
+    assert!(
+        mid_covered < final_covered,
+        "coverage grows over the phases: {mid_covered} then {final_covered}"
+    );
+    let paused = dir.join("paused.profraw");
+    let wp = snapshot(&["--qemu", &qemu, "--elf", payload_s, "--pause"], &paused);
+    assert_eq!(wp["snapshot"]["method"], "qemu-guest-ram-paused");
+    // With QMP, QEMU says where the counters are; without, covobs finds them by content.
+    assert!(
+        wp["memory"].as_str().unwrap().contains("qmp-gpa2hva"),
+        "{wp}"
+    );
+    assert!(
+        w["memory"].as_str().unwrap().contains("found by content"),
+        "{w}"
+    );
+
+    let minicov_show = show(&tools.profdata, &minicov);
+    assert_eq!(
+        show(&tools.profdata, &running),
+        minicov_show,
+        "llvm-profdata show"
+    );
+    assert_eq!(
+        lcov(&tools, &running, &payload),
+        lcov(&tools, &minicov, &payload),
+        "llvm-cov LCOV"
+    );
+    assert!(
+        std::fs::read(&running).unwrap() == capture,
+        "not byte for byte minicov's capture"
+    );
+    assert!(std::fs::read(&paused).unwrap() == capture);
+    assert_eq!(function_count(&minicov_show, "phase_final"), 1);
+    assert_eq!(function_count(&minicov_show, "never_called"), 0);
+    assert_eq!(function_count(&minicov_show, "8classify"), 20);
+
+    // The same RAM, saved by QEMU: 1 MiB from the payload's base (2 MiB, guest-physical).
+    let ram = dir.join("ram.bin");
+    guest.qmp(
+        "pmemsave",
+        serde_json::json!({"val": 0x20_0000, "size": 0x10_0000, "filename": ram.to_str().unwrap()}),
+    );
+    let from_image = dir.join("image.profraw");
+    let w = snapshot(
+        &[
+            "--image",
+            ram.to_str().unwrap(),
+            "--base",
+            "0x200000",
+            "--elf",
+            payload_s,
+        ],
+        &from_image,
+    );
+    assert_eq!(w["snapshot"]["method"], "raw-image");
+    assert!(
+        std::fs::read(&from_image).unwrap() == capture,
+        "pmemsave image"
+    );
+
+    // Figures (printed, not asserted): one covobs snapshot of the guest next to the path it
+    // replaces, a pmemsave of the guest's RAM and a profile built from that image.
+    let t = Instant::now();
+    snapshot(
+        &["--qemu", &qemu, "--elf", payload_s],
+        &dir.join("timed.profraw"),
+    );
+    let direct = t.elapsed();
+    let t = Instant::now();
+    let whole = dir.join("whole-ram.bin");
+    guest.qmp(
+        "pmemsave",
+        serde_json::json!({"val": 0, "size": 64u64 << 20, "filename": whole.to_str().unwrap()}),
+    );
+    snapshot(
+        &["--image", whole.to_str().unwrap(), "--elf", payload_s],
+        &dir.join("timed-image.profraw"),
+    );
+    let via_image = t.elapsed();
+    std::fs::remove_file(&whole).unwrap();
+    println!(
+        "guest snapshot: covobs --qemu {:.1} ms; pmemsave of 64 MiB + --image {:.1} ms ({:.1}x)",
+        direct.as_secs_f64() * 1e3,
+        via_image.as_secs_f64() * 1e3,
+        via_image.as_secs_f64() / direct.as_secs_f64()
+    );
+
+    // Bad input.
+    let out = dir.join("refused.profraw");
+    let other = other_build(&payload, dir);
+    let e = refused(&["--qemu", &qemu, "--elf", other.to_str().unwrap()], &out);
+    assert!(
+        e.contains("no guest RAM holding") && e.contains("build-id"),
+        "{e}"
+    );
+    let e = refused(
+        &[
+            "--image",
+            ram.to_str().unwrap(),
+            "--base",
+            "0x200000",
+            "--elf",
+            other.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert!(e.contains("build-id note differs"), "{e}");
+    let pie = fixture("llvm-rust-target");
+    let e = refused(&["--qemu", &qemu, "--elf", pie.to_str().unwrap()], &out);
+    assert!(e.contains("position-independent"), "{e}");
+    let me = std::process::id().to_string();
+    let e = refused(&["--qemu", &me, "--elf", payload_s], &out);
+    assert!(e.contains("not a QEMU"), "{e}");
+    let short = dir.join("short.bin");
+    let bytes = std::fs::read(&ram).unwrap();
+    std::fs::write(&short, &bytes[..0x8000]).unwrap();
+    let e = refused(
+        &[
+            "--image",
+            short.to_str().unwrap(),
+            "--base",
+            "0x200000",
+            "--elf",
+            payload_s,
+        ],
+        &out,
+    );
+    assert!(e.contains("outside the image"), "{e}");
+    let e = refused(
+        &[
+            "--image",
+            ram.to_str().unwrap(),
+            "--base",
+            "0x300000",
+            "--elf",
+            payload_s,
+        ],
+        &out,
+    );
+    assert!(e.contains("outside the image"), "{e}");
+    drop(guest);
+}
