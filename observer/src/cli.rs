@@ -220,6 +220,10 @@ pub struct DumpArgs {
     /// How long to wait for the dumps to be collected.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Close a label: what the targets gained since their previous labelled state is
+    /// attributed to NAME in the report (docs/labels.md). Letters, digits and `._:@+=-`.
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -323,4 +327,7 @@ pub struct ReportArgs {
     /// covobs' own engine (the same figures, much slower; for cross-checking).
     #[arg(long = "llvm-cov")]
     pub llvm_cov: bool,
+    /// Only this label's report, under report/labels/<NAME>/ (docs/labels.md).
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
 }

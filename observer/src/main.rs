@@ -193,9 +193,12 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Dump(args) => {
             covobs::require_privileges()?;
-            let what = match target_spec(&args.target)? {
-                TargetSpec::Pid(p) => attach::control::DumpRequest::Pid(p),
-                TargetSpec::Name(n) => attach::control::DumpRequest::Name(n.as_str().to_owned()),
+            if let Some(label) = &args.label {
+                covobs::report::labels::name::check(label).map_err(BadInput)?;
+            }
+            let target = match target_spec(&args.target)? {
+                TargetSpec::Pid(p) => attach::control::DumpTarget::Pid(p),
+                TargetSpec::Name(n) => attach::control::DumpTarget::Name(n.as_str().to_owned()),
                 TargetSpec::Cgroup { .. } => {
                     return Err(BadInput(
                         "covobs dump takes --pid or --name (of a process the attach watches)"
@@ -203,6 +206,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                     )
                     .into());
                 }
+            };
+            let what = attach::control::DumpRequest {
+                label: args.label.clone(),
+                ..attach::control::DumpRequest::new(target)
             };
             let response = attach::control::request_dump(what, args.timeout)
                 .await
@@ -290,6 +297,20 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
         ..report::ReportOptions::default()
     };
     let dir = args.dir;
+    if let Some(label) = args.label {
+        let summary =
+            tokio::task::spawn_blocking(move || report::labels::report_label(&dir, &label, &opts))
+                .await?
+                .map_err(|e| match e.is_bad_input() {
+                    true => anyhow::Error::new(BadInput(e.to_string())),
+                    false => anyhow::Error::new(e),
+                })?;
+        for w in &summary.warnings {
+            eprintln!("covobs: warning: {}", printable(&w.to_string()));
+        }
+        print!("{}", summary.render());
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = tokio::task::spawn_blocking(move || report::generate(&dir, &opts))
         .await?
         .map_err(|e| match e.is_bad_input() {

@@ -31,6 +31,7 @@ pub mod gcov_tally;
 pub mod html;
 pub mod kcov;
 pub mod kernel_image;
+pub mod labels;
 pub mod lcov;
 pub mod live;
 pub mod llvm;

@@ -92,6 +92,11 @@ pub fn write_report(
         written.push(PathBuf::from("coverage.cobertura.xml"));
     }
     written.extend(bisect.written);
+    // Labels (docs/labels.md): a failure leaves them out, not the report.
+    match super::labels::write_into_report(session, root, opts) {
+        Ok(files) => written.extend(files),
+        Err(e) => tracing::warn!("labels are not in the report: {e}"),
+    }
     // Every file and directory of the report with the session's modes (other tools wrote some).
     opts.modes
         .apply_tree(root)
@@ -114,7 +119,7 @@ pub fn write_report(
 
 /// Put `staging` at `dest`: exchanged atomically with an existing `dest` (which then sits at
 /// `staging`), or renamed when there is none.
-fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
+pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => exchange(staging, dest).map_err(write_err(dest)),
         Ok(_) => Err(write_err(dest)(std::io::Error::other(
