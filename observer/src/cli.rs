@@ -34,6 +34,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Ask a running `covobs attach` for a dump of its target now; prints what was collected.
     Dump(DumpArgs),
+    /// What one coverage reached that another did not: two sessions (OLD NEW), or two labels of
+    /// one session (DIR --label A --label B). Exit 1 with --fail-on-lost when coverage was lost.
+    Diff(DiffArgs),
     /// Read a process's coverage counters from its memory (no signal) and write the files its
     /// coverage runtimes would write.
     Snapshot(SnapshotArgs),
@@ -224,6 +227,23 @@ pub struct DumpArgs {
     /// attributed to NAME in the report (docs/labels.md). Letters, digits and `._:@+=-`.
     #[arg(long, value_name = "NAME")]
     pub label: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The old session directory (or the session, with two --label).
+    pub old: std::path::PathBuf,
+    /// The new session directory.
+    pub new: Option<std::path::PathBuf>,
+    /// Two labels of one session to compare, old first.
+    #[arg(long, value_name = "NAME")]
+    pub label: Vec<String>,
+    /// One JSON object instead of the text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when something covered in OLD is not covered in NEW.
+    #[arg(long)]
+    pub fail_on_lost: bool,
 }
 
 #[derive(Args, Debug, Clone)]

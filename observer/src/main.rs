@@ -65,6 +65,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report(args) => report(args).await,
+        Command::Diff(args) => diff(args).await,
         Command::Serve(args) => {
             covobs::serve::run(args.dir, args.addr).await?;
             Ok(ExitCode::SUCCESS)
@@ -279,6 +280,44 @@ fn init_logging(verbose: u8) {
 
 /// `covobs report DIR`: bad input exits 2; a session none of whose artifacts could be reported
 /// exits 1 (the report is still written, with the reasons).
+async fn diff(args: covobs::cli::DiffArgs) -> Result<ExitCode> {
+    use covobs::report::{self, diff};
+    let opts = report::ReportOptions::default();
+    let run = match (args.new, args.label.as_slice()) {
+        (Some(new), []) => {
+            let old = args.old;
+            tokio::task::spawn_blocking(move || diff::sessions(&old, &new, &opts)).await?
+        }
+        (None, [a, b]) => {
+            let (dir, a, b) = (args.old, a.clone(), b.clone());
+            tokio::task::spawn_blocking(move || diff::labels(&dir, &a, &b, &opts)).await?
+        }
+        _ => {
+            return Err(BadInput(
+                "covobs diff takes two session directories (OLD NEW), or one and two --label"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let d = run.map_err(|e| match e.is_bad_input() {
+        true => anyhow::Error::new(BadInput(e.to_string())),
+        false => anyhow::Error::new(e),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        // File and function names come from the targets.
+        for line in d.render().lines() {
+            println!("{}", printable(line));
+        }
+    }
+    if args.fail_on_lost && d.lost() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     use covobs::report;
     if let Some(bad) = args.source_path.iter().find(|d| !d.is_dir()) {

@@ -23,7 +23,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    io::{
+        AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+        BufReader,
+    },
     net::{UnixListener, UnixStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     task::{AbortHandle, JoinSet},
@@ -345,7 +348,11 @@ async fn connection(
 
 /// Write one answer line within [`ANSWER_DEADLINE`] (a client that does not read loses it, it
 /// does not hold covobs), and with `close` shut the connection down. False when it failed.
-async fn answer<W: AsyncWrite + Unpin>(stream: &mut W, response: &DumpResponse, close: bool) -> bool {
+async fn answer<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    response: &DumpResponse,
+    close: bool,
+) -> bool {
     let Ok(mut line) = serde_json::to_vec(response) else {
         return false;
     };

@@ -44,6 +44,7 @@ impl Session {
         }
         self.intervals += 1;
         let label = format!("interval-{:06}", self.intervals);
-        self.start_request(pids, Some(label), None, "interval").await;
+        self.start_request(pids, Some(label), None, "interval")
+            .await;
     }
 }

@@ -374,7 +374,11 @@ impl Session {
 
     /// Handle `covobs dump`.
     pub async fn on_request(&mut self, req: DumpRequest, responder: Responder) {
-        if let Some(why) = req.label.as_deref().and_then(|l| label_name::check(l).err()) {
+        if let Some(why) = req
+            .label
+            .as_deref()
+            .and_then(|l| label_name::check(l).err())
+        {
             responder.send(DumpResponse::refusal(why)).await;
             return;
         }

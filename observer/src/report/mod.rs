@@ -23,6 +23,7 @@ pub mod bisect_report;
 pub mod chart;
 pub mod cobertura;
 pub mod covmap;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod gcda;

@@ -15,8 +15,7 @@ use crate::report::{
     engine::{Engine, coverage::ModuleCoverage, profile::ModuleProfile},
     llvm_tools::{Need, Toolsets, read_elf_notes},
     session::{
-        Artifact, MAX_ARTIFACT_BYTES, MAX_MODULE_BYTES, ModuleMeta, Session, is_inside,
-        sha256_hex,
+        Artifact, MAX_ARTIFACT_BYTES, MAX_MODULE_BYTES, ModuleMeta, Session, is_inside, sha256_hex,
     },
     session_dir::SessionDir,
     tally::{Instance, Tally},
@@ -136,7 +135,9 @@ pub fn attribute(
                     modules.len() - 1
                 }
                 Err(why) => {
-                    note(format!("module {key}: {why}; its artifacts are not attributed"));
+                    note(format!(
+                        "module {key}: {why}; its artifacts are not attributed"
+                    ));
                     by_key.insert(key, Err(()));
                     continue;
                 }
@@ -171,10 +172,12 @@ pub fn attribute(
         };
         let len = module.profile.num_counters;
         let bits = module.profile.num_bitmap_bytes;
-        let s = states.entry((m, instance)).or_insert_with(|| InstanceState {
-            tally: Tally::new(len, bits),
-            at_label: vec![0; len],
-        });
+        let s = states
+            .entry((m, instance))
+            .or_insert_with(|| InstanceState {
+                tally: Tally::new(len, bits),
+                at_label: vec![0; len],
+            });
         s.tally
             .push(instance, &state.counters, &state.bits, merged.as_deref());
         let Some(label) = label else { continue };
@@ -205,12 +208,11 @@ fn open_module(
     tool_dirs: &[std::path::PathBuf],
     tools: &mut Option<Toolsets>,
 ) -> Result<LabelModule, String> {
-    let copy = meta
-        .copy
-        .as_deref()
-        .ok_or("no module copy was recorded")?;
+    let copy = meta.copy.as_deref().ok_or("no module copy was recorded")?;
     if !is_inside(copy) {
-        return Err(format!("module copy {copy:?} is not a path inside the session"));
+        return Err(format!(
+            "module copy {copy:?} is not a path inside the session"
+        ));
     }
     let elf = dir
         .read(Path::new(copy), None, MAX_MODULE_BYTES)
@@ -239,7 +241,10 @@ fn open_module(
     let (engine, note) = match major.map(|m| Engine::open(&elf, m)) {
         Some(Ok(e)) => (Some(Arc::new(e)), None),
         Some(Err(why)) => (None, Some(why)),
-        None => (None, Some("the LLVM that built it is not known".to_string())),
+        None => (
+            None,
+            Some("the LLVM that built it is not known".to_string()),
+        ),
     };
     Ok(LabelModule {
         build_id: meta.build_id.clone(),

@@ -62,10 +62,7 @@ pub fn read(dir: &SessionDir) -> Result<Vec<Label>, LabelError> {
             )));
         }
         // Most lines are other events: only those that can be labels are parsed.
-        if !line
-            .windows(b"\"label\"".len())
-            .any(|w| w == b"\"label\"")
-        {
+        if !line.windows(b"\"label\"".len()).any(|w| w == b"\"label\"") {
             continue;
         }
         // A last line cut short by a killed covobs is not a label.

@@ -94,7 +94,10 @@ impl Reader<'_> {
                 return Ok(v);
             }
         }
-        Err(format!("hit map: a varint longer than 64 bits at byte {}", self.at))
+        Err(format!(
+            "hit map: a varint longer than 64 bits at byte {}",
+            self.at
+        ))
     }
     fn string(&mut self) -> Result<String, String> {
         let n = self.u16()? as usize;
@@ -131,7 +134,10 @@ pub fn decode(b: &[u8]) -> Result<HitMaps, String> {
         labels.push((name, hits));
     }
     if r.at != b.len() {
-        return Err(format!("hit map: {} bytes after the last label", b.len() - r.at));
+        return Err(format!(
+            "hit map: {} bytes after the last label",
+            b.len() - r.at
+        ));
     }
     Ok(HitMaps {
         build_id,

@@ -42,7 +42,10 @@ impl LabelError {
 }
 
 /// The labels of the session in `dir` and what each gained.
-pub fn read_session(dir: &Path, opts: &ReportOptions) -> Result<(Session, Attribution), LabelError> {
+pub fn read_session(
+    dir: &Path,
+    opts: &ReportOptions,
+) -> Result<(Session, Attribution), LabelError> {
     let session = Session::open(dir)?;
     let sdir = SessionDir::open(dir).map_err(|e| LabelError::Events(e.to_string()))?;
     let labels = events::read(&sdir)?;
@@ -63,7 +66,11 @@ pub fn report_label(
 
 /// The labels' files in a report being staged at `root` (called by the report writer); what
 /// fails is a warning, the report goes on without them.
-pub fn write_into_report(session: &Session, root: &Path, opts: &ReportOptions) -> Result<Vec<std::path::PathBuf>, LabelError> {
+pub fn write_into_report(
+    session: &Session,
+    root: &Path,
+    opts: &ReportOptions,
+) -> Result<Vec<std::path::PathBuf>, LabelError> {
     let sdir = SessionDir::open(&session.dir).map_err(|e| LabelError::Events(e.to_string()))?;
     let labels = events::read(&sdir)?;
     if labels.is_empty() {

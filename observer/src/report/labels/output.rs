@@ -242,7 +242,13 @@ pub fn label_data(
                 .filter(|m| m.engine.is_some())
                 .map(|m| m.name.clone())
                 .collect();
-            (f.clone(), FileFigures { totals: *t, modules })
+            (
+                f.clone(),
+                FileFigures {
+                    totals: *t,
+                    modules,
+                },
+            )
         })
         .collect();
     let warnings = a
@@ -293,7 +299,11 @@ pub fn write_label_report(
     let rerr = |e: crate::report::ReportError| LabelError::Write(e.to_string());
     let mut written = Vec::new();
     if opts.formats.contains(&Format::Lcov) {
-        create(&root.join("coverage.lcov"), lcov::write(&data.coverage).as_bytes()).map_err(rerr)?;
+        create(
+            &root.join("coverage.lcov"),
+            lcov::write(&data.coverage).as_bytes(),
+        )
+        .map_err(rerr)?;
         written.push("coverage.lcov");
     }
     if opts.formats.contains(&Format::Html) {
