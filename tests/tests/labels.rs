@@ -426,6 +426,86 @@ fn labels_attribute_each_phase_in_snapshot_mode() {
     phases_in_mode("snapshot");
 }
 
+/// `--interval` ticks close labels of their own, interval-000001 on: consecutive, and what ran
+/// in the session is in exactly one of them.
+#[test]
+fn interval_ticks_close_labels_of_their_own() {
+    require_root();
+    let tmp = TempDir::new("labels-interval");
+    let bin = build(tmp.path());
+    let src = tmp.path().join("phases.c");
+    let out = tmp.path().join("out");
+    let mut target = start_program(&bin, &[], &[("LLVM_PROFILE_FILE", "/dev/null")], tmp.path());
+    let mut attach = attach(&[
+        "--pid",
+        &target.pid().to_string(),
+        "--mode",
+        "snapshot",
+        "--interval",
+        "200ms",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "a first interval label", |e| {
+        e.kind() == "label" && e.s("label") == "interval-000001"
+    });
+    assert_eq!(target.ask("gamma 5"), "done gamma 5");
+    let seen = of_kind(attach.events(), "label").len();
+    let next = format!("interval-{:06}", seen + 1);
+    attach.wait_event(T, "the interval after gamma", |e| {
+        e.kind() == "label" && e.s("label") == next
+    });
+    attach.signal(libc::SIGINT);
+    assert!(attach.wait(T).success(), "{}", attach.stderr());
+    ok(&["report", out.to_str().unwrap()]);
+    let labels = read_json(&out.join("report/labels.json"));
+    let names: Vec<String> = labels["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (1..=names.len())
+        .map(|i| format!("interval-{i:06}"))
+        .collect();
+    assert_eq!(names, want);
+    // gamma's lines: reached in exactly one interval, with its 5 calls.
+    let by_line = read_json(&out.join("report/labels/lines.json"));
+    let gamma = phase_ranges()["gamma"].clone();
+    let file = by_line["files"][src.to_str().unwrap()]
+        .as_object()
+        .expect("the fixture's lines");
+    let gamma_lines: Vec<&Value> = file
+        .iter()
+        .filter(|(l, _)| gamma.contains(&l.parse::<u32>().unwrap()))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!gamma_lines.is_empty(), "{by_line}");
+    let which = &gamma_lines[0]["labels"][0];
+    for v in &gamma_lines {
+        assert_eq!(v["count"], 1, "{v}");
+        assert_eq!(&v["labels"][0], which, "{v}");
+    }
+    ok(&[
+        "report",
+        out.to_str().unwrap(),
+        "--label",
+        which.as_str().unwrap(),
+    ]);
+    let lcov = std::fs::read_to_string(
+        out.join("report/labels")
+            .join(which.as_str().unwrap())
+            .join("coverage.lcov"),
+    )
+    .expect("lcov");
+    let counts = da_lines(&lcov, &src);
+    for l in gamma.clone() {
+        if let Some(c) = counts.get(&l) {
+            assert_eq!(*c, 5, "line {l}");
+        }
+    }
+}
+
 /// Two sessions of one program with different inputs: covobs diff gives what llvm-cov's
 /// coverage of the two runs says was newly covered and lost; an unrelated program: exit 2.
 #[test]
@@ -506,4 +586,112 @@ fn diff_of_two_sessions_matches_llvm_cov_and_refuses_unrelated_ones() {
     );
     bad_input(&["diff", a, sdir.to_str().unwrap()], "share no source file");
     bad_input(&["diff", a], "two session directories");
+}
+
+/// Figures (`--ignored --nocapture`): labels closed per second over one connection in snapshot
+/// mode on a target with about 100k counters, and the report's time for a session of 1000 labels.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn label_throughput_and_report_time() {
+    use std::{fmt::Write as _, time::Instant};
+    require_root();
+    let tmp = TempDir::new("labels-bench");
+    // 400 functions of a 255-case switch: about 102k counters.
+    let (funcs, cases) = (400, 255);
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <unistd.h>\nvolatile unsigned long sink;\n",
+    );
+    for f in 0..funcs {
+        let _ = write!(
+            c,
+            "static void __attribute__((noinline)) f{f}(int x) {{ switch (x) {{"
+        );
+        for k in 0..cases {
+            let _ = write!(c, "case {k}: sink += {k}; break;");
+        }
+        c.push_str("default: break; } }\n");
+    }
+    c.push_str("static void (*const fs[])(int) = {");
+    for f in 0..funcs {
+        let _ = write!(c, "f{f},");
+    }
+    c.push_str("};\nint main(void) { char line[64]; printf(\"bench pid=%d ready\\n\", (int)getpid()); fflush(stdout);\n");
+    c.push_str("while (fgets(line, sizeof line, stdin)) { int n = atoi(line); fs[n % (int)(sizeof fs / sizeof fs[0])](n % 255); printf(\"ok\\n\"); fflush(stdout); } return 0; }\n");
+    let src = tmp.path().join("bench.c");
+    std::fs::write(&src, c).expect("source");
+    let bin = tmp.path().join("bench");
+    let t0 = Instant::now();
+    run_ok(
+        Command::new(tool("/usr/bin/clang-14"))
+            .args([
+                "-fprofile-instr-generate",
+                "-fcoverage-mapping",
+                "-O0",
+                "-o",
+            ])
+            .arg(&bin)
+            .arg(&src),
+    );
+    println!("built the 100k-counter target in {:?}", t0.elapsed());
+    let mut target = start_program(&bin, &[], &[("LLVM_PROFILE_FILE", "/dev/null")], tmp.path());
+    let out = tmp.path().join("out");
+    let mut attach = attach(&[
+        "--pid",
+        &target.pid().to_string(),
+        "--mode",
+        "snapshot",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    let socket = PathBuf::from(format!("/run/covobs/attach-{}.sock", attach.pid()));
+    let s = UnixStream::connect(&socket).expect("connect");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    let (mut w, mut r) = (s.try_clone().expect("clone"), BufReader::new(s));
+    let n = 1000;
+    let mut in_labels = Duration::ZERO;
+    let all = Instant::now();
+    for i in 0..n {
+        assert_eq!(target.ask(&i.to_string()), "ok");
+        let asked = Instant::now();
+        writeln!(
+            w,
+            "{}",
+            serde_json::json!({"pid": target.pid(), "label": format!("t{i:04}"), "keep_open": true})
+        )
+        .expect("send");
+        let mut line = String::new();
+        r.read_line(&mut line).expect("answer");
+        in_labels += asked.elapsed();
+        let answer: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+    println!(
+        "{n} labels: {:.0} labels/s over one connection ({:.2} ms each, {:?} in all with the target's commands)",
+        n as f64 / in_labels.as_secs_f64(),
+        in_labels.as_secs_f64() * 1000.0 / n as f64,
+        all.elapsed()
+    );
+    drop(w);
+    drop(r);
+    attach.signal(libc::SIGINT);
+    assert!(attach.wait(T).success(), "{}", attach.stderr());
+    target.send("");
+    let out_s = out.to_str().unwrap();
+    let t0 = Instant::now();
+    ok(&["report", out_s]);
+    println!("covobs report of the {n}-label session: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    ok(&["report", out_s, "--label", "t0500"]);
+    println!("covobs report --label t0500: {:?}", t0.elapsed());
+    let labels = read_json(&out.join("report/labels.json"));
+    assert_eq!(labels["labels"].as_array().map(Vec::len), Some(n));
+    let hits = out
+        .join("report")
+        .join(labels["modules"][0]["hits"].as_str().unwrap());
+    println!(
+        "hit maps: {} bytes for {n} labels of {} counters",
+        std::fs::metadata(&hits).expect("hits").len(),
+        labels["modules"][0]["counters"]
+    );
 }

@@ -742,6 +742,49 @@ mod tests {
     }
 
     #[test]
+    fn one_connection_answers_its_requests_in_order_even_sent_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, server) = UnixStream::pair().expect("pair");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let served = Arc::new(AtomicBool::new(false));
+            let conn = tokio::spawn(connection(
+                server,
+                tx,
+                Arc::new(Semaphore::new(4)),
+                served.clone(),
+            ));
+            // Both lines in one write: what the server reads ahead is the second request.
+            client
+                .write_all(
+                    b"{\"pid\":1,\"label\":\"a\",\"keep_open\":true}\n{\"pid\":2,\"label\":\"b\"}\n",
+                )
+                .await
+                .expect("write");
+            for want in ["a", "b"] {
+                let (req, responder) = rx.recv().await.expect("request");
+                assert_eq!(req.label.as_deref(), Some(want));
+                responder.send(answer("/s", &[want])).await;
+            }
+            let mut all = String::new();
+            client.read_to_string(&mut all).await.expect("read");
+            let answers: Vec<DumpResponse> = all
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("answer"))
+                .collect();
+            assert_eq!(answers.len(), 2, "{all}");
+            assert_eq!(answers[0].artifacts, ["a"]);
+            assert_eq!(answers[1].artifacts, ["b"]);
+            // Without keep_open the second answer closed the connection.
+            conn.await.expect("connection task");
+            assert!(served.load(Ordering::Relaxed));
+        });
+    }
+
+    #[test]
     fn refused_only_when_every_attach_refused() {
         let refused = DumpResponse {
             error: Some("no handler".into()),

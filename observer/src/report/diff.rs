@@ -239,7 +239,10 @@ mod tests {
     use super::*;
     use crate::report::model::{FileCoverage, Function};
 
-    fn cov(files: &[(&str, &[(u32, u64)], &[(&str, u64)])]) -> Coverage {
+    /// A file: its path, (line, hits) and (function, hits).
+    type File<'a> = (&'a str, &'a [(u32, u64)], &'a [(&'a str, u64)]);
+
+    fn cov(files: &[File]) -> Coverage {
         let mut c = Coverage::default();
         for (path, lines, funcs) in files {
             let mut f = FileCoverage::new(*path);

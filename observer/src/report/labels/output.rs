@@ -68,11 +68,11 @@ struct ModuleEntry {
 struct LinesFile<'a> {
     version: u32,
     /// file -> line -> the labels that reached it.
-    files: BTreeMap<&'a str, BTreeMap<u32, LineLabels<'a>>>,
+    files: BTreeMap<&'a str, BTreeMap<u32, LineEntry<'a>>>,
 }
 
 #[derive(Serialize, Default)]
-struct LineLabels<'a> {
+struct LineEntry<'a> {
     /// How many labels reached it.
     count: usize,
     /// The first of them, in closing order (at most [`LINE_LABELS`]).
@@ -89,11 +89,15 @@ pub fn hits_name(build_id: Option<&str>, index: usize) -> String {
     }
 }
 
+/// Per file and line: how many labels reached it, and the first [`LINE_LABELS`] of them.
+pub type LineLabels = BTreeMap<String, BTreeMap<u32, (usize, Vec<String>)>>;
+
 /// Write labels.json, labels/lines.json and the hit maps into `root` (a report being staged).
-/// Nothing when the session has no labels. Returns the files written (relative to `root`).
-pub fn write_into(root: &Path, a: &Attribution) -> Result<Vec<PathBuf>, LabelError> {
+/// Nothing when the session has no labels. Returns the files written (relative to `root`) and
+/// the labels of each line (for the HTML).
+pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLabels), LabelError> {
     if a.labels.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), LineLabels::new()));
     }
     let werr = |p: &Path| {
         let p = p.to_path_buf();
@@ -202,7 +206,7 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<Vec<PathBuf>, LabelErr
                         let labels = first.iter().map(|&i| a.labels[i].name.as_str()).collect();
                         (
                             *n,
-                            LineLabels {
+                            LineEntry {
                                 count: *count,
                                 labels,
                             },
@@ -216,7 +220,20 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<Vec<PathBuf>, LabelErr
     let p = dir.join("lines.json");
     create(&p, &json(&lines)?).map_err(werr(&p))?;
     written.push(PathBuf::from("labels/lines.json"));
-    Ok(written)
+    let line_labels = by_line
+        .into_iter()
+        .map(|(f, ls)| {
+            let ls = ls
+                .into_iter()
+                .map(|(n, (count, first))| {
+                    let names = first.iter().map(|&i| a.labels[i].name.clone()).collect();
+                    (n, (count, names))
+                })
+                .collect();
+            (f, ls)
+        })
+        .collect();
+    Ok((written, line_labels))
 }
 
 fn json(v: &impl Serialize) -> Result<Vec<u8>, LabelError> {
@@ -290,7 +307,14 @@ pub fn write_label_report(
         let p = p.to_path_buf();
         move |e: std::io::Error| LabelError::Write(format!("{}: {e}", p.display()))
     };
-    fs::create_dir_all(&parent).map_err(werr(&parent))?;
+    // report/ and report/labels/ as every directory of a session: the session's modes.
+    for d in [parent.parent().unwrap_or(&parent), parent.as_path()] {
+        if !d.is_dir() {
+            fs::create_dir(d).map_err(werr(d))?;
+            let f = fs::File::open(d).map_err(werr(d))?;
+            opts.modes.apply(&f, true).map_err(werr(d))?;
+        }
+    }
     let staging = tempfile::Builder::new()
         .prefix(".label-")
         .tempdir_in(&parent)
