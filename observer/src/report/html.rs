@@ -875,7 +875,7 @@ mod tests {
             modules: vec!["m".into()],
             totals: cov.totals(),
         };
-        let html = file_page(&f, Some(&cov), "");
+        let html = file_page(&f, Some(&cov), "", None);
         assert!(html.contains("if (a &lt; b &amp;&amp; c &gt; d) x();"));
         assert!(html.contains("<tr id=\"L2\" class=\"part\">"));
         assert!(html.contains("<tr id=\"L3\" class=\"miss\">"));
@@ -884,7 +884,7 @@ mod tests {
         // Missing source: said so, lines still listed.
         let mut gone = f.clone();
         gone.path = format!("{path}.missing");
-        let html = file_page(&gone, Some(&cov), "");
+        let html = file_page(&gone, Some(&cov), "", None);
         assert!(html.contains("Source not available"));
         assert!(html.contains("id=\"L3\""));
     }

@@ -70,11 +70,11 @@ pub fn write_into_report(
     session: &Session,
     root: &Path,
     opts: &ReportOptions,
-) -> Result<Vec<std::path::PathBuf>, LabelError> {
+) -> Result<(Vec<std::path::PathBuf>, output::LineLabels), LabelError> {
     let sdir = SessionDir::open(&session.dir).map_err(|e| LabelError::Events(e.to_string()))?;
     let labels = events::read(&sdir)?;
     if labels.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     let a = attribute(session, &sdir, labels, &opts.tool_dirs);
     output::write_into(root, &a)
