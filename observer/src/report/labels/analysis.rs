@@ -48,16 +48,22 @@ impl LabelCoverage {
     }
 }
 
-/// The coverage of label `label` (an index into `a.labels`).
-pub fn label_coverage(a: &Attribution, label: usize) -> Result<LabelCoverage, String> {
+/// The coverage of label `label` (an index into `a.labels`). With `full`, every line and
+/// function of the modules, as a report shows them; otherwise only the functions whose counters
+/// the label gained (what it reached is the same, and a large module costs what the label ran,
+/// not its size).
+pub fn label_coverage(a: &Attribution, label: usize, full: bool) -> Result<LabelCoverage, String> {
     let mut out = LabelCoverage::default();
     for m in &a.modules {
-        // Modules the label gained nothing in add nothing but their zero lines: left out only
-        // when no label gained anything there.
-        if m.gained.is_empty() {
+        // Modules no label gained anything in add nothing but their zero lines.
+        if m.gained.is_empty() || (!full && !m.gained.contains_key(&label)) {
             continue;
         }
-        let Some(mc) = m.coverage(label) else {
+        let mc = match full {
+            true => m.coverage(label),
+            false => m.reached_coverage(label),
+        };
+        let Some(mc) = mc else {
             continue;
         };
         let (detail, files) = match mc.detail_with_summary() {

@@ -5,14 +5,19 @@
 //! since it started). Instances add up. States no label closes (a self dump, the detach-time
 //! dump) only move the instance along: their gains go to the next label that closes.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::Arc,
 };
 
 use super::events::Label;
 use crate::report::{
-    engine::{Engine, coverage::ModuleCoverage, profile::ModuleProfile},
+    engine::{
+        Engine,
+        coverage::{ModuleCoverage, ProfileCounts, function_records},
+        mapping::Mapping,
+        profile::ModuleProfile,
+    },
     llvm_tools::{Need, Toolsets, read_elf_notes},
     session::{
         Artifact, MAX_ARTIFACT_BYTES, MAX_MODULE_BYTES, ModuleMeta, Session, is_inside, sha256_hex,
@@ -53,6 +58,39 @@ impl LabelModule {
     pub fn coverage(&self, label: usize) -> Option<ModuleCoverage> {
         let engine = self.engine.as_ref()?;
         Some(engine.coverage(&self.profile, &self.dense(label)))
+    }
+
+    /// The label's coverage of only the functions whose counters it gained.
+    pub fn reached_coverage(&self, label: usize) -> Option<ModuleCoverage> {
+        let engine = self.engine.as_ref()?;
+        let gained = self.gained.get(&label)?;
+        // The functions (by name and hash) whose counter ranges hold a gained counter.
+        let mut keys: HashSet<(u64, u64)> = HashSet::new();
+        let mut idx: Vec<u32> = gained.keys().copied().collect();
+        idx.sort_unstable();
+        for f in &self.profile.functions {
+            let (lo, hi) = (f.counters.start as u32, f.counters.end as u32);
+            let first = idx.partition_point(|&i| i < lo);
+            if idx.get(first).is_some_and(|&i| i < hi) {
+                keys.insert((f.name_ref, f.func_hash));
+            }
+        }
+        let mapping = Mapping {
+            version: engine.mapping.version,
+            functions: engine
+                .mapping
+                .functions
+                .iter()
+                .filter(|f| keys.contains(&(f.name_ref, f.func_hash)))
+                .cloned()
+                .collect(),
+        };
+        let dense = self.dense(label);
+        let counts = ProfileCounts::new(&self.profile.functions, &dense, true);
+        Some(ModuleCoverage::new(
+            function_records(&mapping, &counts),
+            engine.flavor,
+        ))
     }
 }
 

@@ -136,7 +136,7 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
     // file -> line -> label indices (the first LINE_LABELS) and count.
     let mut by_line: BTreeMap<String, BTreeMap<u32, (usize, Vec<usize>)>> = BTreeMap::new();
     for (i, l) in a.labels.iter().enumerate() {
-        let cov = analysis::label_coverage(a, i).map_err(LabelError::Engine)?;
+        let cov = analysis::label_coverage(a, i, false).map_err(LabelError::Engine)?;
         let lines = cov.lines();
         let functions = cov.functions();
         let new_lines = lines
@@ -248,7 +248,7 @@ pub fn label_data(
     a: &Attribution,
     label: usize,
 ) -> Result<ReportData, LabelError> {
-    let cov = analysis::label_coverage(a, label).map_err(LabelError::Engine)?;
+    let cov = analysis::label_coverage(a, label, true).map_err(LabelError::Engine)?;
     let figures: BTreeMap<String, FileFigures> = cov
         .files
         .iter()
