@@ -232,6 +232,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                             .display()
                     );
                 }
+                if let Some(label) = &args.label {
+                    println!("closed label {label}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -678,9 +678,24 @@ fn label_throughput_and_report_time() {
     assert!(attach.wait(T).success(), "{}", attach.stderr());
     target.send("");
     let out_s = out.to_str().unwrap();
+    // The labels' part alone, in this process: attribution, then the per-label figures.
+    let opts = covobs::report::ReportOptions::default();
+    let t0 = Instant::now();
+    let (_, a) = covobs::report::labels::read_session(&out, &opts).expect("labels");
+    let attributed = t0.elapsed();
+    let staging = TempDir::new("labels-bench-out");
+    let t0 = Instant::now();
+    covobs::report::labels::output::write_into(staging.path(), &a).expect("write labels");
+    println!(
+        "labels of the {n}-label session: attributed in {attributed:?}, figures and files in {:?}",
+        t0.elapsed()
+    );
     let t0 = Instant::now();
     ok(&["report", out_s]);
-    println!("covobs report of the {n}-label session: {:?}", t0.elapsed());
+    println!(
+        "covobs report of the {n}-label session (all of it): {:?}",
+        t0.elapsed()
+    );
     let t0 = Instant::now();
     ok(&["report", out_s, "--label", "t0500"]);
     println!("covobs report --label t0500: {:?}", t0.elapsed());

@@ -301,6 +301,11 @@ pub fn write_label_report(
         name: name.to_string(),
         known: a.labels.len(),
     })?;
+    if name == "lines.json" || (name.starts_with("hits-") && name.ends_with(".bin")) {
+        return Err(LabelError::BadName(format!(
+            "label {name:?} has the name of a file of report/labels/: its report cannot go there"
+        )));
+    }
     let data = label_data(session, a, label)?;
     let parent = session.dir.join("report").join("labels");
     let werr = |p: &Path| {
