@@ -244,6 +244,9 @@ pub struct DiffArgs {
     /// Exit 1 when something covered in OLD is not covered in NEW.
     #[arg(long)]
     pub fail_on_lost: bool,
+    /// Also write the diff as one HTML page to FILE (created, never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -307,6 +307,12 @@ async fn diff(args: covobs::cli::DiffArgs) -> Result<ExitCode> {
         true => anyhow::Error::new(BadInput(e.to_string())),
         false => anyhow::Error::new(e),
     })?;
+    if let Some(path) = &args.html {
+        report::output::create(path, d.html().as_bytes()).map_err(|e| match e.is_bad_input() {
+            true => anyhow::Error::new(BadInput(e.to_string())),
+            false => anyhow::Error::new(e),
+        })?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {

@@ -387,6 +387,23 @@ fn phases_in_mode(mode: &str) {
         "no label",
     );
 
+    // The session's HTML: a line lists the labels that reached it.
+    let page = std::fs::read_dir(out.join("report/html/files"))
+        .expect("html files")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("phases.c.html"))
+        .expect("the fixture's page");
+    let html = std::fs::read_to_string(page).expect("page");
+    assert!(
+        html.contains("title=\"reached by 3 labels\">one, two, three</td>"),
+        "shared lines list their labels"
+    );
+    assert!(
+        html.contains("title=\"reached by 1 label\">two</td>"),
+        "beta's lines"
+    );
+
     // Two labels diffed: two newly reaches beta, no longer reaches alpha.
     let d: Value = serde_json::from_str(&ok(&[
         "diff", out_s, "--label", "one", "--label", "two", "--json",
@@ -549,6 +566,16 @@ fn diff_of_two_sessions_matches_llvm_cov_and_refuses_unrelated_ones() {
         text.contains(&format!("lines: +{} -{}", want_new.len(), want_lost.len())),
         "{text}"
     );
+    let page = tmp.path().join("diff.html");
+    ok(&["diff", a, b, "--html", page.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&page).expect("diff page");
+    assert!(
+        html.contains("Coverage diff") && html.contains(src.to_str().unwrap()),
+        "{html}"
+    );
+    // Written once: never overwritten.
+    let again = covobs(&["diff", a, b, "--html", page.to_str().unwrap()]);
+    assert_ne!(again.status.code(), Some(0), "{again:?}");
     let gate = covobs(&["diff", a, b, "--fail-on-lost"]);
     assert_eq!(gate.status.code(), Some(1), "{gate:?}");
     // Nothing lost the other way round? old -> old: nothing at all.

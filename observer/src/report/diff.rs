@@ -105,6 +105,63 @@ impl Diff {
     }
 }
 
+impl Diff {
+    /// The HTML form: one static page (the report's style), newly covered then no longer
+    /// covered.
+    pub fn html(&self) -> String {
+        use super::html::escape;
+        let (n, l) = (&self.newly_covered, &self.no_longer_covered);
+        let mut b = format!(
+            "<header><h1>Coverage diff</h1><p class=\"sub\"><code>{}</code> &rarr; <code>{}</code></p></header>\
+             <table><tr><th></th><th class=\"num\">newly covered</th><th class=\"num\">no longer covered</th></tr>\
+             <tr><td>lines</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\
+             <tr><td>functions</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\
+             <tr><td>files</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr></table>",
+            escape(&self.old),
+            escape(&self.new),
+            n.line_count(),
+            l.line_count(),
+            n.functions.len(),
+            l.functions.len(),
+            n.files.len(),
+            l.files.len()
+        );
+        for (title, c) in [("Newly covered", n), ("No longer covered", l)] {
+            b.push_str(&format!("<h2>{title}</h2>"));
+            if c.is_empty() {
+                b.push_str("<p>nothing</p>");
+                continue;
+            }
+            b.push_str("<table><tr><th>File</th><th>Lines</th><th>Functions</th></tr>");
+            let mut files: BTreeSet<&str> = c.lines.keys().map(String::as_str).collect();
+            files.extend(c.functions.iter().map(|f| f.file.as_str()));
+            files.extend(c.files.iter().map(String::as_str));
+            for f in files {
+                let lines = c.lines.get(f).map(|l| ranges(l)).unwrap_or_default();
+                let funcs: Vec<String> = c
+                    .functions
+                    .iter()
+                    .filter(|x| x.file == f)
+                    .map(|x| escape(&super::html::display_name(&x.name)))
+                    .collect();
+                let whole = if c.files.iter().any(|x| x == f) {
+                    " (whole file)"
+                } else {
+                    ""
+                };
+                b.push_str(&format!(
+                    "<tr><td class=\"file\">{}{whole}</td><td class=\"file\">{}</td><td class=\"file\">{}</td></tr>",
+                    escape(f),
+                    escape(&lines),
+                    funcs.join("<br>")
+                ));
+            }
+            b.push_str("</table>");
+        }
+        super::html::page("Coverage diff", &b)
+    }
+}
+
 /// 1,2,3,7 -> "1-3,7".
 fn ranges(lines: &[u32]) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -285,6 +342,12 @@ mod tests {
         assert!(d.lost());
         assert!(d.render().contains("- lines a.c:3\n"), "{}", d.render());
         assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1-3,7,9-10");
+        let html = d.html();
+        assert!(
+            html.contains("<td class=\"file\">a.c</td><td class=\"file\">2</td>"),
+            "{html}"
+        );
+        assert!(html.contains("b.c (whole file)"), "{html}");
         let other = cov(&[("z.c", &[(1, 1)], &[])]);
         assert!(matches!(
             diff(("old", &old), ("z", &other)),
