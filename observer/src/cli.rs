@@ -146,7 +146,8 @@ pub struct AttachArgs {
     /// 0640 in that group, instead of 0700 and 0600 for root alone.
     #[arg(long, value_name = "GROUP")]
     pub output_group: Option<String>,
-    /// Trigger a dump this often (e.g. 3s; at least 10ms).
+    /// Trigger a dump this often (e.g. 3s; at least 10ms); each tick closes a label of its own,
+    /// interval-000001 on (docs/labels.md).
     #[arg(long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Trigger one dump, collect it, and stop.
