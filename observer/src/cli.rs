@@ -34,6 +34,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Ask a running `covobs attach` for a dump of its target now; prints what was collected.
     Dump(DumpArgs),
+    /// What one coverage reached that another did not: two sessions (OLD NEW), or two labels of
+    /// one session (DIR --label A --label B). Exit 1 with --fail-on-lost when coverage was lost.
+    Diff(DiffArgs),
     /// Read a process's coverage counters from its memory (no signal) and write the files its
     /// coverage runtimes would write.
     Snapshot(SnapshotArgs),
@@ -162,7 +165,8 @@ pub struct AttachArgs {
     /// 0640 in that group, instead of 0700 and 0600 for root alone.
     #[arg(long, value_name = "GROUP")]
     pub output_group: Option<String>,
-    /// Trigger a dump this often (e.g. 3s; at least 10ms).
+    /// Trigger a dump this often (e.g. 3s; at least 10ms); each tick closes a label of its own,
+    /// interval-000001 on (docs/labels.md).
     #[arg(long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     /// Trigger one dump, collect it, and stop.
@@ -239,6 +243,30 @@ pub struct DumpArgs {
     /// How long to wait for the dumps to be collected.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Close a label: what the targets gained since their previous labelled state is
+    /// attributed to NAME in the report (docs/labels.md). Letters, digits and `._:@+=-`.
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The old session directory (or the session, with two --label).
+    pub old: std::path::PathBuf,
+    /// The new session directory.
+    pub new: Option<std::path::PathBuf>,
+    /// Two labels of one session to compare, old first.
+    #[arg(long, value_name = "NAME")]
+    pub label: Vec<String>,
+    /// One JSON object instead of the text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when something covered in OLD is not covered in NEW.
+    #[arg(long)]
+    pub fail_on_lost: bool,
+    /// Also write the diff as one HTML page to FILE (created, never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -342,6 +370,9 @@ pub struct ReportArgs {
     /// covobs' own engine (the same figures, much slower; for cross-checking).
     #[arg(long = "llvm-cov")]
     pub llvm_cov: bool,
+    /// Only this label's report, under report/labels/<NAME>/ (docs/labels.md).
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
 }
 
 /// An address: hexadecimal with `0x`, else decimal.

@@ -183,6 +183,13 @@ pub enum Body {
     /// Kernel coverage (kcov) of thread `tid`: what its buffer held at a moment covobs saw
     /// (crate::kcov::KcovEvent documents the fields).
     Kcov(crate::kcov::KcovEvent),
+    /// A label closed (docs/labels.md): the artifacts of the dumps that close it, and the
+    /// dumps asked for it that were lost.
+    Label {
+        label: String,
+        artifacts: Vec<String>,
+        lost: Vec<String>,
+    },
     /// Something was not observed or not collected; `reason` says why.
     Lost {
         reason: String,
@@ -205,6 +212,7 @@ impl Event {
             Body::SignalGenerate { .. } => "signal_generate",
             Body::SignalDeliver { .. } => "signal_deliver",
             Body::Lost { .. } => "lost",
+            Body::Label { .. } => "label",
             Body::RuntimeFound { .. } => "runtime_found",
             Body::Trigger { .. } => "trigger",
             Body::DumpStart { .. } => "dump_start",

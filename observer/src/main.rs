@@ -65,6 +65,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report(args) => report(args).await,
+        Command::Diff(args) => diff(args).await,
         Command::Serve(args) => {
             covobs::serve::run(args.dir, args.addr).await?;
             Ok(ExitCode::SUCCESS)
@@ -195,9 +196,12 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Dump(args) => {
             covobs::require_privileges()?;
-            let what = match target_spec(&args.target)? {
-                TargetSpec::Pid(p) => attach::control::DumpRequest::Pid(p),
-                TargetSpec::Name(n) => attach::control::DumpRequest::Name(n.as_str().to_owned()),
+            if let Some(label) = &args.label {
+                covobs::report::labels::name::check(label).map_err(BadInput)?;
+            }
+            let target = match target_spec(&args.target)? {
+                TargetSpec::Pid(p) => attach::control::DumpTarget::Pid(p),
+                TargetSpec::Name(n) => attach::control::DumpTarget::Name(n.as_str().to_owned()),
                 TargetSpec::Cgroup { .. } => {
                     return Err(BadInput(
                         "covobs dump takes --pid or --name (of a process the attach watches)"
@@ -205,6 +209,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                     )
                     .into());
                 }
+            };
+            let what = attach::control::DumpRequest {
+                label: args.label.clone(),
+                ..attach::control::DumpRequest::new(target)
             };
             let response = attach::control::request_dump(what, args.timeout)
                 .await
@@ -225,6 +233,9 @@ async fn run(command: Command) -> Result<ExitCode> {
                             .join(a)
                             .display()
                     );
+                }
+                if let Some(label) = &args.label {
+                    println!("closed label {label}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -274,6 +285,50 @@ fn init_logging(verbose: u8) {
 
 /// `covobs report DIR`: bad input exits 2; a session none of whose artifacts could be reported
 /// exits 1 (the report is still written, with the reasons).
+async fn diff(args: covobs::cli::DiffArgs) -> Result<ExitCode> {
+    use covobs::report::{self, diff};
+    let opts = report::ReportOptions::default();
+    let run = match (args.new, args.label.as_slice()) {
+        (Some(new), []) => {
+            let old = args.old;
+            tokio::task::spawn_blocking(move || diff::sessions(&old, &new, &opts)).await?
+        }
+        (None, [a, b]) => {
+            let (dir, a, b) = (args.old, a.clone(), b.clone());
+            tokio::task::spawn_blocking(move || diff::labels(&dir, &a, &b, &opts)).await?
+        }
+        _ => {
+            return Err(BadInput(
+                "covobs diff takes two session directories (OLD NEW), or one and two --label"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let d = run.map_err(|e| match e.is_bad_input() {
+        true => anyhow::Error::new(BadInput(e.to_string())),
+        false => anyhow::Error::new(e),
+    })?;
+    if let Some(path) = &args.html {
+        report::output::create(path, d.html().as_bytes()).map_err(|e| match e.is_bad_input() {
+            true => anyhow::Error::new(BadInput(e.to_string())),
+            false => anyhow::Error::new(e),
+        })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        // File and function names come from the targets.
+        for line in d.render().lines() {
+            println!("{}", printable(line));
+        }
+    }
+    if args.fail_on_lost && d.lost() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     use covobs::report;
     if let Some(bad) = args.source_path.iter().find(|d| !d.is_dir()) {
@@ -292,6 +347,20 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
         ..report::ReportOptions::default()
     };
     let dir = args.dir;
+    if let Some(label) = args.label {
+        let summary =
+            tokio::task::spawn_blocking(move || report::labels::report_label(&dir, &label, &opts))
+                .await?
+                .map_err(|e| match e.is_bad_input() {
+                    true => anyhow::Error::new(BadInput(e.to_string())),
+                    false => anyhow::Error::new(e),
+                })?;
+        for w in &summary.warnings {
+            eprintln!("covobs: warning: {}", printable(&w.to_string()));
+        }
+        print!("{}", summary.render());
+        return Ok(ExitCode::SUCCESS);
+    }
     let summary = tokio::task::spawn_blocking(move || report::generate(&dir, &opts))
         .await?
         .map_err(|e| match e.is_bad_input() {

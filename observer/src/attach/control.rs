@@ -1,6 +1,8 @@
 //! `covobs dump` reaches a running `covobs attach` through a root-only Unix socket:
 //! /run/covobs/attach-<covobs pid>.sock (directory 0700, socket 0600, peer checked to be root).
-//! One request, one JSON line each way; the answer comes when the dumps were collected.
+//! One JSON line each way per request; the answer comes when the dumps were collected. A request
+//! with `"keep_open": true` leaves the connection open for the next one (JSON lines: a test
+//! runner closes thousands of labels over one connection); docs/labels.md has the protocol.
 //!
 //! Each connection is served on a task of its own, so no client waits for another: a request
 //! line must arrive within [`REQUEST_DEADLINE`] and fit in [`MAX_LINE`] bytes (read through a
@@ -12,15 +14,21 @@ use std::{
     collections::VecDeque,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{
+        AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+        BufReader,
+    },
     net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     task::{AbortHandle, JoinSet},
 };
 
@@ -30,6 +38,8 @@ pub const DIR: &str = "/run/covobs";
 pub const MAX_LINE: usize = 64 * 1024;
 /// How long a client may take to send its request line after connecting.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a connection kept open (`keep_open`) may wait for its next request.
+pub const IDLE_DEADLINE: Duration = Duration::from_secs(3600);
 /// Connections reading their request line at once.
 pub const MAX_READING: usize = 64;
 /// Requests handed to the session and waiting for their dumps.
@@ -73,11 +83,35 @@ pub enum RequestError {
     Io(String),
 }
 
+/// Which targets a request is about.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum DumpRequest {
+pub enum DumpTarget {
     Pid(i32),
     Name(String),
+}
+
+/// One request line: `{"pid":42}`, `{"name":"x","label":"test-1","keep_open":true}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpRequest {
+    #[serde(flatten)]
+    pub target: DumpTarget,
+    /// The label this dump closes (docs/labels.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Keep the connection open after the answer, for the next request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_open: bool,
+}
+
+impl DumpRequest {
+    pub fn new(target: DumpTarget) -> Self {
+        Self {
+            target,
+            label: None,
+            keep_open: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -105,7 +139,7 @@ pub struct DumpResponse {
 }
 
 impl DumpResponse {
-    fn refusal(why: impl Into<String>) -> Self {
+    pub fn refusal(why: impl Into<String>) -> Self {
         Self {
             error: Some(why.into()),
             ..Default::default()
@@ -129,21 +163,34 @@ pub async fn read_line_bounded<R: AsyncRead + Unpin>(
     r: R,
     max: usize,
 ) -> Result<Vec<u8>, RequestError> {
+    let mut reader = BufReader::with_capacity(4096, r);
+    Ok(next_line(&mut reader, max).await?.unwrap_or_default())
+}
+
+/// The next line of at most `max` bytes from a buffered reader that stays with its connection
+/// (what it read ahead is the next request's); `None` when the peer closed before any byte.
+pub async fn next_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, RequestError> {
     // `max` + 1 line bytes, and the newline.
     let limit = max as u64 + 2;
-    let mut reader = BufReader::with_capacity(4096, r.take(limit));
     let mut line = Vec::new();
-    reader
+    let n = (&mut *r)
+        .take(limit)
         .read_until(b'\n', &mut line)
         .await
         .map_err(|e| RequestError::Io(e.to_string()))?;
+    if n == 0 {
+        return Ok(None);
+    }
     if line.last() == Some(&b'\n') {
         line.pop();
     }
     if line.len() > max {
         return Err(RequestError::TooLong(max));
     }
-    Ok(line)
+    Ok(Some(line))
 }
 
 /// The request a client sends on `r`.
@@ -187,8 +234,9 @@ async fn accept_loop(server: ControlServer, tx: mpsc::UnboundedSender<(DumpReque
     // to the session is unbounded, its length is not.
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     let mut connections = JoinSet::new();
-    // Connections still reading their request, oldest first.
-    let mut reading: VecDeque<AbortHandle> = VecDeque::new();
+    // Connections still reading their first request, oldest first (with the flag each sets once
+    // its first request is in: from then on it is a client's, not a candidate for eviction).
+    let mut reading: VecDeque<(AbortHandle, Arc<AtomicBool>)> = VecDeque::new();
     loop {
         tokio::select! {
             accepted = server.listener.accept() => {
@@ -202,15 +250,16 @@ async fn accept_loop(server: ControlServer, tx: mpsc::UnboundedSender<(DumpReque
                         continue;
                     }
                 };
-                reading.retain(|h| !h.is_finished());
+                reading.retain(|(h, served)| !h.is_finished() && !served.load(Ordering::Relaxed));
                 if reading.len() >= MAX_READING
-                    && let Some(oldest) = reading.pop_front()
+                    && let Some((oldest, _)) = reading.pop_front()
                 {
                     // Silent the longest: its descriptor and buffer go to the newcomer.
                     oldest.abort();
                 }
-                let task = connection(stream, tx.clone(), waiting.clone());
-                reading.push_back(connections.spawn(task));
+                let served = Arc::new(AtomicBool::new(false));
+                let task = connection(stream, tx.clone(), waiting.clone(), served.clone());
+                reading.push_back((connections.spawn(task), served));
                 // Let the new connection read before the next accept: a real client's request
                 // is already there, and is taken before a burst of newcomers could evict it.
                 tokio::task::yield_now().await;
@@ -220,61 +269,103 @@ async fn accept_loop(server: ControlServer, tx: mpsc::UnboundedSender<(DumpReque
     }
 }
 
-/// One client: checked to be root, its request read within the deadline and the size cap, then
-/// handed to the session (the hand-over has no await: an eviction cannot cut it in half).
+/// One client: checked to be root, then its requests one after the other: each read within the
+/// deadline and the size cap, handed to the session (the hand-over has no await: an eviction
+/// cannot cut it in half), answered; the next one only after a `keep_open` request.
 async fn connection(
-    mut stream: UnixStream,
+    stream: UnixStream,
     tx: mpsc::UnboundedSender<(DumpRequest, Responder)>,
     waiting: Arc<Semaphore>,
+    served: Arc<AtomicBool>,
 ) {
     let root_peer = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let (read, mut write) = stream.into_split();
     if !root_peer {
-        answer(
-            &mut stream,
-            &DumpResponse::refusal("only root may ask covobs for dumps"),
-        )
-        .await;
+        let refusal = DumpResponse::refusal("only root may ask covobs for dumps");
+        answer(&mut write, &refusal, true).await;
         return;
     }
-    let read = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)).await;
-    let request = match read {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => return answer(&mut stream, &DumpResponse::refusal(e.to_string())).await,
-        Err(_) => {
-            let e = RequestError::Deadline(REQUEST_DEADLINE);
-            return answer(&mut stream, &DumpResponse::refusal(e.to_string())).await;
-        }
-    };
-    let Ok(permit) = waiting.try_acquire_owned() else {
-        let busy = DumpResponse {
-            busy: true,
-            ..DumpResponse::refusal(format!(
-                "busy: {MAX_WAITING} requests are waiting for their dumps"
-            ))
+    let mut reader = BufReader::with_capacity(4096, read);
+    let mut deadline = REQUEST_DEADLINE;
+    loop {
+        let read = tokio::time::timeout(deadline, next_line(&mut reader, MAX_LINE)).await;
+        let line = match read {
+            Ok(Ok(Some(line))) => line,
+            // The client closed after its last request.
+            Ok(Ok(None)) if deadline == IDLE_DEADLINE => return,
+            Ok(Ok(None)) => b"".to_vec(),
+            Ok(Err(e)) => {
+                answer(&mut write, &DumpResponse::refusal(e.to_string()), true).await;
+                return;
+            }
+            Err(_) if deadline == IDLE_DEADLINE => return,
+            Err(_) => {
+                let e = RequestError::Deadline(REQUEST_DEADLINE);
+                answer(&mut write, &DumpResponse::refusal(e.to_string()), true).await;
+                return;
+            }
         };
-        return answer(&mut stream, &busy).await;
-    };
-    let _ = tx.send((
-        request,
-        Responder {
-            stream,
+        let request = match parse_request(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                answer(&mut write, &DumpResponse::refusal(e.to_string()), true).await;
+                return;
+            }
+        };
+        served.store(true, Ordering::Relaxed);
+        let keep_open = request.keep_open;
+        let Ok(permit) = waiting.clone().try_acquire_owned() else {
+            let busy = DumpResponse {
+                busy: true,
+                ..DumpResponse::refusal(format!(
+                    "busy: {MAX_WAITING} requests are waiting for their dumps"
+                ))
+            };
+            if !answer(&mut write, &busy, !keep_open).await || !keep_open {
+                return;
+            }
+            deadline = IDLE_DEADLINE;
+            continue;
+        };
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let responder = Responder {
+            answer: answer_tx,
             _permit: permit,
-        },
-    ));
+        };
+        if tx.send((request, responder)).is_err() {
+            return;
+        }
+        // Dropped unanswered: the session is ending; the client sees the connection close.
+        let Ok(response) = answer_rx.await else {
+            return;
+        };
+        if !answer(&mut write, &response, !keep_open).await || !keep_open {
+            return;
+        }
+        deadline = IDLE_DEADLINE;
+    }
 }
 
-/// Write one answer line and close, within [`ANSWER_DEADLINE`]: a client that does not read
-/// loses its answer, it does not hold covobs.
-async fn answer(stream: &mut UnixStream, response: &DumpResponse) {
+/// Write one answer line within [`ANSWER_DEADLINE`] (a client that does not read loses it, it
+/// does not hold covobs), and with `close` shut the connection down. False when it failed.
+async fn answer<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    response: &DumpResponse,
+    close: bool,
+) -> bool {
     let Ok(mut line) = serde_json::to_vec(response) else {
-        return;
+        return false;
     };
     line.push(b'\n');
-    let _ = tokio::time::timeout(ANSWER_DEADLINE, async {
+    let written = tokio::time::timeout(ANSWER_DEADLINE, async {
         stream.write_all(&line).await?;
-        stream.shutdown().await
+        if close {
+            stream.shutdown().await?;
+        }
+        stream.flush().await
     })
     .await;
+    matches!(written, Ok(Ok(())))
 }
 
 /// Requests taken by [`ControlServer::serve`]. Dropping it stops accepting (and every
@@ -304,16 +395,16 @@ impl Drop for ControlServer {
     }
 }
 
-/// Where the answer to one request goes; it holds one of the [`MAX_WAITING`] places until
-/// answered (or dropped).
+/// Where the answer to one request goes (its connection writes it); it holds one of the
+/// [`MAX_WAITING`] places until answered (or dropped).
 pub struct Responder {
-    stream: UnixStream,
+    answer: oneshot::Sender<DumpResponse>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Responder {
-    pub async fn send(mut self, response: DumpResponse) {
-        answer(&mut self.stream, &response).await;
+    pub async fn send(self, response: DumpResponse) {
+        let _ = self.answer.send(response);
     }
 }
 
@@ -323,9 +414,9 @@ pub async fn request_dump(
     what: DumpRequest,
     timeout: Duration,
 ) -> Result<DumpResponse, ControlError> {
-    let label = match &what {
-        DumpRequest::Pid(p) => format!("process {p}"),
-        DumpRequest::Name(n) => format!("a process named {n:?}"),
+    let label = match &what.target {
+        DumpTarget::Pid(p) => format!("process {p}"),
+        DumpTarget::Name(n) => format!("a process named {n:?}"),
     };
     let sockets: Vec<PathBuf> = std::fs::read_dir(DIR)
         .map(|d| {
@@ -529,7 +620,16 @@ mod tests {
 
     #[test]
     fn requests_parse_as_the_client_writes_them() {
-        for r in [DumpRequest::Pid(42), DumpRequest::Name("a b\n\"c".into())] {
+        let labelled = DumpRequest {
+            label: Some("t-1".into()),
+            keep_open: true,
+            ..DumpRequest::new(DumpTarget::Pid(7))
+        };
+        for r in [
+            DumpRequest::new(DumpTarget::Pid(42)),
+            DumpRequest::new(DumpTarget::Name("a b\n\"c".into())),
+            labelled,
+        ] {
             let mut line = serde_json::to_vec(&r).unwrap();
             line.push(b'\n');
             assert_eq!(parse_request(&line), Ok(r.clone()));
@@ -564,10 +664,17 @@ mod tests {
         use super::super::*;
 
         fn request() -> impl Strategy<Value = DumpRequest> {
-            prop_oneof![
-                any::<i32>().prop_map(DumpRequest::Pid),
-                ".{0,64}".prop_map(DumpRequest::Name),
-            ]
+            let target = prop_oneof![
+                any::<i32>().prop_map(DumpTarget::Pid),
+                ".{0,64}".prop_map(DumpTarget::Name),
+            ];
+            (target, proptest::option::of(".{0,16}"), any::<bool>()).prop_map(
+                |(target, label, keep_open)| DumpRequest {
+                    target,
+                    label,
+                    keep_open,
+                },
+            )
         }
 
         proptest! {
@@ -632,6 +739,49 @@ mod tests {
                 ]
             })
         }
+    }
+
+    #[test]
+    fn one_connection_answers_its_requests_in_order_even_sent_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, server) = UnixStream::pair().expect("pair");
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let served = Arc::new(AtomicBool::new(false));
+            let conn = tokio::spawn(connection(
+                server,
+                tx,
+                Arc::new(Semaphore::new(4)),
+                served.clone(),
+            ));
+            // Both lines in one write: what the server reads ahead is the second request.
+            client
+                .write_all(
+                    b"{\"pid\":1,\"label\":\"a\",\"keep_open\":true}\n{\"pid\":2,\"label\":\"b\"}\n",
+                )
+                .await
+                .expect("write");
+            for want in ["a", "b"] {
+                let (req, responder) = rx.recv().await.expect("request");
+                assert_eq!(req.label.as_deref(), Some(want));
+                responder.send(answer("/s", &[want])).await;
+            }
+            let mut all = String::new();
+            client.read_to_string(&mut all).await.expect("read");
+            let answers: Vec<DumpResponse> = all
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("answer"))
+                .collect();
+            assert_eq!(answers.len(), 2, "{all}");
+            assert_eq!(answers[0].artifacts, ["a"]);
+            assert_eq!(answers[1].artifacts, ["b"]);
+            // Without keep_open the second answer closed the connection.
+            conn.await.expect("connection task");
+            assert!(served.load(Ordering::Relaxed));
+        });
     }
 
     #[test]

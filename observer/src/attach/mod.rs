@@ -24,6 +24,7 @@ mod dump_dirs;
 mod gcda_before;
 pub mod kcov;
 mod kcov_session;
+mod labels;
 mod leave;
 pub mod progress;
 pub mod session;
@@ -523,7 +524,7 @@ async fn drive_loop(
                 }
             }
             _ = next_tick(&mut interval), if stopping_since.is_none() => {
-                session.trigger_all("interval").await;
+                session.trigger_interval().await;
             }
             Some(why) = output_fault(fault.as_mut()) => {
                 // covobs' own failure: said at once, and the session stops (no detach-time

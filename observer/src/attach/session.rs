@@ -47,9 +47,13 @@ pub struct Outcome {
 }
 
 pub(super) struct RequestState {
-    pub(super) responder: Responder,
+    /// None for covobs' own requests (the label of an interval).
+    pub(super) responder: Option<Responder>,
     pub(super) remaining: usize,
     pub(super) response: DumpResponse,
+    /// The label the request closes, and the first target it is about (the label event's pid).
+    pub(super) label: Option<String>,
+    pub(super) pid: u32,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -79,6 +83,8 @@ pub struct Session {
     pub(super) done_tx: mpsc::UnboundedSender<Outcome>,
     pub(super) requests: HashMap<u64, RequestState>,
     pub(super) next_request: u64,
+    /// Intervals labelled so far (`interval-000001`, ...).
+    pub(super) intervals: u64,
     /// Collections running now.
     pub in_flight: usize,
     /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
@@ -170,6 +176,7 @@ impl Session {
             done_tx,
             requests: HashMap::new(),
             next_request: 1,
+            intervals: 0,
             in_flight: 0,
             abandon: Arc::new(AtomicBool::new(false)),
             dump_dirs: Default::default(),

@@ -1,6 +1,7 @@
 //! Asking targets for dumps: signals to the right threads, the dumps expected from them, their
 //! deadlines, and the `covobs dump` requests waiting for them.
-use super::session::*;
+use super::{control::DumpTarget, session::*};
+use crate::report::labels::name as label_name;
 
 impl Session {
     /// At the end: every signal still unanswered is lost.
@@ -298,14 +299,13 @@ impl Session {
             r.response.lost.push(l);
         }
         if r.remaining == 0
-            && let Some(r) = self.requests.remove(&id)
+            && let Some(mut r) = self.requests.remove(&id)
         {
-            let mut response = r.response;
-            response.ok = response.lost.is_empty();
-            if !response.ok {
-                response.error = Some(response.lost.join("; "));
+            r.response.ok = r.response.lost.is_empty();
+            if !r.response.ok {
+                r.response.error = Some(r.response.lost.join("; "));
             }
-            r.responder.send(response).await;
+            self.close_request(r).await;
         }
     }
 
@@ -374,14 +374,22 @@ impl Session {
 
     /// Handle `covobs dump`.
     pub async fn on_request(&mut self, req: DumpRequest, responder: Responder) {
-        let pids: Vec<u32> = match &req {
-            DumpRequest::Pid(p) => self
+        if let Some(why) = req
+            .label
+            .as_deref()
+            .and_then(|l| label_name::check(l).err())
+        {
+            responder.send(DumpResponse::refusal(why)).await;
+            return;
+        }
+        let pids: Vec<u32> = match &req.target {
+            DumpTarget::Pid(p) => self
                 .targets
                 .keys()
                 .copied()
                 .filter(|t| *t as i32 == *p)
                 .collect(),
-            DumpRequest::Name(n) => self
+            DumpTarget::Name(n) => self
                 .targets
                 .values()
                 .filter(|t| t.comm == *n || self.tracker.pattern().is_some_and(|p| p.as_str() == n))
@@ -397,6 +405,19 @@ impl Session {
                 .await;
             return;
         }
+        self.start_request(pids, req.label, Some(responder), "request")
+            .await;
+    }
+
+    /// Dumps (snapshots) of `pids` for one request, answered to `responder` when every one was
+    /// collected or lost; a labelled request then closes its label.
+    pub(super) async fn start_request(
+        &mut self,
+        pids: Vec<u32>,
+        label: Option<String>,
+        responder: Option<Responder>,
+        reason: &'static str,
+    ) {
         let id = self.next_request;
         self.next_request += 1;
         self.requests.insert(
@@ -408,6 +429,8 @@ impl Session {
                     session_dir: self.out_dir.display().to_string(),
                     ..Default::default()
                 },
+                label,
+                pid: pids.first().copied().unwrap_or_default(),
             },
         );
         let mut errors = Vec::new();
@@ -427,7 +450,7 @@ impl Session {
         }
         let signal_mode = self.opts.mode == Mode::Signal;
         for pid in pids.into_iter().filter(|_| signal_mode) {
-            match self.trigger(pid, "request", Some(id)).await {
+            match self.trigger(pid, reason, Some(id)).await {
                 Ok(sent) => {
                     if let Some(r) = self.requests.get_mut(&id) {
                         r.response.triggered.extend(sent);
@@ -438,12 +461,11 @@ impl Session {
         }
         if let Some(r) = self.requests.get(&id)
             && r.remaining == 0
-            && let Some(r) = self.requests.remove(&id)
+            && let Some(mut r) = self.requests.remove(&id)
         {
-            let mut response = r.response;
-            response.ok = false;
-            response.error = Some(errors.join("; "));
-            r.responder.send(response).await;
+            r.response.ok = false;
+            r.response.error = Some(errors.join("; "));
+            self.close_request(r).await;
         }
     }
 }

@@ -73,6 +73,7 @@ table.src td{border:0;padding:0 8px;white-space:pre;vertical-align:top}
 table.src td.ln,table.src td.cnt,table.src td.br{text-align:right;color:var(--mut);user-select:none;width:1%}
 table.src td.ln a{color:var(--mut)}
 table.src td.code{width:100%}
+table.src td.lbl{white-space:nowrap;color:var(--mut);font-size:.85em;padding-left:1em}
 tr.hit td.code{background:var(--hit)}tr.hit td.cnt{background:var(--hit-g);color:var(--fg)}
 tr.miss td.code{background:var(--miss)}tr.miss td.cnt{background:var(--miss-g);color:var(--fg)}
 tr.part td.code{background:var(--part)}tr.part td.cnt,tr.part td.br{background:var(--part-g);color:var(--fg)}
@@ -82,7 +83,7 @@ table.funcs tr.miss td{background:var(--miss)}
 footer{margin-top:36px;color:var(--mut);font-size:12px}
 "#;
 
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\n\
@@ -220,7 +221,7 @@ pub fn write(dir: &Path, d: &ReportData) -> Result<(), ReportError> {
     for (i, f) in d.files.iter().enumerate() {
         let name = file_page_name(i, &f.path);
         let cov = d.coverage.files.get(&f.path);
-        let html = file_page(f, cov, &prefix);
+        let html = file_page(f, cov, &prefix, d.line_labels.get(&f.path));
         create(&files_dir.join(&name), html.as_bytes())?;
         pages.insert(f.path.as_str(), format!("files/{name}"));
     }
@@ -603,7 +604,12 @@ fn readable_by(mode: u32, owner: u32, euid: u32, sudo_uid: Option<u32>) -> bool 
     sudo_uid.is_some_and(|uid| owner == uid && mode & 0o400 != 0)
 }
 
-fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> String {
+fn file_page(
+    f: &FileSummary,
+    cov: Option<&FileCoverage>,
+    prefix: &str,
+    labels: Option<&BTreeMap<u32, (usize, Vec<String>)>>,
+) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
@@ -681,11 +687,14 @@ fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> Strin
         };
         let _ = write!(
             b,
-            "<tr id=\"L{ln}\" class=\"{class}\"><td class=\"ln\"><a href=\"#L{ln}\">{ln}</a></td><td class=\"cnt\">{}</td><td class=\"br\">{}</td><td class=\"code\">{}</td></tr>",
+            "<tr id=\"L{ln}\" class=\"{class}\"><td class=\"ln\"><a href=\"#L{ln}\">{ln}</a></td><td class=\"cnt\">{}</td><td class=\"br\">{}</td><td class=\"code\">{}</td>{}</tr>",
             hits.map(|h| h.to_string()).unwrap_or_default(),
             br.map(|c| format!("{}/{}", c.hit, c.total))
                 .unwrap_or_default(),
-            escape(code)
+            escape(code),
+            labels
+                .map(|l| line_labels_cell(l.get(&ln)))
+                .unwrap_or_default()
         );
     };
     if source.is_ok() {
@@ -700,6 +709,24 @@ fn file_page(f: &FileSummary, cov: Option<&FileCoverage>, prefix: &str) -> Strin
     }
     b.push_str("</table>");
     page(&format!("Coverage: {}", f.path), &b)
+}
+
+/// The labels that reached a line (docs/labels.md): the first few, and how many in all.
+fn line_labels_cell(labels: Option<&(usize, Vec<String>)>) -> String {
+    let Some((count, first)) = labels else {
+        return "<td class=\"lbl\"></td>".into();
+    };
+    let more = count.saturating_sub(first.len());
+    format!(
+        "<td class=\"lbl\" title=\"reached by {count} label{}\">{}{}</td>",
+        if *count == 1 { "" } else { "s" },
+        escape(&first.join(", ")),
+        if more > 0 {
+            format!(" +{more}")
+        } else {
+            String::new()
+        }
+    )
 }
 
 #[cfg(test)]
@@ -848,7 +875,7 @@ mod tests {
             modules: vec!["m".into()],
             totals: cov.totals(),
         };
-        let html = file_page(&f, Some(&cov), "");
+        let html = file_page(&f, Some(&cov), "", None);
         assert!(html.contains("if (a &lt; b &amp;&amp; c &gt; d) x();"));
         assert!(html.contains("<tr id=\"L2\" class=\"part\">"));
         assert!(html.contains("<tr id=\"L3\" class=\"miss\">"));
@@ -857,7 +884,7 @@ mod tests {
         // Missing source: said so, lines still listed.
         let mut gone = f.clone();
         gone.path = format!("{path}.missing");
-        let html = file_page(&gone, Some(&cov), "");
+        let html = file_page(&gone, Some(&cov), "", None);
         assert!(html.contains("Source not available"));
         assert!(html.contains("id=\"L3\""));
     }

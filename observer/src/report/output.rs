@@ -55,13 +55,21 @@ pub fn write_report(
     let mut written: Vec<PathBuf> = Vec::new();
     // bisect_ppx's own reports first: the index links them and the summary has their warnings.
     let bisect = bisect_report::write(root, &data.bisect, opts);
+    // Labels (docs/labels.md): a failure leaves them out, not the report.
+    let (label_files, line_labels) = super::labels::write_into_report(session, root, opts)
+        .unwrap_or_else(|e| {
+            tracing::warn!("labels are not in the report: {e}");
+            Default::default()
+        });
     let patched;
-    let data = if bisect.external.is_empty() && bisect.warnings.is_empty() {
+    let data = if bisect.external.is_empty() && bisect.warnings.is_empty() && line_labels.is_empty()
+    {
         data
     } else {
         let mut d = data.clone();
         d.external.extend(bisect.external);
         d.warnings.extend(bisect.warnings);
+        d.line_labels = line_labels;
         patched = d;
         &patched
     };
@@ -92,6 +100,7 @@ pub fn write_report(
         written.push(PathBuf::from("coverage.cobertura.xml"));
     }
     written.extend(bisect.written);
+    written.extend(label_files);
     // Every file and directory of the report with the session's modes (other tools wrote some).
     opts.modes
         .apply_tree(root)
@@ -114,7 +123,7 @@ pub fn write_report(
 
 /// Put `staging` at `dest`: exchanged atomically with an existing `dest` (which then sits at
 /// `staging`), or renamed when there is none.
-fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
+pub(crate) fn swap_into_place(staging: &Path, dest: &Path) -> Result<(), ReportError> {
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => exchange(staging, dest).map_err(write_err(dest)),
         Ok(_) => Err(write_err(dest)(std::io::Error::other(

@@ -102,6 +102,8 @@ pub struct ReportData {
     pub external: Vec<ExternalReport>,
     /// Kernel coverage (kcov artifacts), when the session has some.
     pub kernel: Option<super::kcov::KernelSummary>,
+    /// Per file and line, the labels that reached it (docs/labels.md): count and the first few.
+    pub line_labels: super::labels::output::LineLabels,
 }
 
 impl ReportData {
@@ -159,6 +161,7 @@ impl ReportData {
             bisect: BisectInputs::default(),
             external: Vec::new(),
             kernel: None,
+            line_labels: Default::default(),
         }
     }
 

@@ -116,6 +116,19 @@ pub fn describe(event: &Event) -> String {
             what,
             count,
         } => format!("LOST {count} {what}: {reason}"),
+        Body::Label {
+            label,
+            artifacts,
+            lost,
+        } => format!(
+            "label {label}: {} artifact(s){}",
+            artifacts.len(),
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!(", {} lost", lost.len())
+            }
+        ),
         Body::RuntimeFound {
             runtime,
             module,
