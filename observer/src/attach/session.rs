@@ -329,8 +329,9 @@ impl Session {
     async fn on_event(&mut self, e: Event) {
         let pid = e.pid;
         let tid = e.tid;
+        // A process that took the watched name by its exec (seen by the kernel) runs a new image.
         let adopt = match &e.body {
-            Body::Target { comm, .. } => Some(comm.clone()),
+            Body::Target { comm, reason, .. } => Some((comm.clone(), *reason == "exec")),
             _ => None,
         };
         let exited = matches!(e.body, Body::ProcessExit { .. });
@@ -354,8 +355,8 @@ impl Session {
         if let Some((sig, ts)) = delivered {
             self.confirm_delivery(pid, tid, sig, ts).await;
         }
-        if let Some(comm) = adopt {
-            self.adopt(pid, &comm).await;
+        if let Some((comm, fresh_image)) = adopt {
+            self.adopt(pid, &comm, fresh_image).await;
         }
         if exec {
             self.snapshots.exec(pid).await;
@@ -368,7 +369,7 @@ impl Session {
                 .unwrap_or_default();
             self.targets.remove(&pid);
             self.kcov.rename(pid, &comm);
-            self.adopt(pid, &comm).await;
+            self.adopt(pid, &comm, true).await;
         }
         if thread_exit && let Some(d) = self.dumps.abandon_thread(tid) {
             self.lost(

@@ -698,6 +698,8 @@ pub fn extract_llvm(
     // Nothing seen by the kernel (the dump came outside a file-tracking window, or wrote through
     // a mechanism the programs do not follow): take it from the file the environment names.
     if let Some(c) = cursor {
+        c.placed_after(done.dump.start_ns, done.end_ns)
+            .map_err(CollectError::Fallback)?;
         return c
             .take(root, cwd)
             .map(|(data, path, offset)| {
