@@ -459,7 +459,7 @@ impl Session {
             })
         };
         let (cwd, root) = (open("cwd"), open("root"));
-        self.dumps.start(ActiveDump {
+        let unended = self.dumps.start(ActiveDump {
             pid,
             tid,
             hook,
@@ -470,6 +470,19 @@ impl Session {
             dir_error,
             files: Vec::new(),
         });
+        if let Some(d) = unended {
+            self.lost(
+                d.pid,
+                d.tid,
+                d.hook.runtime.as_str(),
+                format!(
+                    "{} dump on thread {}: its end was not seen (its record was lost to a full ring buffer) before the thread's next dump began",
+                    d.hook.runtime.as_str(),
+                    d.tid
+                ),
+            )
+            .await;
+        }
     }
 
     async fn on_dump_end(
@@ -503,7 +516,7 @@ impl Session {
                 pid,
                 tid,
                 hook.runtime.as_str(),
-                "the dump began before covobs attached: its output is not known".into(),
+                "its start was not seen (the dump began before covobs reported this process's dumps, or its start record was lost to a full ring buffer): its output is not known".into(),
             )
             .await;
             return;

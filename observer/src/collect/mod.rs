@@ -108,8 +108,10 @@ pub struct DumpTracker {
 }
 
 impl DumpTracker {
-    pub fn start(&mut self, dump: ActiveDump) {
-        self.active.insert(dump.tid, dump);
+    /// A dump started on its thread; returns the one that thread was in if covobs never saw
+    /// that one end (its end record was lost to a full ring buffer).
+    pub fn start(&mut self, dump: ActiveDump) -> Option<ActiveDump> {
+        self.active.insert(dump.tid, dump)
     }
 
     /// Every dump still running, taken out (covobs stops: their ends will not be seen).
