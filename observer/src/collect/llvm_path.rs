@@ -266,8 +266,8 @@ fn next_header(file: &fs::File, path: &str, from: u64, size: u64) -> Result<u64,
     while at < limit {
         let chunk =
             read::read_range(file, path, at, (limit - at).min(CHUNK)).map_err(|e| e.said())?;
-        for (i, word) in chunk.chunks_exact(8).enumerate() {
-            if u64::from_le_bytes(word.try_into().unwrap_or([0; 8])) == llvm_raw::MAGIC_64 {
+        for (i, word) in chunk.as_chunks::<8>().0.iter().enumerate() {
+            if u64::from_le_bytes(*word) == llvm_raw::MAGIC_64 {
                 return Ok(at + 8 * i as u64);
             }
         }
