@@ -97,6 +97,10 @@ pub mod watch {
     pub const BY_NAME: u32 = 2;
     /// In the selected cgroup: its children are watched too (they are in the cgroup as well).
     pub const CGROUP: u32 = 4;
+    /// Its dumps are not reported yet: covobs started watching a running process and has not yet
+    /// placed its cursors in the files the process appends its dumps to. Seen dumps and cursors
+    /// then start at one point, so no dump is taken for another.
+    pub const DUMPS_HELD: u32 = 8;
 }
 
 /// Bit of a dump uprobe's cookie: the dump function has no uretprobe (OCaml code); the return of

@@ -68,8 +68,9 @@ static PENDING_WRITE: HashMap<u32, PendingWrite> = HashMap::with_max_entries(409
 pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let Some(cur) = current(cfg) else { return 0 };
-    if tgid_watched(cur.tgid).is_none() {
-        return 0;
+    match tgid_watched(cur.tgid) {
+        Some(flags) if flags & covobs_common::watch::DUMPS_HELD == 0 => {}
+        _ => return 0,
     }
     let kernel = kernel_current();
     // SAFETY: the helper reads the cookie of the link that fired; ctx is this program's context.
@@ -114,8 +115,9 @@ pub fn covobs_exit_call(_ctx: ProbeContext) -> u32 {
 pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let Some(cur) = current(cfg) else { return 0 };
-    if tgid_watched(cur.tgid).is_none() {
-        return 0;
+    match tgid_watched(cur.tgid) {
+        Some(flags) if flags & covobs_common::watch::DUMPS_HELD == 0 => {}
+        _ => return 0,
     }
     let kernel_tid = kernel_current().tid;
     // SAFETY: as in covobs_dump_enter.

@@ -24,7 +24,10 @@ const OCAML_PROBES_MAX: usize = 2;
 
 impl Session {
     /// Set up a newly watched process. Returns the runtimes a signal can make it dump.
-    pub async fn adopt(&mut self, pid: u32, comm: &str) -> Vec<Runtime> {
+    /// `fresh_image`: covobs saw the exec that started the program it runs now, so its runtime
+    /// starts a plain profile file empty (compiler-rt truncates it at start): every profile in it
+    /// is one covobs sees the dump of.
+    pub async fn adopt(&mut self, pid: u32, comm: &str, fresh_image: bool) -> Vec<Runtime> {
         let mut state = TargetState::new(pid, comm);
         // The launched workload may be gone already (it ran to its end before covobs saw its
         // exec): what covobs prepared before the exec stands in for what /proc no longer shows.
@@ -156,20 +159,33 @@ impl Session {
             self.tx.event(e).await;
         }
         state.modules = mapped.clone();
+        // Its dumps are reported from now on; the cursors are placed after this point.
+        if let Err(e) = self.tracker.release_dumps(&mut self.probes, pid) {
+            self.lost(
+                pid,
+                pid,
+                "dump probe",
+                format!("reporting the dumps of process {pid}: covobs' own failure: {e}"),
+            )
+            .await;
+        }
         if !self.opts.observe_only
             && let Some(root) = state.root.clone()
         {
+            let llvm = state
+                .llvm_profile
+                .clone()
+                .map(|p| self.profile_cursor(pid, p, &root, fresh_image));
             let (jobs, rx) = mpsc::unbounded_channel();
             tokio::spawn(target_collector(
                 rx,
                 CollectorSetup {
                     root,
-                    llvm_profile: state.llvm_profile.clone(),
+                    llvm,
                     bisect: has(Runtime::Bisect).then(|| BisectSource::for_process(pid)),
                     gcda: gcda.clone(),
                     dir: state.dir.clone(),
                     comm: state.comm.clone(),
-                    launched: self.launched == Some(pid),
                     process_start_ns: crate::target::start_boot_ns(pid as i32),
                 },
                 self.seq.clone(),
@@ -205,6 +221,23 @@ impl Session {
             return snapshot_runtimes;
         }
         dumpable
+    }
+
+    /// Where the target's next dump will land in its LLVM profile file: a running process's
+    /// dumps go after what the file holds once its dumps are reported (`release_dumps` came
+    /// first); a fresh image's runtime started the file empty.
+    fn profile_cursor(
+        &self,
+        pid: u32,
+        expanded: llvm_path::Expanded,
+        root: &TargetDir,
+        fresh_image: bool,
+    ) -> llvm_path::ProfileCursor {
+        if fresh_image || self.launched == Some(pid) {
+            return llvm_path::ProfileCursor::from_start(expanded);
+        }
+        let cwd = TargetDir::open(pid as i32, "cwd").ok();
+        llvm_path::ProfileCursor::new(expanded, root, cwd.as_ref())
     }
 
     async fn runtime_found(

@@ -14,14 +14,13 @@ pub struct CollectJob {
 /// What a collector needs to know about its target.
 pub struct CollectorSetup {
     pub root: Arc<TargetDir>,
-    pub llvm_profile: Option<llvm_path::Expanded>,
+    /// Where the next dump lands in the LLVM profile file, placed when covobs adopted the
+    /// process (or before, for the targets found at start).
+    pub llvm: Option<llvm_path::ProfileCursor>,
     pub bisect: Option<collect::bisect::BisectSource>,
     pub gcda: Vec<(String, String)>,
     pub dir: String,
     pub comm: String,
-    /// The process is the workload covobs launched (`covobs run`): its profile file holds only
-    /// its own dumps, possibly made before covobs adopted it after its exec (a short workload).
-    pub launched: bool,
     /// When the process started (CLOCK_BOOTTIME ns): recorded in every artifact.
     pub process_start_ns: Option<u64>,
 }
@@ -46,28 +45,20 @@ pub(super) async fn target_collector(
 ) {
     let CollectorSetup {
         root,
-        llvm_profile,
+        llvm,
         bisect,
         gcda,
         dir,
         comm,
-        launched,
         process_start_ns,
     } = setup;
-    // Cursors start after what the files hold now: those are dumps from before covobs attached.
+    // bisect's cursor starts after the files there now: those are dumps from before covobs attached.
     let start_root = root.clone();
     let (mut sources, mut pool, mut gcda_before) = tokio::task::spawn_blocking(move || {
         let mut bisect = bisect;
         if let Some(b) = bisect.as_mut() {
             b.skip_existing(&start_root, None);
         }
-        let llvm = llvm_profile.map(|p| {
-            if launched {
-                llvm_path::ProfileCursor::from_start(p)
-            } else {
-                llvm_path::ProfileCursor::new(p, &start_root, None)
-            }
-        });
         let pool = llvm.as_ref().and_then(|c| pool_now(c, &start_root));
         let before = super::gcda_before::GcdaBefore::at_start(&start_root, &gcda);
         (Sources { llvm, bisect, gcda }, pool, before)

@@ -163,7 +163,10 @@ pub async fn run_session(
         None => None,
     };
     let opts = Arc::new(opts);
-    let mut tracker = Tracker::new(opts.target.clone(), opts.follow_forks);
+    // A running target's dumps are held until its profile cursors are placed (not for the
+    // workload covobs launches: its dumps all follow its exec).
+    let mut tracker =
+        Tracker::new(opts.target.clone(), opts.follow_forks).hold_dumps(launch.is_none());
     let initial = tracker.start(&mut probes, opts.wait).map_err(|e| {
         let bad = e.is_bad_input();
         classify(e, bad)
@@ -415,7 +418,7 @@ async fn drive(
             _ => String::new(),
         };
         session.on_record_event(e).await;
-        let dumpable = session.adopt(pid, &comm).await;
+        let dumpable = session.adopt(pid, &comm, false).await;
         if opts.observe_only {
             continue;
         }

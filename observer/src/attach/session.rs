@@ -336,8 +336,9 @@ impl Session {
     async fn on_event(&mut self, e: Event) {
         let pid = e.pid;
         let tid = e.tid;
+        // A process that took the watched name by its exec (seen by the kernel) runs a new image.
         let adopt = match &e.body {
-            Body::Target { comm, .. } => Some(comm.clone()),
+            Body::Target { comm, reason, .. } => Some((comm.clone(), *reason == "exec")),
             _ => None,
         };
         let exited = matches!(e.body, Body::ProcessExit { .. });
@@ -367,8 +368,8 @@ impl Session {
         if let Some((sig, ts)) = delivered {
             self.confirm_delivery(pid, tid, sig, ts).await;
         }
-        if let Some(comm) = adopt {
-            self.adopt(pid, &comm).await;
+        if let Some((comm, fresh_image)) = adopt {
+            self.adopt(pid, &comm, fresh_image).await;
         }
         if exec {
             self.snapshots.exec(pid).await;
@@ -381,7 +382,7 @@ impl Session {
                 .unwrap_or_default();
             self.targets.remove(&pid);
             self.kcov.rename(pid, &comm);
-            self.adopt(pid, &comm).await;
+            self.adopt(pid, &comm, true).await;
         }
         if thread_exit && let Some(d) = self.dumps.abandon_thread(tid) {
             self.lost(
@@ -471,7 +472,7 @@ impl Session {
             })
         };
         let (cwd, root) = (open("cwd"), open("root"));
-        self.dumps.start(ActiveDump {
+        let unended = self.dumps.start(ActiveDump {
             pid,
             tid,
             hook,
@@ -482,6 +483,19 @@ impl Session {
             dir_error,
             files: Vec::new(),
         });
+        if let Some(d) = unended {
+            self.lost(
+                d.pid,
+                d.tid,
+                d.hook.runtime.as_str(),
+                format!(
+                    "{} dump on thread {}: its end was not seen (its record was lost to a full ring buffer) before the thread's next dump began",
+                    d.hook.runtime.as_str(),
+                    d.tid
+                ),
+            )
+            .await;
+        }
     }
 
     async fn on_dump_end(
@@ -515,7 +529,7 @@ impl Session {
                 pid,
                 tid,
                 hook.runtime.as_str(),
-                "the dump began before covobs attached: its output is not known".into(),
+                "its start was not seen (the dump began before covobs reported this process's dumps, or its start record was lost to a full ring buffer): its output is not known".into(),
             )
             .await;
             return;

@@ -116,16 +116,27 @@ pub struct ProfileCursor {
     pub ino: Option<u64>,
     /// Byte offset of the first profile not yet collected.
     pub offset: u64,
+    /// CLOCK_BOOTTIME ns right after `offset` was taken from the file's size: a dump that started
+    /// earlier wrote before `offset` (or across it), not after it. 0 when the file holds only
+    /// dumps covobs sees (a process it launched, or saw exec).
+    pub since_ns: u64,
+    /// `offset` may be inside a profile (a dump covobs did not see was writing when the size was
+    /// taken, or a dump that straddled it was given up): the next take looks for the next
+    /// profile's header instead of trusting `offset`.
+    pub resync: bool,
 }
 
 impl ProfileCursor {
-    /// Start after whatever the file holds now: those dumps happened before covobs attached.
+    /// Start after whatever the file holds now: those dumps happened before covobs reported the
+    /// process's dumps (the caller released them first).
     pub fn new(expanded: Expanded, root: &read::TargetDir, cwd: Option<&read::TargetDir>) -> Self {
         let mut c = Self {
             expanded,
             path: None,
             ino: None,
             offset: 0,
+            since_ns: 0,
+            resync: true,
         };
         if let Ok(path) = resolve_glob(&c.expanded, root, cwd)
             && let Ok(f) = read::open_in_target(root, cwd, &path, Expect::Writable)
@@ -136,6 +147,8 @@ impl ProfileCursor {
             c.offset = meta.len();
             c.path = Some(path);
         }
+        // After the size was taken: a dump that started later writes after `offset`.
+        c.since_ns = crate::sys::clock::boot_ns();
         c
     }
 
@@ -147,7 +160,26 @@ impl ProfileCursor {
             path: None,
             ino: None,
             offset: 0,
+            since_ns: 0,
+            resync: false,
         }
+    }
+
+    /// Whether the profile of a dump that started at `start_ns` can be after `offset`. A dump that
+    /// started before the cursor was placed wrote before it (covobs saw the dump while it was
+    /// still attaching, the file's size already counted it), or across it: the reason it is not
+    /// collected, and the cursor no longer trusted to be at a profile's start.
+    pub fn placed_after(&mut self, start_ns: u64, end_ns: u64) -> Result<(), String> {
+        if start_ns >= self.since_ns {
+            return Ok(());
+        }
+        if end_ns >= self.since_ns {
+            self.resync = true;
+        }
+        Err(format!(
+            "the dump started before covobs had placed its cursor in {} (it was still attaching to the process): its profile is in what the file held then, which covobs does not collect",
+            self.path.as_deref().unwrap_or(&self.expanded.pattern)
+        ))
     }
 
     /// The kernel saw a dump write `[start, end)` of inode `ino`.
@@ -186,6 +218,8 @@ impl ProfileCursor {
         self.path = Some(path.clone());
         let start = if self.expanded.merge_pool {
             0
+        } else if self.resync {
+            next_header(&file, &path, self.offset, meta.len())?
         } else {
             self.offset
         };
@@ -193,6 +227,7 @@ impl ProfileCursor {
         let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.said())?;
         llvm_raw::parse(&data, true).map_err(|e| format!("{path} at byte {start}: {e}"))?;
         self.offset = end;
+        self.resync = false;
         Ok((data, path, start))
     }
 }
@@ -216,6 +251,35 @@ impl ProfileCursor {
         let end = profile_end(&file, path, 0, meta.len()).ok()?;
         read::read_range(&file, path, 0, end).ok()
     }
+}
+
+/// The first profile header at or after `from` (8-byte aligned, as profiles are): `from` itself
+/// when a profile starts there, else the rest of a profile written while covobs placed its cursor
+/// is skipped. Reads at most one profile's worth of bytes.
+fn next_header(file: &fs::File, path: &str, from: u64, size: u64) -> Result<u64, String> {
+    const CHUNK: u64 = 64 << 10;
+    if from >= size {
+        return Ok(from);
+    }
+    let mut at = from.next_multiple_of(8);
+    let limit = size.min(from.saturating_add(MAX_PROFILE));
+    while at < limit {
+        let chunk =
+            read::read_range(file, path, at, (limit - at).min(CHUNK)).map_err(|e| e.said())?;
+        for (i, word) in chunk.as_chunks::<8>().0.iter().enumerate() {
+            if u64::from_le_bytes(*word) == llvm_raw::MAGIC_64 {
+                return Ok(at + 8 * i as u64);
+            }
+        }
+        let whole = chunk.len() as u64 / 8 * 8;
+        if whole == 0 {
+            break;
+        }
+        at += whole;
+    }
+    Err(format!(
+        "{path} holds no profile header after byte {from} (the cursor covobs placed there fell inside a profile)"
+    ))
 }
 
 /// Where the profile that starts at `start` ends, from its header and the sizes of its
@@ -345,6 +409,102 @@ mod tests {
             expand("default_%m_%p.profraw", 7, "h", None, None).pattern,
             "default_*_7.profraw"
         );
+    }
+
+    /// A version-8 profile of one function with two counters valued `n`: profiles of one
+    /// binary all have this size, so only the counters tell them apart.
+    fn profile(n: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [llvm_raw::MAGIC_64, 8, 0, 1, 0, 2, 0, 5, 0, 0, 1] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        b.extend_from_slice(&[0u8; 48]);
+        b.extend_from_slice(&[n; 16]);
+        b.extend_from_slice(b"main\0\0\0\0");
+        b
+    }
+
+    /// A file the target appends its dumps to, with profiles 1..=n, and covobs' view of it.
+    fn appended(tag: &str, n: u8) -> (std::path::PathBuf, read::TargetDir) {
+        let dir = std::env::temp_dir().join(format!("covobs-cursor-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (1..=n).flat_map(profile).collect();
+        fs::write(dir.join("p.profraw"), data).unwrap();
+        let me = read::Creds::of(std::process::id() as i32).unwrap();
+        let cwd = read::TargetDir::open_path(&dir, Some(me)).unwrap();
+        (dir, cwd)
+    }
+
+    fn append(dir: &std::path::Path, n: u8) {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("p.profraw"))
+            .unwrap();
+        f.write_all(&profile(n)).unwrap();
+    }
+
+    fn plain() -> Expanded {
+        expand("p.profraw", 1, "h", None, None)
+    }
+
+    #[test]
+    fn takes_each_appended_profile_once_in_order() {
+        let (dir, cwd) = appended("order", 2);
+        let root =
+            read::TargetDir::open_path(std::path::Path::new("/"), cwd.creds().cloned()).unwrap();
+        let mut c = ProfileCursor::new(plain(), &root, Some(&cwd));
+        let size = profile(1).len() as u64;
+        assert_eq!(c.offset, 2 * size, "what was there before is not taken");
+        append(&dir, 3);
+        append(&dir, 4);
+        assert!(c.placed_after(c.since_ns, c.since_ns).is_ok());
+        assert_eq!(c.take(&root, Some(&cwd)).unwrap().0, profile(3));
+        assert_eq!(c.take(&root, Some(&cwd)).unwrap().0, profile(4));
+        let e = c.take(&root, Some(&cwd)).unwrap_err();
+        assert!(e.contains("holds no profile after the last one"), "{e}");
+        // A dump that started before the cursor was placed is not taken for a later one.
+        let e = c.placed_after(c.since_ns - 1, c.since_ns - 1).unwrap_err();
+        assert!(e.contains("before covobs had placed its cursor"), "{e}");
+        assert!(!c.resync);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_cursor_placed_inside_a_profile_skips_to_the_next_one() {
+        let (dir, cwd) = appended("resync", 1);
+        let root =
+            read::TargetDir::open_path(std::path::Path::new("/"), cwd.creds().cloned()).unwrap();
+        // The size was taken while a dump covobs did not see was writing: half of profile 2.
+        let half = profile(2)[..40].to_vec();
+        {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("p.profraw"))
+                .unwrap();
+            f.write_all(&half).unwrap();
+        }
+        let mut c = ProfileCursor::new(plain(), &root, Some(&cwd));
+        assert!(c.resync);
+        {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("p.profraw"))
+                .unwrap();
+            f.write_all(&profile(2)[40..]).unwrap();
+        }
+        append(&dir, 3);
+        let (data, _, at) = c.take(&root, Some(&cwd)).unwrap();
+        assert_eq!(data, profile(3));
+        assert_eq!(at, 2 * profile(1).len() as u64);
+        assert!(!c.resync);
+        // A dump that straddled the placement makes the cursor look again.
+        assert!(c.placed_after(c.since_ns - 1, c.since_ns + 1).is_err());
+        assert!(c.resync);
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]

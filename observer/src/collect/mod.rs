@@ -108,8 +108,10 @@ pub struct DumpTracker {
 }
 
 impl DumpTracker {
-    pub fn start(&mut self, dump: ActiveDump) {
-        self.active.insert(dump.tid, dump);
+    /// A dump started on its thread; returns the one that thread was in if covobs never saw
+    /// that one end (its end record was lost to a full ring buffer).
+    pub fn start(&mut self, dump: ActiveDump) -> Option<ActiveDump> {
+        self.active.insert(dump.tid, dump)
     }
 
     /// Every dump still running, taken out (covobs stops: their ends will not be seen).
@@ -698,6 +700,8 @@ pub fn extract_llvm(
     // Nothing seen by the kernel (the dump came outside a file-tracking window, or wrote through
     // a mechanism the programs do not follow): take it from the file the environment names.
     if let Some(c) = cursor {
+        c.placed_after(done.dump.start_ns, done.end_ns)
+            .map_err(CollectError::Fallback)?;
         return c
             .take(root, cwd)
             .map(|(data, path, offset)| {

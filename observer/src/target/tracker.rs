@@ -70,6 +70,9 @@ pub struct Tracker {
     targets: BTreeMap<u32, Tracked>,
     /// Processes that were watched and exited (for summaries).
     pub exited: u64,
+    /// A running process is watched with its dumps held until `release_dumps` (attach: until
+    /// its profile cursors are placed).
+    hold_dumps: bool,
 }
 
 impl Tracker {
@@ -79,7 +82,23 @@ impl Tracker {
             follow_forks,
             targets: BTreeMap::new(),
             exited: 0,
+            hold_dumps: false,
         }
+    }
+
+    /// Hold the dumps of every running process it starts watching until `release_dumps`; a
+    /// process whose exec the kernel saw runs a fresh image and is never held.
+    pub fn hold_dumps(mut self, hold: bool) -> Self {
+        self.hold_dumps = hold;
+        self
+    }
+
+    /// Report the dumps of `pid` from now on.
+    pub fn release_dumps(&self, probes: &mut Probes, pid: u32) -> Result<(), ProbeError> {
+        if !self.targets.contains_key(&pid) {
+            return Ok(());
+        }
+        probes.watch_process(pid, self.watch_flags(), &[])
     }
 
     fn watch_flags(&self) -> u32 {
@@ -186,12 +205,17 @@ impl Tracker {
         if self.targets.contains_key(&pid) {
             return Ok(None);
         }
+        let flags = if self.hold_dumps && reason != "exec" {
+            self.watch_flags() | watch::DUMPS_HELD
+        } else {
+            self.watch_flags()
+        };
         // The tgid goes in before the threads are listed: a thread created meanwhile is then seen
         // by the kernel (thread_start) and possibly listed too, never missed.
-        probes.watch_process(pid, self.watch_flags(), &[])?;
+        probes.watch_process(pid, flags, &[])?;
         let threads = threads_of(process.pid);
         let tids: Vec<u32> = threads.iter().map(|t| t.tid as u32).collect();
-        probes.watch_process(pid, self.watch_flags(), &tids)?;
+        probes.watch_process(pid, flags, &tids)?;
         // A thread that exited between the listing and the insert would stay in the map forever.
         for tid in &tids {
             if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
