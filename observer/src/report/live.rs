@@ -1094,13 +1094,23 @@ impl LiveCoverage {
             self.done.insert(id, (id, i, version, r));
         }
         self.apply_ready();
+        // The figures read the modules' detail (shared files); then the detail moves into the
+        // report (a copy of a million-counter module's detail costs about a second).
+        let mut figures = self.figures();
         let mut coverage = Coverage::default();
-        for u in &self.units {
-            if let (true, Some(d)) = (u.reported(), &u.detail) {
-                coverage.merge(d);
+        for u in &mut self.units {
+            if !u.reported() {
+                continue;
+            }
+            for (path, f) in u.detail.take().map(|d| d.files).unwrap_or_default() {
+                match coverage.files.entry(path) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&f),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(f);
+                    }
+                }
             }
         }
-        let mut figures = self.figures();
         let kernel = self.kernel_report();
         let mut modules: Vec<ModuleSummary> = self
             .units

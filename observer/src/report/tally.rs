@@ -69,6 +69,30 @@ pub struct Tally {
     pub merged_states: u64,
     /// States taken in.
     pub states: u64,
+    /// Which blocks of [`CHANGE_BLOCK`] counters changed their total since the last
+    /// [`Tally::clear_changed`] (bit `b` of word `b / 64`): what a timeline point computes again.
+    changed: Vec<u64>,
+    /// Scratch: the blocks whose counters differ from the instance's previous state.
+    differs: Vec<bool>,
+}
+
+/// Changes are tracked by blocks of this many counters.
+pub const CHANGE_BLOCK: usize = 64;
+
+fn mark(bitset: &mut [u64], block: usize) {
+    if let Some(w) = bitset.get_mut(block / 64) {
+        *w |= 1 << (block % 64);
+    }
+}
+
+/// Whether any counter of `range` is in a block marked in `bitset` (from
+/// [`Tally::changed_blocks`]).
+pub fn any_changed(bitset: &[u64], range: std::ops::Range<usize>) -> bool {
+    if range.is_empty() {
+        return false;
+    }
+    let (first, last) = (range.start / CHANGE_BLOCK, (range.end - 1) / CHANGE_BLOCK);
+    (first..=last).any(|b| bitset.get(b / 64).is_none_or(|w| w & (1 << (b % 64)) != 0))
 }
 
 /// `v` as `len` counters (padded with zeros or cut), borrowed when it has that length.
@@ -91,6 +115,7 @@ impl Tally {
             closed: vec![0; len],
             closed_bits: vec![0; bits_len],
             total: vec![0; len],
+            changed: vec![u64::MAX; len.div_ceil(CHANGE_BLOCK).div_ceil(64)],
             ..Self::default()
         }
     }
@@ -99,10 +124,26 @@ impl Tally {
     /// PC table): they were 0 in every earlier state.
     pub fn grow(&mut self, len: usize) {
         if len > self.len {
+            let from = self.len / CHANGE_BLOCK;
             self.len = len;
             self.closed.resize(len, 0);
             self.total.resize(len, 0);
+            self.changed.resize(len.div_ceil(CHANGE_BLOCK).div_ceil(64), 0);
+            for b in from..len.div_ceil(CHANGE_BLOCK) {
+                mark(&mut self.changed, b);
+            }
         }
+    }
+
+    /// The blocks of counters whose total changed since the last [`Tally::clear_changed`] (all
+    /// of them before the first), for [`any_changed`].
+    pub fn changed_blocks(&self) -> &[u64] {
+        &self.changed
+    }
+
+    /// Start noting changes afresh (the caller has seen the totals as they are).
+    pub fn clear_changed(&mut self) {
+        self.changed.fill(0);
     }
 
     pub fn len(&self) -> usize {
@@ -156,16 +197,47 @@ impl Tally {
         let is_new = !self.series.contains_key(&instance);
         let s = self.series.entry(instance).or_default();
         s.states += 1;
-        // A counter lower than before, in the memory right before this state's merge.
+        // Counters the module turned out to have (`grow`) were 0 in the earlier states.
+        if !is_new && s.own.len() < len {
+            s.own.resize(len, 0);
+        }
+        // A counter lower than before, in the memory right before this state's merge. Without
+        // a merge, the same pass notes which blocks differ from the previous state: the others
+        // are left alone below.
+        let blocks = len.div_ceil(CHANGE_BLOCK);
+        let mut compared = false;
         let reset = !is_new && {
-            let prev = s.memory.as_ref().unwrap_or(&s.own);
-            let lower = match &merged {
-                Some(m) => memory
-                    .iter()
-                    .zip(m.iter())
-                    .zip(prev)
-                    .any(|((&now, &m), &was)| now.saturating_sub(m) < was),
-                None => memory.iter().zip(prev).any(|(now, was)| now < was),
+            let lower = match (&merged, &s.memory) {
+                (Some(m), _) => {
+                    let prev = s.memory.as_ref().unwrap_or(&s.own);
+                    memory
+                        .iter()
+                        .zip(m.iter())
+                        .zip(prev)
+                        .any(|((&now, &m), &was)| now.saturating_sub(m) < was)
+                }
+                (None, Some(prev)) => memory.iter().zip(prev).any(|(now, was)| now < was),
+                (None, None) => {
+                    compared = true;
+                    self.differs.clear();
+                    self.differs.resize(blocks, true);
+                    let mut lower = false;
+                    for ((d, now), was) in self
+                        .differs
+                        .iter_mut()
+                        .zip(memory.chunks(CHANGE_BLOCK))
+                        .zip(s.own.chunks(CHANGE_BLOCK))
+                    {
+                        let (mut lo, mut ne) = (false, false);
+                        for (n, w) in now.iter().zip(was) {
+                            lo |= n < w;
+                            ne |= n != w;
+                        }
+                        lower |= lo;
+                        *d = ne;
+                    }
+                    lower
+                }
             };
             lower || bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0)
         };
@@ -195,29 +267,42 @@ impl Tally {
             self.merged_states += 1;
         }
         // own = memory - inflation; total += own - previous own (the previous own went to
-        // `closed` on a reset, so it stays counted). In place, in one pass.
+        // `closed` on a reset, so it stays counted). In place, block by block; a block whose
+        // counters are those of the previous state (no inflation) keeps its total.
         let fresh = reset || is_new;
         if s.own.len() != len {
             s.own = vec![0; len];
         }
+        let skip = compared && !fresh && s.inflation.is_none();
         let mut changed = false;
         let inflation = s.inflation.as_deref();
-        for (i, ((t, o), &m)) in self
+        for (b, ((t, o), m)) in self
             .total
-            .iter_mut()
-            .zip(s.own.iter_mut())
-            .zip(memory.iter())
+            .chunks_mut(CHANGE_BLOCK)
+            .zip(s.own.chunks_mut(CHANGE_BLOCK))
+            .zip(memory.chunks(CHANGE_BLOCK))
             .enumerate()
         {
-            let own = match inflation {
-                Some(inf) => m.saturating_sub(inf[i]),
-                None => m,
-            };
-            let was = if fresh { 0 } else { *o };
-            let before = *t;
-            *t = t.wrapping_sub(was).wrapping_add(own);
-            changed |= *t != before;
-            *o = own;
+            if skip && !self.differs.get(b).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut block_changed = false;
+            let at = b * CHANGE_BLOCK;
+            for (i, ((t, o), &m)) in t.iter_mut().zip(o.iter_mut()).zip(m).enumerate() {
+                let own = match inflation {
+                    Some(inf) => m.saturating_sub(inf.get(at + i).copied().unwrap_or(0)),
+                    None => m,
+                };
+                let was = if fresh { 0 } else { *o };
+                let before = *t;
+                *t = t.wrapping_sub(was).wrapping_add(own);
+                block_changed |= *t != before;
+                *o = own;
+            }
+            if block_changed {
+                changed = true;
+                mark(&mut self.changed, b);
+            }
         }
         pushed.changed = changed || bits != s.bits;
         s.memory = s.inflation.is_some().then(|| memory.into_owned());

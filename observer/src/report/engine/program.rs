@@ -32,6 +32,12 @@ pub struct Program {
     ops: Vec<Op<u32>>,
     /// Per region (MC/DC decisions left out): where its count and its false count are.
     outputs: Vec<u32>,
+    /// The places in the list the outputs read, once each, zero left out, in increasing order:
+    /// what [`Program::run`] gives. The regions' values are these through `outputs`, so values
+    /// of these with the same zeros and the same equal pairs give region values with the same
+    /// zeros and equal pairs (and half as many to compare: a region's false count is usually
+    /// zero, and several regions often share a counter).
+    keys: Vec<u32>,
 }
 
 /// Deeper expression chains than this are left to the recursive evaluator.
@@ -72,15 +78,26 @@ impl Program {
             })
             .collect::<Option<Vec<_>>>()?;
         let outputs = outputs.into_iter().map(at).collect::<Option<Vec<_>>>()?;
+        let mut keys: Vec<u32> = outputs.iter().copied().filter(|&i| i != 0).collect();
+        keys.sort_unstable();
+        keys.dedup();
         Some(Self {
             needs: c.needs,
             ops,
             outputs,
+            keys,
         })
     }
 
-    /// The region values for these counters into `out` (cleared first); false when llvm-cov
-    /// leaves the function out for lack of counters. `slots` is scratch space.
+    /// Where the value of output `i` (2 x region + 0 for its count, 1 for its false count) is
+    /// among [`Program::run`]'s values; None when it is always zero.
+    pub fn key_position(&self, i: usize) -> Option<usize> {
+        let at = *self.outputs.get(i)?;
+        self.keys.binary_search(&at).ok()
+    }
+
+    /// The values of the [`Program::keys`] for these counters into `out` (cleared first); false
+    /// when llvm-cov leaves the function out for lack of counters. `slots` is scratch space.
     pub fn run(&self, counts: &[u64], slots: &mut Vec<u64>, out: &mut Vec<u64>) -> bool {
         out.clear();
         let Some(counts) = counts.get(..self.needs) else {
@@ -101,7 +118,7 @@ impl Program {
                 l.wrapping_add(r)
             });
         }
-        out.extend(self.outputs.iter().map(|&i| value(i, slots)));
+        out.extend(self.keys.iter().map(|&i| value(i, slots)));
         true
     }
 }

@@ -17,13 +17,16 @@ use super::{
     profile::ModuleProfile,
     program::Program,
 };
-use crate::report::model::{Counts, Totals};
+use crate::report::{
+    model::{Counts, Totals},
+    tally::{CHANGE_BLOCK, any_changed},
+};
 
 /// What a function's record reads at one point (`load` in [`super::coverage`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Input {
     /// Its profile record's counters.
-    Counts(Vec<u64>),
+    Counts,
     /// The profile has its name only under another hash: llvm-cov leaves it out.
     Absent,
     /// The profile has no record of its name: all counters zero.
@@ -31,7 +34,8 @@ enum Input {
 }
 
 /// A function's figures for the input it was last computed for (None: not loaded), and the
-/// region values they were computed from (values of the same shape give the same figures).
+/// values they were computed from (values of the same shape give the same figures): its
+/// program's values ([`Program::run`]), or its region values when it has no program.
 #[derive(Clone, Debug)]
 struct Cached {
     input: Input,
@@ -59,7 +63,7 @@ struct Place {
     files: Vec<usize>,
     /// Two of its regions cover the same area (llvm-cov adds up their counts).
     combines: bool,
-    /// Where its execution count (its first code region's) is among its region values.
+    /// Where its execution count (its first code region's) is among its values (None: zero).
     executed_at: Option<usize>,
     /// Its region values, compiled (None: evaluated by [`coverage::region_values`]).
     program: Option<Program>,
@@ -79,9 +83,13 @@ pub struct Summarizer {
     group_file: Vec<usize>,
     files: Vec<Arc<str>>,
     cache: Vec<Option<Cached>>,
-    /// Scratch space for the programs.
-    slots: Vec<u64>,
-    values: Vec<u64>,
+    /// The counters of the last [`Summarizer::summary`] (None after
+    /// [`Summarizer::summary_changed`], whose caller says what changed).
+    prev: Option<Vec<u64>>,
+    /// Scratch: blocks changed since the last point, for [`Summarizer::summary`].
+    changed: Vec<u64>,
+    /// Scratch space of the threads that compute functions again.
+    scratch: Vec<Scratch>,
     /// Functions computed again at the last point (for the benchmark and tests).
     pub recomputed: usize,
 }
@@ -152,12 +160,17 @@ impl Summarizer {
             let mut areas: Vec<_> = regions().map(|r| (r.file_id, r.start(), r.end())).collect();
             areas.sort_unstable();
             let combines = areas.windows(2).any(|w| w[0] == w[1]);
-            let executed_at = f
+            let executed = f
                 .regions
                 .iter()
                 .filter(|r| r.kind != Kind::McdcDecision)
                 .position(|r| !r.kind.is_branch())
                 .map(|i| 2 * i);
+            let program = Program::compile(f);
+            let executed_at = match &program {
+                Some(p) => executed.and_then(|i| p.key_position(i)),
+                None => executed,
+            };
             places.push(Place {
                 key: key_of.get(&(f.name_ref, f.func_hash)).copied(),
                 name: name_of.get(&f.name_ref).copied(),
@@ -166,7 +179,7 @@ impl Summarizer {
                 files: file_ids,
                 combines,
                 executed_at,
-                program: Program::compile(f),
+                program,
             });
         }
         Self {
@@ -179,14 +192,54 @@ impl Summarizer {
             dedups: dedup_of.len(),
             group_file,
             files,
-            slots: Vec::new(),
-            values: Vec::new(),
+            prev: None,
+            changed: Vec::new(),
+            scratch: Vec::new(),
             recomputed: 0,
         }
     }
 
-    /// Per-file figures for these counters (the module's counter vector).
+    /// Per-file figures for these counters (the module's counter vector). What changed since
+    /// the last call is found by comparing with a copy of its counters.
     pub fn summary(&mut self, mapping: &Mapping, counters: &[u64]) -> BTreeMap<String, Totals> {
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.clear();
+        changed.resize(counters.len().div_ceil(CHANGE_BLOCK).div_ceil(64), 0);
+        match self.prev.as_mut() {
+            Some(prev) if prev.len() == counters.len() => {
+                for (b, (p, c)) in prev
+                    .chunks_mut(CHANGE_BLOCK)
+                    .zip(counters.chunks(CHANGE_BLOCK))
+                    .enumerate()
+                {
+                    if p != c {
+                        changed[b / 64] |= 1 << (b % 64);
+                        p.copy_from_slice(c);
+                    }
+                }
+            }
+            _ => {
+                changed.fill(u64::MAX);
+                self.prev = Some(counters.to_vec());
+            }
+        }
+        let prev = self.prev.take();
+        let out = self.summary_changed(mapping, counters, &changed);
+        self.prev = prev;
+        self.changed = changed;
+        out
+    }
+
+    /// Per-file figures for these counters, the caller saying which blocks of counters changed
+    /// since the last call ([`crate::report::tally::Tally::changed_blocks`]): only the functions
+    /// whose counters are in those are looked at again.
+    pub fn summary_changed(
+        &mut self,
+        mapping: &Mapping,
+        counters: &[u64],
+        changed: &[u64],
+    ) -> BTreeMap<String, Totals> {
+        self.prev = None;
         // Each key's counters (summed when several records share it), and which keys and names
         // the profile has: `llvm-profdata merge -sparse` leaves all-zero records out.
         let summed: HashMap<usize, Vec<u64>> = (0..self.keys.len())
@@ -205,113 +258,83 @@ impl Summarizer {
                 named[self.key_name[k]] = true;
             }
         }
+        // Which functions to look at again: their input kind changed, or their counters did.
+        let mut todo: Vec<(usize, Input)> = Vec::new();
+        for (i, place) in self.places.iter().enumerate() {
+            let kind = match place.key.filter(|&k| present[k]) {
+                Some(_) => Input::Counts,
+                None if place.name.is_some_and(|n| named[n]) => Input::Absent,
+                None => Input::Zeros,
+            };
+            let same = match &self.cache[i] {
+                Some(c) if c.input == kind => {
+                    kind != Input::Counts
+                        || !place.key.is_some_and(|k| {
+                            self.keys[k].iter().any(|r| any_changed(changed, r.clone()))
+                        })
+                }
+                _ => false,
+            };
+            if !same {
+                todo.push((i, kind));
+            }
+        }
+        // Computed on as many threads as there are cores when there is much to do (a point where
+        // every function ran), each over its own run of functions.
+        let parts = if todo.len() < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, MAX_THREADS)
+        };
+        while self.scratch.len() < parts {
+            self.scratch.push(Scratch::default());
+        }
+        let ctx = Refresh {
+            flavor: self.flavor,
+            places: &self.places,
+            mapping,
+            counters,
+            summed: &summed,
+            keys: &self.keys,
+        };
+        let per = todo.len().div_ceil(parts).max(1);
+        let mut rest: &mut [Option<Cached>] = &mut self.cache;
+        let mut offset = 0;
+        let mut jobs = Vec::new();
+        for (chunk, scratch) in todo.chunks(per).zip(self.scratch.iter_mut()) {
+            let end = chunk.last().map_or(offset, |(i, _)| i + 1);
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(end - offset);
+            jobs.push((chunk, mine, offset, scratch));
+            rest = tail;
+            offset = end;
+        }
+        self.recomputed = if jobs.len() <= 1 {
+            jobs.into_iter()
+                .map(|(chunk, cache, offset, scratch)| ctx.run(chunk, cache, offset, scratch))
+                .sum()
+        } else {
+            let ctx = &ctx;
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs
+                    .into_iter()
+                    .map(|(chunk, cache, offset, scratch)| {
+                        s.spawn(move || ctx.run(chunk, cache, offset, scratch))
+                    })
+                    .collect();
+                // A panic in a worker is a bug of covobs: passed on as one.
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .sum()
+            })
+        };
         let mut taken = vec![false; self.dedups];
         let mut groups: Vec<Option<(Summary, u64)>> = vec![None; self.group_file.len()];
         let mut file_seen = vec![false; self.files.len()];
-        self.recomputed = 0;
-        let mut shape = Shape::default();
-        for (i, f) in mapping.functions.iter().enumerate() {
+        for i in 0..self.places.len() {
             let place = &self.places[i];
-            let input: &[u64];
-            let kind = match place.key.filter(|&k| present[k]) {
-                Some(k) => {
-                    input = self.key_counts_ref(k, counters, &summed);
-                    0
-                }
-                None if place.name.is_some_and(|n| named[n]) => {
-                    input = &[];
-                    1
-                }
-                None => {
-                    input = &[];
-                    2
-                }
-            };
-            let same = match (&self.cache[i], kind) {
-                (Some(c), 0) => matches!(&c.input, Input::Counts(v) if v.as_slice() == input),
-                (Some(c), 1) => c.input == Input::Absent,
-                (Some(c), _) => c.input == Input::Zeros,
-                (None, _) => false,
-            };
-            if !same {
-                let zeros;
-                let input = if kind == 2 {
-                    zeros = vec![0u64; coverage::zero_counts_len(f)];
-                    &zeros[..]
-                } else {
-                    input
-                };
-                let before = self.cache[i].take();
-                let (old_input, old_values, mut order, old_figures) = match before {
-                    Some(c) => (Some(c.input), c.values, c.order, c.figures),
-                    None => (None, None, Vec::new(), None),
-                };
-                let has_values = kind != 1
-                    && region_values(
-                        place.program.as_ref(),
-                        f,
-                        input,
-                        &mut self.slots,
-                        &mut self.values,
-                    );
-                // The figures depend on the values only through which are zero and which are
-                // equal (llvm-cov compares neighbouring counts when it builds the segments):
-                // values of the same shape as before give the same figures.
-                let reuse = match (&old_values, old_figures) {
-                    (Some(was), Some((summary, _)))
-                        if has_values
-                            && !place.combines
-                            && shape.same(was, &self.values, &mut order) =>
-                    {
-                        let executed = place.executed_at.map_or(0, |at| self.values[at]);
-                        Some((summary, executed))
-                    }
-                    _ => None,
-                };
-                let reused = reuse.is_some();
-                let figures = match reuse {
-                    Some(f) => Some(f),
-                    None if !has_values => None,
-                    None => {
-                        self.recomputed += 1;
-                        sort_order(&self.values, &mut order);
-                        coverage::load_counts(f, input).map(|rec| {
-                            (
-                                coverage::function_summary(&rec, self.flavor),
-                                rec.execution_count,
-                            )
-                        })
-                    }
-                };
-                // Reused figures keep the values they were computed for (of the same shape as
-                // these): the point then writes no values back. Otherwise the buffer of the last
-                // values is used again.
-                let values = match (reused, has_values) {
-                    (true, _) => old_values,
-                    (false, true) => {
-                        let mut v = old_values.unwrap_or_default();
-                        std::mem::swap(&mut v, &mut self.values);
-                        Some(v)
-                    }
-                    (false, false) => None,
-                };
-                let input = match (kind, old_input) {
-                    (0, Some(Input::Counts(mut v))) => {
-                        v.clear();
-                        v.extend_from_slice(input);
-                        Input::Counts(v)
-                    }
-                    (0, _) => Input::Counts(input.to_vec()),
-                    (1, _) => Input::Absent,
-                    _ => Input::Zeros,
-                };
-                self.cache[i] = Some(Cached {
-                    input,
-                    values,
-                    order,
-                    figures,
-                });
-            }
             let Some((summary, executed)) = self.cache[i].as_ref().and_then(|c| c.figures) else {
                 continue;
             };
@@ -397,8 +420,134 @@ impl Summarizer {
     }
 }
 
-/// A function's region values for these counters into `out`, by its program when it has one;
-/// false when llvm-cov leaves the function out.
+/// Functions looked at again at once on several threads when at least this many changed.
+const PARALLEL_MIN: usize = 512;
+/// At most this many threads.
+const MAX_THREADS: usize = 4;
+
+/// One thread's scratch space.
+#[derive(Default)]
+struct Scratch {
+    slots: Vec<u64>,
+    values: Vec<u64>,
+    shape: Shape,
+}
+
+/// What computing functions again reads.
+struct Refresh<'a> {
+    flavor: Flavor,
+    places: &'a [Place],
+    mapping: &'a Mapping,
+    counters: &'a [u64],
+    summed: &'a HashMap<usize, Vec<u64>>,
+    keys: &'a [Vec<Range<usize>>],
+}
+
+impl Refresh<'_> {
+    /// Key `k`'s counters.
+    fn key_counts(&self, k: usize) -> &[u64] {
+        match self.keys[k].as_slice() {
+            [only] => self.counters.get(only.clone()).unwrap_or(&[]),
+            _ => self.summed.get(&k).map_or(&[], |v| v.as_slice()),
+        }
+    }
+
+    /// Compute the functions of `todo` (index, input) again into `cache` (the cache from
+    /// function `offset` on); returns how many had their figures computed from scratch.
+    fn run(
+        &self,
+        todo: &[(usize, Input)],
+        cache: &mut [Option<Cached>],
+        offset: usize,
+        scratch: &mut Scratch,
+    ) -> usize {
+        let mut recomputed = 0;
+        for &(i, kind) in todo {
+            let (Some(place), Some(f), Some(slot)) = (
+                self.places.get(i),
+                self.mapping.functions.get(i),
+                cache.get_mut(i - offset),
+            ) else {
+                continue;
+            };
+            let zeros;
+            let input = match (kind, place.key) {
+                (Input::Counts, Some(k)) => self.key_counts(k),
+                (Input::Zeros, _) => {
+                    zeros = vec![0u64; coverage::zero_counts_len(f)];
+                    &zeros[..]
+                }
+                _ => &[],
+            };
+            let (old_values, mut order, old_figures) = match slot.take() {
+                Some(c) => (c.values, c.order, c.figures),
+                None => (None, Vec::new(), None),
+            };
+            let has_values = kind != Input::Absent
+                && region_values(
+                    place.program.as_ref(),
+                    f,
+                    input,
+                    &mut scratch.slots,
+                    &mut scratch.values,
+                );
+            // The figures depend on the values only through which are zero and which are equal
+            // (llvm-cov compares neighbouring counts when it builds the segments): values of the
+            // same shape as before give the same figures.
+            let reuse = match (&old_values, old_figures) {
+                (Some(was), Some((summary, _)))
+                    if has_values
+                        && !place.combines
+                        && scratch.shape.same(was, &scratch.values, &mut order) =>
+                {
+                    let executed = place
+                        .executed_at
+                        .and_then(|at| scratch.values.get(at).copied())
+                        .unwrap_or(0);
+                    Some((summary, executed))
+                }
+                _ => None,
+            };
+            let reused = reuse.is_some();
+            let figures = match reuse {
+                Some(f) => Some(f),
+                None if !has_values => None,
+                None => {
+                    recomputed += 1;
+                    sort_order(&scratch.values, &mut order);
+                    coverage::load_counts(f, input).map(|rec| {
+                        (
+                            coverage::function_summary(&rec, self.flavor),
+                            rec.execution_count,
+                        )
+                    })
+                }
+            };
+            // Reused figures keep the values they were computed for (of the same shape as
+            // these): the point then writes no values back. Otherwise the buffer of the last
+            // values is used again.
+            let values = match (reused, has_values) {
+                (true, _) => old_values,
+                (false, true) => {
+                    let mut v = old_values.unwrap_or_default();
+                    std::mem::swap(&mut v, &mut scratch.values);
+                    Some(v)
+                }
+                (false, false) => None,
+            };
+            *slot = Some(Cached {
+                input: kind,
+                values,
+                order,
+                figures,
+            });
+        }
+        recomputed
+    }
+}
+
+/// A function's values for these counters into `out`: its program's ([`Program::run`]) when it
+/// has one, else its region values; false when llvm-cov leaves the function out.
 fn region_values(
     program: Option<&Program>,
     f: &FunctionMapping,
