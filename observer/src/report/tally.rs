@@ -74,6 +74,10 @@ pub struct Tally {
     changed: Vec<u64>,
     /// Scratch: the blocks whose counters differ from the instance's previous state.
     differs: Vec<bool>,
+    /// The instance whose own counts are `total` itself (its `own` is left empty): while it is
+    /// the only one, nothing was reset and nothing merged, which is the common case, a state
+    /// costs a comparison with `total` and a copy of the blocks that changed.
+    alias: Option<Instance>,
 }
 
 /// Changes are tracked by blocks of this many counters.
@@ -194,7 +198,20 @@ impl Tally {
         let merged = merged.map(|m| fit(m, len));
         let mut bits = bits[..bits.len().min(self.bits_len)].to_vec();
         bits.resize(self.bits_len, 0);
+        if self.alias.is_some() && (self.alias != Some(instance) || merged.is_some()) {
+            self.unalias();
+        }
+        if self.alias == Some(instance)
+            && let Some(pushed) = self.push_aliased(instance, &memory, &bits)
+        {
+            return pushed;
+        }
         let is_new = !self.series.contains_key(&instance);
+        let alone = if is_new {
+            self.series.is_empty()
+        } else {
+            self.series.len() == 1
+        };
         let s = self.series.entry(instance).or_default();
         s.states += 1;
         // Counters the module turned out to have (`grow`) were 0 in the earlier states.
@@ -307,7 +324,71 @@ impl Tally {
         pushed.changed = changed || bits != s.bits;
         s.memory = s.inflation.is_some().then(|| memory.into_owned());
         s.bits = bits;
+        if alone && self.resets == 0 && s.inflation.is_none() {
+            // total = closed (nothing) + this instance's own counts.
+            s.own = Vec::new();
+            self.alias = Some(instance);
+        }
         pushed
+    }
+
+    /// The aliased instance's own counts as a vector of their own again.
+    fn unalias(&mut self) {
+        if let Some(a) = self.alias.take()
+            && let Some(s) = self.series.get_mut(&a)
+        {
+            s.own = self.total.clone();
+        }
+    }
+
+    /// The next state of the aliased instance, when it is no reset (None: it is; the instance
+    /// is then unaliased and the state left to the general case).
+    fn push_aliased(&mut self, instance: Instance, memory: &[u64], bits: &[u8]) -> Option<Pushed> {
+        let blocks = self.len.div_ceil(CHANGE_BLOCK);
+        self.differs.clear();
+        self.differs.resize(blocks, true);
+        let mut lower = false;
+        for ((d, now), was) in self
+            .differs
+            .iter_mut()
+            .zip(memory.chunks(CHANGE_BLOCK))
+            .zip(self.total.chunks(CHANGE_BLOCK))
+        {
+            let (mut lo, mut ne) = (false, false);
+            for (n, w) in now.iter().zip(was) {
+                lo |= n < w;
+                ne |= n != w;
+            }
+            lower |= lo;
+            *d = ne;
+        }
+        let cleared = |s: &Series| bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0);
+        if lower || self.series.get(&instance).is_none_or(cleared) {
+            self.unalias();
+            return None;
+        }
+        let s = self.series.get_mut(&instance)?;
+        s.states += 1;
+        let mut changed = false;
+        for (b, (t, m)) in self
+            .total
+            .chunks_mut(CHANGE_BLOCK)
+            .zip(memory.chunks(CHANGE_BLOCK))
+            .enumerate()
+        {
+            if self.differs.get(b).copied().unwrap_or(true) {
+                t.copy_from_slice(m);
+                changed = true;
+                mark(&mut self.changed, b);
+            }
+        }
+        let pushed = Pushed {
+            reset: false,
+            changed: changed || bits != s.bits.as_slice(),
+            merged: false,
+        };
+        s.bits = bits.to_vec();
+        Some(pushed)
     }
 }
 
@@ -381,6 +462,47 @@ mod tests {
         let p = t.push(A, &[12, 9], &[], Some(&[11, 9]));
         assert!(p.reset);
         assert_eq!(t.counters(), [4, 1]);
+    }
+
+    #[test]
+    fn changed_blocks_say_which_counters_moved() {
+        let n = CHANGE_BLOCK * 3;
+        let mut t = Tally::new(n, 0);
+        let mut c = vec![1u64; n];
+        t.push(A, &c, &[], None);
+        t.clear_changed();
+        c[CHANGE_BLOCK + 5] += 1;
+        assert!(t.push(A, &c, &[], None).changed);
+        assert!(!any_changed(t.changed_blocks(), 0..CHANGE_BLOCK));
+        assert!(any_changed(t.changed_blocks(), CHANGE_BLOCK + 5..CHANGE_BLOCK + 6));
+        assert!(!any_changed(t.changed_blocks(), 2 * CHANGE_BLOCK..n));
+        assert_eq!(t.counters(), c);
+        // A second instance, then a reset of the first: the totals stay exact.
+        t.clear_changed();
+        t.push(B, &vec![2; n], &[], None);
+        assert!(any_changed(t.changed_blocks(), 0..1));
+        let p = t.push(A, &vec![0; n], &[], None);
+        assert!(p.reset);
+        let want: Vec<u64> = c.iter().map(|x| x + 2).collect();
+        assert_eq!(t.counters(), want);
+        t.push(A, &vec![1; n], &[], None);
+        let want: Vec<u64> = c.iter().map(|x| x + 3).collect();
+        assert_eq!(t.counters(), want);
+    }
+
+    #[test]
+    fn a_lone_instance_reset_keeps_its_last_state() {
+        let mut t = Tally::new(2, 0);
+        t.push(A, &[4, 1], &[], None);
+        t.push(A, &[5, 1], &[], None);
+        let p = t.push(A, &[1, 0], &[], None);
+        assert!(p.reset && p.changed);
+        assert_eq!(t.counters(), [6, 1]);
+        t.push(A, &[2, 2], &[], None);
+        assert_eq!(t.counters(), [7, 3]);
+        // Then a merge: what it merged is subtracted from then on.
+        t.push(A, &[10, 5], &[], Some(&[7, 3]));
+        assert_eq!(t.counters(), [5 + 3, 1 + 2]);
     }
 
     #[test]
