@@ -40,11 +40,14 @@ enum Input {
 struct Cached {
     input: Input,
     values: Option<Vec<u64>>,
-    /// The positions of the last point's nonzero values by value, each marked when its value
-    /// equals the one before (for [`Shape::same`]: it checks new values against these alone,
-    /// without reading the old ones, which a point would otherwise fetch from memory for every
-    /// function).
+    /// Where the last point's nonzero values are (in the program's list, or among the region
+    /// values), by value, each marked when its value equals the one before, and where its zeros
+    /// are (for [`order_holds`]: new values are checked against these alone, without reading
+    /// the old ones, which a point would otherwise fetch from memory for every function).
     order: Vec<u32>,
+    zeros: Vec<u32>,
+    /// `order` and `zeros` are there (a function of more than 2^31 values has none).
+    ordered: bool,
     figures: Option<(Summary, u64)>,
 }
 
@@ -63,7 +66,8 @@ struct Place {
     files: Vec<usize>,
     /// Two of its regions cover the same area (llvm-cov adds up their counts).
     combines: bool,
-    /// Where its execution count (its first code region's) is among its values (None: zero).
+    /// Where its execution count (its first code region's) is: in its program's list, or among
+    /// its region values (None: zero).
     executed_at: Option<usize>,
     /// Its region values, compiled (None: evaluated by [`coverage::region_values`]).
     program: Option<Program>,
@@ -168,7 +172,7 @@ impl Summarizer {
                 .map(|i| 2 * i);
             let program = Program::compile(f);
             let executed_at = match &program {
-                Some(p) => executed.and_then(|i| p.key_position(i)),
+                Some(p) => executed.and_then(|i| p.output(i)).map(|at| at as usize),
                 None => executed,
             };
             places.push(Place {
@@ -479,31 +483,65 @@ impl Refresh<'_> {
                 }
                 _ => &[],
             };
-            let (old_values, mut order, old_figures) = match slot.take() {
-                Some(c) => (c.values, c.order, c.figures),
-                None => (None, Vec::new(), None),
-            };
+            let Cached {
+                values: old_values,
+                mut order,
+                mut zeros,
+                ordered,
+                figures: old_figures,
+                ..
+            } = slot.take().unwrap_or(Cached {
+                input: kind,
+                values: None,
+                order: Vec::new(),
+                zeros: Vec::new(),
+                ordered: false,
+                figures: None,
+            });
             let has_values = kind != Input::Absent
-                && region_values(
+                && evaluate(
                     place.program.as_ref(),
                     f,
                     input,
                     &mut scratch.slots,
                     &mut scratch.values,
                 );
+            // Where the values are: the program's list, or the region values.
+            let list = if place.program.is_some() {
+                &scratch.slots
+            } else {
+                &scratch.values
+            };
+            let executed = place
+                .executed_at
+                .and_then(|at| list.get(at).copied())
+                .unwrap_or(0);
             // The figures depend on the values only through which are zero and which are equal
             // (llvm-cov compares neighbouring counts when it builds the segments): values of the
-            // same shape as before give the same figures.
+            // same shape as before give the same figures. Usually the values keep their order
+            // (those equal before stay equal, the others in increasing order): then they have
+            // the same shape, which the list shows without gathering the values.
+            let reusable = has_values && !place.combines && old_values.is_some();
+            if let (true, true, Some((summary, _))) = (reusable, ordered, old_figures)
+                && order_holds(&order, &zeros, list)
+            {
+                *slot = Some(Cached {
+                    input: kind,
+                    values: old_values,
+                    order,
+                    zeros,
+                    ordered,
+                    figures: Some((summary, executed)),
+                });
+                continue;
+            }
+            if let (Some(p), true) = (&place.program, has_values) {
+                p.gather(&scratch.slots, &mut scratch.values);
+            }
             let reuse = match (&old_values, old_figures) {
                 (Some(was), Some((summary, _)))
-                    if has_values
-                        && !place.combines
-                        && scratch.shape.same(was, &scratch.values, &mut order) =>
+                    if reusable && scratch.shape.same(was, &scratch.values) =>
                 {
-                    let executed = place
-                        .executed_at
-                        .and_then(|at| scratch.values.get(at).copied())
-                        .unwrap_or(0);
                     Some((summary, executed))
                 }
                 _ => None,
@@ -514,7 +552,6 @@ impl Refresh<'_> {
                 None if !has_values => None,
                 None => {
                     recomputed += 1;
-                    sort_order(&scratch.values, &mut order);
                     coverage::load_counts(f, input).map(|rec| {
                         (
                             coverage::function_summary(&rec, self.flavor),
@@ -523,6 +560,13 @@ impl Refresh<'_> {
                     })
                 }
             };
+            let ordered = has_values
+                && sort_order(
+                    &scratch.values,
+                    place.program.as_ref().map(|p| p.keys()),
+                    &mut order,
+                    &mut zeros,
+                );
             // Reused figures keep the values they were computed for (of the same shape as
             // these): the point then writes no values back. Otherwise the buffer of the last
             // values is used again.
@@ -539,6 +583,8 @@ impl Refresh<'_> {
                 input: kind,
                 values,
                 order,
+                zeros,
+                ordered,
                 figures,
             });
         }
@@ -546,14 +592,14 @@ impl Refresh<'_> {
     }
 }
 
-/// A function's values for these counters into `out`: its program's ([`Program::run`]) when it
-/// has one, else its region values; false when llvm-cov leaves the function out.
-fn region_values(
+/// A function's values for these counters: its program's list into `slots` when it has one,
+/// else its region values into `values`; false when llvm-cov leaves the function out.
+fn evaluate(
     program: Option<&Program>,
     f: &FunctionMapping,
     counts: &[u64],
     slots: &mut Vec<u64>,
-    out: &mut Vec<u64>,
+    values: &mut Vec<u64>,
 ) -> bool {
     if f.regions.is_empty()
         || (f.regions.len() == 1
@@ -563,15 +609,31 @@ fn region_values(
         return false;
     }
     match program {
-        Some(p) => p.run(counts, slots, out),
+        Some(p) => p.eval(counts, slots),
         None => match coverage::region_values(f, counts) {
             Some(v) => {
-                *out = v;
+                *values = v;
                 true
             }
             None => false,
         },
     }
+}
+
+/// Whether `list` has its zeros where `zeros` says and its other values in the `order` of
+/// [`sort_order`] (then its values have the shape of those the order was made from).
+fn order_holds(order: &[u32], zeros: &[u32], list: &[u64]) -> bool {
+    let value = |i: u32| list.get((i & POSITION) as usize).copied();
+    if !zeros.iter().all(|&z| value(z) == Some(0)) {
+        return false;
+    }
+    let mut last = 0;
+    order.iter().all(|&e| {
+        let y = value(e).unwrap_or(0);
+        let fits = y != 0 && if e & EQUAL != 0 { y == last } else { y > last };
+        last = y;
+        fits
+    })
 }
 
 /// Compares the shape of two value lists: the same zeros, the same equal pairs.
@@ -590,32 +652,11 @@ impl Default for Shape {
 }
 
 impl Shape {
-    /// `order`: `a`'s [`sort_order`]; when the shapes are the same it is left (or made) right
-    /// for `b`.
-    fn same(&mut self, a: &[u64], b: &[u64], order: &mut Vec<u32>) -> bool {
-        if a.len() != b.len() {
-            return false;
-        }
-        // Usually the values keep their order: values equal before stay equal and the others
-        // stay in increasing order, so the partition is the same; with as many nonzero values,
-        // all at a's nonzero positions, the zeros are the same too.
-        if a.len() <= POSITION as usize && b.iter().filter(|&&y| y != 0).count() == order.len() {
-            let mut last = 0;
-            let kept = order.iter().all(|&e| {
-                let y = b.get((e & POSITION) as usize).copied().unwrap_or(0);
-                let fits = y != 0 && if e & EQUAL != 0 { y == last } else { y > last };
-                last = y;
-                fits
-            });
-            if kept {
-                return true;
-            }
-        }
-        if a.iter().zip(b).any(|(&x, &y)| (x == 0) != (y == 0)) || !self.same_partition(a, b) {
-            return false;
-        }
-        sort_order(b, order);
-        true
+    /// The same zeros and the same equal pairs.
+    fn same(&mut self, a: &[u64], b: &[u64]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(&x, &y)| (x == 0) == (y == 0))
+            && self.same_partition(a, b)
     }
 
     /// The same equal pairs among the nonzero values (of the same zeros).
@@ -641,34 +682,46 @@ impl Shape {
     }
 }
 
-/// In an order entry: the position (values beyond it have no order: [`Shape::same`] then
-/// compares with the old values), and the mark of a value equal to the one before.
+/// In an order entry: the place (in the program's list, or among the region values), and the
+/// mark of a value equal to the one before.
 const POSITION: u32 = u32::MAX >> 1;
 const EQUAL: u32 = !POSITION;
 
-/// The positions of the nonzero values by value, each marked [`EQUAL`] when its value equals
-/// the one before.
-fn sort_order(values: &[u64], order: &mut Vec<u32>) {
+/// Where the nonzero values are, by value, each marked [`EQUAL`] when its value equals the one
+/// before, and where the zeros are; `keys` says where value `i` is in the program's list
+/// ([`Program::keys`]), without a program it is at `i`. False (and nothing there) for places
+/// beyond [`POSITION`].
+fn sort_order(values: &[u64], keys: Option<&[u32]>, order: &mut Vec<u32>, zeros: &mut Vec<u32>) -> bool {
     order.clear();
-    if values.len() > POSITION as usize {
-        return;
+    zeros.clear();
+    let place = |i: usize| {
+        match keys {
+            Some(k) => k.get(i).copied(),
+            None => u32::try_from(i).ok(),
+        }
+        .filter(|&p| p <= POSITION)
+    };
+    for (i, &v) in values.iter().enumerate() {
+        let Some(p) = place(i) else {
+            order.clear();
+            zeros.clear();
+            return false;
+        };
+        if v == 0 {
+            zeros.push(p);
+        } else {
+            order.push(i as u32);
+        }
     }
-    order.extend(
-        values
-            .iter()
-            .enumerate()
-            .filter(|&(_, &v)| v != 0)
-            .map(|(i, _)| i as u32),
-    );
-    order.sort_unstable_by_key(|&i| values[i as usize]);
+    order.sort_unstable_by_key(|&i| values.get(i as usize).copied().unwrap_or(0));
     let mut last = 0;
     for e in order.iter_mut() {
-        let v = values[*e as usize];
-        if v == last {
-            *e |= EQUAL;
-        }
+        let v = values.get(*e as usize).copied().unwrap_or(0);
+        let p = place(*e as usize).unwrap_or(0);
+        *e = if v == last { p | EQUAL } else { p };
         last = v;
     }
+    true
 }
 
 /// A fast hash for u64 keys (std's SipHash is several times slower, and this runs for every
