@@ -16,15 +16,16 @@ enum Operand {
     Slot(u32),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Op<T> {
     lhs: T,
     rhs: T,
     subtract: bool,
 }
 
-/// A function's region values as a straight-line program.
-#[derive(Clone, Debug)]
+/// A function's region values as a straight-line program. Functions of the same shape (the
+/// same counters, expressions and regions in the same order) have equal programs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Program {
     /// How many counters it reads (a shorter record: llvm-cov leaves the function out).
     needs: usize,

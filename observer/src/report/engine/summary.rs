@@ -69,8 +69,10 @@ struct Place {
     /// Where its execution count (its first code region's) is: in its program's list, or among
     /// its region values (None: zero).
     executed_at: Option<usize>,
-    /// Its region values, compiled (None: evaluated by [`coverage::region_values`]).
-    program: Option<Program>,
+    /// Its region values, compiled (None: evaluated by [`coverage::region_values`]); one
+    /// program for all the functions of the same shape, which keeps a point's reads of them
+    /// in the cache.
+    program: Option<Arc<Program>>,
 }
 
 /// Per-point figures of one module.
@@ -120,6 +122,7 @@ impl Summarizer {
         let mut file_of: HashMap<Arc<str>, usize> = HashMap::new();
         let mut files = Vec::new();
         let mut places = Vec::with_capacity(mapping.functions.len());
+        let mut programs: HashMap<Arc<Program>, ()> = HashMap::new();
         for f in &mapping.functions {
             let name = coverage::name_without_prefix(&f.name, f.filenames.first().map(|s| &**s));
             let n = dedup_of.len();
@@ -170,7 +173,16 @@ impl Summarizer {
                 .filter(|r| r.kind != Kind::McdcDecision)
                 .position(|r| !r.kind.is_branch())
                 .map(|i| 2 * i);
-            let program = Program::compile(f);
+            let program = Program::compile(f).map(|p| {
+                match programs.get_key_value(&p) {
+                    Some((shared, _)) => shared.clone(),
+                    None => {
+                        let p = Arc::new(p);
+                        programs.insert(p.clone(), ());
+                        p
+                    }
+                }
+            });
             let executed_at = match &program {
                 Some(p) => executed.and_then(|i| p.output(i)).map(|at| at as usize),
                 None => executed,
@@ -500,7 +512,7 @@ impl Refresh<'_> {
             });
             let has_values = kind != Input::Absent
                 && evaluate(
-                    place.program.as_ref(),
+                    place.program.as_deref(),
                     f,
                     input,
                     &mut scratch.slots,
