@@ -132,7 +132,8 @@ impl Tally {
             self.len = len;
             self.closed.resize(len, 0);
             self.total.resize(len, 0);
-            self.changed.resize(len.div_ceil(CHANGE_BLOCK).div_ceil(64), 0);
+            self.changed
+                .resize(len.div_ceil(CHANGE_BLOCK).div_ceil(64), 0);
             for b in from..len.div_ceil(CHANGE_BLOCK) {
                 mark(&mut self.changed, b);
             }
@@ -474,7 +475,10 @@ mod tests {
         c[CHANGE_BLOCK + 5] += 1;
         assert!(t.push(A, &c, &[], None).changed);
         assert!(!any_changed(t.changed_blocks(), 0..CHANGE_BLOCK));
-        assert!(any_changed(t.changed_blocks(), CHANGE_BLOCK + 5..CHANGE_BLOCK + 6));
+        assert!(any_changed(
+            t.changed_blocks(),
+            CHANGE_BLOCK + 5..CHANGE_BLOCK + 6
+        ));
         assert!(!any_changed(t.changed_blocks(), 2 * CHANGE_BLOCK..n));
         assert_eq!(t.counters(), c);
         // A second instance, then a reset of the first: the totals stay exact.

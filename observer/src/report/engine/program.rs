@@ -91,7 +91,6 @@ impl Program {
         })
     }
 
-
     /// Evaluate the list (zero, the counters, the expressions) for these counters into `slots`;
     /// false when llvm-cov leaves the function out for lack of counters.
     pub fn eval(&self, counts: &[u64], slots: &mut Vec<u64>) -> bool {

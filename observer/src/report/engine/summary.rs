@@ -1,10 +1,14 @@
 //! A module's per-file figures (`llvm-cov export -summary-only`) kept up to date point after
 //! point: what does not depend on the counters (which profile record each function reads, its
 //! instantiation group, its files, which records llvm-cov keeps when two are alike) is worked
-//! out once per module, and each function's figures are computed again only when its own
-//! counters changed. A timeline point then costs one pass over the counters plus the functions
-//! that ran since the last point; the figures are those of [`super::coverage::ModuleCoverage`]
-//! (the tests compare both).
+//! out once per module, and each function's figures are looked at again only when its own
+//! counters changed (the count model says which blocks of counters did, see
+//! [`Summarizer::summary_changed`]; [`Summarizer::summary`] compares with the last counters
+//! itself). A function that ran is evaluated by its compiled program (shared by the functions
+//! of its shape) and its figures are kept when its values kept their order; many such
+//! functions are looked at on several threads. A timeline point then costs the functions that
+//! ran since the last point; the figures are those of [`super::coverage::ModuleCoverage`] (the
+//! tests compare both).
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Range,
@@ -173,14 +177,12 @@ impl Summarizer {
                 .filter(|r| r.kind != Kind::McdcDecision)
                 .position(|r| !r.kind.is_branch())
                 .map(|i| 2 * i);
-            let program = Program::compile(f).map(|p| {
-                match programs.get_key_value(&p) {
-                    Some((shared, _)) => shared.clone(),
-                    None => {
-                        let p = Arc::new(p);
-                        programs.insert(p.clone(), ());
-                        p
-                    }
+            let program = Program::compile(f).map(|p| match programs.get_key_value(&p) {
+                Some((shared, _)) => shared.clone(),
+                None => {
+                    let p = Arc::new(p);
+                    programs.insert(p.clone(), ());
+                    p
                 }
             });
             let executed_at = match &program {
@@ -703,7 +705,12 @@ const EQUAL: u32 = !POSITION;
 /// before, and where the zeros are; `keys` says where value `i` is in the program's list
 /// ([`Program::keys`]), without a program it is at `i`. False (and nothing there) for places
 /// beyond [`POSITION`].
-fn sort_order(values: &[u64], keys: Option<&[u32]>, order: &mut Vec<u32>, zeros: &mut Vec<u32>) -> bool {
+fn sort_order(
+    values: &[u64],
+    keys: Option<&[u32]>,
+    order: &mut Vec<u32>,
+    zeros: &mut Vec<u32>,
+) -> bool {
     order.clear();
     zeros.clear();
     let place = |i: usize| {
