@@ -10,7 +10,10 @@ use std::{
     process::Command,
 };
 
-use covobs::report::engine::{Engine, profile::ModuleProfile, summary::Summarizer};
+use covobs::report::{
+    engine::{Engine, profile::ModuleProfile, summary::Summarizer},
+    tally::{Instance, Tally},
+};
 use covobs_tests::*;
 use serde_json::Value;
 
@@ -130,6 +133,36 @@ fn compare(work: &Path, tools: &LlvmTools, object: &Path, profile: &[u8]) -> Com
             "{}",
             object.display()
         );
+    }
+    // The same through the count model, which says which counters changed: a lone process's
+    // states (growing, repeated, lower: a reset), then another process of the binary.
+    let mut tally = Tally::new(module.num_counters, module.num_bitmap_bytes);
+    let mut live = Summarizer::new(&engine.mapping, &module, engine.flavor);
+    let (one, two) = (
+        Instance {
+            pid: 1,
+            start: Some(1),
+        },
+        Instance {
+            pid: 2,
+            start: Some(2),
+        },
+    );
+    for (who, c) in [
+        (one, &half),
+        (one, &counters.counters),
+        (one, &doubled),
+        (one, &doubled),
+        (one, &more),
+        (one, &shuffled),
+        (two, &half),
+        (one, &shuffled),
+    ] {
+        tally.push(who, c, &[], None);
+        let want = engine.coverage(&module, tally.counters()).summary();
+        let got = live.summary_changed(&engine.mapping, tally.counters(), tally.changed_blocks());
+        tally.clear_changed();
+        assert_eq!(got, want, "{}", object.display());
     }
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),

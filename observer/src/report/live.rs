@@ -359,7 +359,20 @@ impl LiveCoverage {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers * 2);
         let job_rx = Mutex::new(job_rx);
         let (out_tx, out_rx) = mpsc::channel::<Outcome>();
+        let artifacts: Vec<&Artifact> = artifacts.collect();
+        // LLVM artifacts are read and checked ahead, on a thread of their own, while the one
+        // before is counted (a few held at a time: memory does not grow with the session).
+        let (read_tx, read_rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, String>)>(1);
         thread::scope(|s| {
+            let ahead = &artifacts;
+            s.spawn(move || {
+                for (i, a) in ahead.iter().enumerate() {
+                    if a.meta.runtime == "llvm" && read_tx.send((i, a.check_recorded())).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut read_rx = read_rx.into_iter().peekable();
             let mut handles = Vec::new();
             for _ in 0..workers {
                 let out_tx = out_tx.clone();
@@ -380,8 +393,9 @@ impl LiveCoverage {
             }
             drop(out_tx);
             let mut failed = false;
-            for a in artifacts {
-                let (_, jobs) = self.dispatch(a);
+            for (i, a) in artifacts.iter().enumerate() {
+                let read = read_rx.next_if(|(at, _)| *at == i).map(|(_, r)| r);
+                let (_, jobs) = self.dispatch_read(a, read);
                 for job in jobs {
                     if job_tx.send(job).is_err() {
                         failed = true;
@@ -392,6 +406,8 @@ impl LiveCoverage {
                 }
                 self.apply_ready();
             }
+            // The reader stops at its next send, if it is not done.
+            drop(read_rx);
             drop(job_tx);
             for out in out_rx {
                 self.done.insert(out.0, out);
@@ -429,6 +445,16 @@ impl LiveCoverage {
     /// The sequential part of a step: checks, module, merge. Returns the progress when the
     /// artifact is settled already (excluded, seen), and the exports to run.
     fn dispatch(&mut self, a: &Artifact) -> (Option<Progress>, Vec<Job>) {
+        self.dispatch_read(a, None)
+    }
+
+    /// [`LiveCoverage::dispatch`], with the artifact's checked bytes when they were read already
+    /// (`Artifact::check_recorded`, ahead of time on another thread).
+    fn dispatch_read(
+        &mut self,
+        a: &Artifact,
+        read: Option<Result<Vec<u8>, String>>,
+    ) -> (Option<Progress>, Vec<Job>) {
         if !self.seen.insert(a.rel.clone()) {
             return (Some(Progress::AlreadySeen), Vec::new());
         }
@@ -478,7 +504,7 @@ impl LiveCoverage {
             let reason = format!("the report does not read {} artifacts yet", a.meta.runtime);
             return (self.exclude(a, reason), Vec::new());
         }
-        let bytes = match a.check_recorded() {
+        let bytes = match read.unwrap_or_else(|| a.check_recorded()) {
             Ok(b) => b,
             Err(reason) => return (self.exclude(a, reason), Vec::new()),
         };
@@ -1094,13 +1120,23 @@ impl LiveCoverage {
             self.done.insert(id, (id, i, version, r));
         }
         self.apply_ready();
+        // The figures read the modules' detail (shared files); then the detail moves into the
+        // report (a copy of a million-counter module's detail costs about a second).
+        let mut figures = self.figures();
         let mut coverage = Coverage::default();
-        for u in &self.units {
-            if let (true, Some(d)) = (u.reported(), &u.detail) {
-                coverage.merge(d);
+        for u in &mut self.units {
+            if !u.reported() {
+                continue;
+            }
+            for (path, f) in u.detail.take().map(|d| d.files).unwrap_or_default() {
+                match coverage.files.entry(path) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&f),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(f);
+                    }
+                }
             }
         }
-        let mut figures = self.figures();
         let kernel = self.kernel_report();
         let mut modules: Vec<ModuleSummary> = self
             .units

@@ -161,12 +161,12 @@ impl LlvmModule {
         let Some(exact) = self.exact.as_mut() else {
             return Ok(None);
         };
-        let state = exact.profile.read(bytes)?;
+        let state = exact.profile.read_view(bytes)?;
         let base = match merged {
             Some(m) => Some(
                 exact
                     .profile
-                    .read(m)
+                    .read_view(m)
                     .map_err(|e| format!("the profile it merged: {e}"))?,
             ),
             None => None,
@@ -174,8 +174,8 @@ impl LlvmModule {
         Ok(Some(exact.tally.push(
             instance,
             &state.counters,
-            &state.bits,
-            base.as_ref().map(|b| b.counters.as_slice()),
+            state.bits,
+            base.as_ref().map(|b| &*b.counters),
         )))
     }
 
@@ -332,13 +332,19 @@ impl LlvmModule {
         if detail || !self.native() {
             return self.export(detail);
         }
-        let (Some(engine), Some(exact)) = (&self.engine, &self.exact) else {
+        let (Some(engine), Some(exact)) = (&self.engine, &mut self.exact) else {
             return self.export(detail);
         };
         let s = self
             .summarizer
             .get_or_insert_with(|| Summarizer::new(&engine.mapping, &exact.profile, engine.flavor));
-        let files = s.summary(&engine.mapping, exact.tally.counters());
+        // Only the functions whose counters changed since the last point are looked at.
+        let files = s.summary_changed(
+            &engine.mapping,
+            exact.tally.counters(),
+            exact.tally.changed_blocks(),
+        );
+        exact.tally.clear_changed();
         Some(Export::Ready(Snapshot {
             files,
             detail: None,

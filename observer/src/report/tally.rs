@@ -69,6 +69,34 @@ pub struct Tally {
     pub merged_states: u64,
     /// States taken in.
     pub states: u64,
+    /// Which blocks of [`CHANGE_BLOCK`] counters changed their total since the last
+    /// [`Tally::clear_changed`] (bit `b` of word `b / 64`): what a timeline point computes again.
+    changed: Vec<u64>,
+    /// Scratch: the blocks whose counters differ from the instance's previous state.
+    differs: Vec<bool>,
+    /// The instance whose own counts are `total` itself (its `own` is left empty): while it is
+    /// the only one, nothing was reset and nothing merged, which is the common case, a state
+    /// costs a comparison with `total` and a copy of the blocks that changed.
+    alias: Option<Instance>,
+}
+
+/// Changes are tracked by blocks of this many counters.
+pub const CHANGE_BLOCK: usize = 64;
+
+fn mark(bitset: &mut [u64], block: usize) {
+    if let Some(w) = bitset.get_mut(block / 64) {
+        *w |= 1 << (block % 64);
+    }
+}
+
+/// Whether any counter of `range` is in a block marked in `bitset` (from
+/// [`Tally::changed_blocks`]).
+pub fn any_changed(bitset: &[u64], range: std::ops::Range<usize>) -> bool {
+    if range.is_empty() {
+        return false;
+    }
+    let (first, last) = (range.start / CHANGE_BLOCK, (range.end - 1) / CHANGE_BLOCK);
+    (first..=last).any(|b| bitset.get(b / 64).is_none_or(|w| w & (1 << (b % 64)) != 0))
 }
 
 /// `v` as `len` counters (padded with zeros or cut), borrowed when it has that length.
@@ -91,6 +119,7 @@ impl Tally {
             closed: vec![0; len],
             closed_bits: vec![0; bits_len],
             total: vec![0; len],
+            changed: vec![u64::MAX; len.div_ceil(CHANGE_BLOCK).div_ceil(64)],
             ..Self::default()
         }
     }
@@ -99,6 +128,7 @@ impl Tally {
     /// PC table): they were 0 in every earlier state.
     pub fn grow(&mut self, len: usize) {
         if len > self.len {
+            let from = self.len / CHANGE_BLOCK;
             self.len = len;
             self.closed.resize(len, 0);
             self.total.resize(len, 0);
@@ -112,7 +142,23 @@ impl Tally {
                     i.resize(len, 0);
                 }
             }
+            self.changed
+                .resize(len.div_ceil(CHANGE_BLOCK).div_ceil(64), 0);
+            for b in from..len.div_ceil(CHANGE_BLOCK) {
+                mark(&mut self.changed, b);
+            }
         }
+    }
+
+    /// The blocks of counters whose total changed since the last [`Tally::clear_changed`] (all
+    /// of them before the first), for [`any_changed`].
+    pub fn changed_blocks(&self) -> &[u64] {
+        &self.changed
+    }
+
+    /// Start noting changes afresh (the caller has seen the totals as they are).
+    pub fn clear_changed(&mut self) {
+        self.changed.fill(0);
     }
 
     pub fn len(&self) -> usize {
@@ -163,19 +209,63 @@ impl Tally {
         let merged = merged.map(|m| fit(m, len));
         let mut bits = bits[..bits.len().min(self.bits_len)].to_vec();
         bits.resize(self.bits_len, 0);
+        if self.alias.is_some() && (self.alias != Some(instance) || merged.is_some()) {
+            self.unalias();
+        }
+        if self.alias == Some(instance)
+            && let Some(pushed) = self.push_aliased(instance, &memory, &bits)
+        {
+            return pushed;
+        }
         let is_new = !self.series.contains_key(&instance);
+        let alone = if is_new {
+            self.series.is_empty()
+        } else {
+            self.series.len() == 1
+        };
         let s = self.series.entry(instance).or_default();
         s.states += 1;
-        // A counter lower than before, in the memory right before this state's merge.
+        // Counters the module turned out to have (`grow`) were 0 in the earlier states.
+        if !is_new && s.own.len() < len {
+            s.own.resize(len, 0);
+        }
+        // A counter lower than before, in the memory right before this state's merge. Without
+        // a merge, the same pass notes which blocks differ from the previous state: the others
+        // are left alone below.
+        let blocks = len.div_ceil(CHANGE_BLOCK);
+        let mut compared = false;
         let reset = !is_new && {
-            let prev = s.memory.as_ref().unwrap_or(&s.own);
-            let lower = match &merged {
-                Some(m) => memory
-                    .iter()
-                    .zip(m.iter())
-                    .zip(prev)
-                    .any(|((&now, &m), &was)| now.saturating_sub(m) < was),
-                None => memory.iter().zip(prev).any(|(now, was)| now < was),
+            let lower = match (&merged, &s.memory) {
+                (Some(m), _) => {
+                    let prev = s.memory.as_ref().unwrap_or(&s.own);
+                    memory
+                        .iter()
+                        .zip(m.iter())
+                        .zip(prev)
+                        .any(|((&now, &m), &was)| now.saturating_sub(m) < was)
+                }
+                (None, Some(prev)) => memory.iter().zip(prev).any(|(now, was)| now < was),
+                (None, None) => {
+                    compared = true;
+                    self.differs.clear();
+                    self.differs.resize(blocks, true);
+                    let mut lower = false;
+                    for ((d, now), was) in self
+                        .differs
+                        .iter_mut()
+                        .zip(memory.chunks(CHANGE_BLOCK))
+                        .zip(s.own.chunks(CHANGE_BLOCK))
+                    {
+                        let (mut lo, mut ne) = (false, false);
+                        for (n, w) in now.iter().zip(was) {
+                            lo |= n < w;
+                            ne |= n != w;
+                        }
+                        lower |= lo;
+                        *d = ne;
+                    }
+                    lower
+                }
             };
             lower || bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0)
         };
@@ -205,35 +295,112 @@ impl Tally {
             self.merged_states += 1;
         }
         // own = memory - inflation; total += own - previous own (the previous own went to
-        // `closed` on a reset, so it stays counted). In place, in one pass.
+        // `closed` on a reset, so it stays counted). In place, block by block; a block whose
+        // counters are those of the previous state (no inflation) keeps its total.
         let fresh = reset || is_new;
         if s.own.len() != len {
             // A new instance (grown modules resize every instance's counts in `grow`).
             s.own.resize(len, 0);
         }
+        let skip = compared && !fresh && s.inflation.is_none();
         let mut changed = false;
         let inflation = s.inflation.as_deref();
-        for (i, ((t, o), &m)) in self
+        for (b, ((t, o), m)) in self
             .total
-            .iter_mut()
-            .zip(s.own.iter_mut())
-            .zip(memory.iter())
+            .chunks_mut(CHANGE_BLOCK)
+            .zip(s.own.chunks_mut(CHANGE_BLOCK))
+            .zip(memory.chunks(CHANGE_BLOCK))
             .enumerate()
         {
-            let own = match inflation {
-                Some(inf) => m.saturating_sub(inf[i]),
-                None => m,
-            };
-            let was = if fresh { 0 } else { *o };
-            let before = *t;
-            *t = t.wrapping_sub(was).wrapping_add(own);
-            changed |= *t != before;
-            *o = own;
+            if skip && !self.differs.get(b).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut block_changed = false;
+            let at = b * CHANGE_BLOCK;
+            for (i, ((t, o), &m)) in t.iter_mut().zip(o.iter_mut()).zip(m).enumerate() {
+                let own = match inflation {
+                    Some(inf) => m.saturating_sub(inf.get(at + i).copied().unwrap_or(0)),
+                    None => m,
+                };
+                let was = if fresh { 0 } else { *o };
+                let before = *t;
+                *t = t.wrapping_sub(was).wrapping_add(own);
+                block_changed |= *t != before;
+                *o = own;
+            }
+            if block_changed {
+                changed = true;
+                mark(&mut self.changed, b);
+            }
         }
         pushed.changed = changed || bits != s.bits;
         s.memory = s.inflation.is_some().then(|| memory.into_owned());
         s.bits = bits;
+        if alone && self.resets == 0 && s.inflation.is_none() {
+            // total = closed (nothing) + this instance's own counts.
+            s.own = Vec::new();
+            self.alias = Some(instance);
+        }
         pushed
+    }
+
+    /// The aliased instance's own counts as a vector of their own again.
+    fn unalias(&mut self) {
+        if let Some(a) = self.alias.take()
+            && let Some(s) = self.series.get_mut(&a)
+        {
+            s.own = self.total.clone();
+        }
+    }
+
+    /// The next state of the aliased instance, when it is no reset (None: it is; the instance
+    /// is then unaliased and the state left to the general case).
+    fn push_aliased(&mut self, instance: Instance, memory: &[u64], bits: &[u8]) -> Option<Pushed> {
+        let blocks = self.len.div_ceil(CHANGE_BLOCK);
+        self.differs.clear();
+        self.differs.resize(blocks, true);
+        let mut lower = false;
+        for ((d, now), was) in self
+            .differs
+            .iter_mut()
+            .zip(memory.chunks(CHANGE_BLOCK))
+            .zip(self.total.chunks(CHANGE_BLOCK))
+        {
+            let (mut lo, mut ne) = (false, false);
+            for (n, w) in now.iter().zip(was) {
+                lo |= n < w;
+                ne |= n != w;
+            }
+            lower |= lo;
+            *d = ne;
+        }
+        let cleared = |s: &Series| bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0);
+        if lower || self.series.get(&instance).is_none_or(cleared) {
+            self.unalias();
+            return None;
+        }
+        let s = self.series.get_mut(&instance)?;
+        s.states += 1;
+        let mut changed = false;
+        for (b, (t, m)) in self
+            .total
+            .chunks_mut(CHANGE_BLOCK)
+            .zip(memory.chunks(CHANGE_BLOCK))
+            .enumerate()
+        {
+            if self.differs.get(b).copied().unwrap_or(true) {
+                t.copy_from_slice(m);
+                changed = true;
+                mark(&mut self.changed, b);
+            }
+        }
+        let pushed = Pushed {
+            reset: false,
+            changed: changed || bits != s.bits.as_slice(),
+            merged: false,
+        };
+        s.bits = bits.to_vec();
+        Some(pushed)
     }
 }
 
@@ -322,6 +489,50 @@ mod tests {
         let p = t.push(A, &[12, 9], &[], Some(&[11, 9]));
         assert!(p.reset);
         assert_eq!(t.counters(), [4, 1]);
+    }
+
+    #[test]
+    fn changed_blocks_say_which_counters_moved() {
+        let n = CHANGE_BLOCK * 3;
+        let mut t = Tally::new(n, 0);
+        let mut c = vec![1u64; n];
+        t.push(A, &c, &[], None);
+        t.clear_changed();
+        c[CHANGE_BLOCK + 5] += 1;
+        assert!(t.push(A, &c, &[], None).changed);
+        assert!(!any_changed(t.changed_blocks(), 0..CHANGE_BLOCK));
+        assert!(any_changed(
+            t.changed_blocks(),
+            CHANGE_BLOCK + 5..CHANGE_BLOCK + 6
+        ));
+        assert!(!any_changed(t.changed_blocks(), 2 * CHANGE_BLOCK..n));
+        assert_eq!(t.counters(), c);
+        // A second instance, then a reset of the first: the totals stay exact.
+        t.clear_changed();
+        t.push(B, &vec![2; n], &[], None);
+        assert!(any_changed(t.changed_blocks(), 0..1));
+        let p = t.push(A, &vec![0; n], &[], None);
+        assert!(p.reset);
+        let want: Vec<u64> = c.iter().map(|x| x + 2).collect();
+        assert_eq!(t.counters(), want);
+        t.push(A, &vec![1; n], &[], None);
+        let want: Vec<u64> = c.iter().map(|x| x + 3).collect();
+        assert_eq!(t.counters(), want);
+    }
+
+    #[test]
+    fn a_lone_instance_reset_keeps_its_last_state() {
+        let mut t = Tally::new(2, 0);
+        t.push(A, &[4, 1], &[], None);
+        t.push(A, &[5, 1], &[], None);
+        let p = t.push(A, &[1, 0], &[], None);
+        assert!(p.reset && p.changed);
+        assert_eq!(t.counters(), [6, 1]);
+        t.push(A, &[2, 2], &[], None);
+        assert_eq!(t.counters(), [7, 3]);
+        // Then a merge: what it merged is subtracted from then on.
+        t.push(A, &[10, 5], &[], Some(&[7, 3]));
+        assert_eq!(t.counters(), [5 + 3, 1 + 2]);
     }
 
     #[test]

@@ -179,8 +179,22 @@ fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
         .unwrap_or_else(|| default.to_vec())
 }
 
+/// The machine's load average (1, 5, 15 minutes), for reading wall-clock figures of a shared
+/// machine: "?" where it cannot be read.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 pub fn run() -> Result<()> {
     println!("== report: covobs' engine vs llvm-profdata + llvm-cov export, {TARGET}");
+    println!(
+        "  ({} cores, load average {}: wall-clock figures on a busy machine run long; cpu figures less so)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load()
+    );
     let tmp = std::env::temp_dir().join(format!("covobs-bench-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
@@ -244,6 +258,7 @@ pub fn run() -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
+    println!("  (load average at the end {})", load());
     let _ = std::fs::remove_dir_all(&tmp);
     save(
         "report",

@@ -112,6 +112,37 @@ pub struct ArtifactCounters {
     pub bits_at: usize,
 }
 
+/// The counters of one artifact as [`ModuleProfile::read_view`] finds them: borrowed from its
+/// bytes when they can be (a timeline point then copies nothing).
+#[derive(Clone, Debug)]
+pub struct CountersView<'a> {
+    pub counters: std::borrow::Cow<'a, [u64]>,
+    pub bits: &'a [u8],
+    pub counters_at: usize,
+    pub bits_at: usize,
+}
+
+/// Little-endian u64 words, borrowed when `b` is aligned for them (a profile read into memory
+/// is), else copied.
+fn words(b: &[u8]) -> std::borrow::Cow<'_, [u64]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: every bit pattern is a valid u64, and align_to hands out only the aligned
+        // middle part; on a little-endian machine its words are the little-endian values.
+        let (head, mid, tail) = unsafe { b.align_to::<u64>() };
+        if head.is_empty() && tail.is_empty() {
+            return std::borrow::Cow::Borrowed(mid);
+        }
+    }
+    std::borrow::Cow::Owned(
+        b.as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| u64::from_le_bytes(*c))
+            .collect(),
+    )
+}
+
 /// The header fields used here.
 #[derive(Clone, Copy, Debug)]
 struct Header {
@@ -275,6 +306,17 @@ impl ModuleProfile {
     /// Read one raw profile of this module: `Err` says why it does not belong to it or is
     /// damaged.
     pub fn read(&self, b: &[u8]) -> Result<ArtifactCounters, String> {
+        let v = self.read_view(b)?;
+        Ok(ArtifactCounters {
+            counters: v.counters.into_owned(),
+            bits: v.bits.to_vec(),
+            counters_at: v.counters_at,
+            bits_at: v.bits_at,
+        })
+    }
+
+    /// [`ModuleProfile::read`], the counters borrowed from `b` where they can be.
+    pub fn read_view<'a>(&self, b: &'a [u8]) -> Result<CountersView<'a>, String> {
         let h = header(b)?;
         if h.version != self.version {
             return Err(format!(
@@ -370,15 +412,9 @@ impl ModuleProfile {
         if !self.names.is_empty() && b[off(8)..off(9)] != self.names[..] {
             return Err("its function names are not the module's".into());
         }
-        let counters = b[off(4)..off(5)]
-            .as_chunks::<8>()
-            .0
-            .iter()
-            .map(|c| u64::from_le_bytes(*c))
-            .collect();
-        Ok(ArtifactCounters {
-            counters,
-            bits: b[off(6)..off(7)].to_vec(),
+        Ok(CountersView {
+            counters: words(&b[off(4)..off(5)]),
+            bits: &b[off(6)..off(7)],
             counters_at: off(4),
             bits_at: off(6),
         })

@@ -1,8 +1,9 @@
 //! A function's region values compiled once: its counter expressions in an evaluation order
 //! worked out from the mapping, so that a timeline point evaluates each with one addition or
 //! subtraction into a flat list, with no recursion and no memo, giving the values
-//! [`super::coverage::region_values`] gives. The list starts with a zero and the function's
-//! counters, so that every operand is an index into it.
+//! [`super::coverage::region_values`] gives (each region's value is an entry of the list). The
+//! list starts with a zero and the function's counters, so that every operand is an index into
+//! it.
 use super::mapping::{Counter, Expression, FunctionMapping, Kind};
 
 /// Where an operand's value is.
@@ -15,15 +16,16 @@ enum Operand {
     Slot(u32),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Op<T> {
     lhs: T,
     rhs: T,
     subtract: bool,
 }
 
-/// A function's region values as a straight-line program.
-#[derive(Clone, Debug)]
+/// A function's region values as a straight-line program. Functions of the same shape (the
+/// same counters, expressions and regions in the same order) have equal programs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Program {
     /// How many counters it reads (a shorter record: llvm-cov leaves the function out).
     needs: usize,
@@ -32,6 +34,12 @@ pub struct Program {
     ops: Vec<Op<u32>>,
     /// Per region (MC/DC decisions left out): where its count and its false count are.
     outputs: Vec<u32>,
+    /// The places in the list the outputs read, once each, zero left out, in increasing order
+    /// (what [`Program::gather`] gives). The regions' values are these through `outputs`, so values
+    /// of these with the same zeros and the same equal pairs give region values with the same
+    /// zeros and equal pairs (and half as many to compare: a region's false count is usually
+    /// zero, and several regions often share a counter).
+    keys: Vec<u32>,
 }
 
 /// Deeper expression chains than this are left to the recursive evaluator.
@@ -72,37 +80,59 @@ impl Program {
             })
             .collect::<Option<Vec<_>>>()?;
         let outputs = outputs.into_iter().map(at).collect::<Option<Vec<_>>>()?;
+        let mut keys: Vec<u32> = outputs.iter().copied().filter(|&i| i != 0).collect();
+        keys.sort_unstable();
+        keys.dedup();
         Some(Self {
             needs: c.needs,
             ops,
             outputs,
+            keys,
         })
     }
 
-    /// The region values for these counters into `out` (cleared first); false when llvm-cov
-    /// leaves the function out for lack of counters. `slots` is scratch space.
-    pub fn run(&self, counts: &[u64], slots: &mut Vec<u64>, out: &mut Vec<u64>) -> bool {
-        out.clear();
+    /// Evaluate the list (zero, the counters, the expressions) for these counters into `slots`;
+    /// false when llvm-cov leaves the function out for lack of counters.
+    pub fn eval(&self, counts: &[u64], slots: &mut Vec<u64>) -> bool {
         let Some(counts) = counts.get(..self.needs) else {
             return false;
         };
         slots.clear();
+        slots.reserve(1 + counts.len() + self.ops.len());
         slots.push(0);
         slots.extend_from_slice(counts);
         // Every index is below the list's length by construction: `get` only keeps this free
         // of panics.
-        let value = |i: u32, slots: &[u64]| slots.get(i as usize).copied().unwrap_or(0);
         for op in &self.ops {
-            let l = value(op.lhs, slots);
-            let r = value(op.rhs, slots);
+            let l = slots.get(op.lhs as usize).copied().unwrap_or(0);
+            let r = slots.get(op.rhs as usize).copied().unwrap_or(0);
             slots.push(if op.subtract {
                 l.wrapping_sub(r)
             } else {
                 l.wrapping_add(r)
             });
         }
-        out.extend(self.outputs.iter().map(|&i| value(i, slots)));
         true
+    }
+
+    /// The places in the list the regions' values come from, once each, zero left out.
+    pub fn keys(&self) -> &[u32] {
+        &self.keys
+    }
+
+    /// The values of the [`Program::keys`] from an evaluated list into `out` (cleared first).
+    pub fn gather(&self, slots: &[u64], out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(
+            self.keys
+                .iter()
+                .map(|&i| slots.get(i as usize).copied().unwrap_or(0)),
+        );
+    }
+
+    /// Where in the list output `i` (2 x region + 0 for its count, 1 for its false count) is.
+    pub fn output(&self, i: usize) -> Option<u32> {
+        self.outputs.get(i).copied()
     }
 }
 
