@@ -99,6 +99,28 @@ pub fn any_changed(bitset: &[u64], range: std::ops::Range<usize>) -> bool {
     (first..=last).any(|b| bitset.get(b / 64).is_none_or(|w| w & (1 << (b % 64)) != 0))
 }
 
+/// Compare a state with the previous one block by block: `differs[b]` says whether block `b`
+/// changed (blocks past either end count as changed); returns whether any counter went down.
+fn compare_blocks(differs: &mut Vec<bool>, blocks: usize, now: &[u64], was: &[u64]) -> bool {
+    differs.clear();
+    differs.resize(blocks, true);
+    let mut lower = false;
+    for ((d, now), was) in differs
+        .iter_mut()
+        .zip(now.chunks(CHANGE_BLOCK))
+        .zip(was.chunks(CHANGE_BLOCK))
+    {
+        let (mut lo, mut ne) = (false, false);
+        for (n, w) in now.iter().zip(was) {
+            lo |= n < w;
+            ne |= n != w;
+        }
+        lower |= lo;
+        *d = ne;
+    }
+    lower
+}
+
 /// `v` as `len` counters (padded with zeros or cut), borrowed when it has that length.
 fn fit(v: &[u64], len: usize) -> std::borrow::Cow<'_, [u64]> {
     if v.len() == len {
@@ -247,24 +269,7 @@ impl Tally {
                 (None, Some(prev)) => memory.iter().zip(prev).any(|(now, was)| now < was),
                 (None, None) => {
                     compared = true;
-                    self.differs.clear();
-                    self.differs.resize(blocks, true);
-                    let mut lower = false;
-                    for ((d, now), was) in self
-                        .differs
-                        .iter_mut()
-                        .zip(memory.chunks(CHANGE_BLOCK))
-                        .zip(s.own.chunks(CHANGE_BLOCK))
-                    {
-                        let (mut lo, mut ne) = (false, false);
-                        for (n, w) in now.iter().zip(was) {
-                            lo |= n < w;
-                            ne |= n != w;
-                        }
-                        lower |= lo;
-                        *d = ne;
-                    }
-                    lower
+                    compare_blocks(&mut self.differs, blocks, &memory, &s.own)
                 }
             };
             lower || bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0)
@@ -357,23 +362,7 @@ impl Tally {
     /// is then unaliased and the state left to the general case).
     fn push_aliased(&mut self, instance: Instance, memory: &[u64], bits: &[u8]) -> Option<Pushed> {
         let blocks = self.len.div_ceil(CHANGE_BLOCK);
-        self.differs.clear();
-        self.differs.resize(blocks, true);
-        let mut lower = false;
-        for ((d, now), was) in self
-            .differs
-            .iter_mut()
-            .zip(memory.chunks(CHANGE_BLOCK))
-            .zip(self.total.chunks(CHANGE_BLOCK))
-        {
-            let (mut lo, mut ne) = (false, false);
-            for (n, w) in now.iter().zip(was) {
-                lo |= n < w;
-                ne |= n != w;
-            }
-            lower |= lo;
-            *d = ne;
-        }
+        let lower = compare_blocks(&mut self.differs, blocks, memory, &self.total);
         let cleared = |s: &Series| bits.iter().zip(&s.bits).any(|(now, was)| was & !now != 0);
         if lower || self.series.get(&instance).is_none_or(cleared) {
             self.unalias();
