@@ -183,10 +183,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 covobs::snapshot::command::run_source(&source, &out)
             })
             .await?
-            .map_err(|e| match e.is_bad_input() {
-                true => anyhow::Error::new(BadInput(e.to_string())),
-                false => anyhow::Error::new(e),
-            })?;
+            .map_err(|e| edge_error(e.is_bad_input(), e))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&written)?);
             } else {
@@ -244,6 +241,15 @@ async fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// `--output-group`: an unknown group is bad input.
+/// A library error at the edge: bad input (exit 2, its one line) or covobs' own failure.
+fn edge_error<E: std::error::Error + Send + Sync + 'static>(bad: bool, e: E) -> anyhow::Error {
+    if bad {
+        anyhow::Error::new(BadInput(e.to_string()))
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
 fn output_modes(group: Option<&str>) -> Result<covobs::stream::OutputModes, BadInput> {
     covobs::stream::OutputModes::with_group(group).map_err(|e| BadInput(e.to_string()))
 }
@@ -305,15 +311,10 @@ async fn diff(args: covobs::cli::DiffArgs) -> Result<ExitCode> {
             .into());
         }
     };
-    let d = run.map_err(|e| match e.is_bad_input() {
-        true => anyhow::Error::new(BadInput(e.to_string())),
-        false => anyhow::Error::new(e),
-    })?;
+    let d = run.map_err(|e| edge_error(e.is_bad_input(), e))?;
     if let Some(path) = &args.html {
-        report::output::create(path, d.html().as_bytes()).map_err(|e| match e.is_bad_input() {
-            true => anyhow::Error::new(BadInput(e.to_string())),
-            false => anyhow::Error::new(e),
-        })?;
+        report::output::create(path, d.html().as_bytes())
+            .map_err(|e| edge_error(e.is_bad_input(), e))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
@@ -351,10 +352,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
         let summary =
             tokio::task::spawn_blocking(move || report::labels::report_label(&dir, &label, &opts))
                 .await?
-                .map_err(|e| match e.is_bad_input() {
-                    true => anyhow::Error::new(BadInput(e.to_string())),
-                    false => anyhow::Error::new(e),
-                })?;
+                .map_err(|e| edge_error(e.is_bad_input(), e))?;
         for w in &summary.warnings {
             eprintln!("covobs: warning: {}", printable(&w.to_string()));
         }
@@ -363,10 +361,7 @@ async fn report(args: covobs::cli::ReportArgs) -> Result<ExitCode> {
     }
     let summary = tokio::task::spawn_blocking(move || report::generate(&dir, &opts))
         .await?
-        .map_err(|e| match e.is_bad_input() {
-            true => anyhow::Error::new(BadInput(e.to_string())),
-            false => anyhow::Error::new(e),
-        })?;
+        .map_err(|e| edge_error(e.is_bad_input(), e))?;
     // Module and file names in these come from the targets.
     for w in &summary.warnings {
         eprintln!("covobs: warning: {}", printable(&w.to_string()));
