@@ -66,6 +66,18 @@ static PENDING_WRITE: HashMap<u32, PendingWrite> = HashMap::with_max_entries(409
 
 #[uprobe]
 pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
+    dump_enter(&ctx)
+}
+
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uprobe(multi)]
+pub fn covobs_dump_enter_multi(ctx: ProbeContext) -> u32 {
+    dump_enter(&ctx)
+}
+
+#[inline(always)]
+fn dump_enter(ctx: &ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let Some(cur) = current(cfg) else { return 0 };
     match tgid_watched(cur.tgid) {
@@ -104,6 +116,18 @@ pub fn covobs_dump_enter(ctx: ProbeContext) -> u32 {
 /// A uprobe on the C library's `exit()`, attached per watched process.
 #[uprobe]
 pub fn covobs_exit_call(_ctx: ProbeContext) -> u32 {
+    exit_call()
+}
+
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uprobe(multi)]
+pub fn covobs_exit_call_multi(_ctx: ProbeContext) -> u32 {
+    exit_call()
+}
+
+#[inline(always)]
+fn exit_call() -> u32 {
     let Some(cfg) = config() else { return 0 };
     if current(cfg).is_some_and(|cur| tgid_watched(cur.tgid).is_some()) {
         let _ = EXITING.insert(&kernel_current().tgid, &1, 0);
@@ -113,6 +137,18 @@ pub fn covobs_exit_call(_ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
+    dump_exit(&ctx)
+}
+
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uretprobe(multi)]
+pub fn covobs_dump_exit_multi(ctx: RetProbeContext) -> u32 {
+    dump_exit(&ctx)
+}
+
+#[inline(always)]
+fn dump_exit(ctx: &RetProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let Some(cur) = current(cfg) else { return 0 };
     match tgid_watched(cur.tgid) {
@@ -144,6 +180,18 @@ pub fn covobs_dump_exit(ctx: RetProbeContext) -> u32 {
 /// ends the dump of a thread that is in one, and does nothing otherwise.
 #[uretprobe]
 pub fn covobs_dump_end_marker(ctx: RetProbeContext) -> u32 {
+    dump_end_marker(&ctx)
+}
+
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uretprobe(multi)]
+pub fn covobs_dump_end_marker_multi(ctx: RetProbeContext) -> u32 {
+    dump_end_marker(&ctx)
+}
+
+#[inline(always)]
+fn dump_end_marker(ctx: &RetProbeContext) -> u32 {
     let kernel_tid = kernel_current().tid;
     // SAFETY: the value is copied at once.
     let Some(state) = (unsafe { IN_DUMP.get(&kernel_tid) }).copied() else {

@@ -227,6 +227,14 @@ pub fn covobs_kcov_ioctl(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uprobe(multi)]
+pub fn covobs_kcov_ioctl_multi(ctx: ProbeContext) -> u32 {
+    let _ = on_ioctl(&ctx);
+    0
+}
+
 fn on_ioctl(ctx: &ProbeContext) -> Option<()> {
     let cmd = ctx.arg::<u64>(1)? as u32;
     if cmd != kcov::INIT_TRACE

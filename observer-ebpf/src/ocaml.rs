@@ -22,6 +22,18 @@ pub static SEND_SIGNAL: HashMap<u32, SignalRequest> = HashMap::with_max_entries(
 
 #[uprobe]
 pub fn covobs_ocaml_hit(_ctx: ProbeContext) -> u32 {
+    ocaml_hit()
+}
+
+/// The same program as an uprobe_multi link (Linux 6.6+): closing one waits for no lock shared
+/// with every other perf probe, so covobs' links close together (`probes::release`).
+#[uprobe(multi)]
+pub fn covobs_ocaml_hit_multi(_ctx: ProbeContext) -> u32 {
+    ocaml_hit()
+}
+
+#[inline(always)]
+fn ocaml_hit() -> u32 {
     let Some(cur) = config().and_then(current) else {
         return 0;
     };

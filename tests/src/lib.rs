@@ -267,11 +267,15 @@ impl Covobs {
 
     fn fail(&mut self, why: &str) -> ! {
         self.take_available();
-        let events: Vec<String> = self.events.iter().map(Value::to_string).collect();
+        // The last ones only: a load test's hundreds of thousands would bury the reason.
+        const SHOWN: usize = 200;
+        let skip = self.events.len().saturating_sub(SHOWN);
+        let events: Vec<String> = self.events.iter().skip(skip).map(Value::to_string).collect();
         let stderr = self.stderr_seen.join("\n");
         let _ = self.child.kill();
         panic!(
-            "{why}\n--- covobs events ({}):\n{}\n--- covobs stderr:\n{stderr}",
+            "{why}\n--- covobs events ({}, the last {} shown):\n{}\n--- covobs stderr:\n{stderr}",
+            self.events.len(),
             events.len(),
             events.join("\n")
         );

@@ -22,6 +22,7 @@ pub mod namespaces;
 pub mod offsets;
 pub mod reader;
 pub mod records;
+mod release;
 pub mod test_run;
 
 pub use reader::EventReader;
@@ -117,10 +118,52 @@ pub struct Probes {
     /// name it by two /proc/PID/map_files paths, and a second uprobe on the same inode would
     /// report every dump twice.
     uprobe_links: Vec<UprobeLink>,
+    /// Whether uprobe_multi links work here: unknown until the first uprobe.
+    uprobe_multi: Option<bool>,
+    /// The other links covobs attached (tracepoints, raw tracepoints, trampolines).
+    links: Vec<Attached>,
+    /// Closes the links of processes that are gone, off the event loop.
+    releaser: release::Releaser,
 }
 
-/// One uprobe attached: (program, file (device, inode), file offset, process or all).
-type UprobeLink = (&'static str, (u64, u64), u64, Option<u32>);
+/// One uprobe attached.
+struct UprobeLink {
+    /// The program asked for (its single-link name).
+    program: &'static str,
+    /// The file's (device, inode).
+    file: (u64, u64),
+    offset: u64,
+    /// The one process it fires in, or all.
+    pid: Option<u32>,
+    /// The program the link is of: `program` or its uprobe_multi twin.
+    attached: &'static str,
+    link: aya::programs::uprobe::UProbeLinkId,
+}
+
+/// The uprobe_multi twin of each uprobe program (same code, another link type: see
+/// `release`).
+fn multi_of(program: &str) -> Option<&'static str> {
+    Some(match program {
+        "covobs_dump_enter" => "covobs_dump_enter_multi",
+        "covobs_dump_exit" => "covobs_dump_exit_multi",
+        "covobs_dump_end_marker" => "covobs_dump_end_marker_multi",
+        "covobs_exit_call" => "covobs_exit_call_multi",
+        "covobs_ocaml_hit" => "covobs_ocaml_hit_multi",
+        "covobs_kcov_ioctl" => "covobs_kcov_ioctl_multi",
+        _ => return None,
+    })
+}
+
+/// A link by program and id: taken out of its program to be closed with the others at once
+/// (`release`).
+enum Attached {
+    TracePoint(&'static str, aya::programs::trace_point::TracePointLinkId),
+    RawTracePoint(
+        &'static str,
+        aya::programs::raw_trace_point::RawTracePointLinkId,
+    ),
+    FExit(&'static str, aya::programs::fexit::FExitLinkId),
+}
 
 /// A program covobs loaded: name and kernel id (for leak checks and `session.json`).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -267,6 +310,9 @@ impl Probes {
             file_links: Vec::new(),
             detaching: None,
             uprobe_links: Vec::new(),
+            uprobe_multi: None,
+            links: Vec::new(),
+            releaser: release::Releaser::new(),
         };
         let raw_signals = config.kernel.signals_valid != 0
             && offsets::RAW_SIGNAL_TRACEPOINTS.iter().all(|(program, tp)| {
@@ -478,11 +524,13 @@ impl Probes {
         function: &str,
     ) -> Result<(), ProbeError> {
         let btf = btf.ok_or(ProbeError::Missing("kernel BTF (for trampolines)"))?;
-        self.program(program, |p: &mut aya::programs::FExit| {
-            p.load(function, btf)?;
-            p.attach().map(drop)
-        })
-        .map(drop)
+        let prog = self.program(program, |p: &mut aya::programs::FExit| p.load(function, btf))?;
+        let link = prog.attach().map_err(|source| ProbeError::Program {
+            name: program.to_owned(),
+            source,
+        })?;
+        self.links.push(Attached::FExit(program, link));
+        Ok(())
     }
 
     /// The level of covobs' PID namespace, learnt by a program run once in covobs' own context;
@@ -527,11 +575,15 @@ impl Probes {
         program: &'static str,
         tracepoint: &str,
     ) -> Result<(), ProbeError> {
-        self.program(program, |p: &mut aya::programs::RawTracePoint| {
-            p.load()?;
-            p.attach(tracepoint).map(drop)
-        })
-        .map(drop)
+        let prog = self.program(program, |p: &mut aya::programs::RawTracePoint| p.load())?;
+        let link = prog
+            .attach(tracepoint)
+            .map_err(|source| ProbeError::Program {
+                name: program.to_owned(),
+                source,
+            })?;
+        self.links.push(Attached::RawTracePoint(program, link));
+        Ok(())
     }
 
     /// Load a tracepoint program once.
@@ -547,12 +599,14 @@ impl Probes {
         name: &str,
     ) -> Result<(), ProbeError> {
         let prog = self.program(program, |p: &mut TracePoint| p.load())?;
-        prog.attach(category, name)
-            .map(drop)
+        let link = prog
+            .attach(category, name)
             .map_err(|source| ProbeError::Program {
                 name: program.to_owned(),
                 source,
-            })
+            })?;
+        self.links.push(Attached::TracePoint(program, link));
+        Ok(())
     }
 
     /// Watch a process: its tgid and every thread it has now (new threads are added by the
@@ -575,6 +629,64 @@ impl Probes {
         for tid in tids {
             let _ = self.tids.remove(tid);
         }
+        // Its own uprobes go too (a long session adopts many processes: their links must not
+        // pile up until the end); attached again if the process is adopted again.
+        let (mine, others): (Vec<UprobeLink>, Vec<UprobeLink>) = std::mem::take(&mut self.uprobe_links)
+            .into_iter()
+            .partition(|l| l.pid == Some(pid));
+        self.uprobe_links = others;
+        let owned = mine
+            .into_iter()
+            .filter_map(|l| self.take_uprobe(l))
+            .collect();
+        self.releaser.later(owned);
+    }
+
+    fn take_uprobe(&mut self, l: UprobeLink) -> Option<release::Owned> {
+        let prog = <&mut UProbe>::try_from(self.ebpf.program_mut(l.attached)?).ok()?;
+        prog.take_link(l.link)
+            .ok()
+            .map(|l| Box::new(l) as release::Owned)
+    }
+
+    /// Every link, out of its program, to be closed at once.
+    fn take_all_links(&mut self) -> Vec<release::Owned> {
+        let mut owned: Vec<release::Owned> = std::mem::take(&mut self.uprobe_links)
+            .into_iter()
+            .filter_map(|l| self.take_uprobe(l))
+            .collect();
+        for (program, link) in std::mem::take(&mut self.file_links) {
+            if let Some(p) = self.ebpf.program_mut(program)
+                && let Ok(tp) = <&mut TracePoint>::try_from(p)
+                && let Ok(link) = tp.take_link(link)
+            {
+                owned.push(Box::new(link));
+            }
+        }
+        for a in std::mem::take(&mut self.links) {
+            let taken: Option<release::Owned> = match a {
+                Attached::TracePoint(program, link) => self
+                    .ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                    .and_then(|p| p.take_link(link).ok())
+                    .map(|l| Box::new(l) as release::Owned),
+                Attached::RawTracePoint(program, link) => self
+                    .ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut aya::programs::RawTracePoint>::try_from(p).ok())
+                    .and_then(|p| p.take_link(link).ok())
+                    .map(|l| Box::new(l) as release::Owned),
+                Attached::FExit(program, link) => self
+                    .ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut aya::programs::FExit>::try_from(p).ok())
+                    .and_then(|p| p.take_link(link).ok())
+                    .map(|l| Box::new(l) as release::Owned),
+            };
+            owned.extend(taken);
+        }
+        owned
     }
 
     /// Forget a thread that exited (the kernel does this itself; used where it cannot know).
@@ -727,25 +839,62 @@ impl Probes {
             })?;
             (meta.dev(), meta.ino())
         };
-        if self
-            .uprobe_links
-            .iter()
-            .any(|(p, f, o, q)| *p == program && *f == identity && *o == file_offset && *q == pid)
-        {
+        if self.uprobe_links.iter().any(|l| {
+            l.program == program && l.file == identity && l.offset == file_offset && l.pid == pid
+        }) {
             return Ok(());
         }
-        let prog = self.program(program, |p: &mut UProbe| p.load())?;
         let scope = match pid.and_then(std::num::NonZeroU32::new) {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
-        let point = aya::programs::uprobe::UProbeAttachPoint {
+        let point = || aya::programs::uprobe::UProbeAttachPoint {
             location: aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(file_offset),
             cookie: Some(cookie),
         };
-        prog.attach([point], file, scope).map_err(perr)?;
-        self.uprobe_links
-            .push((program, identity, file_offset, pid));
+        // The uprobe_multi twin where the kernel has it (learnt at the first attach); the
+        // perf-event link otherwise.
+        let multi = multi_of(program).filter(|_| self.uprobe_multi != Some(false));
+        if let Some(twin) = multi {
+            let attached = self
+                .program(twin, |p: &mut UProbe| p.load())
+                .and_then(|prog| {
+                    prog.attach([point()], file, scope)
+                        .map_err(|source| ProbeError::Program {
+                            name: twin.to_owned(),
+                            source,
+                        })
+                });
+            match attached {
+                Ok(link) => {
+                    self.uprobe_multi = Some(true);
+                    self.uprobe_links.push(UprobeLink {
+                        program,
+                        file: identity,
+                        offset: file_offset,
+                        pid,
+                        attached: twin,
+                        link,
+                    });
+                    return Ok(());
+                }
+                Err(e) if self.uprobe_multi.is_none() => {
+                    tracing::debug!("{e}: uprobes attached as perf events");
+                    self.uprobe_multi = Some(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let prog = self.program(program, |p: &mut UProbe| p.load())?;
+        let link = prog.attach([point()], file, scope).map_err(perr)?;
+        self.uprobe_links.push(UprobeLink {
+            program,
+            file: identity,
+            offset: file_offset,
+            pid,
+            attached: program,
+            link,
+        });
         Ok(())
     }
 
@@ -840,6 +989,23 @@ impl Probes {
 
     pub fn programs(&self) -> &[LoadedProgram] {
         &self.programs
+    }
+}
+
+impl Drop for Probes {
+    /// Every link closed at once (one grace period, not one per link); the programs and maps go
+    /// after, which waits for nothing.
+    fn drop(&mut self) {
+        if let Some(handle) = self.detaching.take()
+            && handle.join().is_err()
+        {
+            tracing::warn!("the last file-tracking window failed to detach");
+        }
+        let started = std::time::Instant::now();
+        let links = self.take_all_links();
+        let n = links.len();
+        release::close_all(links);
+        tracing::debug!("{n} links closed in {:?}", started.elapsed());
     }
 }
 

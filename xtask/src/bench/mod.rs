@@ -15,6 +15,7 @@ mod attach;
 pub mod kcov;
 mod ocaml;
 mod report;
+mod scale;
 mod snapshot;
 mod watch;
 
@@ -38,6 +39,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("report") {
         report::run()?;
+    }
+    if wants("scale") {
+        scale::run()?;
     }
     Ok(())
 }
