@@ -9,7 +9,12 @@ use std::{
 
 use serde::Serialize;
 
-use super::{LabelError, analysis, compute::Attribution, hitmap};
+use super::{
+    LabelError, analysis,
+    compute::Attribution,
+    hitmap,
+    runtime::{Keys, Runtime},
+};
 use crate::report::{
     Format, ReportOptions, ReportSummary, Warning, html, lcov,
     output::create,
@@ -55,9 +60,13 @@ struct LabelEntry<'a> {
 #[derive(Serialize)]
 struct ModuleEntry {
     name: String,
+    runtime: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     build_id: Option<String>,
+    /// Its counters (gcov arcs, bisect points, sancov edges, kernel PCs seen).
     counters: usize,
+    /// What its hit maps' indices are: "counter", "pc" (module-relative), "kernel_pc".
+    keys: &'static str,
     /// Relative to report/.
     hits: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,12 +89,20 @@ struct LineEntry<'a> {
 }
 
 /// The file name of a module's hit maps.
-pub fn hits_name(build_id: Option<&str>, index: usize) -> String {
+/// LLVM's by build id alone; the other runtimes' with the runtime first (a binary can have
+/// LLVM and bisect_ppx coverage).
+pub fn hits_name(runtime: Runtime, build_id: Option<&str>, index: usize) -> String {
+    let prefix = match runtime {
+        Runtime::Llvm => String::new(),
+        Runtime::Gcov | Runtime::Bisect | Runtime::Sancov | Runtime::Kcov => {
+            format!("{}-", runtime.name())
+        }
+    };
     match build_id {
         Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            format!("hits-{}.bin", id.to_ascii_lowercase())
+            format!("hits-{prefix}{}.bin", id.to_ascii_lowercase())
         }
-        _ => format!("hits-module-{index}.bin"),
+        _ => format!("hits-{prefix}module-{index}.bin"),
     }
 }
 
@@ -95,7 +112,11 @@ pub type LineLabels = BTreeMap<String, BTreeMap<u32, (usize, Vec<String>)>>;
 /// Write labels.json, labels/lines.json and the hit maps into `root` (a report being staged).
 /// Nothing when the session has no labels. Returns the files written (relative to `root`) and
 /// the labels of each line (for the HTML).
-pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLabels), LabelError> {
+pub fn write_into(
+    root: &Path,
+    a: &Attribution,
+    opts: &ReportOptions,
+) -> Result<(Vec<PathBuf>, LineLabels), LabelError> {
     if a.labels.is_empty() {
         return Ok((Vec::new(), LineLabels::new()));
     }
@@ -108,14 +129,24 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
     let mut written = Vec::new();
     let mut modules = Vec::new();
     for (i, m) in a.modules.iter().enumerate() {
-        let name = hits_name(m.build_id.as_deref(), i);
+        let name = hits_name(m.runtime, m.build_id.as_deref(), i);
+        let keys = m.runtime.keys();
         let maps = hitmap::HitMaps {
             build_id: m.build_id.clone().unwrap_or_default(),
-            counters: m.profile.num_counters as u32,
+            keys,
+            counters: m.source.len() as u64,
             labels: m
                 .gained
                 .iter()
-                .map(|(&l, hits)| (a.labels[l].name.clone(), hits.clone()))
+                .map(|(&l, hits)| {
+                    let hits = match keys {
+                        Keys::Counter => hits.clone(),
+                        Keys::ModulePc | Keys::KernelPc => {
+                            hits.iter().map(|(&i, &h)| (m.source.key(i), h)).collect()
+                        }
+                    };
+                    (a.labels[l].name.clone(), hits)
+                })
                 .collect(),
         };
         let p = dir.join(&name);
@@ -123,10 +154,16 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
         written.push(PathBuf::from("labels").join(&name));
         modules.push(ModuleEntry {
             name: m.name.clone(),
+            runtime: m.runtime.name(),
             build_id: m.build_id.clone(),
-            counters: m.profile.num_counters,
+            counters: m.source.len(),
+            keys: match keys {
+                Keys::Counter => "counter",
+                Keys::ModulePc => "pc",
+                Keys::KernelPc => "kernel_pc",
+            },
             hits: format!("labels/{name}"),
-            note: m.note.clone(),
+            note: m.source.note(),
         });
     }
     let mut seen_lines: HashSet<(String, u32)> = HashSet::new();
@@ -136,7 +173,7 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
     // file -> line -> label indices (the first LINE_LABELS) and count.
     let mut by_line: BTreeMap<String, BTreeMap<u32, (usize, Vec<usize>)>> = BTreeMap::new();
     for (i, l) in a.labels.iter().enumerate() {
-        let cov = analysis::label_coverage(a, i, false).map_err(LabelError::Engine)?;
+        let cov = analysis::label_coverage(a, i, false, opts).map_err(LabelError::Engine)?;
         let lines = cov.lines();
         let functions = cov.functions();
         let new_lines = lines
@@ -247,8 +284,9 @@ pub fn label_data(
     session: &Session,
     a: &Attribution,
     label: usize,
+    opts: &ReportOptions,
 ) -> Result<ReportData, LabelError> {
-    let cov = analysis::label_coverage(a, label, true).map_err(LabelError::Engine)?;
+    let cov = analysis::label_coverage(a, label, true, opts).map_err(LabelError::Engine)?;
     let figures: BTreeMap<String, FileFigures> = cov
         .files
         .iter()
@@ -256,7 +294,7 @@ pub fn label_data(
             let modules = a
                 .modules
                 .iter()
-                .filter(|m| m.engine.is_some())
+                .filter(|m| m.source.note().is_none())
                 .map(|m| m.name.clone())
                 .collect();
             (
@@ -306,7 +344,7 @@ pub fn write_label_report(
             "label {name:?} has the name of a file of report/labels/: its report cannot go there"
         )));
     }
-    let data = label_data(session, a, label)?;
+    let data = label_data(session, a, label, opts)?;
     let parent = session.dir.join("report").join("labels");
     let werr = |p: &Path| {
         let p = p.to_path_buf();
