@@ -1043,3 +1043,114 @@ fn labels_attribute_each_phase_of_a_bisect_ppx_target() {
     let labels = check_phase_labels(&out, &dir.join("phases.ml"), &ml_ranges(ML), "bisect");
     println!("{labels}");
 }
+
+/// Signal mode: label b asked while the dump asked for label a has not started (the target is
+/// stopped) joins that dump: one state closes both, the answers say so, the state's gains go to
+/// a (closed first) and b has none; labels.json names the label each shares its state with. A
+/// label asked afterwards gets its own dump and exactly its own phase.
+#[test]
+fn a_label_asked_while_a_dump_is_asked_for_shares_that_dump() {
+    require_root();
+    let tmp = TempDir::new("labels-shared");
+    let bin = build(tmp.path());
+    let src = tmp.path().join("phases.c");
+    let out = tmp.path().join("out");
+    let profile = tmp.path().join("t.profraw");
+    let mut target = start_program(
+        &bin,
+        &[],
+        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
+        tmp.path(),
+    );
+    let pid = target.pid();
+    let mut attach = attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--mode",
+        "signal",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    let socket = PathBuf::from(format!("/run/covobs/attach-{}.sock", attach.pid()));
+    let connect = || {
+        let s = UnixStream::connect(&socket).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        (s.try_clone().expect("clone"), BufReader::new(s))
+    };
+    let answer = |r: &mut BufReader<UnixStream>| -> Value {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("answer");
+        serde_json::from_str(&line).expect("json answer")
+    };
+    assert_eq!(target.ask("alpha 2"), "done alpha 2");
+    // Stopped, the target cannot answer a's signal: b's request finds it unanswered.
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (mut wa, mut ra) = connect();
+    writeln!(wa, "{}", serde_json::json!({"pid": pid, "label": "a"})).expect("send a");
+    attach.wait_event(T, "a's trigger", |e| e.kind() == "trigger");
+    let (mut wb, mut rb) = connect();
+    writeln!(wb, "{}", serde_json::json!({"pid": pid, "label": "b"})).expect("send b");
+    // b is taken when its label event would follow a's: give covobs the request first.
+    let asked = std::time::Instant::now();
+    while asked.elapsed() < Duration::from_millis(1000) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (a, b) = (answer(&mut ra), answer(&mut rb));
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(b["ok"], true, "{b}");
+    assert_eq!(a["artifacts"], b["artifacts"], "one dump: {a} {b}");
+    assert_eq!(a["shares_dump_with"], serde_json::json!(["b"]), "{a}");
+    assert_eq!(b["shares_dump_with"], serde_json::json!(["a"]), "{b}");
+    assert!(b["triggered"].to_string().contains("already asked"), "{b}");
+    // Afterwards: a dump of its own.
+    assert_eq!(target.ask("beta 1"), "done beta 1");
+    let (mut wc, mut rc) = connect();
+    writeln!(wc, "{}", serde_json::json!({"pid": pid, "label": "c"})).expect("send c");
+    let c = answer(&mut rc);
+    assert_eq!(c["ok"], true, "{c}");
+    assert_ne!(c["artifacts"], a["artifacts"], "{c}");
+    assert!(c.get("shares_dump_with").is_none(), "{c}");
+    drop((wa, wb, wc));
+    attach.signal(libc::SIGINT);
+    assert!(attach.wait(T).success(), "{}", attach.stderr());
+    target.send("quit");
+    let _ = target.wait();
+    let out_s = out.to_str().unwrap();
+    ok(&["report", out_s]);
+    let labels = read_json(&out.join("report/labels.json"));
+    let entry = |n: &str| {
+        labels["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no label {n}: {labels}"))
+    };
+    assert_eq!(entry("a")["shares_state_with"], serde_json::json!(["b"]));
+    assert_eq!(entry("b")["shares_state_with"], serde_json::json!(["a"]));
+    assert_eq!(entry("b")["hits"], 0, "{labels}");
+    assert_eq!(entry("b")["lines"], 0, "{labels}");
+    assert!(entry("c").get("shares_state_with").is_none(), "{labels}");
+    let ranges = phase_ranges();
+    for (label, commands) in [("a", &[("alpha", 2)][..]), ("c", &[("beta", 1)][..])] {
+        ok(&["report", out_s, "--label", label]);
+        let lcov =
+            std::fs::read_to_string(out.join("report/labels").join(label).join("coverage.lcov"))
+                .expect("lcov");
+        let lines = da_lines(&lcov, &src);
+        let want = expected_counts(commands);
+        let mut checked = 0;
+        for (line, count) in &lines {
+            if let Some(p) = phase_of(*line, &ranges) {
+                assert_eq!(*count, want[p], "{label}, line {line} ({p})");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "{label}: {checked} phase lines");
+    }
+}

@@ -134,6 +134,10 @@ pub struct DumpResponse {
     /// Dumps that could not be collected, with the reason.
     #[serde(default)]
     pub lost: Vec<String>,
+    /// The labels of other requests that share this one's dump (signal mode: a request that
+    /// finds its dump asked for and not started yet joins it; docs/labels.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_dump_with: Vec<String>,
     #[serde(default)]
     pub session_dir: String,
 }

@@ -41,6 +41,9 @@ pub struct Attribution {
     pub modules: Vec<LabelModule>,
     /// What is not attributed, and why (a runtime labels do not know, an unreadable module).
     pub notes: Vec<String>,
+    /// Per label, the other labels closed by one of the same states (a request that joined a
+    /// dump asked for another): the gains of a shared state go to the first of them.
+    pub shares: Vec<Vec<usize>>,
 }
 
 impl Attribution {
@@ -63,10 +66,28 @@ pub fn attribute(
 ) -> Attribution {
     // Each artifact closes the first label (in closing order) that names it.
     let mut closes: HashMap<&str, usize> = HashMap::new();
+    let mut closing: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, l) in labels.iter().enumerate() {
         for a in &l.artifacts {
             closes.entry(a.as_str()).or_insert(i);
+            let c = closing.entry(a.as_str()).or_default();
+            if !c.contains(&i) {
+                c.push(i);
+            }
         }
+    }
+    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); labels.len()];
+    for c in closing.values().filter(|c| c.len() > 1) {
+        for &i in c {
+            for &j in c.iter().filter(|&&j| j != i) {
+                if !shares[i].contains(&j) {
+                    shares[i].push(j);
+                }
+            }
+        }
+    }
+    for s in &mut shares {
+        s.sort_unstable();
     }
     let mut notes: Vec<String> = Vec::new();
     let mut note = |n: String| {
@@ -189,5 +210,6 @@ pub fn attribute(
         labels,
         modules,
         notes,
+        shares,
     }
 }

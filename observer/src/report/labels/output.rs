@@ -45,6 +45,10 @@ struct LabelEntry<'a> {
     artifacts: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     lost: &'a [String],
+    /// Labels closed by one of the same states (their requests shared a dump): that state's
+    /// gains went to the first of them in closing order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shares_state_with: Vec<&'a str>,
     /// Counters that gained hits, and the hits gained.
     counters: u64,
     hits: u64,
@@ -213,6 +217,13 @@ pub fn write_into(
             closed: l.closed,
             artifacts: &l.artifacts,
             lost: &l.lost,
+            shares_state_with: a
+                .shares
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|&j| a.labels[j].name.as_str())
+                .collect(),
             counters,
             hits,
             lines: lines.len(),
