@@ -847,6 +847,26 @@ fn check_phase_labels(
             want
         );
     }
+    // A plain report again: the per-label reports are rebuilt, the same bytes; a directory
+    // that is not a label's goes.
+    let label_lcov = |l: &str| {
+        std::fs::read(out.join("report/labels").join(l).join("coverage.lcov")).expect("label lcov")
+    };
+    let before: Vec<Vec<u8>> = SCRIPT.iter().map(|(l, _)| label_lcov(l)).collect();
+    let ghost = out.join("report/labels/ghost");
+    std::fs::create_dir_all(&ghost).expect("mkdir");
+    std::fs::write(ghost.join("coverage.lcov"), "").expect("ghost");
+    ok(&["report", out_s]);
+    for ((l, _), was) in SCRIPT.iter().zip(&before) {
+        assert_eq!(&label_lcov(l), was, "{runtime} label {l} rebuilt");
+        assert!(
+            out.join("report/labels")
+                .join(l)
+                .join("html/index.html")
+                .is_file()
+        );
+    }
+    assert!(!ghost.exists(), "report/labels/ghost stays");
     let by_line = read_json(&out.join("report/labels/lines.json"));
     let file = &by_line["files"][src.to_str().unwrap()];
     for &line in instrumented.keys() {

@@ -84,5 +84,14 @@ pub fn write_into_report(
         return Ok(Default::default());
     }
     let a = attribute(session, &sdir, labels, opts);
-    output::write_into(root, &a, opts)
+    let (mut written, lines) = output::write_into(root, &a, opts)?;
+    // The label reports the previous report had, rebuilt (docs/labels.md).
+    let (again, dropped) = output::rewrite_label_reports(session, &a, root, opts)?;
+    written.extend(again);
+    for name in dropped {
+        tracing::warn!(
+            "report/labels/{name}/ is not rebuilt: the session has no such label (or it held no report)"
+        );
+    }
+    Ok((written, lines))
 }

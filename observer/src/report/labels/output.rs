@@ -338,6 +338,94 @@ pub fn label_data(
     ))
 }
 
+/// One label's report files into `root` (a directory being staged), in `formats`; the files
+/// written, relative to it.
+fn write_label_files(
+    root: &Path,
+    data: &ReportData,
+    formats: &std::collections::BTreeSet<Format>,
+) -> Result<Vec<&'static str>, LabelError> {
+    let rerr = |e: crate::report::ReportError| LabelError::Write(e.to_string());
+    let mut written = Vec::new();
+    if formats.contains(&Format::Lcov) {
+        create(
+            &root.join("coverage.lcov"),
+            lcov::write(&data.coverage).as_bytes(),
+        )
+        .map_err(rerr)?;
+        written.push("coverage.lcov");
+    }
+    if formats.contains(&Format::Html) {
+        html::write(&root.join("html"), data).map_err(rerr)?;
+        written.push("html/index.html");
+    }
+    if formats.contains(&Format::Json) {
+        create(&root.join("summary.json"), &json(&SummaryFile::of(data))?).map_err(rerr)?;
+        written.push("summary.json");
+    }
+    Ok(written)
+}
+
+/// The per-label reports an earlier report had (`report/labels/<NAME>/` of labels the session
+/// still has), written again into `root` (the report being staged) in the formats each had:
+/// a plain `covobs report DIR` rebuilds them from the same attribution. A directory of a label
+/// the session does not have, or that is a link, is left out (the report replaces report/
+/// whole). Returns the files written, relative to `root`, and the labels left out.
+pub fn rewrite_label_reports(
+    session: &Session,
+    a: &Attribution,
+    root: &Path,
+    opts: &ReportOptions,
+) -> Result<(Vec<PathBuf>, Vec<String>), LabelError> {
+    let old = session.dir.join("report").join("labels");
+    let Ok(entries) = fs::read_dir(&old) else {
+        return Ok(Default::default());
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut dropped = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || name.starts_with('.') {
+            continue;
+        }
+        match a.index_of(&name) {
+            Some(_) if super::name::check(&name).is_ok() => names.push(name),
+            _ => dropped.push(name),
+        }
+    }
+    names.sort();
+    let mut written = Vec::new();
+    for name in names {
+        let dir = old.join(&name);
+        let mut formats = std::collections::BTreeSet::new();
+        for (file, f) in [
+            ("coverage.lcov", Format::Lcov),
+            ("html", Format::Html),
+            ("summary.json", Format::Json),
+        ] {
+            if dir.join(file).exists() {
+                formats.insert(f);
+            }
+        }
+        if formats.is_empty() {
+            dropped.push(name);
+            continue;
+        }
+        let Some(label) = a.index_of(&name) else {
+            continue;
+        };
+        let data = label_data(session, a, label, opts)?;
+        let dest = root.join("labels").join(&name);
+        fs::create_dir_all(&dest)
+            .map_err(|e| LabelError::Write(format!("{}: {e}", dest.display())))?;
+        for f in write_label_files(&dest, &data, &formats)? {
+            written.push(PathBuf::from("labels").join(&name).join(f));
+        }
+    }
+    Ok((written, dropped))
+}
+
 /// `covobs report DIR --label NAME`: report/labels/<NAME>/ with coverage.lcov, summary.json and
 /// html/ (as `opts.formats` asks), replacing an earlier one whole.
 pub fn write_label_report(
@@ -375,23 +463,7 @@ pub fn write_label_report(
         .map_err(werr(&parent))?;
     let root = staging.path();
     let rerr = |e: crate::report::ReportError| LabelError::Write(e.to_string());
-    let mut written = Vec::new();
-    if opts.formats.contains(&Format::Lcov) {
-        create(
-            &root.join("coverage.lcov"),
-            lcov::write(&data.coverage).as_bytes(),
-        )
-        .map_err(rerr)?;
-        written.push("coverage.lcov");
-    }
-    if opts.formats.contains(&Format::Html) {
-        html::write(&root.join("html"), &data).map_err(rerr)?;
-        written.push("html/index.html");
-    }
-    if opts.formats.contains(&Format::Json) {
-        create(&root.join("summary.json"), &json(&SummaryFile::of(&data))?).map_err(rerr)?;
-        written.push("summary.json");
-    }
+    let written = write_label_files(root, &data, &opts.formats)?;
     opts.modes
         .apply_tree(root)
         .map_err(|e| LabelError::Write(e.to_string()))?;
