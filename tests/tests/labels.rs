@@ -1174,3 +1174,86 @@ fn a_label_asked_while_a_dump_is_asked_for_shares_that_dump() {
         assert!(checked >= 12, "{label}: {checked} phase lines");
     }
 }
+
+/// Two sessions of one gcov program with different inputs (alpha, then beta): covobs diff says
+/// beta's lines are newly covered and alpha's no longer, nothing else. The second run's dumps
+/// merge into the .gcda the first run left (libgcov merges on write): its session still counts
+/// only its own run.
+#[test]
+fn diff_of_two_gcov_sessions_gives_the_new_and_lost_phases() {
+    require_root();
+    let tmp = TempDir::new("labels-gcov-diff");
+    let src = tmp.path().join("phases.c");
+    std::fs::write(&src, SOURCE).expect("write source");
+    let bin = tmp.path().join("label-phases-gcov");
+    run_ok(
+        Command::new("gcc")
+            .args(["--coverage", "-O0", "-g", "-DPHASES_GCOV", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .current_dir(tmp.path()),
+    );
+    let mut sessions = Vec::new();
+    for (i, phase) in ["alpha", "beta"].into_iter().enumerate() {
+        let out = tmp.path().join(format!("s{i}"));
+        let mut target = start_program(&bin, &[], &[], tmp.path());
+        let pid = target.pid().to_string();
+        let mut attach = attach(&[
+            "--pid",
+            &pid,
+            "--mode",
+            "signal",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+        assert_eq!(target.ask(&format!("{phase} 2")), format!("done {phase} 2"));
+        let answer: Value =
+            serde_json::from_str(&ok(&["dump", "--pid", &pid, "--json"])).expect("json");
+        assert_eq!(answer["ok"], true, "{answer}");
+        attach.signal(libc::SIGINT);
+        assert!(attach.wait(T).success(), "{}", attach.stderr());
+        target.send("quit");
+        let _ = target.wait();
+        ok(&["report", out.to_str().unwrap()]);
+        sessions.push(out);
+    }
+    // The second session's dump merged the first run's file: subtracted.
+    let metas = artifacts(&sessions[1]);
+    assert!(
+        metas.iter().any(|a| !a.meta["merged"].is_null()),
+        "the second run's dump merged the first's .gcda"
+    );
+    let (a, b) = (sessions[0].to_str().unwrap(), sessions[1].to_str().unwrap());
+    let d: Value = serde_json::from_str(&ok(&["diff", a, b, "--json"])).expect("json");
+    let lines = |v: &Value| -> BTreeSet<u32> {
+        v[src.to_str().unwrap()]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap() as u32).collect())
+            .unwrap_or_default()
+    };
+    let lcov = std::fs::read_to_string(sessions[0].join("report/coverage.lcov")).expect("lcov");
+    let instrumented = da_lines(&lcov, &src);
+    let ranges = phase_ranges();
+    let of = |p: &str| -> BTreeSet<u32> {
+        instrumented
+            .keys()
+            .copied()
+            .filter(|l| ranges[p].contains(l))
+            .collect()
+    };
+    assert!(!of("beta").is_empty() && !of("alpha").is_empty());
+    assert_eq!(lines(&d["newly_covered"]["lines"]), of("beta"), "{d}");
+    assert_eq!(lines(&d["no_longer_covered"]["lines"]), of("alpha"), "{d}");
+    let fns = |v: &Value| v.to_string();
+    assert!(fns(&d["newly_covered"]["functions"]).contains("beta"), "{d}");
+    assert!(fns(&d["no_longer_covered"]["functions"]).contains("alpha"), "{d}");
+    // Each session's own counts: shared ran twice in each, not four times in the second.
+    let second = std::fs::read_to_string(sessions[1].join("report/coverage.lcov")).expect("lcov");
+    let counts = da_lines(&second, &src);
+    for l in of("shared") {
+        assert_eq!(counts[&l], 2, "line {l} of shared in the second session");
+    }
+    let gate = covobs(&["diff", a, b, "--fail-on-lost"]);
+    assert_eq!(gate.status.code(), Some(1), "{gate:?}");
+}
