@@ -712,7 +712,7 @@ fn label_throughput_and_report_time() {
     let attributed = t0.elapsed();
     let staging = TempDir::new("labels-bench-out");
     let t0 = Instant::now();
-    covobs::report::labels::output::write_into(staging.path(), &a).expect("write labels");
+    covobs::report::labels::output::write_into(staging.path(), &a, &opts).expect("write labels");
     println!(
         "labels of the {n}-label session: attributed in {attributed:?}, figures and files in {:?}",
         t0.elapsed()
@@ -736,4 +736,524 @@ fn label_throughput_and_report_time() {
         std::fs::metadata(&hits).expect("hits").len(),
         labels["modules"][0]["counters"]
     );
+}
+
+/// Drive a target through SCRIPT under an attach in signal mode (every label through the
+/// control socket, one connection), stop both; the session directory.
+fn drive_script(target: &mut Driven, attach: &mut Covobs) {
+    let socket = PathBuf::from(format!("/run/covobs/attach-{}.sock", attach.pid()));
+    let s = UnixStream::connect(&socket).expect("connect");
+    s.set_read_timeout(Some(T)).expect("timeout");
+    let (mut w, mut r) = (s.try_clone().expect("clone"), BufReader::new(s));
+    for (label, commands) in SCRIPT {
+        for (phase, n) in commands {
+            assert_eq!(
+                target.ask(&format!("{phase} {n}")),
+                format!("done {phase} {n}")
+            );
+        }
+        writeln!(
+            w,
+            "{}",
+            serde_json::json!({"pid": target.pid(), "label": label, "keep_open": true})
+        )
+        .expect("send");
+        let mut line = String::new();
+        r.read_line(&mut line).expect("answer");
+        let answer: Value = serde_json::from_str(&line).expect("json answer");
+        assert_eq!(answer["ok"], true, "{label}: {answer}");
+        assert!(
+            answer["artifacts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "{label}: {answer}"
+        );
+    }
+    drop(w);
+    drop(r);
+    attach.signal(libc::SIGINT);
+    assert!(attach.wait(T).success(), "{}", attach.stderr());
+    let label_events: Vec<String> = of_kind(attach.events(), "label")
+        .iter()
+        .map(|e| e.s("label").to_string())
+        .collect();
+    assert_eq!(label_events, ["one", "two", "three", "empty"]);
+}
+
+/// The labels of a session driven through SCRIPT, for a fixture whose source file (as the
+/// report names it) is `src` and whose phases lie in `ranges`: each label's report has exactly
+/// its phases' lines with its phases' own counts, lines.json lists per line the labels that
+/// reached it, new_lines counts what no earlier label reached. Returns labels.json.
+fn check_phase_labels(
+    out: &Path,
+    src: &Path,
+    ranges: &BTreeMap<&'static str, RangeInclusive<u32>>,
+    runtime: &str,
+) -> Value {
+    let out_s = out.to_str().unwrap();
+    ok(&["report", out_s]);
+    let labels = read_json(&out.join("report/labels.json"));
+    let names: Vec<&str> = labels["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two", "three", "empty"], "{labels}");
+    assert!(labels.get("notes").is_none(), "{labels}");
+    let module = labels["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .find(|m| m["runtime"] == runtime)
+        .unwrap_or_else(|| panic!("no {runtime} module: {labels}"));
+    let session_lcov = std::fs::read_to_string(out.join("report/coverage.lcov")).expect("lcov");
+    let instrumented = da_lines(&session_lcov, src);
+    let phase_of = |l: u32| phase_of(l, ranges);
+    let mut phase_lines = BTreeMap::<&str, usize>::new();
+    for &l in instrumented.keys() {
+        if let Some(p) = phase_of(l) {
+            *phase_lines.entry(p).or_default() += 1;
+        }
+    }
+    for p in PHASES {
+        assert!(
+            phase_lines.get(p).is_some_and(|n| *n >= 1),
+            "phase {p}: no lines in\n{session_lcov}"
+        );
+    }
+    for (label, commands) in SCRIPT {
+        ok(&["report", out_s, "--label", label]);
+        let dir = out.join("report/labels").join(label);
+        let lcov = std::fs::read_to_string(dir.join("coverage.lcov")).expect("label lcov");
+        let lines = da_lines(&lcov, src);
+        let want = expected_counts(commands);
+        for &line in instrumented.keys() {
+            let Some(phase) = phase_of(line) else {
+                continue;
+            };
+            assert_eq!(
+                lines.get(&line).copied().unwrap_or(0),
+                want[phase],
+                "{runtime} label {label}, line {line} (phase {phase}):\n{lcov}"
+            );
+        }
+        println!(
+            "{runtime} label {label}: {} phase lines reached, counts {:?}",
+            instrumented
+                .keys()
+                .filter(|l| phase_of(**l).is_some() && lines.get(l).is_some_and(|c| *c > 0))
+                .count(),
+            want
+        );
+    }
+    // A plain report again: the per-label reports are rebuilt, the same bytes; a directory
+    // that is not a label's goes.
+    let label_lcov = |l: &str| {
+        std::fs::read(out.join("report/labels").join(l).join("coverage.lcov")).expect("label lcov")
+    };
+    let before: Vec<Vec<u8>> = SCRIPT.iter().map(|(l, _)| label_lcov(l)).collect();
+    let ghost = out.join("report/labels/ghost");
+    std::fs::create_dir_all(&ghost).expect("mkdir");
+    std::fs::write(ghost.join("coverage.lcov"), "").expect("ghost");
+    ok(&["report", out_s]);
+    for ((l, _), was) in SCRIPT.iter().zip(&before) {
+        assert_eq!(&label_lcov(l), was, "{runtime} label {l} rebuilt");
+        assert!(
+            out.join("report/labels")
+                .join(l)
+                .join("html/index.html")
+                .is_file()
+        );
+    }
+    assert!(!ghost.exists(), "report/labels/ghost stays");
+    let by_line = read_json(&out.join("report/labels/lines.json"));
+    let file = &by_line["files"][src.to_str().unwrap()];
+    for &line in instrumented.keys() {
+        let Some(phase) = phase_of(line) else {
+            continue;
+        };
+        let want: Vec<&str> = SCRIPT
+            .iter()
+            .filter(|(_, c)| expected_counts(c)[phase] > 0)
+            .map(|(l, _)| *l)
+            .collect();
+        let got: Vec<&str> = file[line.to_string()]["labels"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, want, "{runtime} line {line} ({phase}): {by_line}");
+    }
+    let entry = |n: &str| {
+        labels["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    // Reached for the first time: the lines whose first label it is (lines.json lists all
+    // four); among the phases' lines, two's are beta's and three's gamma's.
+    for (label, _) in SCRIPT {
+        let first: Vec<(String, u32)> = by_line["files"]
+            .as_object()
+            .expect("files")
+            .iter()
+            .flat_map(|(f, ls)| {
+                ls.as_object()
+                    .expect("lines")
+                    .iter()
+                    .filter(|(_, v)| v["labels"][0] == label)
+                    .map(|(l, _)| (f.clone(), l.parse::<u32>().expect("line")))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(entry(label)["new_lines"], first.len(), "{label}: {labels}");
+        let phases: BTreeSet<&str> = first
+            .iter()
+            .filter(|(f, _)| Path::new(f) == src)
+            .filter_map(|(_, l)| phase_of(*l))
+            .collect();
+        let want: BTreeSet<&str> = match label {
+            "one" => ["shared", "alpha"].into(),
+            "two" => ["beta"].into(),
+            "three" => ["gamma"].into(),
+            _ => BTreeSet::new(),
+        };
+        assert_eq!(phases, want, "{label}");
+    }
+    assert_eq!(entry("empty")["new_lines"], 0, "{labels}");
+    // The hit maps: the module's, a record per label that gained something.
+    let bytes =
+        std::fs::read(out.join("report").join(module["hits"].as_str().unwrap())).expect("hits");
+    let maps = covobs::report::labels::hitmap::decode(&bytes).expect("hit map");
+    let gained: Vec<&str> = maps.labels.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(gained.starts_with(&["one", "two", "three"]), "{gained:?}");
+    for (name, hits) in &maps.labels {
+        let e = entry(name);
+        assert_eq!(e["hits"], hits.values().sum::<u64>(), "{name}: {labels}");
+    }
+    labels
+}
+
+/// gcov: the fixture built with gcc --coverage (a dump is __gcov_dump then __gcov_reset;
+/// libgcov merges the .gcda on write), labels closed by dumps in signal mode.
+#[test]
+fn labels_attribute_each_phase_of_a_gcov_target() {
+    require_root();
+    let tmp = TempDir::new("labels-gcov");
+    let src = tmp.path().join("phases.c");
+    std::fs::write(&src, SOURCE).expect("write source");
+    let bin = tmp.path().join("label-phases-gcov");
+    run_ok(
+        Command::new("gcc")
+            .args(["--coverage", "-O0", "-g", "-DPHASES_GCOV", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .current_dir(tmp.path()),
+    );
+    let out = tmp.path().join("out");
+    let mut target = start_program(&bin, &[], &[], tmp.path());
+    let pid = target.pid().to_string();
+    let mut attach = attach(&[
+        "--pid",
+        &pid,
+        "--mode",
+        "signal",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    drive_script(&mut target, &mut attach);
+    target.send("quit");
+    let _ = target.wait();
+    let labels = check_phase_labels(&out, &src, &phase_ranges(), "gcov");
+    println!("{labels}");
+}
+
+/// Each phase's line range in an OCaml source, from its `(* BEGIN p *)` and `(* END p *)`.
+fn ml_ranges(source: &str) -> BTreeMap<&'static str, RangeInclusive<u32>> {
+    let find = |marker: String| {
+        source
+            .lines()
+            .position(|l| l.trim() == marker)
+            .map(|i| i as u32 + 1)
+            .unwrap_or_else(|| panic!("{marker} not in the fixture"))
+    };
+    PHASES
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                find(format!("(* BEGIN {p} *)"))..=find(format!("(* END {p} *)")),
+            )
+        })
+        .collect()
+}
+
+/// bisect_ppx: the phases in OCaml (fixtures/label-phases/phases.ml, instrumented; its driver
+/// phases_main.ml dumps through Bisect.Runtime.dump_counters_exn on SIGUSR2), built with the
+/// project's bisect_ppx (`cargo xtask fixtures` installs it), labels closed by dumps in signal
+/// mode.
+#[test]
+fn labels_attribute_each_phase_of_a_bisect_ppx_target() {
+    require_root();
+    const ML: &str = include_str!("../../fixtures/label-phases/phases.ml");
+    const MAIN: &str = include_str!("../../fixtures/label-phases/phases_main.ml");
+    let tmp = TempDir::new("labels-bisect");
+    let dir = tmp.path();
+    std::fs::write(dir.join("phases.ml"), ML).expect("write source");
+    std::fs::write(dir.join("phases_main.ml"), MAIN).expect("write source");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ocamlpath = root.join(".tools/ocaml/lib");
+    assert!(
+        ocamlpath.join("bisect_ppx").is_dir(),
+        "bisect_ppx is installed by cargo xtask fixtures"
+    );
+    let ocamlfind = |args: &[&str]| {
+        run_ok(
+            Command::new("ocamlfind")
+                .args(args)
+                .env("OCAMLPATH", &ocamlpath)
+                .current_dir(dir),
+        )
+    };
+    // Compiled in its directory: bisect records the name `phases.ml`, found from the
+    // process's working directory.
+    ocamlfind(&["ocamlopt", "-package", "bisect_ppx", "-c", "phases.ml"]);
+    ocamlfind(&[
+        "ocamlopt",
+        "-package",
+        "bisect_ppx.runtime,unix",
+        "-c",
+        "phases_main.ml",
+    ]);
+    ocamlfind(&[
+        "ocamlopt",
+        "-package",
+        "bisect_ppx.runtime,unix",
+        "-linkpkg",
+        "-o",
+        "label-phases-ml",
+        "phases.cmx",
+        "phases_main.cmx",
+    ]);
+    let out = dir.join("out");
+    let prefix = dir.join("bisect-");
+    let mut target = start_program(
+        &dir.join("label-phases-ml"),
+        &[],
+        &[("BISECT_FILE", prefix.to_str().unwrap())],
+        dir,
+    );
+    let pid = target.pid().to_string();
+    let mut attach = attach(&[
+        "--pid",
+        &pid,
+        "--mode",
+        "signal",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    drive_script(&mut target, &mut attach);
+    target.send("quit");
+    let _ = target.wait();
+    let labels = check_phase_labels(&out, &dir.join("phases.ml"), &ml_ranges(ML), "bisect");
+    println!("{labels}");
+}
+
+/// Signal mode: label b asked while the dump asked for label a has not started (the target is
+/// stopped) joins that dump: one state closes both, the answers say so, the state's gains go to
+/// a (closed first) and b has none; labels.json names the label each shares its state with. A
+/// label asked afterwards gets its own dump and exactly its own phase.
+#[test]
+fn a_label_asked_while_a_dump_is_asked_for_shares_that_dump() {
+    require_root();
+    let tmp = TempDir::new("labels-shared");
+    let bin = build(tmp.path());
+    let src = tmp.path().join("phases.c");
+    let out = tmp.path().join("out");
+    let profile = tmp.path().join("t.profraw");
+    let mut target = start_program(
+        &bin,
+        &[],
+        &[("LLVM_PROFILE_FILE", profile.to_str().unwrap())],
+        tmp.path(),
+    );
+    let pid = target.pid();
+    let mut attach = attach(&[
+        "--pid",
+        &pid.to_string(),
+        "--mode",
+        "signal",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+    let socket = PathBuf::from(format!("/run/covobs/attach-{}.sock", attach.pid()));
+    let connect = || {
+        let s = UnixStream::connect(&socket).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        (s.try_clone().expect("clone"), BufReader::new(s))
+    };
+    let answer = |r: &mut BufReader<UnixStream>| -> Value {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("answer");
+        serde_json::from_str(&line).expect("json answer")
+    };
+    assert_eq!(target.ask("alpha 2"), "done alpha 2");
+    // Stopped, the target cannot answer a's signal: b's request finds it unanswered.
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (mut wa, mut ra) = connect();
+    writeln!(wa, "{}", serde_json::json!({"pid": pid, "label": "a"})).expect("send a");
+    attach.wait_event(T, "a's trigger", |e| e.kind() == "trigger");
+    let (mut wb, mut rb) = connect();
+    writeln!(wb, "{}", serde_json::json!({"pid": pid, "label": "b"})).expect("send b");
+    // b is taken when its label event would follow a's: give covobs the request first.
+    let asked = std::time::Instant::now();
+    while asked.elapsed() < Duration::from_millis(1000) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (a, b) = (answer(&mut ra), answer(&mut rb));
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(b["ok"], true, "{b}");
+    assert_eq!(a["artifacts"], b["artifacts"], "one dump: {a} {b}");
+    assert_eq!(a["shares_dump_with"], serde_json::json!(["b"]), "{a}");
+    assert_eq!(b["shares_dump_with"], serde_json::json!(["a"]), "{b}");
+    assert!(b["triggered"].to_string().contains("already asked"), "{b}");
+    // Afterwards: a dump of its own.
+    assert_eq!(target.ask("beta 1"), "done beta 1");
+    let (mut wc, mut rc) = connect();
+    writeln!(wc, "{}", serde_json::json!({"pid": pid, "label": "c"})).expect("send c");
+    let c = answer(&mut rc);
+    assert_eq!(c["ok"], true, "{c}");
+    assert_ne!(c["artifacts"], a["artifacts"], "{c}");
+    assert!(c.get("shares_dump_with").is_none(), "{c}");
+    drop((wa, wb, wc));
+    attach.signal(libc::SIGINT);
+    assert!(attach.wait(T).success(), "{}", attach.stderr());
+    target.send("quit");
+    let _ = target.wait();
+    let out_s = out.to_str().unwrap();
+    ok(&["report", out_s]);
+    let labels = read_json(&out.join("report/labels.json"));
+    let entry = |n: &str| {
+        labels["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no label {n}: {labels}"))
+    };
+    assert_eq!(entry("a")["shares_state_with"], serde_json::json!(["b"]));
+    assert_eq!(entry("b")["shares_state_with"], serde_json::json!(["a"]));
+    assert_eq!(entry("b")["hits"], 0, "{labels}");
+    assert_eq!(entry("b")["lines"], 0, "{labels}");
+    assert!(entry("c").get("shares_state_with").is_none(), "{labels}");
+    let ranges = phase_ranges();
+    for (label, commands) in [("a", &[("alpha", 2)][..]), ("c", &[("beta", 1)][..])] {
+        ok(&["report", out_s, "--label", label]);
+        let lcov =
+            std::fs::read_to_string(out.join("report/labels").join(label).join("coverage.lcov"))
+                .expect("lcov");
+        let lines = da_lines(&lcov, &src);
+        let want = expected_counts(commands);
+        let mut checked = 0;
+        for (line, count) in &lines {
+            if let Some(p) = phase_of(*line, &ranges) {
+                assert_eq!(*count, want[p], "{label}, line {line} ({p})");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "{label}: {checked} phase lines");
+    }
+}
+
+/// Two sessions of one gcov program with different inputs (alpha, then beta): covobs diff says
+/// beta's lines are newly covered and alpha's no longer, nothing else. The second run's dumps
+/// merge into the .gcda the first run left (libgcov merges on write): its session still counts
+/// only its own run.
+#[test]
+fn diff_of_two_gcov_sessions_gives_the_new_and_lost_phases() {
+    require_root();
+    let tmp = TempDir::new("labels-gcov-diff");
+    let src = tmp.path().join("phases.c");
+    std::fs::write(&src, SOURCE).expect("write source");
+    let bin = tmp.path().join("label-phases-gcov");
+    run_ok(
+        Command::new("gcc")
+            .args(["--coverage", "-O0", "-g", "-DPHASES_GCOV", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .current_dir(tmp.path()),
+    );
+    let mut sessions = Vec::new();
+    for (i, phase) in ["alpha", "beta"].into_iter().enumerate() {
+        let out = tmp.path().join(format!("s{i}"));
+        let mut target = start_program(&bin, &[], &[], tmp.path());
+        let pid = target.pid().to_string();
+        let mut attach = attach(&[
+            "--pid",
+            &pid,
+            "--mode",
+            "signal",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        attach.wait_event(T, "runtime_found", |e| e.kind() == "runtime_found");
+        assert_eq!(target.ask(&format!("{phase} 2")), format!("done {phase} 2"));
+        let answer: Value =
+            serde_json::from_str(&ok(&["dump", "--pid", &pid, "--json"])).expect("json");
+        assert_eq!(answer["ok"], true, "{answer}");
+        attach.signal(libc::SIGINT);
+        assert!(attach.wait(T).success(), "{}", attach.stderr());
+        target.send("quit");
+        let _ = target.wait();
+        ok(&["report", out.to_str().unwrap()]);
+        sessions.push(out);
+    }
+    // The second session's dump merged the first run's file: subtracted.
+    let metas = artifacts(&sessions[1]);
+    assert!(
+        metas.iter().any(|a| !a.meta["merged"].is_null()),
+        "the second run's dump merged the first's .gcda"
+    );
+    let (a, b) = (sessions[0].to_str().unwrap(), sessions[1].to_str().unwrap());
+    let d: Value = serde_json::from_str(&ok(&["diff", a, b, "--json"])).expect("json");
+    let lines = |v: &Value| -> BTreeSet<u32> {
+        v[src.to_str().unwrap()]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap() as u32).collect())
+            .unwrap_or_default()
+    };
+    let lcov = std::fs::read_to_string(sessions[0].join("report/coverage.lcov")).expect("lcov");
+    let instrumented = da_lines(&lcov, &src);
+    let ranges = phase_ranges();
+    let of = |p: &str| -> BTreeSet<u32> {
+        instrumented
+            .keys()
+            .copied()
+            .filter(|l| ranges[p].contains(l))
+            .collect()
+    };
+    assert!(!of("beta").is_empty() && !of("alpha").is_empty());
+    assert_eq!(lines(&d["newly_covered"]["lines"]), of("beta"), "{d}");
+    assert_eq!(lines(&d["no_longer_covered"]["lines"]), of("alpha"), "{d}");
+    let fns = |v: &Value| v.to_string();
+    assert!(fns(&d["newly_covered"]["functions"]).contains("beta"), "{d}");
+    assert!(fns(&d["no_longer_covered"]["functions"]).contains("alpha"), "{d}");
+    // Each session's own counts: shared ran twice in each, not four times in the second.
+    let second = std::fs::read_to_string(sessions[1].join("report/coverage.lcov")).expect("lcov");
+    let counts = da_lines(&second, &src);
+    for l in of("shared") {
+        assert_eq!(counts[&l], 2, "line {l} of shared in the second session");
+    }
+    let gate = covobs(&["diff", a, b, "--fail-on-lost"]);
+    assert_eq!(gate.status.code(), Some(1), "{gate:?}");
 }

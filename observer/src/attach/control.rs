@@ -62,6 +62,14 @@ pub enum ControlError {
     NoAttach(String),
     #[error("covobs attach answered: {0}")]
     Refused(String),
+    /// Every attach that answered does not watch the target, and some did not answer: one of
+    /// those may (a stopped or overloaded covobs), so this is not "no attach watches it".
+    #[error(
+        "no `covobs attach` that answered watches {what}; {} did not answer in time, and may: {}",
+        sockets.len(),
+        sockets.join(", ")
+    )]
+    Unanswered { what: String, sockets: Vec<String> },
 }
 
 impl ControlError {
@@ -134,6 +142,10 @@ pub struct DumpResponse {
     /// Dumps that could not be collected, with the reason.
     #[serde(default)]
     pub lost: Vec<String>,
+    /// The labels of other requests that share this one's dump (signal mode: a request that
+    /// finds its dump asked for and not started yet joins it; docs/labels.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_dump_with: Vec<String>,
     #[serde(default)]
     pub session_dir: String,
 }
@@ -408,6 +420,8 @@ impl Responder {
     }
 }
 
+const NO_ANSWER: &str = "no answer in time";
+
 /// The client side: ask every running attach at once (one that is stuck or shutting down must
 /// not hold up the one that watches the target); the answers of all that watch it are merged.
 pub async fn request_dump(
@@ -435,7 +449,7 @@ pub async fn request_dump(
                 Ok(r) => r,
                 Err(_) => Err(ControlError::Io {
                     path: path.display().to_string(),
-                    source: std::io::Error::other("no answer in time"),
+                    source: std::io::Error::other(NO_ANSWER),
                 }),
             }
         });
@@ -470,11 +484,30 @@ pub async fn request_dump(
     }
     asking.abort_all();
     if mine.is_empty() {
-        // A socket that answered nothing may belong to the attach that watches the target.
-        return Err(failures
+        // A socket that answered nothing may belong to the attach that watches the target: said
+        // as that (one stuck attach elsewhere on the machine used to make this "no answer in
+        // time" from its socket alone), and a failure that is not a timeout as itself.
+        let (timeouts, other): (Vec<ControlError>, Vec<ControlError>) =
+            failures.into_iter().partition(
+                |e| matches!(e, ControlError::Io { source, .. } if source.to_string() == NO_ANSWER),
+            );
+        if let Some(e) = other.into_iter().next() {
+            return Err(e);
+        }
+        let sockets: Vec<String> = timeouts
             .into_iter()
-            .next()
-            .unwrap_or(ControlError::NoAttach(label)));
+            .filter_map(|e| match e {
+                ControlError::Io { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect();
+        if sockets.is_empty() {
+            return Err(ControlError::NoAttach(label));
+        }
+        return Err(ControlError::Unanswered {
+            what: label,
+            sockets,
+        });
     }
     merge(mine)
 }
@@ -531,6 +564,7 @@ fn merge(mine: Vec<DumpResponse>) -> Result<DumpResponse, ControlError> {
         merged.triggered.extend(r.triggered);
         merged.artifacts.extend(r.artifacts);
         merged.lost.extend(r.lost);
+        merged.shares_dump_with.extend(r.shares_dump_with);
         if merged.session_dir.is_empty() {
             merged.session_dir = r.session_dir;
         }

@@ -92,10 +92,12 @@ impl Session {
                         if let Some(id) = request
                             && !p.requests.contains(&id)
                         {
+                            let others = p.requests.clone();
                             p.requests.push(id);
                             if let Some(r) = self.requests.get_mut(&id) {
                                 r.remaining += 1;
                             }
+                            share_labels(&mut self.requests, id, &others);
                         }
                         joined.push(*rt);
                     }
@@ -466,6 +468,34 @@ impl Session {
             r.response.ok = false;
             r.response.error = Some(errors.join("; "));
             self.close_request(r).await;
+        }
+    }
+}
+
+/// Request `id` joined a dump that `others` asked for: each names the other's label in its
+/// answer (they close at the same state; the report gives its gains to the label that closes
+/// first).
+fn share_labels(
+    requests: &mut std::collections::HashMap<u64, RequestState>,
+    id: u64,
+    others: &[u64],
+) {
+    let label_of = |requests: &std::collections::HashMap<u64, RequestState>, i: &u64| {
+        requests.get(i).and_then(|r| r.label.clone())
+    };
+    let mine = label_of(requests, &id);
+    for o in others {
+        if let Some(theirs) = label_of(requests, o)
+            && let Some(r) = requests.get_mut(&id)
+            && !r.response.shares_dump_with.contains(&theirs)
+        {
+            r.response.shares_dump_with.push(theirs);
+        }
+        if let Some(mine) = &mine
+            && let Some(r) = requests.get_mut(o)
+            && !r.response.shares_dump_with.contains(mine)
+        {
+            r.response.shares_dump_with.push(mine.clone());
         }
     }
 }

@@ -286,8 +286,10 @@ pub fn labels(dir: &Path, old: &str, new: &str, opts: &ReportOptions) -> Result<
             })
     };
     let (i, j) = (index(old)?, index(new)?);
-    let ca = labels::analysis::label_coverage(&a, i, true).map_err(labels::LabelError::Engine)?;
-    let cb = labels::analysis::label_coverage(&a, j, true).map_err(labels::LabelError::Engine)?;
+    let ca =
+        labels::analysis::label_coverage(&a, i, true, opts).map_err(labels::LabelError::Engine)?;
+    let cb =
+        labels::analysis::label_coverage(&a, j, true, opts).map_err(labels::LabelError::Engine)?;
     diff((old, &ca.coverage), (new, &cb.coverage))
 }
 

@@ -63,6 +63,40 @@ pub struct KernelReport {
     pub warnings: Vec<String>,
 }
 
+/// One kcov artifact, read: PC -> times recorded, and the kernel it comes from.
+pub struct KcovTrace {
+    pub hits: HashMap<u64, u64>,
+    pub build_id: Option<String>,
+    pub release: Option<String>,
+}
+
+/// Read (and check) one kcov artifact.
+pub fn read_trace(a: &Artifact) -> Result<KcovTrace, String> {
+    let bytes = a.check_recorded()?;
+    let name = a
+        .meta
+        .format
+        .as_ref()
+        .and_then(|f| f.name.clone())
+        .unwrap_or_default();
+    let mode =
+        Mode::from_format_name(&name).ok_or_else(|| format!("unknown kcov format {name:?}"))?;
+    let trace = Trace::parse(mode, &bytes).map_err(|e| e.to_string())?;
+    let module = a.meta.module.as_ref();
+    let mut hits = HashMap::new();
+    for pc in trace.pcs() {
+        *hits.entry(pc).or_insert(0u64) += 1;
+    }
+    Ok(KcovTrace {
+        hits,
+        build_id: module.and_then(|m| m.build_id.clone()),
+        release: module
+            .and_then(|m| m.producer.as_ref())
+            .and_then(|p| p.strip_prefix("Linux "))
+            .map(str::to_owned),
+    })
+}
+
 /// The kcov artifacts of a session, read.
 #[derive(Default)]
 pub struct KernelSource {
@@ -79,41 +113,35 @@ impl KernelSource {
 
     /// Take one kcov artifact; `Err` is why it is left out.
     pub fn add(&mut self, a: &Artifact) -> Result<(), String> {
-        let bytes = a.check_recorded()?;
-        let name = a
-            .meta
-            .format
-            .as_ref()
-            .and_then(|f| f.name.clone())
-            .unwrap_or_default();
-        let mode =
-            Mode::from_format_name(&name).ok_or_else(|| format!("unknown kcov format {name:?}"))?;
-        let trace = Trace::parse(mode, &bytes).map_err(|e| e.to_string())?;
-        let id = a.meta.module.as_ref().and_then(|m| m.build_id.clone());
-        match (&self.build_id, &id) {
+        let t = read_trace(a)?;
+        match (&self.build_id, &t.build_id) {
             (Some(have), Some(new)) if have != new => {
                 return Err(format!(
                     "it comes from another kernel (build id {new}, the session's first kcov artifact has {have})"
                 ));
             }
-            (None, Some(_)) => self.build_id = id.clone(),
+            (None, Some(_)) => self.build_id = t.build_id.clone(),
             _ => {}
         }
         if self.release.is_none() {
-            self.release = a
-                .meta
-                .module
-                .as_ref()
-                .and_then(|m| m.producer.as_ref())
-                .and_then(|p| p.strip_prefix("Linux "))
-                .map(str::to_owned);
+            self.release = t.release;
         }
-        let mut counts = HashMap::new();
-        for pc in trace.pcs() {
-            *counts.entry(pc).or_insert(0u64) += 1;
-        }
-        self.artifacts.push((a.meta.seq, counts));
+        self.artifacts.push((a.meta.seq, t.hits));
         Ok(())
+    }
+
+    /// The kernel coverage of `hits` alone (PC -> times recorded), as one artifact of that
+    /// kernel.
+    pub fn of_hits(
+        build_id: Option<String>,
+        release: Option<String>,
+        hits: HashMap<u64, u64>,
+    ) -> Self {
+        Self {
+            artifacts: vec![(0, hits)],
+            build_id,
+            release,
+        }
     }
 
     fn all_hits(&self) -> HashMap<u64, u64> {

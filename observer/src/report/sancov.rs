@@ -99,6 +99,8 @@ pub fn pc_table(data: &[u8]) -> Result<Vec<(u64, u64)>, String> {
 pub struct SancovUnit {
     image: KernelImage,
     edges: Vec<Edge>,
+    /// Each edge's module-relative PC.
+    pcs: Vec<u64>,
     by_pc: HashMap<u64, usize>,
     /// Edges from the PC table (the counters map has exactly these, in this order).
     table: usize,
@@ -116,6 +118,7 @@ impl SancovUnit {
         let mut unit = Self {
             image,
             edges: Vec::new(),
+            pcs: Vec::new(),
             by_pc: HashMap::new(),
             table: table.len(),
             tally: Tally::new(table.len(), 0),
@@ -139,6 +142,7 @@ impl SancovUnit {
                 .map(|f| (f.name.to_owned(), sym.function_place(&f)));
             self.by_pc.insert(pc, self.edges.len());
             self.edges.push(Edge { place, entry_of });
+            self.pcs.push(pc);
         }
         Ok(())
     }
@@ -151,6 +155,16 @@ impl SancovUnit {
         pcs: &[u64],
         buckets: Option<&[u8]>,
     ) -> Result<(), String> {
+        let state = self.state(pcs, buckets)?;
+        self.tally.grow(self.edges.len());
+        self.tally.push(instance, &state, &[], None);
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The edges' values in one state (every edge the module has so far, PCs it did not list
+    /// before added): the PCs of its `.sancov` file and, when collected, its counters map.
+    pub fn state(&mut self, pcs: &[u64], buckets: Option<&[u8]>) -> Result<Vec<u64>, String> {
         let new: Vec<(u64, u64)> = pcs
             .iter()
             .filter(|pc| !self.by_pc.contains_key(pc))
@@ -158,7 +172,6 @@ impl SancovUnit {
             .collect();
         if !new.is_empty() {
             self.symbolize(&new)?;
-            self.tally.grow(self.edges.len());
         }
         let mut state = vec![0u64; self.edges.len()];
         match buckets {
@@ -183,9 +196,21 @@ impl SancovUnit {
                 state[i] = 1;
             }
         }
-        self.tally.push(instance, &state, &[], None);
-        self.steps += 1;
-        Ok(())
+        Ok(state)
+    }
+
+    /// Edges so far.
+    pub fn len(&self) -> usize {
+        self.edges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edges.is_empty()
+    }
+
+    /// The module-relative PC of edge `i` (0 past the end).
+    pub fn pc(&self, i: usize) -> u64 {
+        self.pcs.get(i).copied().unwrap_or(0)
     }
 
     pub fn resets(&self) -> u64 {
@@ -195,7 +220,11 @@ impl SancovUnit {
     /// The module's coverage now: every edge's line (a line at the highest count of its edges),
     /// every function with an entry edge.
     pub fn coverage(&self) -> Coverage {
-        let counts = self.tally.counters();
+        self.coverage_of(self.tally.counters())
+    }
+
+    /// The module's coverage with `counts` (one per edge; missing ones are 0).
+    pub fn coverage_of(&self, counts: &[u64]) -> Coverage {
         let mut files: BTreeMap<&str, FileCoverage> = BTreeMap::new();
         for (e, &n) in self.edges.iter().zip(counts) {
             let Some(p) = &e.place else { continue };

@@ -3,10 +3,12 @@
 //! before it reached that).
 use std::collections::{BTreeMap, HashSet};
 
-use super::compute::Attribution;
+use super::{
+    compute::{Attribution, Hits},
+    source::CoverageCtx,
+};
 use crate::report::{
-    engine::mapping::Kind,
-    lcov,
+    ReportOptions,
     model::{Coverage, Totals},
 };
 
@@ -49,56 +51,35 @@ impl LabelCoverage {
 }
 
 /// The coverage of label `label` (an index into `a.labels`). With `full`, every line and
-/// function of the modules, as a report shows them; otherwise only the functions whose counters
-/// the label gained (what it reached is the same, and a large module costs what the label ran,
-/// not its size).
-pub fn label_coverage(a: &Attribution, label: usize, full: bool) -> Result<LabelCoverage, String> {
+/// function of the modules, as a report shows them; otherwise at least what the label reached
+/// (what it reached is the same, and a large module costs what the label ran, not its size).
+pub fn label_coverage(
+    a: &Attribution,
+    label: usize,
+    full: bool,
+    opts: &ReportOptions,
+) -> Result<LabelCoverage, String> {
+    let ctx = CoverageCtx { opts };
     let mut out = LabelCoverage::default();
+    let none = Hits::new();
     for m in &a.modules {
         // Modules no label gained anything in add nothing but their zero lines.
         if m.gained.is_empty() || (!full && !m.gained.contains_key(&label)) {
             continue;
         }
-        let mc = match full {
-            true => m.coverage(label),
-            false => m.reached_coverage(label),
-        };
-        let Some(mc) = mc else {
+        let gained = m.gained.get(&label).unwrap_or(&none);
+        let part = m
+            .source
+            .coverage(&ctx, gained, full)
+            .map_err(|why| format!("{} module {}: {why}", m.runtime.name(), m.name))?;
+        let Some(part) = part else {
             continue;
         };
-        let (detail, files) = match mc.detail_with_summary() {
-            Some(both) => both,
-            None => {
-                let (text, files) = mc.lcov_with_summary();
-                let detail = lcov::parse(&text, "covobs' engine").map_err(|e| e.to_string())?;
-                (detail, files)
-            }
-        };
-        out.coverage.merge(&detail);
-        for (f, t) in files {
+        out.coverage.merge(&part.detail);
+        for (f, t) in part.files {
             out.files.entry(f).or_default().add(&t);
         }
-        if !m.gained.contains_key(&label) {
-            continue;
-        }
-        for f in &mc.functions {
-            for r in &f.regions {
-                if r.count == 0 || r.region.kind != Kind::Code {
-                    continue;
-                }
-                let Some(file) = f.filenames.get(r.region.file_id as usize) else {
-                    continue;
-                };
-                let g = r.region;
-                out.regions.insert((
-                    file.to_string(),
-                    g.line_start,
-                    g.col_start,
-                    g.line_end,
-                    g.col_end,
-                ));
-            }
-        }
+        out.regions.extend(part.regions);
     }
     Ok(out)
 }

@@ -1,10 +1,11 @@
-//! The hit maps of one module: per label, counter index -> hits gained (docs/output.md,
-//! "Label hit maps"). Little endian; LEB128 varints for the sparse entries:
+//! The hit maps of one module: per label, counter index (or PC, [`Keys`]) -> hits gained
+//! (docs/output.md, "Label hit maps"). Little endian; LEB128 varints for the sparse entries:
 //!
 //! ```text
 //! magic    8 bytes  "COVOBSHM"
-//! version  u32      1
-//! counters u32      the module's counters (indices are below this)
+//! version  u32      2
+//! keys     u8       0: counter indices (below `counters`), 1: module-relative PCs, 2: kernel PCs
+//! counters u64      the module's counters (for PCs: the PCs the session saw)
 //! labels   u32      label records that follow
 //! build id u16 length, then that many bytes (lowercase hex; empty when unknown)
 //! per label:
@@ -13,16 +14,17 @@
 //!   per entry, by increasing index: varint gap (index - previous index - 1; the first: index),
 //!           varint hits
 //! ```
-use super::compute::Hits;
+use super::{compute::Hits, runtime::Keys};
 
 pub const MAGIC: &[u8; 8] = b"COVOBSHM";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// One module's hit maps, decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HitMaps {
     pub build_id: String,
-    pub counters: u32,
+    pub keys: Keys,
+    pub counters: u64,
     /// (label, counter index -> hits), in the file's order.
     pub labels: Vec<(String, Hits)>,
 }
@@ -43,6 +45,7 @@ pub fn encode(maps: &HitMaps) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(maps.keys.code());
     out.extend_from_slice(&maps.counters.to_le_bytes());
     out.extend_from_slice(&(maps.labels.len() as u32).to_le_bytes());
     let id = maps.build_id.as_bytes();
@@ -56,9 +59,9 @@ pub fn encode(maps: &HitMaps) -> Vec<u8> {
         varint(&mut out, hits.len() as u64);
         let mut next = 0u64;
         for (&i, &h) in hits {
-            varint(&mut out, u64::from(i) - next);
+            varint(&mut out, i - next);
             varint(&mut out, h);
-            next = u64::from(i) + 1;
+            next = i.saturating_add(1);
         }
     }
     out
@@ -80,6 +83,12 @@ impl Reader<'_> {
     fn u16(&mut self) -> Result<u16, String> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        Ok(u64::from_le_bytes(w))
     }
     fn u32(&mut self) -> Result<u32, String> {
         let b = self.take(4)?;
@@ -114,7 +123,9 @@ pub fn decode(b: &[u8]) -> Result<HitMaps, String> {
     if version != VERSION {
         return Err(format!("hit map version {version}, covobs reads {VERSION}"));
     }
-    let counters = r.u32()?;
+    let code = r.take(1)?[0];
+    let keys = Keys::from_code(code).ok_or_else(|| format!("hit map: keys {code}"))?;
+    let counters = r.u64()?;
     let n = r.u32()?;
     let build_id = r.string()?;
     let mut labels = Vec::new();
@@ -125,11 +136,13 @@ pub fn decode(b: &[u8]) -> Result<HitMaps, String> {
         let mut next = 0u64;
         for _ in 0..entries {
             let i = next.saturating_add(r.varint()?);
-            if i >= u64::from(counters) {
+            if keys == Keys::Counter && i >= counters {
                 return Err(format!("hit map: counter {i} of a module with {counters}"));
             }
-            hits.insert(i as u32, r.varint()?);
-            next = i + 1;
+            if hits.insert(i, r.varint()?).is_some() {
+                return Err(format!("hit map: index {i} twice"));
+            }
+            next = i.saturating_add(1);
         }
         labels.push((name, hits));
     }
@@ -141,6 +154,7 @@ pub fn decode(b: &[u8]) -> Result<HitMaps, String> {
     }
     Ok(HitMaps {
         build_id,
+        keys,
         counters,
         labels,
     })
@@ -154,6 +168,7 @@ mod tests {
     fn maps_survive_the_round_trip_and_bad_bytes_are_refused() {
         let maps = HitMaps {
             build_id: "abcd".into(),
+            keys: Keys::Counter,
             counters: 1000,
             labels: vec![
                 ("a".into(), Hits::from([(0, 1), (1, 300), (999, u64::MAX)])),
@@ -168,5 +183,16 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(decode(&extra).is_err());
+        // PCs: any 64-bit key.
+        let pcs = HitMaps {
+            build_id: String::new(),
+            keys: Keys::KernelPc,
+            counters: 2,
+            labels: vec![(
+                "k".into(),
+                Hits::from([(0xffff_ffff_8100_0000, 2), (u64::MAX, 1)]),
+            )],
+        };
+        assert_eq!(decode(&encode(&pcs)), Ok(pcs));
     }
 }

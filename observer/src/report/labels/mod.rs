@@ -3,11 +3,18 @@
 //! close it ([`compute`]), keeps it as hit maps per module ([`hitmap`]), and writes per-label
 //! figures, per-line label lists and one label's own report ([`output`]).
 pub mod analysis;
+mod bisect;
 pub mod compute;
 pub mod events;
+mod gcov;
 pub mod hitmap;
+mod kcov;
+mod llvm;
 pub mod name;
 pub mod output;
+pub mod runtime;
+mod sancov;
+pub mod source;
 
 use std::path::Path;
 
@@ -49,7 +56,7 @@ pub fn read_session(
     let session = Session::open(dir)?;
     let sdir = SessionDir::open(dir).map_err(|e| LabelError::Events(e.to_string()))?;
     let labels = events::read(&sdir)?;
-    let a = attribute(&session, &sdir, labels, &opts.tool_dirs);
+    let a = attribute(&session, &sdir, labels, opts);
     Ok((session, a))
 }
 
@@ -76,6 +83,15 @@ pub fn write_into_report(
     if labels.is_empty() {
         return Ok(Default::default());
     }
-    let a = attribute(session, &sdir, labels, &opts.tool_dirs);
-    output::write_into(root, &a)
+    let a = attribute(session, &sdir, labels, opts);
+    let (mut written, lines) = output::write_into(root, &a, opts)?;
+    // The label reports the previous report had, rebuilt (docs/labels.md).
+    let (again, dropped) = output::rewrite_label_reports(session, &a, root, opts)?;
+    written.extend(again);
+    for name in dropped {
+        tracing::warn!(
+            "report/labels/{name}/ is not rebuilt: the session has no such label (or it held no report)"
+        );
+    }
+    Ok((written, lines))
 }

@@ -9,7 +9,12 @@ use std::{
 
 use serde::Serialize;
 
-use super::{LabelError, analysis, compute::Attribution, hitmap};
+use super::{
+    LabelError, analysis,
+    compute::Attribution,
+    hitmap,
+    runtime::{Keys, Runtime},
+};
 use crate::report::{
     Format, ReportOptions, ReportSummary, Warning, html, lcov,
     output::create,
@@ -40,6 +45,10 @@ struct LabelEntry<'a> {
     artifacts: &'a [String],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     lost: &'a [String],
+    /// Labels closed by one of the same states (their requests shared a dump): that state's
+    /// gains went to the first of them in closing order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shares_state_with: Vec<&'a str>,
     /// Counters that gained hits, and the hits gained.
     counters: u64,
     hits: u64,
@@ -55,9 +64,13 @@ struct LabelEntry<'a> {
 #[derive(Serialize)]
 struct ModuleEntry {
     name: String,
+    runtime: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     build_id: Option<String>,
+    /// Its counters (gcov arcs, bisect points, sancov edges, kernel PCs seen).
     counters: usize,
+    /// What its hit maps' indices are: "counter", "pc" (module-relative), "kernel_pc".
+    keys: &'static str,
     /// Relative to report/.
     hits: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,12 +93,20 @@ struct LineEntry<'a> {
 }
 
 /// The file name of a module's hit maps.
-pub fn hits_name(build_id: Option<&str>, index: usize) -> String {
+/// LLVM's by build id alone; the other runtimes' with the runtime first (a binary can have
+/// LLVM and bisect_ppx coverage).
+pub fn hits_name(runtime: Runtime, build_id: Option<&str>, index: usize) -> String {
+    let prefix = match runtime {
+        Runtime::Llvm => String::new(),
+        Runtime::Gcov | Runtime::Bisect | Runtime::Sancov | Runtime::Kcov => {
+            format!("{}-", runtime.name())
+        }
+    };
     match build_id {
         Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            format!("hits-{}.bin", id.to_ascii_lowercase())
+            format!("hits-{prefix}{}.bin", id.to_ascii_lowercase())
         }
-        _ => format!("hits-module-{index}.bin"),
+        _ => format!("hits-{prefix}module-{index}.bin"),
     }
 }
 
@@ -95,7 +116,11 @@ pub type LineLabels = BTreeMap<String, BTreeMap<u32, (usize, Vec<String>)>>;
 /// Write labels.json, labels/lines.json and the hit maps into `root` (a report being staged).
 /// Nothing when the session has no labels. Returns the files written (relative to `root`) and
 /// the labels of each line (for the HTML).
-pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLabels), LabelError> {
+pub fn write_into(
+    root: &Path,
+    a: &Attribution,
+    opts: &ReportOptions,
+) -> Result<(Vec<PathBuf>, LineLabels), LabelError> {
     if a.labels.is_empty() {
         return Ok((Vec::new(), LineLabels::new()));
     }
@@ -108,14 +133,24 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
     let mut written = Vec::new();
     let mut modules = Vec::new();
     for (i, m) in a.modules.iter().enumerate() {
-        let name = hits_name(m.build_id.as_deref(), i);
+        let name = hits_name(m.runtime, m.build_id.as_deref(), i);
+        let keys = m.runtime.keys();
         let maps = hitmap::HitMaps {
             build_id: m.build_id.clone().unwrap_or_default(),
-            counters: m.profile.num_counters as u32,
+            keys,
+            counters: m.source.len() as u64,
             labels: m
                 .gained
                 .iter()
-                .map(|(&l, hits)| (a.labels[l].name.clone(), hits.clone()))
+                .map(|(&l, hits)| {
+                    let hits = match keys {
+                        Keys::Counter => hits.clone(),
+                        Keys::ModulePc | Keys::KernelPc => {
+                            hits.iter().map(|(&i, &h)| (m.source.key(i), h)).collect()
+                        }
+                    };
+                    (a.labels[l].name.clone(), hits)
+                })
                 .collect(),
         };
         let p = dir.join(&name);
@@ -123,10 +158,16 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
         written.push(PathBuf::from("labels").join(&name));
         modules.push(ModuleEntry {
             name: m.name.clone(),
+            runtime: m.runtime.name(),
             build_id: m.build_id.clone(),
-            counters: m.profile.num_counters,
+            counters: m.source.len(),
+            keys: match keys {
+                Keys::Counter => "counter",
+                Keys::ModulePc => "pc",
+                Keys::KernelPc => "kernel_pc",
+            },
             hits: format!("labels/{name}"),
-            note: m.note.clone(),
+            note: m.source.note(),
         });
     }
     let mut seen_lines: HashSet<(String, u32)> = HashSet::new();
@@ -136,7 +177,7 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
     // file -> line -> label indices (the first LINE_LABELS) and count.
     let mut by_line: BTreeMap<String, BTreeMap<u32, (usize, Vec<usize>)>> = BTreeMap::new();
     for (i, l) in a.labels.iter().enumerate() {
-        let cov = analysis::label_coverage(a, i, false).map_err(LabelError::Engine)?;
+        let cov = analysis::label_coverage(a, i, false, opts).map_err(LabelError::Engine)?;
         let lines = cov.lines();
         let functions = cov.functions();
         let new_lines = lines
@@ -176,6 +217,13 @@ pub fn write_into(root: &Path, a: &Attribution) -> Result<(Vec<PathBuf>, LineLab
             closed: l.closed,
             artifacts: &l.artifacts,
             lost: &l.lost,
+            shares_state_with: a
+                .shares
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|&j| a.labels[j].name.as_str())
+                .collect(),
             counters,
             hits,
             lines: lines.len(),
@@ -247,8 +295,9 @@ pub fn label_data(
     session: &Session,
     a: &Attribution,
     label: usize,
+    opts: &ReportOptions,
 ) -> Result<ReportData, LabelError> {
-    let cov = analysis::label_coverage(a, label, true).map_err(LabelError::Engine)?;
+    let cov = analysis::label_coverage(a, label, true, opts).map_err(LabelError::Engine)?;
     let figures: BTreeMap<String, FileFigures> = cov
         .files
         .iter()
@@ -256,7 +305,7 @@ pub fn label_data(
             let modules = a
                 .modules
                 .iter()
-                .filter(|m| m.engine.is_some())
+                .filter(|m| m.source.note().is_none())
                 .map(|m| m.name.clone())
                 .collect();
             (
@@ -289,6 +338,94 @@ pub fn label_data(
     ))
 }
 
+/// One label's report files into `root` (a directory being staged), in `formats`; the files
+/// written, relative to it.
+fn write_label_files(
+    root: &Path,
+    data: &ReportData,
+    formats: &std::collections::BTreeSet<Format>,
+) -> Result<Vec<&'static str>, LabelError> {
+    let rerr = |e: crate::report::ReportError| LabelError::Write(e.to_string());
+    let mut written = Vec::new();
+    if formats.contains(&Format::Lcov) {
+        create(
+            &root.join("coverage.lcov"),
+            lcov::write(&data.coverage).as_bytes(),
+        )
+        .map_err(rerr)?;
+        written.push("coverage.lcov");
+    }
+    if formats.contains(&Format::Html) {
+        html::write(&root.join("html"), data).map_err(rerr)?;
+        written.push("html/index.html");
+    }
+    if formats.contains(&Format::Json) {
+        create(&root.join("summary.json"), &json(&SummaryFile::of(data))?).map_err(rerr)?;
+        written.push("summary.json");
+    }
+    Ok(written)
+}
+
+/// The per-label reports an earlier report had (`report/labels/<NAME>/` of labels the session
+/// still has), written again into `root` (the report being staged) in the formats each had:
+/// a plain `covobs report DIR` rebuilds them from the same attribution. A directory of a label
+/// the session does not have, or that is a link, is left out (the report replaces report/
+/// whole). Returns the files written, relative to `root`, and the labels left out.
+pub fn rewrite_label_reports(
+    session: &Session,
+    a: &Attribution,
+    root: &Path,
+    opts: &ReportOptions,
+) -> Result<(Vec<PathBuf>, Vec<String>), LabelError> {
+    let old = session.dir.join("report").join("labels");
+    let Ok(entries) = fs::read_dir(&old) else {
+        return Ok(Default::default());
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut dropped = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || name.starts_with('.') {
+            continue;
+        }
+        match a.index_of(&name) {
+            Some(_) if super::name::check(&name).is_ok() => names.push(name),
+            _ => dropped.push(name),
+        }
+    }
+    names.sort();
+    let mut written = Vec::new();
+    for name in names {
+        let dir = old.join(&name);
+        let mut formats = std::collections::BTreeSet::new();
+        for (file, f) in [
+            ("coverage.lcov", Format::Lcov),
+            ("html", Format::Html),
+            ("summary.json", Format::Json),
+        ] {
+            if dir.join(file).exists() {
+                formats.insert(f);
+            }
+        }
+        if formats.is_empty() {
+            dropped.push(name);
+            continue;
+        }
+        let Some(label) = a.index_of(&name) else {
+            continue;
+        };
+        let data = label_data(session, a, label, opts)?;
+        let dest = root.join("labels").join(&name);
+        fs::create_dir_all(&dest)
+            .map_err(|e| LabelError::Write(format!("{}: {e}", dest.display())))?;
+        for f in write_label_files(&dest, &data, &formats)? {
+            written.push(PathBuf::from("labels").join(&name).join(f));
+        }
+    }
+    Ok((written, dropped))
+}
+
 /// `covobs report DIR --label NAME`: report/labels/<NAME>/ with coverage.lcov, summary.json and
 /// html/ (as `opts.formats` asks), replacing an earlier one whole.
 pub fn write_label_report(
@@ -306,7 +443,7 @@ pub fn write_label_report(
             "label {name:?} has the name of a file of report/labels/: its report cannot go there"
         )));
     }
-    let data = label_data(session, a, label)?;
+    let data = label_data(session, a, label, opts)?;
     let parent = session.dir.join("report").join("labels");
     let werr = |p: &Path| {
         let p = p.to_path_buf();
@@ -326,23 +463,7 @@ pub fn write_label_report(
         .map_err(werr(&parent))?;
     let root = staging.path();
     let rerr = |e: crate::report::ReportError| LabelError::Write(e.to_string());
-    let mut written = Vec::new();
-    if opts.formats.contains(&Format::Lcov) {
-        create(
-            &root.join("coverage.lcov"),
-            lcov::write(&data.coverage).as_bytes(),
-        )
-        .map_err(rerr)?;
-        written.push("coverage.lcov");
-    }
-    if opts.formats.contains(&Format::Html) {
-        html::write(&root.join("html"), &data).map_err(rerr)?;
-        written.push("html/index.html");
-    }
-    if opts.formats.contains(&Format::Json) {
-        create(&root.join("summary.json"), &json(&SummaryFile::of(&data))?).map_err(rerr)?;
-        written.push("summary.json");
-    }
+    let written = write_label_files(root, &data, &opts.formats)?;
     opts.modes
         .apply_tree(root)
         .map_err(|e| LabelError::Write(e.to_string()))?;
