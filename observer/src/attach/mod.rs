@@ -22,6 +22,7 @@ pub mod control;
 mod delivery;
 mod dump_dirs;
 mod gcda_before;
+pub mod guest;
 pub mod kcov;
 mod kcov_session;
 mod labels;
