@@ -127,6 +127,10 @@ async fn run(command: Command) -> Result<ExitCode> {
                 .await?;
                 return Ok(ExitCode::SUCCESS);
             }
+            let t = &args.target;
+            if t.pid.is_none() && t.name.is_none() && t.cgroup.is_none() {
+                return Err(BadInput("give --pid, --name, --cgroup or --qemu".into()).into());
+            }
             attach::run(attach::AttachOptions {
                 target: target_spec(&args.target)?,
                 out: args.out,
