@@ -419,7 +419,10 @@ fn attach_qemu_follows_a_guest_until_qemu_exits() {
         assert!(Instant::now() < deadline, "no QMP socket from QEMU");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(guest.qmp("query-status", Value::Null)["status"], "prelaunch");
+    assert_eq!(
+        guest.qmp("query-status", Value::Null)["status"],
+        "prelaunch"
+    );
     let out = dir.join("session");
     let mut covobs = Covobs::start(&[
         "attach",
@@ -446,9 +449,11 @@ fn attach_qemu_follows_a_guest_until_qemu_exits() {
         .iter()
         .filter(|e| e["event"] == "artifact")
         .count() as u64;
-    covobs.wait_event(Duration::from_secs(60), "a snapshot of the halted guest", |e| {
-        e["event"] == "artifact" && e["seq"].as_u64().unwrap_or(0) >= seen + 2
-    });
+    covobs.wait_event(
+        Duration::from_secs(60),
+        "a snapshot of the halted guest",
+        |e| e["event"] == "artifact" && e["seq"].as_u64().unwrap_or(0) >= seen + 2,
+    );
     guest.qmp("quit", Value::Null);
     let status = covobs.wait(Duration::from_secs(120));
     assert!(status.success(), "{status}: {}", covobs.stderr());
@@ -508,6 +513,10 @@ fn attach_qemu_follows_a_guest_until_qemu_exits() {
         .as_array()
         .or_else(|| timeline["points"].as_array())
         .expect("timeline points");
-    assert_eq!(points.len(), covered.len(), "one timeline point per snapshot");
+    assert_eq!(
+        points.len(),
+        covered.len(),
+        "one timeline point per snapshot"
+    );
     drop(guest);
 }

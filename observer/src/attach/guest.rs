@@ -134,7 +134,12 @@ fn event(pid: u32, body: Body) -> Event {
 impl GuestSession {
     /// Read the counters now and hand every snapshot to the pipeline. False when the QEMU process
     /// is gone (the read failed because it exited).
-    async fn snapshot(&mut self, exit: &ExitWatch, progress: &mut Progress, out_dir: &PathBuf) -> bool {
+    async fn snapshot(
+        &mut self,
+        exit: &ExitWatch,
+        progress: &mut Progress,
+        out_dir: &PathBuf,
+    ) -> bool {
         let Some(mut guest) = self.guest.take() else {
             return false;
         };
@@ -233,7 +238,10 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
     .await?
     .map_err(edge)?;
     if !qemu.is_alive() {
-        return Err(BadInput(format!("QEMU process {pid} exited while covobs was attaching")).into());
+        return Err(BadInput(format!(
+            "QEMU process {pid} exited while covobs was attaching"
+        ))
+        .into());
     }
     let module = guest.target.module.clone();
     let memory = guest.describe();

@@ -465,8 +465,18 @@ async fn worker(
                     let d = deltas.update(pid, &key, snap.covered.clone());
                     snap.info.delta = d;
                     let memory = format!("/proc/{pid}/mem");
-                    deliver(pid, process_start_ns, &comm, &dir, trigger, snap, &seq, &tx, &memory)
-                        .await
+                    deliver(
+                        pid,
+                        process_start_ns,
+                        &comm,
+                        &dir,
+                        trigger,
+                        snap,
+                        &seq,
+                        &tx,
+                        &memory,
+                    )
+                    .await
                 }
                 Err(reason) => {
                     tx.event(lost(pid, "snapshot", reason.clone())).await;
