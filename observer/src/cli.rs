@@ -31,6 +31,8 @@ pub enum Command {
     /// Live threads, processes and signals of the targets; triggers nothing.
     Watch(WatchArgs),
     /// Observe the targets, trigger their coverage dumps, collect each one, write a report.
+    // The target is --pid/--name/--cgroup, or --qemu (main says when none is given).
+    #[command(mut_group("TargetArgs", |g| g.required(false)))]
     Attach(AttachArgs),
     /// Ask a running `covobs attach` for a dump of its target now; prints what was collected.
     Dump(DumpArgs),
@@ -158,6 +160,19 @@ pub enum Mode {
 pub struct AttachArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    /// A QEMU process: snapshot --elf's counters in its guest's RAM on every --interval tick
+    /// (default 1s) until QEMU exits (docs/guests.md).
+    #[arg(long, value_name = "PID", requires = "elf", conflicts_with_all = ["TargetArgs", "once", "mode", "final_snapshot", "follow_forks", "wait"])]
+    pub qemu: Option<i32>,
+    /// With --qemu: the guest payload (a fixed-address instrumented ELF).
+    #[arg(long, value_name = "BINARY", requires = "qemu")]
+    pub elf: Option<std::path::PathBuf>,
+    /// With --qemu: QEMU's QMP socket (default: the -qmp unix: socket on its command line).
+    #[arg(long, value_name = "SOCKET", requires = "qemu")]
+    pub qmp: Option<std::path::PathBuf>,
+    /// With --qemu: stop the guest through QMP for each snapshot (exact), then resume it.
+    #[arg(long, requires = "qemu")]
+    pub pause: bool,
     /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,

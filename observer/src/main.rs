@@ -110,6 +110,27 @@ async fn run(command: Command) -> Result<ExitCode> {
                 return Err(BadInput("--once and --interval exclude each other".into()).into());
             }
             let modes = output_modes(args.output_group.as_deref())?;
+            if let (Some(qemu), Some(elf)) = (args.qemu, args.elf.clone()) {
+                attach::guest::run(attach::guest::GuestOptions {
+                    qemu,
+                    elf,
+                    qmp: args.qmp,
+                    pause: args.pause,
+                    out: args.out,
+                    modes,
+                    interval: args.interval.unwrap_or(attach::guest::DEFAULT_INTERVAL),
+                    duration: args.duration,
+                    json: args.json,
+                    no_report: args.no_report,
+                    command: std::env::args().collect(),
+                })
+                .await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let t = &args.target;
+            if t.pid.is_none() && t.name.is_none() && t.cgroup.is_none() {
+                return Err(BadInput("give --pid, --name, --cgroup or --qemu".into()).into());
+            }
             attach::run(attach::AttachOptions {
                 target: target_spec(&args.target)?,
                 out: args.out,

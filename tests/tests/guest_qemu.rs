@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use covobs_tests::{TempDir, covobs_bin, fixture, llvm_tools, require_root, run_ok};
+use covobs_tests::{
+    Covobs, TempDir, artifacts, covobs_bin, fixture, llvm_tools, read_json, require_root, run_ok,
+};
 use serde_json::Value;
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -30,6 +32,11 @@ struct Guest {
 
 impl Guest {
     fn boot(payload: &Path, dir: &Path) -> Self {
+        Self::boot_with(payload, dir, &[])
+    }
+
+    /// With QEMU options of the test's own (`-S`: stopped until QMP `cont`).
+    fn boot_with(payload: &Path, dir: &Path, extra: &[&str]) -> Self {
         let serial = dir.join("serial.log");
         let debugcon = dir.join("debugcon.bin");
         let qmp = dir.join("qmp.sock");
@@ -43,6 +50,7 @@ impl Guest {
             .arg(format!("file:{}", debugcon.display()))
             .args(["-global", "isa-debugcon.iobase=0xe9", "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -388,5 +396,127 @@ fn a_guest_payloads_counters_read_from_qemu_are_minicovs_own_capture() {
         &out,
     );
     assert!(e.contains("outside the image"), "{e}");
+    drop(guest);
+}
+
+/// `covobs attach --qemu`: a session of interval snapshots of the guest from before it starts
+/// until QEMU exits. The snapshots' coverage grows over the phases; the last one (taken after the
+/// guest halted) is minicov's capture byte for byte, the report's LCOV is llvm-cov's of that
+/// capture, and the session ends by itself, exit 0, when QEMU quits.
+#[test]
+fn attach_qemu_follows_a_guest_until_qemu_exits() {
+    require_root();
+    let tools = llvm_tools("guest-payload");
+    let payload = fixture("guest-payload");
+    let payload_s = payload.to_str().unwrap();
+    let tmp = TempDir::new("guest-attach");
+    let dir = tmp.path();
+    let mut guest = Guest::boot_with(&payload, dir, &["-S"]);
+    let qemu = guest.pid().to_string();
+    // QMP answers once QEMU has set the machine up (the payload loaded into RAM).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&guest.qmp).is_err() {
+        assert!(Instant::now() < deadline, "no QMP socket from QEMU");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        guest.qmp("query-status", Value::Null)["status"],
+        "prelaunch"
+    );
+    let out = dir.join("session");
+    let mut covobs = Covobs::start(&[
+        "attach",
+        "--json",
+        "--qemu",
+        &qemu,
+        "--elf",
+        payload_s,
+        "--interval",
+        "100ms",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let first = covobs.wait_event(Duration::from_secs(60), "a first snapshot", |e| {
+        e["event"] == "snapshot"
+    });
+    assert_eq!(first["covered"], 0, "the guest has not started: {first}");
+    guest.qmp("cont", Value::Null);
+    guest.wait_line("halted");
+    let capture = guest.capture();
+    // A snapshot that started after the guest halted: two artifacts after the ones seen now.
+    let seen = covobs
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "artifact")
+        .count() as u64;
+    covobs.wait_event(
+        Duration::from_secs(60),
+        "a snapshot of the halted guest",
+        |e| e["event"] == "artifact" && e["seq"].as_u64().unwrap_or(0) >= seen + 2,
+    );
+    guest.qmp("quit", Value::Null);
+    let status = covobs.wait(Duration::from_secs(120));
+    assert!(status.success(), "{status}: {}", covobs.stderr());
+
+    let events = covobs.events().to_vec();
+    let covered: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "snapshot")
+        .map(|e| e["covered"].as_u64().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = covered.iter().copied().collect();
+    println!(
+        "attach --qemu: {} snapshots at 100 ms, covered counters over time: {covered:?}",
+        covered.len()
+    );
+    assert!(
+        covered.windows(2).all(|w| w[0] <= w[1]),
+        "coverage only grows: {covered:?}"
+    );
+    assert!(
+        distinct.len() >= 4,
+        "the phases show as steps of coverage: {covered:?}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "process_exit"));
+    let arts = artifacts(&out);
+    assert_eq!(arts.len(), covered.len());
+    let last = arts.last().unwrap();
+    assert_eq!(last.meta["trigger"], "snapshot");
+    assert!(
+        last.meta["snapshot"]["method"] == "qemu-guest-ram",
+        "{}",
+        last.meta
+    );
+    assert!(
+        last.data() == capture,
+        "the last snapshot is not byte for byte minicov's capture"
+    );
+    let counts: Vec<u64> = arts
+        .iter()
+        .map(|a| a.meta["snapshot"]["covered"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, covered, "metadata and events agree");
+
+    let minicov = dir.join("minicov.profraw");
+    std::fs::write(&minicov, &capture).unwrap();
+    let report = std::fs::read_to_string(out.join("report/coverage.lcov")).expect("report LCOV");
+    assert!(
+        report == lcov(&tools, &minicov, &payload),
+        "the report's LCOV is not llvm-cov's of minicov's capture:\n{report}"
+    );
+    let session = read_json(&out.join("session.json"));
+    assert_eq!(session["ended_by"], "qemu-exit", "{session}");
+    assert_eq!(session["counters"]["snapshots"], covered.len() as u64);
+    assert_eq!(session["counters"]["lost"], 0);
+    let timeline = read_json(&out.join("report/timeline.json"));
+    let points = timeline
+        .as_array()
+        .or_else(|| timeline["points"].as_array())
+        .expect("timeline points");
+    assert_eq!(
+        points.len(),
+        covered.len(),
+        "one timeline point per snapshot"
+    );
     drop(guest);
 }

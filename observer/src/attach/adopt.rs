@@ -68,10 +68,14 @@ impl Session {
                 .filter(|r| r.is_coverage())
                 .collect();
             for rt in stripped {
-                self.runtime_found(pid, m, rt, Vec::new(), Some(
-                    "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed".into(),
-                ))
-                .await;
+                let note = if rt == Runtime::Llvm && m.module.symbol_source == "symtab" {
+                    // Symbols, but no dump function: minicov, or -Z no-profiler-runtime.
+                    "its counters are there but it has no profile runtime that writes files (minicov or -Z no-profiler-runtime): nothing to signal; --mode snapshot reads its counters"
+                } else {
+                    "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed"
+                };
+                self.runtime_found(pid, m, rt, Vec::new(), Some(note.into()))
+                    .await;
             }
             let mut by_runtime: BTreeMap<Runtime, Vec<String>> = BTreeMap::new();
             // Dumps that cannot carry a uretprobe end where their runtime's end marker returns:

@@ -22,6 +22,7 @@ pub mod control;
 mod delivery;
 mod dump_dirs;
 mod gcda_before;
+pub mod guest;
 pub mod kcov;
 mod kcov_session;
 mod labels;
@@ -441,7 +442,7 @@ async fn drive(
         } else if dumpable.is_empty() {
             refusals.push(match opts.mode {
                 crate::cli::Mode::Signal => format!(
-                    "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file)"
+                    "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file; --mode snapshot reads counters without one)"
                 ),
                 crate::cli::Mode::Snapshot => format!(
                     "process {pid} ({comm}) has no coverage counters covobs can read (looked for __llvm_prf_cnts and __sancov_cntrs)"

@@ -464,7 +464,19 @@ async fn worker(
                     let key = format!("{} {}", snap.runtime.as_str(), snap.module.path);
                     let d = deltas.update(pid, &key, snap.covered.clone());
                     snap.info.delta = d;
-                    deliver(pid, process_start_ns, &comm, &dir, trigger, snap, &seq, &tx).await
+                    let memory = format!("/proc/{pid}/mem");
+                    deliver(
+                        pid,
+                        process_start_ns,
+                        &comm,
+                        &dir,
+                        trigger,
+                        snap,
+                        &seq,
+                        &tx,
+                        &memory,
+                    )
+                    .await
                 }
                 Err(reason) => {
                     tx.event(lost(pid, "snapshot", reason.clone())).await;
@@ -519,8 +531,9 @@ fn take(pid: u32, plans: &[ModulePlan], job: Job) -> Vec<Result<Snapshot, String
 }
 
 /// Hand one snapshot to the pipeline; the artifact's name relative to the session directory.
+/// `memory` names where the counters were read (`/proc/PID/mem` for a process's own memory).
 #[allow(clippy::too_many_arguments)]
-async fn deliver(
+pub(crate) async fn deliver(
     pid: u32,
     process_start_ns: Option<u64>,
     comm: &str,
@@ -529,6 +542,7 @@ async fn deliver(
     snap: Snapshot,
     seq: &AtomicU64,
     tx: &Sender,
+    memory: &str,
 ) -> Result<String, String> {
     let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
     let runtime = snap.runtime;
@@ -558,7 +572,7 @@ async fn deliver(
         invalid_reason: valid.clone(),
         file: file.clone(),
         source: SourceInfo {
-            path: format!("/proc/{pid}/mem"),
+            path: memory.to_owned(),
             offset: info.counters_addr,
             inode: None,
             dev: None,
@@ -620,7 +634,7 @@ async fn deliver(
             file: rel.clone(),
             bytes,
             valid: valid.is_none(),
-            source_path: format!("/proc/{pid}/mem"),
+            source_path: memory.to_owned(),
             offset: info.counters_addr,
             trigger,
             latency_ns: at.saturating_sub(info.read.end_ns),

@@ -187,13 +187,13 @@ pub fn run_image(
 }
 
 /// A guest stopped through QMP for a snapshot; resumed by `resume`, or when dropped.
-struct Paused {
+pub struct Paused {
     qmp: Option<Qmp>,
 }
 
 impl Paused {
     /// Stop the guest if it runs (a guest someone else stopped is left as it is).
-    fn stop(mut q: Qmp) -> Result<Self, qmp::QmpError> {
+    pub fn stop(mut q: Qmp) -> Result<Self, qmp::QmpError> {
         if !q.running()? {
             return Ok(Self { qmp: None });
         }
@@ -201,7 +201,7 @@ impl Paused {
         Ok(Self { qmp: Some(q) })
     }
 
-    fn resume(mut self) -> Result<(), qmp::QmpError> {
+    pub fn resume(mut self) -> Result<(), qmp::QmpError> {
         match self.qmp.take() {
             Some(mut q) => q.execute("cont", None).map(drop),
             None => Ok(()),
@@ -219,17 +219,66 @@ impl Drop for Paused {
     }
 }
 
-/// `covobs snapshot --qemu PID --elf PAYLOAD [--qmp SOCKET] [--pause]`. With QMP (`--pause`, or
-/// `--qmp` given), QEMU is asked where the payload's counters are (`gpa2hva`) and that block is
-/// tried first; otherwise (and when that block fails the checks) the QEMU process's mappings
-/// are tried by content.
-pub fn run_qemu(
+/// A guest whose RAM holds the payload: where, and what to read there.
+pub struct Guest {
+    pub pid: i32,
+    pub target: ElfTarget,
+    pub ram: GuestRam,
+    pub plans: Vec<ModulePlan>,
+    /// QEMU's QMP socket, when known (given, or on its command line).
+    pub qmp: Option<PathBuf>,
+}
+
+impl Guest {
+    /// Where the memory is, for `memory` in `--json` and the session's events.
+    pub fn describe(&self) -> String {
+        let ram = &self.ram;
+        format!(
+            "QEMU process {}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {})",
+            self.pid, ram.len, ram.gpa, ram.hva, ram.backing, ram.located
+        )
+    }
+
+    /// One snapshot of every plan; with `pause`, the guest is stopped through QMP for the read
+    /// and resumed after it.
+    pub fn take(&mut self, pause: bool) -> Result<Vec<Snapshot>, CommandError> {
+        let paused = if pause {
+            let socket = self.qmp.as_deref().ok_or_else(|| no_qmp(self.pid))?;
+            let q = Qmp::connect(socket).map_err(|e| CommandError::Qemu(e.to_string()))?;
+            Some(Paused::stop(q).map_err(|e| CommandError::Qemu(e.to_string()))?)
+        } else {
+            None
+        };
+        self.ram.paused = paused.is_some();
+        let snaps = self
+            .plans
+            .iter()
+            .map(|p| p.take_from(&self.ram))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(named_input)?;
+        if let Some(p) = paused {
+            p.resume().map_err(|e| CommandError::Qemu(e.to_string()))?;
+        }
+        Ok(snaps)
+    }
+}
+
+fn no_qmp(pid: i32) -> CommandError {
+    CommandError::BadInput(format!(
+        "--pause needs QEMU process {pid}'s QMP socket: none on its command line (-qmp unix:PATH,server=on,wait=off), give --qmp PATH"
+    ))
+}
+
+/// Find the payload `elf` in the RAM of QEMU process `pid`. With QMP (`want_qmp`, or
+/// `qmp_socket` given), QEMU is asked where the payload's counters are (`gpa2hva`) and that
+/// block is tried first; otherwise (and when that block fails the checks) the QEMU process's
+/// mappings are tried by content. Returns the QMP connection it used, if any.
+pub fn locate_guest(
     pid: i32,
     elf: &Path,
     qmp_socket: Option<&Path>,
-    pause: bool,
-    out: &Path,
-) -> Result<Vec<Written>, CommandError> {
+    want_qmp: bool,
+) -> Result<(Guest, Option<Qmp>), CommandError> {
     let target = ElfTarget::open(elf).map_err(named_input)?;
     fixed_address(&target, "a guest snapshot")?;
     let bad = |e: qemu::QemuError| match e {
@@ -239,17 +288,16 @@ pub fn run_qemu(
     let mut candidates = qemu::candidates(pid).map_err(bad)?;
     let socket = match qmp_socket {
         Some(p) => Some(p.to_path_buf()),
-        None if pause => qmp::socket_from_cmdline(&qemu::cmdline(pid).map_err(bad)?),
-        None => None,
+        None => qmp::socket_from_cmdline(&qemu::cmdline(pid).map_err(bad)?),
     };
-    let mut conn = match (&socket, pause) {
-        (None, false) => None,
-        (None, true) => {
-            return Err(CommandError::BadInput(format!(
-                "--pause needs QEMU process {pid}'s QMP socket: none on its command line (-qmp unix:PATH,server=on,wait=off), give --qmp PATH"
-            )));
+    if want_qmp && socket.is_none() {
+        return Err(no_qmp(pid));
+    }
+    let mut conn = match &socket {
+        Some(s) if want_qmp || qmp_socket.is_some() => {
+            Some(Qmp::connect(s).map_err(|e| CommandError::BadInput(e.to_string()))?)
         }
-        (Some(s), _) => Some(Qmp::connect(s).map_err(|e| CommandError::BadInput(e.to_string()))?),
+        _ => None,
     };
     if let Some(q) = conn.as_mut()
         && let Some(gpa) = target.counters_addr()
@@ -258,28 +306,48 @@ pub fn run_qemu(
     {
         candidates.insert(0, ram);
     }
+    let (ram, plans) = find_payload(pid, &target, candidates)?;
+    Ok((
+        Guest {
+            pid,
+            target,
+            ram,
+            plans,
+            qmp: socket,
+        },
+        conn,
+    ))
+}
+
+/// `covobs snapshot --qemu PID --elf PAYLOAD [--qmp SOCKET] [--pause]`.
+pub fn run_qemu(
+    pid: i32,
+    elf: &Path,
+    qmp_socket: Option<&Path>,
+    pause: bool,
+    out: &Path,
+) -> Result<Vec<Written>, CommandError> {
+    let (mut guest, conn) = locate_guest(pid, elf, qmp_socket, pause)?;
     let paused = match conn {
         Some(q) if pause => {
             Some(Paused::stop(q).map_err(|e| CommandError::BadInput(e.to_string()))?)
         }
         _ => None,
     };
-    let (ram, plans) = find_payload(pid, &target, candidates, paused.is_some())?;
-    let paths = output_paths(out, &plans);
+    let paths = output_paths(out, &guest.plans);
     check_new(&paths)?;
-    let snaps = plans
+    // Stopped above already (once, with the connection that located the payload).
+    guest.ram.paused = paused.is_some();
+    let snaps = guest
+        .plans
         .iter()
-        .map(|p| p.take_from(&ram))
+        .map(|p| p.take_from(&guest.ram))
         .collect::<Result<Vec<_>, _>>()
         .map_err(named_input)?;
     if let Some(p) = paused {
         p.resume().map_err(|e| CommandError::Qemu(e.to_string()))?;
     }
-    let memory = format!(
-        "QEMU process {pid}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {})",
-        ram.len, ram.gpa, ram.hva, ram.backing, ram.located
-    );
-    write(snaps, paths, Some(memory))
+    write(snaps, paths, Some(guest.describe()))
 }
 
 /// The first candidate RAM block that holds the payload, with its plans.
@@ -287,12 +355,10 @@ fn find_payload(
     pid: i32,
     target: &ElfTarget,
     candidates: Vec<GuestRam>,
-    paused: bool,
 ) -> Result<(GuestRam, Vec<ModulePlan>), CommandError> {
     let n = candidates.len();
     let mut first_error = None;
-    for mut ram in candidates {
-        ram.paused = paused;
+    for ram in candidates {
         match target.plan(&ram, 0) {
             Ok(plans) => return Ok((ram, plans)),
             Err(e) => {
