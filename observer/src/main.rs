@@ -65,6 +65,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report(args) => report(args).await,
+        Command::Collect(args) => {
+            covobs::fleet::run(covobs::fleet::CollectOptions {
+                servers: args.servers,
+                out: args.out,
+                fleet: args.fleet,
+                creds: args.nats_creds,
+                follow: args.follow,
+                report_every: args.report_every,
+            })
+            .await
+            .map_err(|e| edge_error(e.is_bad_input(), e))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff(args) => diff(args).await,
         Command::Serve(args) => {
             covobs::serve::run(args.dir, args.addr).await?;
@@ -101,6 +114,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 follow_forks: args.follow_forks,
                 ebpf_log: args.ebpf_log,
                 ocaml_thread_name: args.ocaml_thread_name,
+                publish: args.publish.options(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -135,6 +149,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 final_snapshot: args.final_snapshot,
                 command: std::env::args().collect(),
                 vmlinux: args.vmlinux,
+                publish: args.publish.options(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -171,6 +186,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     vmlinux: args.vmlinux,
                     mode: covobs::cli::Mode::Signal,
                     final_snapshot: false,
+                    publish: args.publish.options(),
                 },
             })
             .await?;
