@@ -287,8 +287,14 @@ fn three_nodes_add_up_exactly_and_a_restarted_collector_resumes() {
         );
         assert_eq!(nodes[n]["collected"]["sessions_ended"].as_u64(), Some(1), "{n}");
         let local = session_json(dir);
+        eprintln!("{n}: {}", local["fleet"]);
         assert_eq!(local["fleet"]["spool"]["pending"].as_u64(), Some(0));
         assert!(local["fleet"]["published"].as_u64().unwrap_or(0) > 0);
+        assert_eq!(local["fleet"]["duplicates"].as_u64(), Some(0));
+        // The module (one build id, a file of another name on each node) is uploaded once: by
+        // node a; b and c find it in the store.
+        let present = if n == "node-a" { 0 } else { 1 };
+        assert_eq!(local["fleet"]["modules_present"].as_u64(), Some(present), "{n}");
     }
     // A third collect finds nothing new: nothing counted twice.
     collect(&url, &fleet_dir);
@@ -381,4 +387,52 @@ fn a_wrong_password_or_no_server_is_refused_in_one_line_or_spooled_when_allowed(
     let right = nats.url();
     let _ = right;
     drop(target);
+}
+
+#[test]
+fn a_collector_killed_while_following_resumes_and_takes_each_artifact_once() {
+    require_root();
+    let tmp = TempDir::new("fleet-follow");
+    let nats = Nats::start(tmp.path(), None);
+    let url = nats.url();
+    let fleet_dir = tmp.path().join("fleet");
+    let node = start_node(tmp.path(), &url, "node-f", "6s", &[]);
+    // The stream exists once the node published its first artifact.
+    let deadline = Instant::now() + T;
+    while !node.out.exists() || artifacts(&node.out) == 0 {
+        assert!(Instant::now() < deadline, "the node collected nothing");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut follower = Command::new(covobs_bin())
+        .args(["collect", &url, "--follow", "--report-every", "500ms", "--out"])
+        .arg(&fleet_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("covobs collect --follow");
+    // Its report is kept current while the node publishes: wait for one, then kill it.
+    let lcov = fleet_dir.join("report/coverage.lcov");
+    while !lcov.exists() {
+        assert!(Instant::now() < deadline, "no report from collect --follow");
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(700));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let taken = artifacts(&fleet_dir);
+    let local = node.finish();
+    collect(&url, &fleet_dir);
+    eprintln!(
+        "the follower took {taken} artifacts before it was killed; the node collected {}, the fleet has {}",
+        artifacts(&local),
+        artifacts(&fleet_dir)
+    );
+    assert!(taken > 0);
+    assert_eq!(artifacts(&fleet_dir), artifacts(&local));
+    assert_eq!(
+        lcov_lines(&lcov),
+        lcov_lines(&local.join("report/coverage.lcov"))
+    );
+    let lines = |p: &Path| std::fs::read_to_string(p).expect("events").lines().count();
+    assert_eq!(lines(&fleet_dir.join("events.jsonl")), lines(&local.join("events.jsonl")));
 }

@@ -193,15 +193,18 @@ pub async fn run(opts: CollectOptions) -> Result<(), FleetError> {
             }
             last = Some(m);
         }
+        let took = last.is_some();
         if let Some(m) = last {
             state.events_len = taker.sync()?;
             state.save(&opts.out)?;
             // AckPolicy::All: this acknowledges the whole batch, after it is durable.
             m.ack().await.map_err(js_err)?;
-            continue;
         }
-        // Nothing more for now.
         if !opts.follow {
+            if took {
+                continue;
+            }
+            // Nothing came: done once the stream holds nothing more for this consumer.
             let mut c = consumer.clone();
             let pending = c.info().await.map_err(js_err)?.num_pending;
             if pending == 0 {
@@ -209,13 +212,19 @@ pub async fn run(opts: CollectOptions) -> Result<(), FleetError> {
             }
             continue;
         }
+        // --follow: the report kept current, at most every --report-every.
         if changed && reported.is_none_or(|t| t.elapsed() >= opts.report_every) {
-            summary::write(&opts.out, &state, &shown, true)?;
+            // A report that fails now is written again at the next change; the data stays.
+            if let Err(e) =
+                tokio::task::block_in_place(|| summary::write(&opts.out, &state, &shown, true))
+            {
+                eprintln!("covobs: warning: the fleet report: {e}");
+            }
             reported = Some(Instant::now());
             changed = false;
         }
     }
-    let report = summary::write(&opts.out, &state, &shown, false)?;
+    let report = tokio::task::block_in_place(|| summary::write(&opts.out, &state, &shown, false))?;
     print!("{report}");
     if left_out > 0 {
         eprintln!("covobs: warning: {left_out} messages left out (see above)");

@@ -145,3 +145,41 @@ pub async fn connect(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_their_credentials_and_never_show_them() {
+        let s = Server::parse("nats://covobs:s%40cret@127.0.0.1:4222").expect("parse");
+        assert_eq!(s.user.as_deref(), Some("covobs"));
+        assert_eq!(s.password.as_deref(), Some("s@cret"));
+        assert_eq!(s.shown(), "nats://127.0.0.1:4222");
+        let t = Server::parse("tls://tok3n@nats.example:4443").expect("parse");
+        assert_eq!((t.user.as_deref(), t.password.as_deref()), (Some("tok3n"), None));
+        assert!(t.addr.tls_required());
+        let e = Server::parse("http://user:pw@host:1").expect_err("scheme");
+        assert!(e.is_bad_input());
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn names_are_subject_tokens() {
+        assert!(super::super::check_name("--node", "fuzz-07_a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", ">", &"x".repeat(65)] {
+            assert!(super::super::check_name("--node", bad).is_err(), "{bad:?}");
+        }
+        let n = super::super::Names::new("tezedge").expect("name");
+        assert_eq!(n.stream(), "COVOBS_tezedge");
+        assert_eq!(n.bucket(), "covobs_tezedge");
+        assert_eq!(
+            n.subject("n1", "s1", super::super::wire::Kind::Artifacts),
+            "covobs.tezedge.n1.s1.artifacts"
+        );
+        assert_eq!(
+            super::super::wire::module_object("modules/abc123/libfoo.so"),
+            "module/abc123"
+        );
+    }
+}

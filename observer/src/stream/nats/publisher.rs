@@ -61,6 +61,8 @@ struct Publisher {
     node: String,
     session: String,
     events: u64,
+    /// Module copies this session published already (every process of a module sends it).
+    modules: std::collections::HashSet<String>,
     spool: Spool,
     retry_at: Instant,
     stats: FleetStats,
@@ -118,6 +120,7 @@ impl FleetHandle {
             node: opts.node.clone(),
             session: session.to_owned(),
             events: 0,
+            modules: Default::default(),
             spool,
             retry_at: Instant::now(),
             stats: FleetStats {
@@ -307,6 +310,9 @@ impl Publisher {
                 })
             }
             Item::Module(m) => {
+                if !self.modules.insert(m.copy.clone()) {
+                    return None;
+                }
                 let object = wire::module_object(&m.copy);
                 let bytes = m.source.metadata().map(|md| md.len()).unwrap_or(0);
                 let msg = ModuleMsg {

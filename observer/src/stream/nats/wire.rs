@@ -67,10 +67,12 @@ pub struct ModuleMsg {
     pub bytes: u64,
 }
 
-/// The object name of a module copy (`modules/<build-id>/<name>` -> `module/<build-id>/<name>`):
-/// one per build id for the whole fleet.
+/// The object name of a module copy (`modules/<build-id>/<name>` -> `module/<build-id>`): one
+/// per build id for the whole fleet, whatever the file is called on each node.
 pub fn module_object(copy: &str) -> String {
-    format!("module/{}", copy.strip_prefix("modules/").unwrap_or(copy))
+    let rel = copy.strip_prefix("modules/").unwrap_or(copy);
+    let id = rel.split_once('/').map_or(rel, |(id, _)| id);
+    format!("module/{id}")
 }
 
 pub fn sha256_object(data: &[u8]) -> String {
