@@ -436,7 +436,12 @@ pub struct PublishArgs {
     pub nats_creds: Option<std::path::PathBuf>,
     /// Where what cannot be published waits, replayed in order when the server is back
     /// (under <DIR>/<fleet>/<node>/).
-    #[arg(long, value_name = "DIR", default_value = "/var/spool/covobs", requires = "publish")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/spool/covobs",
+        requires = "publish"
+    )]
     pub spool: std::path::PathBuf,
     /// The most the spool holds (e.g. 512M, 2G); beyond, records are dropped and counted.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]

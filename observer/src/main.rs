@@ -298,8 +298,9 @@ fn init_logging(verbose: u8) {
     // The NATS client logs each failed (re)connection itself; covobs says what it means for
     // the session once (docs/fleet.md). Its own log from -vv on.
     let nats = if verbose >= 2 { default } else { "off" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},async_nats={nats}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},async_nats={nats}"))
+    });
     // aya and aya-log speak `log`; route them into tracing.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -52,10 +52,17 @@ impl Nats {
 
     fn restart(&mut self) {
         let mut cmd = Command::new("nats-server");
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(&self.store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if let Some((u, p)) = &self.auth {
             cmd.args(["--user", u, "--pass", p]);
         }
@@ -157,8 +164,10 @@ impl Node {
     }
 }
 
-/// `covobs collect`; returns its stdout (exit 0 asserted).
+/// `covobs collect`; returns its stdout (exit 0 asserted). Prints how long it took.
 fn collect(nats: &str, out: &Path) -> String {
+    let before = if out.exists() { artifacts(out) } else { 0 };
+    let started = Instant::now();
     let o = Command::new(covobs_bin())
         .args(["collect", nats, "--out"])
         .arg(out)
@@ -166,14 +175,19 @@ fn collect(nats: &str, out: &Path) -> String {
         .expect("covobs collect");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "collect failed: {stderr}");
-    eprintln!("{stderr}");
+    let took = started.elapsed();
+    let taken = artifacts(out) - before;
+    eprintln!(
+        "{stderr}figures: collect took {taken} new artifacts and wrote the report in {} ms ({:.0} artifacts/s)",
+        took.as_millis(),
+        taken as f64 / took.as_secs_f64()
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// LCOV line counts: source file -> line -> count.
 fn lcov_lines(path: &Path) -> BTreeMap<String, BTreeMap<u64, u64>> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut all = BTreeMap::new();
     let mut file = String::new();
     for l in text.lines() {
@@ -210,10 +224,19 @@ fn artifacts(dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(dir).expect("ls").flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if e.path().is_dir() && name.split('-').next().is_some_and(|p| p.parse::<u32>().is_ok()) {
+        if e.path().is_dir()
+            && name
+                .split('-')
+                .next()
+                .is_some_and(|p| p.parse::<u32>().is_ok())
+        {
             for f in std::fs::read_dir(e.path()).expect("ls").flatten() {
                 let f = f.file_name().to_string_lossy().into_owned();
-                if f.ends_with(".json") && f.split('-').next().is_some_and(|s| s.parse::<u64>().is_ok()) {
+                if f.ends_with(".json")
+                    && f.split('-')
+                        .next()
+                        .is_some_and(|s| s.parse::<u64>().is_ok())
+                {
                     n += 1;
                 }
             }
@@ -243,7 +266,11 @@ fn three_nodes_add_up_exactly_and_a_restarted_collector_resumes() {
     let first = collect(&url, &fleet_dir);
     eprintln!("{first}");
     let after_a = artifacts(&fleet_dir);
-    assert_eq!(after_a, artifacts(&a), "the first collect takes node a's artifacts");
+    assert_eq!(
+        after_a,
+        artifacts(&a),
+        "the first collect takes node a's artifacts"
+    );
     // Nodes b and c at once; the collector, started again on its directory, resumes.
     let b = start_node(tmp.path(), &url, "node-b", "2s", &[]);
     let c = start_node(tmp.path(), &url, "node-c", "2s", &[]);
@@ -265,15 +292,25 @@ fn three_nodes_add_up_exactly_and_a_restarted_collector_resumes() {
     );
     assert_eq!(artifacts(&fleet_dir), local_artifacts.iter().sum::<usize>());
     assert!(total_hits(&fleet) > 0);
-    assert_eq!(fleet, expected, "the fleet's LCOV is the sum of the nodes' LCOV");
+    assert_eq!(
+        fleet, expected,
+        "the fleet's LCOV is the sum of the nodes' LCOV"
+    );
     // `covobs report` reads the fleet directory like any other and writes the same.
     let again = Command::new(covobs_bin())
         .args(["report", "--format", "lcov"])
         .arg(&fleet_dir)
         .output()
         .expect("covobs report");
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    assert_eq!(lcov_lines(&fleet_dir.join("report/coverage.lcov")), expected);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        lcov_lines(&fleet_dir.join("report/coverage.lcov")),
+        expected
+    );
     // Per node: three nodes, each with its session ended and its figures.
     let nodes: Value = serde_json::from_slice(
         &std::fs::read(fleet_dir.join("fleet/nodes.json")).expect("nodes.json"),
@@ -285,20 +322,40 @@ fn three_nodes_add_up_exactly_and_a_restarted_collector_resumes() {
             Some(artifacts(dir) as u64),
             "{n}"
         );
-        assert_eq!(nodes[n]["collected"]["sessions_ended"].as_u64(), Some(1), "{n}");
+        assert_eq!(
+            nodes[n]["collected"]["sessions_ended"].as_u64(),
+            Some(1),
+            "{n}"
+        );
         let local = session_json(dir);
         eprintln!("{n}: {}", local["fleet"]);
+        let secs = (local["ended_unix_ns"].as_u64().unwrap_or(0)
+            - local["started_unix_ns"].as_u64().unwrap_or(0)) as f64
+            / 1e9;
+        eprintln!(
+            "figures: {n} published {} messages and {} object bytes in a {secs:.1} s session (directory sink: {} artifacts)",
+            local["fleet"]["published"],
+            local["fleet"]["object_bytes"],
+            artifacts(dir)
+        );
         assert_eq!(local["fleet"]["spool"]["pending"].as_u64(), Some(0));
         assert!(local["fleet"]["published"].as_u64().unwrap_or(0) > 0);
         assert_eq!(local["fleet"]["duplicates"].as_u64(), Some(0));
         // The module (one build id, a file of another name on each node) is uploaded once: by
         // node a; b and c find it in the store.
         let present = if n == "node-a" { 0 } else { 1 };
-        assert_eq!(local["fleet"]["modules_present"].as_u64(), Some(present), "{n}");
+        assert_eq!(
+            local["fleet"]["modules_present"].as_u64(),
+            Some(present),
+            "{n}"
+        );
     }
     // A third collect finds nothing new: nothing counted twice.
     collect(&url, &fleet_dir);
-    assert_eq!(lcov_lines(&fleet_dir.join("report/coverage.lcov")), expected);
+    assert_eq!(
+        lcov_lines(&fleet_dir.join("report/coverage.lcov")),
+        expected
+    );
 }
 
 #[test]
@@ -316,8 +373,15 @@ fn a_server_killed_mid_session_loses_nothing_and_counts_nothing_twice() {
     let s = session_json(&local);
     let spool = &s["fleet"]["spool"];
     eprintln!("fleet figures of the node: {}", s["fleet"]);
-    assert!(spool["spooled"].as_u64().unwrap_or(0) > 0, "records were spooled: {spool}");
-    assert_eq!(spool["pending"].as_u64(), Some(0), "the spool drained: {spool}");
+    assert!(
+        spool["spooled"].as_u64().unwrap_or(0) > 0,
+        "records were spooled: {spool}"
+    );
+    assert_eq!(
+        spool["pending"].as_u64(),
+        Some(0),
+        "the spool drained: {spool}"
+    );
     assert_eq!(spool["replayed"], spool["spooled"], "{spool}");
     let fleet_dir = tmp.path().join("fleet");
     collect(&url, &fleet_dir);
@@ -327,12 +391,18 @@ fn a_server_killed_mid_session_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(fleet, lcov_lines(&local.join("report/coverage.lcov")));
     // Every event once: the local events.jsonl and the fleet's hold the same number.
     let lines = |p: &Path| std::fs::read_to_string(p).expect("events").lines().count();
-    assert_eq!(lines(&fleet_dir.join("events.jsonl")), lines(&local.join("events.jsonl")));
+    assert_eq!(
+        lines(&fleet_dir.join("events.jsonl")),
+        lines(&local.join("events.jsonl"))
+    );
 }
 
 /// One line on stderr, exit 2, no output directory.
 fn refused(args: &[&str], out: &Path) -> String {
-    let o = Command::new(covobs_bin()).args(args).output().expect("covobs");
+    let o = Command::new(covobs_bin())
+        .args(args)
+        .output()
+        .expect("covobs");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -376,7 +446,10 @@ fn a_wrong_password_or_no_server_is_refused_in_one_line_or_spooled_when_allowed(
     let mut args = base(&nowhere);
     args.push("--publish-offline-ok".into());
     args.extend(["--publish-wait".into(), "1s".into()]);
-    let o = Command::new(covobs_bin()).args(&args).output().expect("covobs");
+    let o = Command::new(covobs_bin())
+        .args(&args)
+        .output()
+        .expect("covobs");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("publishing to the spool"), "{err}");
@@ -404,7 +477,14 @@ fn a_collector_killed_while_following_resumes_and_takes_each_artifact_once() {
         thread::sleep(Duration::from_millis(100));
     }
     let mut follower = Command::new(covobs_bin())
-        .args(["collect", &url, "--follow", "--report-every", "500ms", "--out"])
+        .args([
+            "collect",
+            &url,
+            "--follow",
+            "--report-every",
+            "500ms",
+            "--out",
+        ])
         .arg(&fleet_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -420,6 +500,7 @@ fn a_collector_killed_while_following_resumes_and_takes_each_artifact_once() {
     let _ = follower.kill();
     let _ = follower.wait();
     let taken = artifacts(&fleet_dir);
+    let following = latencies(&fleet_dir);
     let local = node.finish();
     collect(&url, &fleet_dir);
     eprintln!(
@@ -427,6 +508,26 @@ fn a_collector_killed_while_following_resumes_and_takes_each_artifact_once() {
         artifacts(&local),
         artifacts(&fleet_dir)
     );
+    // Dump-to-collected latency while following: from the node's collection of an artifact
+    // (its metadata's collected_ns, CLOCK_BOOTTIME of this same machine) to the collector's
+    // metadata file (its mtime).
+    let offset = session_json(&local)["boot_to_unix_offset_ns"]
+        .as_i64()
+        .expect("boot_to_unix_offset_ns");
+    let mut ms: Vec<f64> = following
+        .iter()
+        .map(|(collected, written)| (*written as i64 - (*collected as i64 + offset)) as f64 / 1e6)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    if !ms.is_empty() {
+        let p = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        eprintln!(
+            "figures: node-to-collector latency over {} artifacts: p50 {:.0} ms, p99 {:.0} ms (--report-every 500ms)",
+            ms.len(),
+            p(0.5),
+            p(0.99)
+        );
+    }
     assert!(taken > 0);
     assert_eq!(artifacts(&fleet_dir), artifacts(&local));
     assert_eq!(
@@ -434,5 +535,33 @@ fn a_collector_killed_while_following_resumes_and_takes_each_artifact_once() {
         lcov_lines(&local.join("report/coverage.lcov"))
     );
     let lines = |p: &Path| std::fs::read_to_string(p).expect("events").lines().count();
-    assert_eq!(lines(&fleet_dir.join("events.jsonl")), lines(&local.join("events.jsonl")));
+    assert_eq!(
+        lines(&fleet_dir.join("events.jsonl")),
+        lines(&local.join("events.jsonl"))
+    );
+}
+
+/// (collected_ns on the node, metadata file mtime in unix ns) of each artifact of a fleet dir.
+fn latencies(dir: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).expect("ls").flatten() {
+        if !e.file_name().to_string_lossy().contains('@') {
+            continue;
+        }
+        for f in std::fs::read_dir(e.path()).expect("ls").flatten() {
+            let p = f.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let meta: Value =
+                serde_json::from_slice(&std::fs::read(&p).expect("read")).expect("json");
+            let m = std::fs::metadata(&p).expect("stat");
+            let written = m.mtime() as u64 * 1_000_000_000 + m.mtime_nsec() as u64;
+            if let Some(c) = meta["collected_ns"].as_u64() {
+                v.push((c, written));
+            }
+        }
+    }
+    v
 }

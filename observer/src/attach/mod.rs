@@ -142,9 +142,10 @@ pub async fn run_session(
     let fleet = match opts.publish.clone() {
         Some(p) => {
             let session_id = format!("{}-{}", started_unix / 1_000_000, std::process::id());
-            let started =
-                tokio::task::spawn_blocking(move || crate::stream::nats::FleetHandle::start(&p, &session_id))
-                    .await?;
+            let started = tokio::task::spawn_blocking(move || {
+                crate::stream::nats::FleetHandle::start(&p, &session_id)
+            })
+            .await?;
             Some(started.map_err(|e| {
                 let bad = e.is_bad_input();
                 classify(e, bad)
@@ -736,7 +737,12 @@ async fn finish_watch(
 ) -> anyhow::Result<()> {
     let json = session.opts.json;
     let drops = session.counters.ring_buffer_drops;
-    let wait = session.opts.publish.as_ref().map(|p| p.wait).unwrap_or_default();
+    let wait = session
+        .opts
+        .publish
+        .as_ref()
+        .map(|p| p.wait)
+        .unwrap_or_default();
     drop(session);
     let stats = pipeline.finish().await?;
     if let Some(f) = fleet {

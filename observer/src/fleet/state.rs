@@ -58,7 +58,8 @@ impl State {
 
     pub fn save(&self, out: &Path) -> Result<(), FleetError> {
         let p = path(out);
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| FleetError::State(p.clone(), e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| FleetError::State(p.clone(), e.to_string()))?;
         write_replace(&p, &bytes).map_err(|e| FleetError::State(p, e.to_string()))
     }
 

@@ -39,7 +39,10 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
     let mut ended: Option<u64> = None;
     let mut nodes = serde_json::Map::new();
     for (node, figures) in &state.nodes {
-        nodes.insert(node.clone(), json!({ "collected": figures, "sessions": {} }));
+        nodes.insert(
+            node.clone(),
+            json!({ "collected": figures, "sessions": {} }),
+        );
     }
     for (node, session, j) in &sessions {
         for t in j["targets"].as_array().into_iter().flatten() {
@@ -61,7 +64,10 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
         if let Some(e) = j["ended_unix_ns"].as_u64() {
             ended = Some(ended.map_or(e, |x| x.max(e)));
         }
-        if let Some(n) = nodes.get_mut(node).and_then(|n| n["sessions"].as_object_mut()) {
+        if let Some(n) = nodes
+            .get_mut(node)
+            .and_then(|n| n["sessions"].as_object_mut())
+        {
             n.insert(
                 session.clone(),
                 json!({
@@ -91,7 +97,8 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
     });
     let put = |name: &str, v: &Value| -> Result<(), FleetError> {
         let p = out.join(name);
-        let mut b = serde_json::to_vec_pretty(v).map_err(|e| FleetError::Write(p.clone(), e.into()))?;
+        let mut b =
+            serde_json::to_vec_pretty(v).map_err(|e| FleetError::Write(p.clone(), e.into()))?;
         b.push(b'\n');
         write_replace(&p, &b).map_err(|e| FleetError::Write(p, e))
     };
@@ -105,7 +112,11 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
             "covobs collect: fleet {}: {} nodes, {} sessions, {} artifacts\n",
             state.fleet,
             state.nodes.len(),
-            state.nodes.values().map(|n| n.sessions.len()).sum::<usize>(),
+            state
+                .nodes
+                .values()
+                .map(|n| n.sessions.len())
+                .sum::<usize>(),
             state.seqs.len()
         ));
         for (node, n) in &state.nodes {
@@ -120,7 +131,10 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
             ));
         }
         for w in &summary.warnings {
-            eprintln!("covobs: warning: {}", crate::terminal::printable(&w.to_string()));
+            eprintln!(
+                "covobs: warning: {}",
+                crate::terminal::printable(&w.to_string())
+            );
         }
         text.push_str(&summary.render());
     }

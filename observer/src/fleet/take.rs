@@ -85,7 +85,11 @@ impl Taker {
     }
 
     async fn object(&self, name: &str) -> Result<Vec<u8>, String> {
-        let mut obj = self.store.get(name).await.map_err(|e| format!("object {name}: {e}"))?;
+        let mut obj = self
+            .store
+            .get(name)
+            .await
+            .map_err(|e| format!("object {name}: {e}"))?;
         let mut data = Vec::new();
         (&mut obj)
             .take(MAX_OBJECT)
@@ -119,7 +123,8 @@ impl Taker {
                 };
                 obj.insert("node".into(), node.into());
                 obj.insert("session".into(), session.into());
-                let mut line = serde_json::to_vec(&v).map_err(|e| FleetError::Write(self.out.join("events.jsonl"), e.into()))?;
+                let mut line = serde_json::to_vec(&v)
+                    .map_err(|e| FleetError::Write(self.out.join("events.jsonl"), e.into()))?;
                 line.push(b'\n');
                 let p = self.out.join("events.jsonl");
                 self.events.write_all(&line).map_err(io(&p))?;
@@ -133,7 +138,10 @@ impl Taker {
                     Err(e) => return Ok(Err(format!("module: {e}"))),
                 };
                 if !m.copy.starts_with("modules/") || !plain(&m.copy) {
-                    return Ok(Err(format!("module {:?}: not modules/<build-id>/<name>", m.copy)));
+                    return Ok(Err(format!(
+                        "module {:?}: not modules/<build-id>/<name>",
+                        m.copy
+                    )));
                 }
                 let dest = self.out.join(&m.copy);
                 if dest.exists() {
@@ -173,14 +181,20 @@ impl Taker {
         if state.seqs.contains_key(&key) {
             return Ok(Ok(()));
         }
-        if !crate::report::session::is_process_dir(&a.dir) || !plain(&a.dir) || a.dir.contains('/') {
-            return Ok(Err(format!("artifact {key}: {:?} is not a process directory", a.dir)));
+        if !crate::report::session::is_process_dir(&a.dir) || !plain(&a.dir) || a.dir.contains('/')
+        {
+            return Ok(Err(format!(
+                "artifact {key}: {:?} is not a process directory",
+                a.dir
+            )));
         }
         let Some(old_stem) = a.meta.strip_suffix(".json") else {
             return Ok(Err(format!("artifact {key}: no metadata file")));
         };
         let Some((_, runtime)) = old_stem.split_once('-') else {
-            return Ok(Err(format!("artifact {key}: {old_stem:?} is not <seq>-<runtime>")));
+            return Ok(Err(format!(
+                "artifact {key}: {old_stem:?} is not <seq>-<runtime>"
+            )));
         };
         let seq = state.next_seq;
         let new_stem = format!("{seq}-{runtime}");
@@ -197,7 +211,10 @@ impl Taker {
         let mut total = 0u64;
         for f in &a.files {
             if !plain(&f.path) {
-                return Ok(Err(format!("artifact {key}: {:?} is not a file of it", f.path)));
+                return Ok(Err(format!(
+                    "artifact {key}: {:?} is not a file of it",
+                    f.path
+                )));
             }
             let data = match self.object(&f.object).await {
                 Ok(d) => d,
@@ -211,7 +228,9 @@ impl Taker {
             write_file(&pdir.join(rename(&f.path)), &data)?;
         }
         let Some(meta) = meta_bytes else {
-            return Ok(Err(format!("artifact {key}: its metadata is not among its files")));
+            return Ok(Err(format!(
+                "artifact {key}: its metadata is not among its files"
+            )));
         };
         let mut meta: serde_json::Value = match serde_json::from_slice(&meta) {
             Ok(m) => m,

@@ -28,12 +28,7 @@ impl Server {
         let addr: ServerAddr = url.parse().map_err(|_| bad("not a server URL"))?;
         let user = addr.username().map(percent_decoded);
         let password = addr.password().map(percent_decoded);
-        let shown = format!(
-            "{}://{}:{}",
-            addr.scheme(),
-            addr.host(),
-            addr.port()
-        );
+        let shown = format!("{}://{}:{}", addr.scheme(), addr.host(), addr.port());
         Ok(Self {
             addr,
             user,
@@ -157,7 +152,10 @@ mod tests {
         assert_eq!(s.password.as_deref(), Some("s@cret"));
         assert_eq!(s.shown(), "nats://127.0.0.1:4222");
         let t = Server::parse("tls://tok3n@nats.example:4443").expect("parse");
-        assert_eq!((t.user.as_deref(), t.password.as_deref()), (Some("tok3n"), None));
+        assert_eq!(
+            (t.user.as_deref(), t.password.as_deref()),
+            (Some("tok3n"), None)
+        );
         assert!(t.addr.tls_required());
         let e = Server::parse("http://user:pw@host:1").expect_err("scheme");
         assert!(e.is_bad_input());

@@ -88,7 +88,11 @@ impl FleetHandle {
             .iter()
             .map(|s| Server::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let spool = Spool::open(&opts.spool.join(&opts.fleet).join(&opts.node), opts.spool_max)?;
+        let spool = Spool::open_for(
+            &opts.spool.join(&opts.fleet).join(&opts.node),
+            session,
+            opts.spool_max,
+        )?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("covobs-nats")
@@ -179,7 +183,9 @@ impl FleetHandle {
             });
         match spawned {
             Ok(h) => *self.drainer.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
-            Err(e) => tracing::warn!("no spool drainer thread ({e}): the spool drains as items come"),
+            Err(e) => {
+                tracing::warn!("no spool drainer thread ({e}): the spool drains as items come")
+            }
         }
     }
 
@@ -223,7 +229,12 @@ impl FleetHandle {
     pub fn finish(&self, session_json: Option<Bytes>, wait: Duration) -> FleetStats {
         let deadline = Instant::now() + wait;
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.drainer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .drainer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
         let Some(mut p) = self.lock_by(deadline) else {
@@ -351,7 +362,7 @@ impl Publisher {
                 Err(why) => self.failed(why),
             }
         }
-        self.to_spool(r);
+        self.spool_record(r);
     }
 
     fn failed(&mut self, why: String) {
@@ -362,7 +373,7 @@ impl Publisher {
         self.retry_at = Instant::now() + RETRY;
     }
 
-    fn to_spool(&mut self, mut r: Record) {
+    fn spool_record(&mut self, mut r: Record) {
         if let Some(lazy) = r.lazy.take() {
             match lazy.read() {
                 Ok(bytes) => r.objects.push((lazy.name, bytes)),
@@ -432,7 +443,10 @@ impl Publisher {
                             .await
                             .map_err(|e| e.to_string())?
                             .map_err(|e| format!("reading the module: {e}"))?;
-                        objects.push((r2.lazy.as_ref().map_or(String::new(), |l| l.name.clone()), bytes));
+                        objects.push((
+                            r2.lazy.as_ref().map_or(String::new(), |l| l.name.clone()),
+                            bytes,
+                        ));
                     }
                 }
             }

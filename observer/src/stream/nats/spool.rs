@@ -51,6 +51,8 @@ pub struct SpoolStats {
 
 pub struct Spool {
     dir: PathBuf,
+    /// Held while this covobs uses the spool: two sessions of one node never share one.
+    _lock: nix::fcntl::Flock<File>,
     /// Record numbers waiting, oldest first, with their sizes.
     queue: VecDeque<(u64, u64)>,
     next: u64,
@@ -63,18 +65,54 @@ fn name(n: u64) -> String {
 }
 
 impl Spool {
-    /// Open (create) the spool at `dir`; records an earlier session left are queued first.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, NatsError> {
+    /// Open (create) the node's spool at `dir`; records an earlier session left are queued
+    /// first. While another covobs of the same node holds it, this one gets a spool of its own,
+    /// `dir/<session>` (replayed by this session only).
+    pub fn open_for(dir: &Path, session: &str, max_bytes: u64) -> Result<Self, NatsError> {
+        match Self::open(dir, max_bytes)? {
+            Some(s) => Ok(s),
+            None => {
+                let own = dir.join(session);
+                tracing::info!(
+                    "the spool {} is in use by another covobs of this node: using {}",
+                    dir.display(),
+                    own.display()
+                );
+                Self::open(&own, max_bytes)?.ok_or_else(|| NatsError::Spool {
+                    path: own,
+                    source: std::io::Error::other("in use by another covobs"),
+                })
+            }
+        }
+    }
+
+    /// Open (create) the spool at `dir`; `None` when another covobs holds it.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Option<Self>, NatsError> {
         let err = |source| NatsError::Spool {
             path: dir.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))
+            .map_err(err)?;
+        let lock =
+            match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(err(e.into())),
+            };
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(err)? {
             let entry = entry.map_err(err)?;
             let fname = entry.file_name().to_string_lossy().into_owned();
-            if let Some(n) = fname.strip_suffix(".rec").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(n) = fname
+                .strip_suffix(".rec")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 let size = entry.metadata().map_err(err)?.len();
                 found.push((n, size));
             } else if fname.starts_with(".tmp-") {
@@ -85,8 +123,9 @@ impl Spool {
         found.sort_unstable();
         let bytes = found.iter().map(|(_, s)| s).sum();
         let next = found.last().map_or(0, |(n, _)| n + 1);
-        Ok(Self {
+        Ok(Some(Self {
             dir: dir.to_path_buf(),
+            _lock: lock,
             queue: found.into(),
             next,
             bytes,
@@ -95,7 +134,7 @@ impl Spool {
                 peak_bytes: bytes,
                 ..Default::default()
             },
-        })
+        }))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -237,7 +276,7 @@ mod tests {
 
     fn rec(i: u32) -> Record {
         Record {
-            subject: format!("covobs.f.n.s.events"),
+            subject: "covobs.f.n.s.events".to_string(),
             msg_id: format!("id-{i}"),
             payload: Bytes::from(format!("payload {i}")),
             objects: vec![("sha256/x".into(), Bytes::from(vec![i as u8; 100]))],
@@ -248,7 +287,13 @@ mod tests {
     #[test]
     fn records_come_back_in_order_whole_and_bounded() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut s = Spool::open(tmp.path(), 1000).expect("open");
+        let mut s = Spool::open(tmp.path(), 1000).expect("open").expect("free");
+        // A second covobs of the node cannot take it: it gets one of its own.
+        assert!(Spool::open(tmp.path(), 1000).expect("open").is_none());
+        let other = Spool::open_for(tmp.path(), "s2", 1000).expect("own spool");
+        assert_eq!(other.path(), tmp.path().join("s2"));
+        drop(other);
+        std::fs::remove_dir_all(tmp.path().join("s2")).expect("rm");
         for i in 0..3 {
             assert!(s.push(&rec(i)).expect("push"));
         }
@@ -261,7 +306,9 @@ mod tests {
         let kept = i;
         // Reopened (a new session): the same records, in order.
         drop(s);
-        let mut s = Spool::open(tmp.path(), 1000).expect("reopen");
+        let mut s = Spool::open(tmp.path(), 1000)
+            .expect("reopen")
+            .expect("free again");
         for j in 0..kept {
             let r = s.head().expect("head").expect("a record");
             assert_eq!(r.msg_id, format!("id-{j}"));
@@ -272,6 +319,7 @@ mod tests {
         }
         assert!(s.is_empty());
         assert_eq!(s.stats().replayed, u64::from(kept));
-        assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0);
+        // Only the lock file is left.
+        assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 1);
     }
 }

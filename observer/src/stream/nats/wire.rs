@@ -152,7 +152,10 @@ pub fn artifact_record(
         add(format!("{stem}.{ext}"), data.clone());
     }
     let meta = format!("{stem}.json");
-    add(meta.clone(), Bytes::from(serde_json::to_vec_pretty(&a.meta)?));
+    add(
+        meta.clone(),
+        Bytes::from(serde_json::to_vec_pretty(&a.meta)?),
+    );
     Ok((
         ArtifactMsg {
             dir: a.dir.clone(),
