@@ -52,6 +52,9 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print covobs' man page, or a subcommand's (`covobs man attach`); --out-dir writes them all.
     Man(ManArgs),
+    /// Build a fleet's session directory and report from what its nodes publish to NATS
+    /// JetStream (docs/fleet.md).
+    Collect(CollectArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +112,8 @@ pub struct RunArgs {
     /// 127.0.0.1:8047).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::serve::DEFAULT_ADDR)]
     pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub publish: PublishArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -246,6 +251,8 @@ pub struct AttachArgs {
     /// default: found by the running kernel's build id).
     #[arg(long)]
     pub vmlinux: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 #[derive(Args, Debug)]
@@ -322,6 +329,8 @@ pub struct WatchArgs {
     /// The name of the thread that runs OCaml, used where the runtime's symbols are stripped.
     #[arg(long, default_value = "ffi-ocaml-executor-thread")]
     pub ocaml_thread_name: String,
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
@@ -419,4 +428,107 @@ impl SnapshotArgs {
             (pid, None, None) => Source::Pid(pid.unwrap_or(0)),
         }
     }
+}
+
+// ---- Fleets (docs/fleet.md): publishing to NATS JetStream, and `covobs collect`. ----
+
+/// Publishing a session to a fleet's NATS JetStream (attach, run, watch).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PublishArgs {
+    /// Also publish the session to this NATS server: nats://HOST:PORT, or tls://HOST:PORT for
+    /// TLS; user:password@ or token@ before the host for credentials. Repeat for the servers of
+    /// one cluster.
+    #[arg(long = "publish", value_name = "URL")]
+    pub publish: Vec<String>,
+    /// This node's name in the fleet (default: the host name).
+    #[arg(long, value_name = "NAME", requires = "publish")]
+    pub node: Option<String>,
+    /// The fleet to publish to (default: default).
+    #[arg(long, value_name = "NAME", requires = "publish")]
+    pub fleet: Option<String>,
+    /// A NATS credentials file (user JWT and nkey seed).
+    #[arg(long, value_name = "FILE", requires = "publish")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// Where what cannot be published waits, replayed in order when the server is back
+    /// (under <DIR>/<fleet>/<node>/).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/spool/covobs",
+        requires = "publish"
+    )]
+    pub spool: std::path::PathBuf,
+    /// The most the spool holds (e.g. 512M, 2G); beyond, records are dropped and counted.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub spool_max: u64,
+    /// Start even when no server answers or it refuses the credentials: a warning, and
+    /// everything goes to the spool until it answers. Without it, that is an error (exit 2).
+    #[arg(long, requires = "publish")]
+    pub publish_offline_ok: bool,
+    /// At the end, how long to wait for the spool to drain.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub publish_wait: Duration,
+}
+
+impl PublishArgs {
+    /// The options, when publishing.
+    pub fn options(&self) -> Option<crate::stream::nats::PublishOptions> {
+        if self.publish.is_empty() {
+            return None;
+        }
+        Some(crate::stream::nats::PublishOptions {
+            servers: self.publish.clone(),
+            node: self
+                .node
+                .clone()
+                .unwrap_or_else(crate::stream::nats::default_node),
+            fleet: self
+                .fleet
+                .clone()
+                .unwrap_or_else(|| crate::stream::nats::DEFAULT_FLEET.into()),
+            creds: self.nats_creds.clone(),
+            spool: self.spool.clone(),
+            spool_max: self.spool_max,
+            offline_ok: self.publish_offline_ok,
+            wait: self.publish_wait,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CollectArgs {
+    /// The fleet's NATS servers (nats:// or tls://, credentials as for --publish).
+    #[arg(required = true, value_name = "URL")]
+    pub servers: Vec<String>,
+    /// The fleet's session directory: new, or one an earlier `covobs collect` wrote (it resumes).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// The fleet to collect (default: default).
+    #[arg(long, value_name = "NAME", default_value = crate::stream::nats::DEFAULT_FLEET)]
+    pub fleet: String,
+    /// A NATS credentials file (user JWT and nkey seed).
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// Keep collecting as nodes publish, the report kept current (until Ctrl-C or SIGTERM);
+    /// without it, take what the stream holds now, write the report and exit.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: the report is rewritten at most this often.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub report_every: Duration,
+}
+
+/// A size: bytes, or with K, M, G (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 4096, 512M, 2G)"))
 }

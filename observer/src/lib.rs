@@ -8,6 +8,7 @@ pub mod collect;
 pub mod discover;
 pub mod doctor;
 pub mod events;
+pub mod fleet;
 pub mod kcov;
 pub mod manual;
 pub mod probes;

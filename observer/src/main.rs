@@ -65,6 +65,19 @@ async fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Report(args) => report(args).await,
+        Command::Collect(args) => {
+            covobs::fleet::run(covobs::fleet::CollectOptions {
+                servers: args.servers,
+                out: args.out,
+                fleet: args.fleet,
+                creds: args.nats_creds,
+                follow: args.follow,
+                report_every: args.report_every,
+            })
+            .await
+            .map_err(|e| edge_error(e.is_bad_input(), e))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diff(args) => diff(args).await,
         Command::Serve(args) => {
             covobs::serve::run(args.dir, args.addr).await?;
@@ -101,6 +114,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 follow_forks: args.follow_forks,
                 ebpf_log: args.ebpf_log,
                 ocaml_thread_name: args.ocaml_thread_name,
+                publish: args.publish.options(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -156,6 +170,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 final_snapshot: args.final_snapshot,
                 command: std::env::args().collect(),
                 vmlinux: args.vmlinux,
+                publish: args.publish.options(),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -192,6 +207,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     vmlinux: args.vmlinux,
                     mode: covobs::cli::Mode::Signal,
                     final_snapshot: false,
+                    publish: args.publish.options(),
                 },
             })
             .await?;
@@ -300,8 +316,12 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The NATS client logs each failed (re)connection itself; covobs says what it means for
+    // the session once (docs/fleet.md). Its own log from -vv on.
+    let nats = if verbose >= 2 { default } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},async_nats={nats}"))
+    });
     // aya and aya-log speak `log`; route them into tracing.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

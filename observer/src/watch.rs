@@ -19,6 +19,8 @@ pub struct WatchOptions {
     pub follow_forks: bool,
     pub ebpf_log: bool,
     pub ocaml_thread_name: String,
+    /// Also publish the events to a fleet's NATS JetStream.
+    pub publish: Option<crate::stream::nats::PublishOptions>,
 }
 
 /// Map a library error to BadInput (exit 2) when the user or the machine must change something.
@@ -61,6 +63,7 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
         final_snapshot: false,
         command: Vec::new(),
         vmlinux: None,
+        publish: opts.publish,
     })
     .await
 }

@@ -74,6 +74,8 @@ pub struct AttachOptions {
     pub command: Vec<String>,
     /// The kernel image with DWARF for the report's kernel coverage (default: found by build id).
     pub vmlinux: Option<PathBuf>,
+    /// Also publish the session to a fleet's NATS JetStream (docs/fleet.md).
+    pub publish: Option<crate::stream::nats::PublishOptions>,
 }
 
 /// How the dump signal for the OCaml runtime is delivered.
@@ -137,6 +139,21 @@ pub async fn run_session(
     crate::stream::raise_nofile_limit();
     // Bound now, so a bad address is refused before anything starts.
     let listener = crate::serve::bind_for_session(opts.serve).await?;
+    // The fleet's server too: a wrong password or no server is refused before anything starts.
+    let fleet = match opts.publish.clone() {
+        Some(p) => {
+            let session_id = format!("{}-{}", started_unix / 1_000_000, std::process::id());
+            let started = tokio::task::spawn_blocking(move || {
+                crate::stream::nats::FleetHandle::start(&p, &session_id)
+            })
+            .await?;
+            Some(started.map_err(|e| {
+                let bad = e.is_bad_input();
+                classify(e, bad)
+            })?)
+        }
+        None => None,
+    };
 
     // watch observes every signal and follows no file; attach the reverse.
     let probe_opts = ProbeOptions {
@@ -226,6 +243,9 @@ pub async fn run_session(
     if let Some(slow) = crate::stream::slow::SlowSink::from_env() {
         sinks.push(Box::new(slow));
     }
+    if let Some(f) = &fleet {
+        sinks.push(Box::new(crate::stream::nats::NatsSink::new(f.clone())));
+    }
     let pipeline = Pipeline::new(primary, sinks)?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut session = Session::new(
@@ -260,7 +280,7 @@ pub async fn run_session(
     )
     .await;
     if opts.observe_only {
-        return finish_watch(session, pipeline, result.map(drop)).await;
+        return finish_watch(session, pipeline, result.map(drop), fleet).await;
     }
     let workload = match (&launch, child.as_mut()) {
         (Some(l), Some(c)) => {
@@ -289,15 +309,37 @@ pub async fn run_session(
                 }
                 drop(session);
                 let _ = pipeline.finish().await;
+                if let Some(f) = fleet {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        f.finish(None, std::time::Duration::ZERO)
+                    })
+                    .await;
+                }
                 tokio::task::block_in_place(|| progress.stop());
                 remove_refused(&out_dir, created_from.as_deref());
             } else {
-                let _ = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
+                let _ = finish(
+                    session,
+                    pipeline,
+                    output.as_ref(),
+                    started_unix,
+                    workload,
+                    fleet,
+                )
+                .await;
             }
             return Err(e);
         }
     };
-    let finished = finish(session, pipeline, output.as_ref(), started_unix, workload).await;
+    let finished = finish(
+        session,
+        pipeline,
+        output.as_ref(),
+        started_unix,
+        workload,
+        fleet,
+    )
+    .await;
     // After the pipeline is flushed: the summary comes after the last event.
     eprintln!("covobs: {summary}");
     if let Some(fault) = output.as_ref().and_then(|o| o.fault()) {
@@ -692,11 +734,21 @@ async fn finish_watch(
     session: Session,
     pipeline: Pipeline,
     result: anyhow::Result<()>,
+    fleet: Option<crate::stream::nats::FleetHandle>,
 ) -> anyhow::Result<()> {
     let json = session.opts.json;
     let drops = session.counters.ring_buffer_drops;
+    let wait = session
+        .opts
+        .publish
+        .as_ref()
+        .map(|p| p.wait)
+        .unwrap_or_default();
     drop(session);
     let stats = pipeline.finish().await?;
+    if let Some(f) = fleet {
+        tokio::task::spawn_blocking(move || f.finish(None, wait)).await?;
+    }
     for w in stats.warnings() {
         eprintln!("covobs: warning: {w}");
     }
@@ -727,6 +779,7 @@ async fn finish(
     output: Option<&OutputHealth>,
     started_unix: u64,
     workload: Option<serde_json::Value>,
+    fleet: Option<crate::stream::nats::FleetHandle>,
 ) -> anyhow::Result<()> {
     let programs = session.probes.programs().to_vec();
     let file_tracking = session.probes.file_tracking;
@@ -745,7 +798,19 @@ async fn finish(
         eprintln!("covobs: warning: {w}");
     }
     let (nofile_soft, nofile_hard) = crate::stream::nofile_limit();
+    // The spool's last chance before its figures go into session.json.
+    let publish_wait = opts.publish.as_ref().map(|p| p.wait).unwrap_or_default();
+    let fleet_stats = match &fleet {
+        Some(f) => {
+            let f = f.clone();
+            Some(tokio::task::spawn_blocking(move || f.settle(publish_wait)).await?)
+        }
+        None => None,
+    };
     let Some(output) = output else {
+        if let Some(f) = fleet {
+            tokio::task::spawn_blocking(move || f.finish(None, publish_wait)).await?;
+        }
         return Ok(());
     };
     let modes = output.dir().modes();
@@ -797,6 +862,7 @@ async fn finish(
             "fault": output.fault(),
             "events_not_written": output.unwritten_events(),
         },
+        "fleet": fleet_stats,
     });
     let mut bytes = serde_json::to_vec_pretty(&info)?;
     bytes.push(b'\n');
@@ -804,6 +870,11 @@ async fn finish(
     // Whole or not at all: a full disk leaves no half session.json.
     dir.write_new(dir.fd(), "session.json", &bytes, true)
         .with_context(|| format!("writing {}", dir.path().join("session.json").display()))?;
+    // session.json is the session's last message to the fleet.
+    if let Some(f) = fleet {
+        let json = bytes::Bytes::from(bytes);
+        tokio::task::spawn_blocking(move || f.finish(Some(json), publish_wait)).await?;
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub mod dir;
 pub mod human;
 pub mod json;
 pub mod modes;
+pub mod nats;
 pub mod session_dir;
 pub mod slow;
 mod workers;
