@@ -270,7 +270,12 @@ impl Covobs {
         // The last ones only: a load test's hundreds of thousands would bury the reason.
         const SHOWN: usize = 200;
         let skip = self.events.len().saturating_sub(SHOWN);
-        let events: Vec<String> = self.events.iter().skip(skip).map(Value::to_string).collect();
+        let events: Vec<String> = self
+            .events
+            .iter()
+            .skip(skip)
+            .map(Value::to_string)
+            .collect();
         let stderr = self.stderr_seen.join("\n");
         let _ = self.child.kill();
         panic!(

@@ -1246,8 +1246,14 @@ fn diff_of_two_gcov_sessions_gives_the_new_and_lost_phases() {
     assert_eq!(lines(&d["newly_covered"]["lines"]), of("beta"), "{d}");
     assert_eq!(lines(&d["no_longer_covered"]["lines"]), of("alpha"), "{d}");
     let fns = |v: &Value| v.to_string();
-    assert!(fns(&d["newly_covered"]["functions"]).contains("beta"), "{d}");
-    assert!(fns(&d["no_longer_covered"]["functions"]).contains("alpha"), "{d}");
+    assert!(
+        fns(&d["newly_covered"]["functions"]).contains("beta"),
+        "{d}"
+    );
+    assert!(
+        fns(&d["no_longer_covered"]["functions"]).contains("alpha"),
+        "{d}"
+    );
     // Each session's own counts: shared ran twice in each, not four times in the second.
     let second = std::fs::read_to_string(sessions[1].join("report/coverage.lcov")).expect("lcov");
     let counts = da_lines(&second, &src);

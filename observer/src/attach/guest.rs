@@ -10,7 +10,7 @@
 //! guest reached after the last snapshot before QEMU exited is not in the session.
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::AtomicU64,
     time::Duration,
 };
@@ -138,7 +138,7 @@ impl GuestSession {
         &mut self,
         exit: &ExitWatch,
         progress: &mut Progress,
-        out_dir: &PathBuf,
+        out_dir: &Path,
     ) -> bool {
         let Some(mut guest) = self.guest.take() else {
             return false;

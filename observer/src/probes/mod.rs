@@ -524,7 +524,9 @@ impl Probes {
         function: &str,
     ) -> Result<(), ProbeError> {
         let btf = btf.ok_or(ProbeError::Missing("kernel BTF (for trampolines)"))?;
-        let prog = self.program(program, |p: &mut aya::programs::FExit| p.load(function, btf))?;
+        let prog = self.program(program, |p: &mut aya::programs::FExit| {
+            p.load(function, btf)
+        })?;
         let link = prog.attach().map_err(|source| ProbeError::Program {
             name: program.to_owned(),
             source,
@@ -631,9 +633,10 @@ impl Probes {
         }
         // Its own uprobes go too (a long session adopts many processes: their links must not
         // pile up until the end); attached again if the process is adopted again.
-        let (mine, others): (Vec<UprobeLink>, Vec<UprobeLink>) = std::mem::take(&mut self.uprobe_links)
-            .into_iter()
-            .partition(|l| l.pid == Some(pid));
+        let (mine, others): (Vec<UprobeLink>, Vec<UprobeLink>) =
+            std::mem::take(&mut self.uprobe_links)
+                .into_iter()
+                .partition(|l| l.pid == Some(pid));
         self.uprobe_links = others;
         let owned = mine
             .into_iter()

@@ -138,7 +138,9 @@ mod tests {
     }
 
     fn slow(seen: &Arc<Seen>, n: usize) -> Vec<Owned> {
-        (0..n).map(|_| Box::new(Slow(seen.clone())) as Owned).collect()
+        (0..n)
+            .map(|_| Box::new(Slow(seen.clone())) as Owned)
+            .collect()
     }
 
     #[test]
