@@ -518,6 +518,21 @@ pub struct LlvmTools {
     pub major: u64,
 }
 
+/// The raw profile version the profile runtime of an LLVM major writes (compiler-rt's
+/// INSTR_PROF_RAW_VERSION), for the majors of the fixtures: Debian's clang 14, the older Rust
+/// toolchains' LLVM 18 and 19 (fixtures/llvm-rust-target/older-toolchains), the pinned one's.
+pub fn raw_profile_version(llvm_major: u64) -> u64 {
+    match llvm_major {
+        14 => 8,
+        18 => 9,
+        19 => 10,
+        m if m >= 22 => 11,
+        m => panic!(
+            "no fixture is built with LLVM {m}: which raw profile version it writes is not known here"
+        ),
+    }
+}
+
 pub fn llvm_tools(fixture_name: &str) -> LlvmTools {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

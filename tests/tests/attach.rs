@@ -137,7 +137,7 @@ fn every_triggered_dump_gives_one_valid_artifact_with_the_exact_bytes() {
             assert_eq!(meta["runtime"], "llvm");
             assert_eq!(meta["pid"].as_u64(), Some(target.pid() as u64));
             assert_eq!(meta["bytes"].as_u64(), Some(data.len() as u64));
-            let expected_version = if tools.major >= 22 { 11 } else { 8 };
+            let expected_version = raw_profile_version(tools.major);
             assert_eq!(meta["format"]["version"].as_u64(), Some(expected_version));
             // Exactly the bytes this dump appended to the target's file.
             let off = meta["source"]["offset"].as_u64().unwrap() as usize;

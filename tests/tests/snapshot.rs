@@ -14,7 +14,7 @@ use std::{
 use covobs_tests::{
     Covobs, EventExt, LlvmTools, TempDir, alive, covobs_bin, fixture,
     freeze::{Frozen, load_bias, symbol_address},
-    llvm_tools, of_kind, read_json, require_root, run_ok, start_fixture,
+    llvm_tools, of_kind, raw_profile_version, read_json, require_root, run_ok, start_fixture,
 };
 use serde_json::Value;
 
@@ -139,7 +139,7 @@ fn snapshot_equals_the_runtimes_own_dump(fixture_name: &str) {
 
     let runtime = std::fs::read(&profile).unwrap();
     let mine = std::fs::read(&snap).unwrap();
-    let expected_version = if tools.major >= 22 { 11 } else { 8 };
+    let expected_version = raw_profile_version(tools.major);
     assert_eq!(w["format"]["version"].as_u64(), Some(expected_version));
     assert!(!mine.is_empty());
     // The runtime appended exactly one profile since it truncated the file at start.
@@ -173,6 +173,18 @@ fn snapshot_equals_the_runtimes_own_dump(fixture_name: &str) {
 #[test]
 fn a_memory_snapshot_of_a_rust_target_is_its_runtimes_own_dump() {
     snapshot_equals_the_runtimes_own_dump("llvm-rust-target");
+}
+
+/// Raw profile version 9, written by Rust 1.81's LLVM 18 runtime.
+#[test]
+fn a_memory_snapshot_of_a_rust_target_of_llvm_18_is_its_runtimes_own_dump() {
+    snapshot_equals_the_runtimes_own_dump("llvm-rust-target-raw9");
+}
+
+/// Raw profile version 10, written by Rust 1.86's LLVM 19 runtime.
+#[test]
+fn a_memory_snapshot_of_a_rust_target_of_llvm_19_is_its_runtimes_own_dump() {
+    snapshot_equals_the_runtimes_own_dump("llvm-rust-target-raw10");
 }
 
 #[test]
