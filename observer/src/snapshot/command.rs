@@ -9,7 +9,8 @@
 //! The same for memory that is not a live process's own ([`Source`]): `--image FILE --elf BIN`
 //! (an ELF core file, or a raw RAM dump starting at `--base`) and `--qemu PID --elf PAYLOAD` (a
 //! QEMU guest's RAM, read inside the QEMU process; `--pause` stops the guest through QMP for the
-//! read).
+//! read), or `--qemu PID --shared REGION --elf PAYLOAD` (the payload's own capture, from a
+//! region it shares with the host: [`super::shared`]).
 use std::{
     fs::OpenOptions,
     io::Write as _,
@@ -27,6 +28,7 @@ use super::{
     plan_process,
     qemu::{self, GuestRam},
     qmp::{self, Qmp},
+    shared,
 };
 use crate::{discover::Discovery, target::Process};
 
@@ -47,6 +49,8 @@ pub enum Source {
         elf: PathBuf,
         qmp: Option<PathBuf>,
         pause: bool,
+        /// The payload's capture in this shared region instead of its counters in guest RAM.
+        shared: Option<String>,
     },
 }
 
@@ -58,6 +62,9 @@ pub enum CommandError {
     Snapshot(#[from] SnapshotError),
     #[error("{0}")]
     Qemu(String),
+    /// The shared region holds no capture yet (bad input for a snapshot; a session waits).
+    #[error("{0}")]
+    NotYet(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -68,7 +75,7 @@ pub enum CommandError {
 impl CommandError {
     /// Caused by what the user asked for (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Self::BadInput(_))
+        matches!(self, Self::BadInput(_) | Self::NotYet(_))
     }
 }
 
@@ -99,7 +106,15 @@ pub fn run_source(source: &Source, out: &Path) -> Result<Vec<Written>, CommandEr
             elf,
             qmp,
             pause,
+            shared: None,
         } => run_qemu(*pid, elf, qmp.as_deref(), *pause, out),
+        Source::Qemu {
+            pid,
+            elf,
+            qmp,
+            shared: Some(region),
+            ..
+        } => run_shared(*pid, elf, region, qmp.as_deref(), out),
     }
 }
 
@@ -348,6 +363,77 @@ pub fn run_qemu(
         p.resume().map_err(|e| CommandError::Qemu(e.to_string()))?;
     }
     write(snaps, paths, Some(guest.describe()))
+}
+
+/// A guest that publishes its payload's capture in a region shared with the host.
+pub struct SharedGuest {
+    pub pid: i32,
+    pub target: ElfTarget,
+    pub region: shared::Region,
+}
+
+impl SharedGuest {
+    /// Resolve REGION (a memory-backend-file's mem-path or id) in QEMU process `pid`.
+    pub fn open(
+        pid: i32,
+        elf: &Path,
+        region: &str,
+        qmp_socket: Option<&Path>,
+    ) -> Result<Self, CommandError> {
+        let target = ElfTarget::open(elf).map_err(named_input)?;
+        fixed_address(&target, "a shared capture")?;
+        let bad = |e: qemu::QemuError| match e {
+            qemu::QemuError::Maps { .. } => CommandError::Qemu(e.to_string()),
+            other => CommandError::BadInput(other.to_string()),
+        };
+        qemu::candidates(pid).map_err(bad)?;
+        let cmdline = qemu::cmdline(pid).map_err(bad)?;
+        let socket = match qmp_socket {
+            Some(p) => Some(p.to_path_buf()),
+            None => qmp::socket_from_cmdline(&cmdline),
+        };
+        let region =
+            shared::resolve(pid, region, &cmdline, socket.as_deref()).map_err(shared_error)?;
+        Ok(Self {
+            pid,
+            target,
+            region,
+        })
+    }
+
+    /// The capture the region holds now, checked against the payload.
+    pub fn take(&self) -> Result<(ModulePlan, Snapshot, u64), CommandError> {
+        let c = self.region.capture().map_err(shared_error)?;
+        let what = format!("shared region {}", self.region.file.display());
+        let (plan, snap) =
+            super::capture::snapshot(&self.target, &c.bytes, c.read, shared::METHOD, &what)
+                .map_err(named_input)?;
+        Ok((plan, snap, c.sequence))
+    }
+}
+
+fn shared_error(e: shared::SharedError) -> CommandError {
+    match e {
+        shared::SharedError::Bad(m) => CommandError::BadInput(m),
+        shared::SharedError::NotYet(m) => CommandError::NotYet(m),
+        other => CommandError::Qemu(other.to_string()),
+    }
+}
+
+/// `covobs snapshot --qemu PID --shared REGION --elf PAYLOAD`.
+pub fn run_shared(
+    pid: i32,
+    elf: &Path,
+    region: &str,
+    qmp_socket: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<Written>, CommandError> {
+    let guest = SharedGuest::open(pid, elf, region, qmp_socket)?;
+    let (plan, snap, sequence) = guest.take()?;
+    let paths = output_paths(out, std::slice::from_ref(&plan));
+    check_new(&paths)?;
+    let memory = format!("{}, capture sequence {sequence}", guest.region.describe());
+    write(vec![snap], paths, Some(memory))
 }
 
 /// The first candidate RAM block that holds the payload, with its plans.

@@ -110,6 +110,18 @@ impl Qmp {
         Ok(r.as_str().and_then(parse_gpa2hva))
     }
 
+    /// The `mem-path` of memory backend `id` (`qom-get /objects/ID mem-path`).
+    pub fn mem_path(&mut self, id: &str) -> Result<String, QmpError> {
+        let r = self.execute(
+            "qom-get",
+            Some(json!({ "path": format!("/objects/{id}"), "property": "mem-path" })),
+        )?;
+        r.as_str()
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| self.protocol(format!("memory backend {id} has no mem-path: {r}")))
+    }
+
     /// Whether the guest's CPUs run.
     pub fn running(&mut self) -> Result<bool, QmpError> {
         let status = self.execute("query-status", None)?;
