@@ -98,12 +98,22 @@ impl Guest {
 
     /// One QMP command on a fresh connection (QMP serves one client at a time).
     fn qmp(&self, command: &str, arguments: Value) -> Value {
-        let s = UnixStream::connect(&self.qmp).expect("QMP socket");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
+        // QMP serves one client at a time; a connection made just after another client (covobs)
+        // left was seen closed at once (EOF before the greeting): connect again until it greets.
+        let mut tries = 0;
+        let (mut w, mut r) = loop {
+            let s = UnixStream::connect(&self.qmp).expect("QMP socket");
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) > 0 {
+                break (w, r);
+            }
+            tries += 1;
+            assert!(tries < 100, "QEMU never greeted on its QMP socket");
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let mut ask = |msg: Value| -> Value {
             writeln!(w, "{msg}").unwrap();
             loop {
@@ -753,5 +763,74 @@ fn the_shared_region_holds_the_payloads_own_capture() {
     assert_eq!(session["ended_by"], "qemu-exit", "{session}");
     assert_eq!(session["options"]["mode"], "qemu-shared", "{session}");
     assert_eq!(session["counters"]["lost"], 0, "{session}");
+    drop(guest);
+}
+
+/// A payload that runs with paging at other virtual addresses: `guest-payload-high`, the same
+/// code linked at 0xffffffff80000000 + its load address (2 MiB). covobs sees that the ELF's
+/// virtual and load addresses differ, asks QEMU for CR3 through QMP and walks the guest's 4-level
+/// page tables: the halted guest's snapshot (running and `--pause`d) is minicov's capture byte for
+/// byte. A raw image (addressed physically) of such a payload, and the identity-mapped build's
+/// ELF against this guest, are refused.
+#[test]
+fn a_higher_half_payload_is_read_through_the_guests_page_tables() {
+    require_root();
+    let tools = llvm_tools("guest-payload-high");
+    let payload = fixture("guest-payload-high");
+    let payload_s = payload.to_str().unwrap();
+    let tmp = TempDir::new("guest-high");
+    let dir = tmp.path();
+    let mut guest = Guest::boot(&payload, dir);
+    let qemu = guest.pid().to_string();
+    guest.wait_line("halted");
+    let capture = guest.capture();
+    let minicov = dir.join("minicov.profraw");
+    std::fs::write(&minicov, &capture).unwrap();
+
+    let running = dir.join("running.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s], &running);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram", "{w}");
+    assert!(
+        w["memory"].as_str().unwrap().contains("page tables at CR3"),
+        "{w}"
+    );
+    assert!(
+        w["snapshot"]["counters_addr"].as_u64().unwrap() >= 0xffff_ffff_8000_0000,
+        "{w}"
+    );
+    assert!(
+        std::fs::read(&running).unwrap() == capture,
+        "not byte for byte minicov's capture"
+    );
+    assert_eq!(
+        show(&tools.profdata, &running),
+        show(&tools.profdata, &minicov)
+    );
+    let paused = dir.join("paused.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s, "--pause"], &paused);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram-paused", "{w}");
+    assert!(std::fs::read(&paused).unwrap() == capture);
+
+    let out = dir.join("refused.profraw");
+    let ram = dir.join("ram.bin");
+    guest.qmp(
+        "pmemsave",
+        serde_json::json!({"val": 0x20_0000, "size": 0x40_0000, "filename": ram.to_str().unwrap()}),
+    );
+    let e = refused(
+        &[
+            "--image",
+            ram.to_str().unwrap(),
+            "--base",
+            "0x200000",
+            "--elf",
+            payload_s,
+        ],
+        &out,
+    );
+    assert!(e.contains("runs at virtual addresses"), "{e}");
+    let low = fixture("guest-payload");
+    let e = refused(&["--qemu", &qemu, "--elf", low.to_str().unwrap()], &out);
+    assert!(e.contains("no guest RAM holding"), "{e}");
     drop(guest);
 }

@@ -28,6 +28,7 @@ pub mod exit;
 pub mod image;
 pub mod llvm;
 pub mod memory;
+pub mod paging;
 pub mod payload;
 pub mod qemu;
 pub mod qmp;

@@ -122,6 +122,20 @@ impl Qmp {
             .ok_or_else(|| self.protocol(format!("memory backend {id} has no mem-path: {r}")))
     }
 
+    /// The first CPU's control registers (HMP `info registers`).
+    pub fn registers(&mut self) -> Result<super::paging::Registers, QmpError> {
+        let r = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": "info registers" })),
+        )?;
+        let text = r.as_str().unwrap_or_default();
+        super::paging::Registers::parse(text).ok_or_else(|| {
+            self.protocol(format!(
+                "no CR0, CR3, CR4 and EFER in `info registers`: {text}"
+            ))
+        })
+    }
+
     /// Whether the guest's CPUs run.
     pub fn running(&mut self) -> Result<bool, QmpError> {
         let status = self.execute("query-status", None)?;
