@@ -301,12 +301,39 @@ fn rate(q: &Qemu, secs: f64) -> Result<f64> {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz.max(1.0)
+}
+
+/// Rounds per second over a window, and the share of a core QEMU and `also` (if any) used in it.
+fn measured(q: &Qemu, also: Option<u32>) -> Result<(f64, f64, f64)> {
+    let t = Instant::now();
+    let (q0, a0) = (cpu_secs(q.child.id()), also.map_or(0.0, cpu_secs));
+    let r = rate(q, WINDOW_SECS)?;
+    let secs = t.elapsed().as_secs_f64();
+    let (q1, a1) = (cpu_secs(q.child.id()), also.map_or(0.0, cpu_secs));
+    Ok((r, (q1 - q0) / secs, (a1 - a0) / secs))
+}
+
 fn throughput(q: &Qemu) -> Result<Value> {
     let elf = fixture(PAYLOAD);
     let pid = q.pid();
     let (mut base, mut att, mut snapshots) = (vec![], vec![], vec![]);
+    let (mut qemu_cpu_base, mut qemu_cpu_att, mut covobs_cpu) = (vec![], vec![], vec![]);
     for i in 0..ROUNDS {
-        base.push(rate(q, WINDOW_SECS)?);
+        let (r, qc, _) = measured(q, None)?;
+        base.push(r);
+        qemu_cpu_base.push(qc);
         let out = q.dir.join(format!("session-{i}"));
         let mut o = Observer::start(&[
             "attach",
@@ -322,27 +349,46 @@ fn throughput(q: &Qemu) -> Result<Value> {
             out.to_str().unwrap_or_default(),
         ])?;
         o.wait_for("snapshot", Duration::from_secs(60))?;
-        let r = rate(q, WINDOW_SECS);
+        let r = measured(q, Some(o.child.id()));
         o.stop();
         let n = o
             .drain()
             .iter()
             .filter(|e| e["event"] == "snapshot")
             .count();
-        att.push(r?);
+        let (r, qc, cc) = r?;
+        att.push(r);
+        qemu_cpu_att.push(qc);
+        covobs_cpu.push(cc);
         snapshots.push(n);
         let _ = std::fs::remove_dir_all(&out);
     }
     let (b, a) = (median(&mut base.clone()), median(&mut att.clone()));
+    let (qb, qa, c) = (
+        median(&mut qemu_cpu_base.clone()),
+        median(&mut qemu_cpu_att.clone()),
+        median(&mut covobs_cpu.clone()),
+    );
     println!(
         "  {PAYLOAD}: not snapshotted {b:>8.1} rounds/s   snapshotted every 100 ms {a:>8.1} rounds/s (ratio {:.3}; {ROUNDS} alternating {WINDOW_SECS} s windows, {:?} snapshots per session)",
         a / b,
         snapshots
     );
+    println!(
+        "    CPU (share of one core): QEMU {qb:.2} not snapshotted, {qa:.2} snapshotted; covobs attach {c:.2} ({} online CPUs, load average {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+    );
     Ok(json!({
         "not_snapshotted_rounds_per_sec": b, "snapshotted_rounds_per_sec": a, "ratio": a / b,
         "interval_ms": 100, "window_secs": WINDOW_SECS, "snapshots_per_session": snapshots,
-        "runs": {"not_snapshotted": base, "snapshotted": att},
+        "qemu_cpu_not_snapshotted": qb, "qemu_cpu_snapshotted": qa, "covobs_cpu": c,
+        "runs": {"not_snapshotted": base, "snapshotted": att, "qemu_cpu_not_snapshotted": qemu_cpu_base,
+                 "qemu_cpu_snapshotted": qemu_cpu_att, "covobs_cpu": covobs_cpu},
     }))
 }
 
