@@ -173,6 +173,50 @@ impl MemorySource for Paged {
 mod tests {
     use super::*;
 
+    /// Page tables built in this process's memory, read as a guest's RAM: 1 GiB, 2 MiB and
+    /// 4 KiB pages, a range that crosses into another physical page, an unmapped address.
+    #[test]
+    fn walks_four_levels_with_huge_pages() {
+        let mut ram = vec![0u8; 0x9000];
+        let mut put = |at: usize, v: u64| ram[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        let (pml4, pdpt_low, pdpt_high, pd, pt) =
+            (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64, 0x8000u64);
+        put(pml4 as usize, pdpt_low | 3);
+        put(pml4 as usize + 511 * 8, pdpt_high | 3);
+        put(pdpt_high as usize + 510 * 8, HUGE | 3); // 1 GiB page at physical 0
+        put(pdpt_low as usize, pd | 3);
+        put(pd as usize + 8, pt | 3);
+        put(pd as usize + 2 * 8, HUGE | 3); // 2 MiB page at physical 0
+        put(pt as usize + 3 * 8, 0x5000 | 3); // 4 KiB pages: 0x203000 -> 0x5000,
+        put(pt as usize + 4 * 8, 0x7000 | 3); // 0x204000 -> 0x7000
+        for (i, b) in ram[0x5000..0x8000].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let guest = Paged {
+            ram: GuestRam {
+                pid: std::process::id() as i32,
+                gpa: 0,
+                hva: ram.as_ptr() as u64,
+                len: ram.len() as u64,
+                backing: "test".into(),
+                paused: false,
+                located: "content",
+            },
+            cr3: pml4,
+        };
+        let at = |va: u64, len: u64| guest.read_vec(Range { addr: va, len }).map(|(b, _)| b);
+        assert_eq!(
+            at(0xffff_ffff_8000_5010, 4).unwrap(),
+            [0x10, 0x11, 0x12, 0x13]
+        );
+        assert_eq!(at(0x40_5020, 2).unwrap(), [0x20, 0x21]);
+        assert_eq!(at(0x20_3010, 2).unwrap(), [0x10, 0x11]);
+        // 0x203ffe..0x204002: the end of physical 0x5000's page, then physical 0x7000.
+        assert_eq!(at(0x20_3ffe, 4).unwrap(), [0xfe, 0xff, 0x00, 0x01]);
+        assert!(at(0x60_0000, 8).is_err(), "PD entry 3 is not present");
+        assert!(at(0x20_5000, 8).is_err(), "PT entry 5 is not present");
+    }
+
     #[test]
     fn registers_from_info_registers() {
         let text = "RAX=0000000000000000 RBX=0000000000000000\r\nES =0010 ...\r\nCR0=80000013 CR2=0000000000000000 CR3=0000000000209000 CR4=00000620\r\nDR0=0 \r\nEFER=0000000000000d00\r\n";
