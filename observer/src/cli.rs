@@ -143,6 +143,15 @@ pub struct SnapshotArgs {
     /// With --qemu: stop the guest through QMP for an exact snapshot, then resume it.
     #[arg(long, requires = "qemu")]
     pub pause: bool,
+    /// With --qemu: take the payload's own capture from this region it shares with the host
+    /// (a memory-backend-file's mem-path, or its id), not its counters from guest RAM.
+    #[arg(
+        long,
+        value_name = "REGION",
+        requires = "qemu",
+        conflicts_with = "pause"
+    )]
+    pub shared: Option<String>,
     /// Output file (one instrumented module); with several, a stem: <stem>.<module>.<ext>.
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -178,6 +187,15 @@ pub struct AttachArgs {
     /// With --qemu: stop the guest through QMP for each snapshot (exact), then resume it.
     #[arg(long, requires = "qemu")]
     pub pause: bool,
+    /// With --qemu: take the payload's own captures from this region it shares with the host
+    /// (a memory-backend-file's mem-path, or its id), not its counters from guest RAM.
+    #[arg(
+        long,
+        value_name = "REGION",
+        requires = "qemu",
+        conflicts_with = "pause"
+    )]
+    pub shared: Option<String>,
     /// Session directory (must be new or empty). Default: ./covobs-out/<UTC timestamp>/.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
@@ -424,6 +442,7 @@ impl SnapshotArgs {
                 elf,
                 qmp: self.qmp.clone(),
                 pause: self.pause,
+                shared: self.shared.clone(),
             },
             (pid, None, None) => Source::Pid(pid.unwrap_or(0)),
         }

@@ -130,6 +130,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     elf,
                     qmp: args.qmp,
                     pause: args.pause,
+                    shared: args.shared,
                     out: args.out,
                     modes,
                     interval: args.interval.unwrap_or(attach::guest::DEFAULT_INTERVAL),

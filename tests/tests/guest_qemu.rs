@@ -98,12 +98,22 @@ impl Guest {
 
     /// One QMP command on a fresh connection (QMP serves one client at a time).
     fn qmp(&self, command: &str, arguments: Value) -> Value {
-        let s = UnixStream::connect(&self.qmp).expect("QMP socket");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
+        // QMP serves one client at a time; a connection made just after another client (covobs)
+        // left was seen closed at once (EOF before the greeting): connect again until it greets.
+        let mut tries = 0;
+        let (mut w, mut r) = loop {
+            let s = UnixStream::connect(&self.qmp).expect("QMP socket");
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) > 0 {
+                break (w, r);
+            }
+            tries += 1;
+            assert!(tries < 100, "QEMU never greeted on its QMP socket");
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let mut ask = |msg: Value| -> Value {
             writeln!(w, "{msg}").unwrap();
             loop {
@@ -518,5 +528,309 @@ fn attach_qemu_follows_a_guest_until_qemu_exits() {
         covered.len(),
         "one timeline point per snapshot"
     );
+    drop(guest);
+}
+
+/// A copy of the payload whose profile names differ by one byte: another build, as far as the
+/// capture's contents can tell (minicov writes no build id in its captures).
+fn other_names(payload: &Path, dir: &Path) -> PathBuf {
+    let module = covobs::discover::describe_file(payload).expect("the payload's ELF");
+    let names = module
+        .elf
+        .sections
+        .iter()
+        .find(|s| s.name == "__llvm_prf_names")
+        .expect("__llvm_prf_names");
+    let mut bytes = std::fs::read(payload).unwrap();
+    bytes[(names.file_offset + names.size / 2) as usize] ^= 0x01;
+    let path = dir.join("other-names");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Write `bytes` at `offset` of a shared region's file (QEMU maps it shared: the guest's view).
+fn poke(file: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// A region header as the payload writes it (docs/guests.md).
+fn region_header(sequence: u64, len: u64) -> Vec<u8> {
+    let mut h = b"COVOBSHM".to_vec();
+    h.extend(64u32.to_le_bytes());
+    h.extend(1u32.to_le_bytes());
+    h.extend(sequence.to_le_bytes());
+    h.extend(len.to_le_bytes());
+    h.extend([0u8; 32]);
+    h
+}
+
+/// The shared-memory mode, for guests whose RAM the host cannot read: the payload, booted with an
+/// `ivshmem-plain` device backed by a `memory-backend-file`, publishes minicov's capture in the
+/// device's memory after each phase and at the end. `attach --qemu --shared` (started before the
+/// guest runs) delivers nothing until the first capture, then growing coverage, and last the
+/// payload's final capture; `snapshot --qemu --shared` (by the backend's mem-path and by its id)
+/// is byte for byte minicov's capture written on debugcon. A region without the header, with
+/// garbage, a header announcing more than the region holds, a cut capture, a capture left
+/// half-written, another build's ELF, a file QEMU does not map and an unknown id are refused.
+#[test]
+fn the_shared_region_holds_the_payloads_own_capture() {
+    require_root();
+    let tools = llvm_tools("guest-payload");
+    let payload = fixture("guest-payload");
+    let payload_s = payload.to_str().unwrap();
+    let tmp = TempDir::new("guest-shared");
+    let dir = tmp.path();
+    let shm = dir.join("shm.bin");
+    let spare = dir.join("spare.bin");
+    let backend = |id: &str, path: &Path| {
+        format!(
+            "memory-backend-file,id={id},share=on,mem-path={},size=1M",
+            path.display()
+        )
+    };
+    let (b1, b2) = (backend("shm", &shm), backend("spare", &spare));
+    let mut guest = Guest::boot_with(
+        &payload,
+        dir,
+        &[
+            "-S",
+            "-object",
+            &b1,
+            "-device",
+            "ivshmem-plain,memdev=shm",
+            "-object",
+            &b2,
+        ],
+    );
+    let qemu = guest.pid().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while UnixStream::connect(&guest.qmp).is_err() {
+        assert!(Instant::now() < deadline, "no QMP socket from QEMU");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // QMP answers once QEMU has created its backends and devices.
+    assert_eq!(
+        guest.qmp("query-status", Value::Null)["status"],
+        "prelaunch"
+    );
+    let out = dir.join("session");
+    let shm_s = shm.to_str().unwrap();
+    let mut covobs = Covobs::start(&[
+        "attach",
+        "--json",
+        "--qemu",
+        &qemu,
+        "--shared",
+        shm_s,
+        "--elf",
+        payload_s,
+        "--interval",
+        "100ms",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    covobs.wait_event(Duration::from_secs(60), "the payload found", |e| {
+        e["event"] == "runtime_found"
+    });
+    // Ticks before the guest runs: nothing published, nothing delivered.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !covobs.events().iter().any(|e| e["event"] == "snapshot"),
+        "a snapshot before the payload published a capture"
+    );
+    let out_early = dir.join("early.profraw");
+    let e = refused(
+        &["--qemu", &qemu, "--shared", shm_s, "--elf", payload_s],
+        &out_early,
+    );
+    assert!(e.contains("has not published"), "{e}");
+    guest.qmp("cont", Value::Null);
+    guest.wait_line("halted");
+    let log = std::fs::read_to_string(&guest.serial).unwrap();
+    assert!(log.lines().any(|l| l == "shared 1048512"), "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("published ")).count(),
+        7,
+        "one capture per phase and one at the end: {log}"
+    );
+    let capture = guest.capture();
+    let minicov = dir.join("minicov.profraw");
+    std::fs::write(&minicov, &capture).unwrap();
+
+    let by_path = dir.join("by-path.profraw");
+    let w = snapshot(
+        &["--qemu", &qemu, "--shared", shm_s, "--elf", payload_s],
+        &by_path,
+    );
+    assert_eq!(w["snapshot"]["method"], "qemu-shared-memory", "{w}");
+    let memory = w["memory"].as_str().unwrap();
+    assert!(memory.contains("capture sequence 14"), "{w}");
+    assert!(
+        std::fs::read(&by_path).unwrap() == capture,
+        "the shared capture is not byte for byte minicov's on debugcon"
+    );
+    assert_eq!(
+        show(&tools.profdata, &by_path),
+        show(&tools.profdata, &minicov)
+    );
+    let by_id = dir.join("by-id.profraw");
+    let w = snapshot(
+        &["--qemu", &qemu, "--shared", "shm", "--elf", payload_s],
+        &by_id,
+    );
+    assert!(
+        w["memory"].as_str().unwrap().contains("command line"),
+        "{w}"
+    );
+    assert!(std::fs::read(&by_id).unwrap() == capture);
+
+    // Bad input, in a second backend of the same QEMU the payload does not write.
+    let spare_s = spare.to_str().unwrap();
+    let no = dir.join("refused.profraw");
+    let shared_refused = |region: &str, elf: &str| {
+        refused(&["--qemu", &qemu, "--shared", region, "--elf", elf], &no)
+    };
+    poke(&spare, 0, b"not a capture header");
+    let e = shared_refused(spare_s, payload_s);
+    assert!(e.contains("no covobs capture header"), "{e}");
+    poke(&spare, 0, &region_header(2, 2 << 20));
+    let e = shared_refused(spare_s, payload_s);
+    assert!(e.contains("truncated"), "{e}");
+    let cut = capture.len() as u64 - 100;
+    poke(&spare, 0, &region_header(2, cut));
+    poke(&spare, 64, &capture[..cut as usize]);
+    let e = shared_refused(spare_s, payload_s);
+    assert!(e.contains("not a complete raw profile"), "{e}");
+    poke(&spare, 0, &region_header(3, capture.len() as u64));
+    poke(&spare, 64, &capture);
+    let e = shared_refused(spare_s, payload_s);
+    assert!(e.contains("being written"), "{e}");
+    poke(&spare, 0, &region_header(4, capture.len() as u64));
+    let copied = dir.join("copied.profraw");
+    snapshot(
+        &["--qemu", &qemu, "--shared", "spare", "--elf", payload_s],
+        &copied,
+    );
+    assert!(
+        std::fs::read(&copied).unwrap() == capture,
+        "a copied capture"
+    );
+    let other = other_names(&payload, dir);
+    let e = shared_refused(shm_s, other.to_str().unwrap());
+    assert!(e.contains("names") && e.contains("differ"), "{e}");
+    let unmapped = dir.join("unmapped.bin");
+    std::fs::write(&unmapped, vec![0u8; 4096]).unwrap();
+    let e = shared_refused(unmapped.to_str().unwrap(), payload_s);
+    assert!(e.contains("does not map"), "{e}");
+    let e = shared_refused("nope", payload_s);
+    assert!(e.contains("nope"), "{e}");
+    let pie = fixture("llvm-rust-target");
+    let e = shared_refused(shm_s, pie.to_str().unwrap());
+    assert!(e.contains("position-independent"), "{e}");
+
+    // The session: nothing until the first capture, then the phases' captures, the final one last.
+    let seen = covobs
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "artifact")
+        .count() as u64;
+    covobs.wait_event(
+        Duration::from_secs(60),
+        "a snapshot of the halted guest",
+        |e| e["event"] == "artifact" && e["seq"].as_u64().unwrap_or(0) >= seen + 2,
+    );
+    guest.qmp("quit", Value::Null);
+    let status = covobs.wait(Duration::from_secs(120));
+    assert!(status.success(), "{status}: {}", covobs.stderr());
+    let covered: Vec<u64> = covobs
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "snapshot")
+        .map(|e| e["covered"].as_u64().unwrap())
+        .collect();
+    println!("attach --qemu --shared: covered counters over time: {covered:?}");
+    assert!(covered[0] > 0, "{covered:?}");
+    assert!(covered.windows(2).all(|w| w[0] <= w[1]), "{covered:?}");
+    let distinct: std::collections::BTreeSet<u64> = covered.iter().copied().collect();
+    assert!(distinct.len() >= 4, "the phases' captures: {covered:?}");
+    let arts = artifacts(&out);
+    let last = arts.last().unwrap();
+    assert_eq!(last.meta["snapshot"]["method"], "qemu-shared-memory");
+    assert!(last.data() == capture, "the session's last snapshot");
+    let session = read_json(&out.join("session.json"));
+    assert_eq!(session["ended_by"], "qemu-exit", "{session}");
+    assert_eq!(session["options"]["mode"], "qemu-shared", "{session}");
+    assert_eq!(session["counters"]["lost"], 0, "{session}");
+    drop(guest);
+}
+
+/// A payload that runs with paging at other virtual addresses: `guest-payload-high`, the same
+/// code linked at 0xffffffff80000000 + its load address (2 MiB). covobs sees that the ELF's
+/// virtual and load addresses differ, asks QEMU for CR3 through QMP and walks the guest's 4-level
+/// page tables: the halted guest's snapshot (running and `--pause`d) is minicov's capture byte for
+/// byte. A raw image (addressed physically) of such a payload, and the identity-mapped build's
+/// ELF against this guest, are refused.
+#[test]
+fn a_higher_half_payload_is_read_through_the_guests_page_tables() {
+    require_root();
+    let tools = llvm_tools("guest-payload-high");
+    let payload = fixture("guest-payload-high");
+    let payload_s = payload.to_str().unwrap();
+    let tmp = TempDir::new("guest-high");
+    let dir = tmp.path();
+    let mut guest = Guest::boot(&payload, dir);
+    let qemu = guest.pid().to_string();
+    guest.wait_line("halted");
+    let capture = guest.capture();
+    let minicov = dir.join("minicov.profraw");
+    std::fs::write(&minicov, &capture).unwrap();
+
+    let running = dir.join("running.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s], &running);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram", "{w}");
+    assert!(
+        w["memory"].as_str().unwrap().contains("page tables at CR3"),
+        "{w}"
+    );
+    assert!(
+        w["snapshot"]["counters_addr"].as_u64().unwrap() >= 0xffff_ffff_8000_0000,
+        "{w}"
+    );
+    assert!(
+        std::fs::read(&running).unwrap() == capture,
+        "not byte for byte minicov's capture"
+    );
+    assert_eq!(
+        show(&tools.profdata, &running),
+        show(&tools.profdata, &minicov)
+    );
+    let paused = dir.join("paused.profraw");
+    let w = snapshot(&["--qemu", &qemu, "--elf", payload_s, "--pause"], &paused);
+    assert_eq!(w["snapshot"]["method"], "qemu-guest-ram-paused", "{w}");
+    assert!(std::fs::read(&paused).unwrap() == capture);
+
+    let out = dir.join("refused.profraw");
+    let ram = dir.join("ram.bin");
+    guest.qmp(
+        "pmemsave",
+        serde_json::json!({"val": 0x20_0000, "size": 0x40_0000, "filename": ram.to_str().unwrap()}),
+    );
+    let e = refused(
+        &[
+            "--image",
+            ram.to_str().unwrap(),
+            "--base",
+            "0x200000",
+            "--elf",
+            payload_s,
+        ],
+        &out,
+    );
+    assert!(e.contains("runs at virtual addresses"), "{e}");
+    let low = fixture("guest-payload");
+    let e = refused(&["--qemu", &qemu, "--elf", low.to_str().unwrap()], &out);
+    assert!(e.contains("no guest RAM holding"), "{e}");
     drop(guest);
 }

@@ -58,7 +58,7 @@ enum Task {
         skip_test: bool,
     },
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach, ocaml,
-    /// snapshot, kcov, report).
+    /// snapshot, kcov, report, scale, guest).
     Bench { which: Vec<String> },
     /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
     Kernel,
@@ -113,6 +113,7 @@ fn main() -> Result<()> {
         }),
         Task::Bench { which } => {
             fixtures::build_all()?;
+            fixtures::llvm::build_for_benches()?;
             run(Command::new(env!("CARGO")).args(["build", "--release", "-p", "covobs"]))?;
             bench::run(&which)
         }

@@ -3,7 +3,9 @@
 //! QEMU process (docs/guests.md) and sends the snapshot down the same artifact path as
 //! `--mode snapshot` does for a process: `<qemu-pid>-<comm>/<seq>-llvm.profraw` with its
 //! metadata, `snapshot` and `artifact` events with their deltas, the timeline and the report at
-//! the end. No eBPF is loaded and nothing in the guest cooperates.
+//! the end. No eBPF is loaded and nothing in the guest cooperates. With `--shared REGION` the
+//! guest does cooperate: each tick takes the payload's latest capture from the region it shares
+//! with the host (ticks before its first capture deliver nothing).
 //!
 //! The session ends when the QEMU process exits (a pidfd says so), at Ctrl-C/SIGTERM or at the end
 //! of `--duration` (then with one last snapshot). Guest RAM goes with the QEMU process: what the
@@ -23,8 +25,8 @@ use crate::{
     collect::{self, Trigger},
     events::{Body, Event},
     snapshot::{
-        DeltaTracker,
-        command::{self, Guest},
+        DeltaTracker, Snapshot,
+        command::{self, Guest, SharedGuest},
     },
     stream::{
         DirSink, HumanSink, JsonLinesSink, OutputHealth, OutputModes, Pipeline, PrimarySink,
@@ -45,6 +47,8 @@ pub struct GuestOptions {
     pub qmp: Option<PathBuf>,
     /// Stop the guest through QMP for each read (exact snapshots).
     pub pause: bool,
+    /// Take the payload's captures from this shared region (docs/guests.md).
+    pub shared: Option<String>,
     pub out: Option<PathBuf>,
     pub modes: OutputModes,
     pub interval: Duration,
@@ -105,6 +109,48 @@ impl ExitWatch {
     }
 }
 
+/// Where a session's snapshots come from: the payload's counters in guest RAM, or its captures
+/// in a shared region.
+enum Reader {
+    Ram(Guest),
+    Shared(SharedGuest),
+}
+
+impl Reader {
+    fn target(&self) -> &crate::snapshot::payload::ElfTarget {
+        match self {
+            Self::Ram(g) => &g.target,
+            Self::Shared(g) => &g.target,
+        }
+    }
+
+    fn runtimes(&self) -> Vec<crate::discover::Runtime> {
+        match self {
+            Self::Ram(g) => g.plans.iter().map(|p| p.runtime()).collect(),
+            Self::Shared(_) => vec![crate::discover::Runtime::Llvm],
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Ram(g) => g.describe(),
+            Self::Shared(g) => g.region.describe(),
+        }
+    }
+
+    /// The snapshots now: none while a shared region holds no capture yet.
+    fn take(&mut self, pause: bool) -> Result<Vec<Snapshot>, command::CommandError> {
+        match self {
+            Self::Ram(g) => g.take(pause),
+            Self::Shared(g) => match g.take() {
+                Ok((_, snap, _)) => Ok(vec![snap]),
+                Err(command::CommandError::NotYet(_)) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
 /// The session's state while it runs.
 struct GuestSession {
     pid: u32,
@@ -115,7 +161,7 @@ struct GuestSession {
     memory: String,
     process_start_ns: Option<u64>,
     pause: bool,
-    guest: Option<Guest>,
+    guest: Option<Reader>,
     deltas: DeltaTracker,
     seq: AtomicU64,
     tx: Sender,
@@ -231,9 +277,13 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
     let exit = ExitWatch::open(qemu.pid)
         .map_err(|e| BadInput(format!("process {}: pidfd_open: {e}", qemu.pid)))?;
     let (pid, elf, qmp, pause) = (qemu.pid, opts.elf.clone(), opts.qmp.clone(), opts.pause);
+    let shared = opts.shared.clone();
     // The QMP connection used to locate the payload is closed here: QMP serves one client.
-    let guest = tokio::task::spawn_blocking(move || {
-        command::locate_guest(pid, &elf, qmp.as_deref(), pause).map(|(g, _)| g)
+    let guest = tokio::task::spawn_blocking(move || match shared {
+        Some(region) => SharedGuest::open(pid, &elf, &region, qmp.as_deref()).map(Reader::Shared),
+        None => {
+            command::locate_guest(pid, &elf, qmp.as_deref(), pause).map(|(g, _)| Reader::Ram(g))
+        }
     })
     .await?
     .map_err(edge)?;
@@ -243,7 +293,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let module = guest.target.module.clone();
+    let module = guest.target().module.clone();
     let memory = guest.describe();
 
     let created_from = super::first_missing(&out_dir);
@@ -279,7 +329,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         },
     ))
     .await;
-    for runtime in guest.plans.iter().map(|p| p.runtime()) {
+    for runtime in guest.runtimes() {
         tx.event(event(
             pid as u32,
             Body::RuntimeFound {
@@ -295,13 +345,16 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         .await;
     }
     if let Some(copy) = collect::module_copy_path(&module) {
-        tx.module(copy, guest.target.path.clone()).await;
+        tx.module(copy, guest.target().path.clone()).await;
     }
     let mut session = GuestSession {
         pid: pid as u32,
         comm: qemu.comm.clone(),
         dir: format!("{pid}-{}", sanitize(&qemu.comm)),
-        memory: format!("qemu:{pid}:guest-physical"),
+        memory: match &guest {
+            Reader::Ram(_) => format!("qemu:{pid}:guest-physical"),
+            Reader::Shared(g) => format!("qemu:{pid}:shared:{}", g.region.file.display()),
+        },
         process_start_ns: crate::target::start_boot_ns(pid),
         pause: opts.pause,
         guest: Some(guest),
@@ -363,7 +416,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         "boot_to_unix_offset_ns": clock::boot_to_unix_offset_ns() as i64,
         "options": {
             "interval_ms": opts.interval.as_millis() as u64,
-            "mode": "qemu",
+            "mode": if opts.shared.is_some() { "qemu-shared" } else { "qemu" },
             "pause": opts.pause,
         },
         "ended_by": ended_by,

@@ -9,7 +9,8 @@
 //! The same for memory that is not a live process's own ([`Source`]): `--image FILE --elf BIN`
 //! (an ELF core file, or a raw RAM dump starting at `--base`) and `--qemu PID --elf PAYLOAD` (a
 //! QEMU guest's RAM, read inside the QEMU process; `--pause` stops the guest through QMP for the
-//! read).
+//! read), or `--qemu PID --shared REGION --elf PAYLOAD` (the payload's own capture, from a
+//! region it shares with the host: [`super::shared`]).
 use std::{
     fs::OpenOptions,
     io::Write as _,
@@ -23,10 +24,12 @@ use super::{
     image::Image,
     memory::MemoryError,
     module_names,
+    paging::Paged,
     payload::ElfTarget,
     plan_process,
     qemu::{self, GuestRam},
     qmp::{self, Qmp},
+    shared,
 };
 use crate::{discover::Discovery, target::Process};
 
@@ -47,6 +50,8 @@ pub enum Source {
         elf: PathBuf,
         qmp: Option<PathBuf>,
         pause: bool,
+        /// The payload's capture in this shared region instead of its counters in guest RAM.
+        shared: Option<String>,
     },
 }
 
@@ -58,6 +63,9 @@ pub enum CommandError {
     Snapshot(#[from] SnapshotError),
     #[error("{0}")]
     Qemu(String),
+    /// The shared region holds no capture yet (bad input for a snapshot; a session waits).
+    #[error("{0}")]
+    NotYet(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -68,7 +76,7 @@ pub enum CommandError {
 impl CommandError {
     /// Caused by what the user asked for (exit code 2).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Self::BadInput(_))
+        matches!(self, Self::BadInput(_) | Self::NotYet(_))
     }
 }
 
@@ -99,7 +107,15 @@ pub fn run_source(source: &Source, out: &Path) -> Result<Vec<Written>, CommandEr
             elf,
             qmp,
             pause,
+            shared: None,
         } => run_qemu(*pid, elf, qmp.as_deref(), *pause, out),
+        Source::Qemu {
+            pid,
+            elf,
+            qmp,
+            shared: Some(region),
+            ..
+        } => run_shared(*pid, elf, region, qmp.as_deref(), out),
     }
 }
 
@@ -165,6 +181,12 @@ pub fn run_image(
         }
     } else {
         fixed_address(&target, "a raw image")?;
+        if target.runs_at_virtual_addresses().map_err(named_input)? {
+            return Err(CommandError::BadInput(format!(
+                "{} runs at virtual addresses (its segments' virtual and load addresses differ): a raw image is addressed physically; snapshot the running guest with --qemu",
+                target.path.display()
+            )));
+        }
         target.plan(&img, 0).map_err(named_input)?
     };
     let paths = output_paths(out, &plans);
@@ -227,6 +249,20 @@ pub struct Guest {
     pub plans: Vec<ModulePlan>,
     /// QEMU's QMP socket, when known (given, or on its command line).
     pub qmp: Option<PathBuf>,
+    /// CR3, for a payload that runs at virtual addresses: its addresses go through the guest's
+    /// page tables.
+    pub cr3: Option<u64>,
+}
+
+/// The guest's RAM as the payload addresses it: physical, or virtual through the page tables.
+fn view(ram: &GuestRam, cr3: Option<u64>) -> Box<dyn super::MemorySource> {
+    match cr3 {
+        Some(cr3) => Box::new(Paged {
+            ram: ram.clone(),
+            cr3,
+        }),
+        None => Box::new(ram.clone()),
+    }
 }
 
 impl Guest {
@@ -234,8 +270,16 @@ impl Guest {
     pub fn describe(&self) -> String {
         let ram = &self.ram;
         format!(
-            "QEMU process {}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {})",
-            self.pid, ram.len, ram.gpa, ram.hva, ram.backing, ram.located
+            "QEMU process {}: guest RAM of {:#x} bytes at guest-physical {:#x}, host {:#x} ({}; found by {}){}",
+            self.pid,
+            ram.len,
+            ram.gpa,
+            ram.hva,
+            ram.backing,
+            ram.located,
+            self.cr3.map_or_else(String::new, |c| format!(
+                "; virtual addresses through the guest's page tables at CR3 {c:#x}"
+            ))
         )
     }
 
@@ -250,10 +294,11 @@ impl Guest {
             None
         };
         self.ram.paused = paused.is_some();
+        let src = view(&self.ram, self.cr3);
         let snaps = self
             .plans
             .iter()
-            .map(|p| p.take_from(&self.ram))
+            .map(|p| p.take_from(&*src))
             .collect::<Result<Vec<_>, _>>()
             .map_err(named_input)?;
         if let Some(p) = paused {
@@ -281,6 +326,7 @@ pub fn locate_guest(
 ) -> Result<(Guest, Option<Qmp>), CommandError> {
     let target = ElfTarget::open(elf).map_err(named_input)?;
     fixed_address(&target, "a guest snapshot")?;
+    let virtual_addresses = target.runs_at_virtual_addresses().map_err(named_input)?;
     let bad = |e: qemu::QemuError| match e {
         qemu::QemuError::Maps { .. } => CommandError::Qemu(e.to_string()),
         other => CommandError::BadInput(other.to_string()),
@@ -293,20 +339,40 @@ pub fn locate_guest(
     if want_qmp && socket.is_none() {
         return Err(no_qmp(pid));
     }
+    if virtual_addresses && socket.is_none() {
+        return Err(CommandError::BadInput(format!(
+            "{} runs at virtual addresses (its segments' virtual and load addresses differ): covobs walks the guest's page tables from CR3, which it asks QEMU process {pid} through QMP, and it has no QMP socket on its command line (-qmp unix:PATH,server=on,wait=off; or give --qmp PATH)",
+            target.path.display()
+        )));
+    }
     let mut conn = match &socket {
-        Some(s) if want_qmp || qmp_socket.is_some() => {
+        Some(s) if want_qmp || virtual_addresses || qmp_socket.is_some() => {
             Some(Qmp::connect(s).map_err(|e| CommandError::BadInput(e.to_string()))?)
         }
         _ => None,
     };
-    if let Some(q) = conn.as_mut()
+    let mut cr3 = None;
+    if virtual_addresses && let Some(q) = conn.as_mut() {
+        let regs = q
+            .registers()
+            .map_err(|e| CommandError::Qemu(e.to_string()))?;
+        if let Some(why) = regs.unsupported() {
+            return Err(CommandError::BadInput(format!(
+                "{} runs at virtual addresses, but {why}",
+                target.path.display()
+            )));
+        }
+        cr3 = Some(regs.cr3);
+    }
+    if cr3.is_none()
+        && let Some(q) = conn.as_mut()
         && let Some(gpa) = target.counters_addr()
         && let Ok(Some(hva)) = q.gpa2hva(gpa)
         && let Some(ram) = qemu::locate(&candidates, gpa, hva)
     {
         candidates.insert(0, ram);
     }
-    let (ram, plans) = find_payload(pid, &target, candidates)?;
+    let (ram, plans) = find_payload(pid, &target, candidates, cr3)?;
     Ok((
         Guest {
             pid,
@@ -314,6 +380,7 @@ pub fn locate_guest(
             ram,
             plans,
             qmp: socket,
+            cr3,
         },
         conn,
     ))
@@ -338,10 +405,11 @@ pub fn run_qemu(
     check_new(&paths)?;
     // Stopped above already (once, with the connection that located the payload).
     guest.ram.paused = paused.is_some();
+    let src = view(&guest.ram, guest.cr3);
     let snaps = guest
         .plans
         .iter()
-        .map(|p| p.take_from(&guest.ram))
+        .map(|p| p.take_from(&*src))
         .collect::<Result<Vec<_>, _>>()
         .map_err(named_input)?;
     if let Some(p) = paused {
@@ -350,16 +418,88 @@ pub fn run_qemu(
     write(snaps, paths, Some(guest.describe()))
 }
 
+/// A guest that publishes its payload's capture in a region shared with the host.
+pub struct SharedGuest {
+    pub pid: i32,
+    pub target: ElfTarget,
+    pub region: shared::Region,
+}
+
+impl SharedGuest {
+    /// Resolve REGION (a memory-backend-file's mem-path or id) in QEMU process `pid`.
+    pub fn open(
+        pid: i32,
+        elf: &Path,
+        region: &str,
+        qmp_socket: Option<&Path>,
+    ) -> Result<Self, CommandError> {
+        let target = ElfTarget::open(elf).map_err(named_input)?;
+        fixed_address(&target, "a shared capture")?;
+        let bad = |e: qemu::QemuError| match e {
+            qemu::QemuError::Maps { .. } => CommandError::Qemu(e.to_string()),
+            other => CommandError::BadInput(other.to_string()),
+        };
+        qemu::candidates(pid).map_err(bad)?;
+        let cmdline = qemu::cmdline(pid).map_err(bad)?;
+        let socket = match qmp_socket {
+            Some(p) => Some(p.to_path_buf()),
+            None => qmp::socket_from_cmdline(&cmdline),
+        };
+        let region =
+            shared::resolve(pid, region, &cmdline, socket.as_deref()).map_err(shared_error)?;
+        Ok(Self {
+            pid,
+            target,
+            region,
+        })
+    }
+
+    /// The capture the region holds now, checked against the payload.
+    pub fn take(&self) -> Result<(ModulePlan, Snapshot, u64), CommandError> {
+        let c = self.region.capture().map_err(shared_error)?;
+        let what = format!("shared region {}", self.region.file.display());
+        let (plan, snap) =
+            super::capture::snapshot(&self.target, &c.bytes, c.read, shared::METHOD, &what)
+                .map_err(named_input)?;
+        Ok((plan, snap, c.sequence))
+    }
+}
+
+fn shared_error(e: shared::SharedError) -> CommandError {
+    match e {
+        shared::SharedError::Bad(m) => CommandError::BadInput(m),
+        shared::SharedError::NotYet(m) => CommandError::NotYet(m),
+        other => CommandError::Qemu(other.to_string()),
+    }
+}
+
+/// `covobs snapshot --qemu PID --shared REGION --elf PAYLOAD`.
+pub fn run_shared(
+    pid: i32,
+    elf: &Path,
+    region: &str,
+    qmp_socket: Option<&Path>,
+    out: &Path,
+) -> Result<Vec<Written>, CommandError> {
+    let guest = SharedGuest::open(pid, elf, region, qmp_socket)?;
+    let (plan, snap, sequence) = guest.take()?;
+    let paths = output_paths(out, std::slice::from_ref(&plan));
+    check_new(&paths)?;
+    let memory = format!("{}, capture sequence {sequence}", guest.region.describe());
+    write(vec![snap], paths, Some(memory))
+}
+
 /// The first candidate RAM block that holds the payload, with its plans.
 fn find_payload(
     pid: i32,
     target: &ElfTarget,
     candidates: Vec<GuestRam>,
+    cr3: Option<u64>,
 ) -> Result<(GuestRam, Vec<ModulePlan>), CommandError> {
     let n = candidates.len();
     let mut first_error = None;
     for ram in candidates {
-        match target.plan(&ram, 0) {
+        match target.plan(&*view(&ram, cr3), 0) {
             Ok(plans) => return Ok((ram, plans)),
             Err(e) => {
                 first_error.get_or_insert(e.to_string());

@@ -21,16 +21,19 @@ use crate::{
     discover::{Mapped, Module, Runtime, maps::Mapping},
 };
 
+pub mod capture;
 pub mod command;
 pub mod delta;
 pub mod exit;
 pub mod image;
 pub mod llvm;
 pub mod memory;
+pub mod paging;
 pub mod payload;
 pub mod qemu;
 pub mod qmp;
 pub mod sancov;
+pub mod shared;
 pub mod source;
 
 pub use delta::{CoveredSet, Delta, DeltaTracker};
@@ -179,6 +182,10 @@ impl ModulePlan {
             ),
             qemu::METHOD_PAUSED => format!(
                 "counters copied from the guest's RAM in one process_vm_readv of the QEMU process, {} bytes over {window} ns while the guest was stopped: exact",
+                read.bytes,
+            ),
+            shared::METHOD => format!(
+                "the payload's own capture, {} bytes read from the region it shares with the host in {window} ns, at an even sequence that did not change during the read: complete, as the payload captured it",
                 read.bytes,
             ),
             image::METHOD_CORE | image::METHOD_RAW => {

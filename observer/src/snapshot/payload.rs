@@ -51,6 +51,28 @@ impl ElfTarget {
             })
     }
 
+    /// Whether the ELF is linked to run at virtual addresses other than where it is loaded: a
+    /// loadable segment whose virtual address is not its physical (load) address.
+    pub fn runs_at_virtual_addresses(&self) -> Result<bool, SnapshotError> {
+        use object::read::elf::{FileHeader as _, ProgramHeader as _};
+        let file = read_file(&self.path)?;
+        let elf_err = |source| SnapshotError::Elf {
+            path: self.path.clone(),
+            source,
+        };
+        let header =
+            object::elf::FileHeader64::<object::LittleEndian>::parse(&*file).map_err(elf_err)?;
+        let endian = header.endian().map_err(elf_err)?;
+        Ok(header
+            .program_headers(endian, &*file)
+            .map_err(elf_err)?
+            .iter()
+            .any(|ph| {
+                ph.p_type(endian) == object::elf::PT_LOAD
+                    && ph.p_vaddr(endian) != ph.p_paddr(endian)
+            }))
+    }
+
     pub fn position_independent(&self) -> bool {
         self.module.elf.position_independent
     }

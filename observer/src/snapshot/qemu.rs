@@ -53,6 +53,21 @@ impl GuestRam {
     }
 }
 
+impl GuestRam {
+    /// Where guest-physical range `r` is in the QEMU process.
+    pub fn host_range(&self, r: &Range) -> Result<Range, MemoryError> {
+        self.host(r).ok_or_else(|| MemoryError::NotHeld {
+            holder: format!(
+                "the guest RAM block of QEMU process {} ({:#x} bytes at guest-physical {:#x})",
+                self.pid, self.len, self.gpa
+            ),
+            addr: r.addr,
+            len: r.len,
+            hint: " (the payload is loaded elsewhere, or this block is not the guest's RAM)",
+        })
+    }
+}
+
 impl MemorySource for GuestRam {
     fn read_ranges(
         &self,
@@ -61,15 +76,7 @@ impl MemorySource for GuestRam {
     ) -> Result<ReadTiming, MemoryError> {
         let mut host = Vec::with_capacity(ranges.len());
         for r in ranges {
-            host.push(self.host(r).ok_or_else(|| MemoryError::NotHeld {
-                holder: format!(
-                    "the guest RAM block of QEMU process {} ({:#x} bytes at guest-physical {:#x})",
-                    self.pid, self.len, self.gpa
-                ),
-                addr: r.addr,
-                len: r.len,
-                hint: " (the payload is loaded elsewhere, or uses paging: covobs reads load addresses)",
-            })?);
+            host.push(self.host_range(r)?);
         }
         memory::read_ranges(self.pid, &host, bufs)
     }

@@ -110,6 +110,32 @@ impl Qmp {
         Ok(r.as_str().and_then(parse_gpa2hva))
     }
 
+    /// The `mem-path` of memory backend `id` (`qom-get /objects/ID mem-path`).
+    pub fn mem_path(&mut self, id: &str) -> Result<String, QmpError> {
+        let r = self.execute(
+            "qom-get",
+            Some(json!({ "path": format!("/objects/{id}"), "property": "mem-path" })),
+        )?;
+        r.as_str()
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| self.protocol(format!("memory backend {id} has no mem-path: {r}")))
+    }
+
+    /// The first CPU's control registers (HMP `info registers`).
+    pub fn registers(&mut self) -> Result<super::paging::Registers, QmpError> {
+        let r = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": "info registers" })),
+        )?;
+        let text = r.as_str().unwrap_or_default();
+        super::paging::Registers::parse(text).ok_or_else(|| {
+            self.protocol(format!(
+                "no CR0, CR3, CR4 and EFER in `info registers`: {text}"
+            ))
+        })
+    }
+
     /// Whether the guest's CPUs run.
     pub fn running(&mut self) -> Result<bool, QmpError> {
         let status = self.execute("query-status", None)?;
