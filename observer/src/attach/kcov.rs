@@ -2,19 +2,18 @@
 //! KCOV_DISABLE copy, a buffer read at its thread's exit or at detach) into an artifact
 //! `<pid>-<comm>/<seq>-kcov.kcov` with its metadata, written off the event loop like the
 //! LLVM collections.
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicU64};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::session::Outcome;
+use super::{
+    artifact::{self, Slot},
+    session::Outcome,
+};
 use crate::{
     collect::{self, Artifact, ArtifactMeta, FormatInfo, ModuleMeta, SourceInfo},
     discover::Runtime,
-    events::{Body, Event},
     kcov::{Capture, DEVICE, Mode},
     stream::Sender,
     sys::clock,
@@ -44,8 +43,7 @@ pub fn deliver(
     tokio::spawn(async move {
         let pid = capture.pid;
         let tid = capture.tid;
-        let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let file = format!("{n:06}-kcov.kcov");
+        let slot = Slot::take(&seq, Runtime::Kcov);
         let data = capture.trace.to_bytes();
         let unique = {
             let mut pcs: Vec<u64> = capture.trace.pcs().collect();
@@ -54,7 +52,7 @@ pub fn deliver(
             pcs.len() as u64
         };
         let meta = ArtifactMeta {
-            seq: n,
+            seq: slot.seq,
             runtime: Runtime::Kcov,
             pid,
             tid,
@@ -67,7 +65,7 @@ pub fn deliver(
             checksum: collect::checksum(&data),
             valid: true,
             invalid_reason: None,
-            file: file.clone(),
+            file: slot.file,
             source: SourceInfo {
                 path: DEVICE.into(),
                 offset: 0,
@@ -98,53 +96,17 @@ pub fn deliver(
             process_start_ns: None,
             merged: None,
         };
-        let bytes = data.len() as u64;
-        let durable = tx
-            .artifact(Artifact {
-                dir: dir.clone(),
-                meta,
-                data: data.into(),
-                parts: Vec::new(),
-                extra: Vec::new(),
-            })
-            .await;
-        let rel = format!("{dir}/{file}");
-        let result = match durable.await {
-            Ok(Ok(at)) => {
-                tx.event(Event {
-                    ts_ns: at,
-                    pid,
-                    tid,
-                    body: Body::Artifact {
-                        seq: n,
-                        runtime: Runtime::Kcov,
-                        file: rel.clone(),
-                        bytes,
-                        valid: true,
-                        source_path: DEVICE.into(),
-                        offset: 0,
-                        trigger: capture.trigger,
-                        latency_ns: at.saturating_sub(capture.end_ns),
-                    },
-                })
-                .await;
-                Ok(rel)
-            }
-            Ok(Err(e)) => Err(format!("writing {rel}: {e}")),
-            Err(_) => Err(format!("writing {rel}: the output pipeline closed")),
+        let out = Artifact {
+            dir,
+            meta,
+            data: data.into(),
+            parts: Vec::new(),
+            extra: Vec::new(),
         };
+        // Always valid: a trace is whatever the kernel recorded.
+        let result = artifact::write(&tx, out, None, "a kcov trace").await;
         if let Err(reason) = &result {
-            tx.event(Event {
-                ts_ns: clock::boot_ns(),
-                pid,
-                tid,
-                body: Body::Lost {
-                    reason: reason.clone(),
-                    what: "kcov".into(),
-                    count: 1,
-                },
-            })
-            .await;
+            artifact::lost(&tx, pid, tid, Runtime::Kcov, reason).await;
         }
         let _ = done_tx.send(Outcome {
             pid,
