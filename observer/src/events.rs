@@ -132,7 +132,7 @@ pub enum Body {
     /// The bytes of a dump were collected into the output directory.
     Artifact {
         seq: u64,
-        runtime: Runtime,
+        runtime: crate::layout::artifact::Runtime,
         file: String,
         bytes: u64,
         valid: bool,

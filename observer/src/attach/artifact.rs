@@ -8,6 +8,7 @@ use crate::{
     collect::Artifact,
     discover::Runtime,
     events::{Body, Event},
+    layout::artifact::Triggered,
     stream::Sender,
     sys::clock,
 };
@@ -47,10 +48,18 @@ pub(crate) async fn write(
 ) -> Result<String, String> {
     let rel = rel(&artifact.dir, &artifact.meta.file);
     let m = &artifact.meta;
-    // What the `artifact` event says, taken before the artifact moves to the sinks.
-    let (pid, tid, end_ns, invalid) = (m.pid, m.tid, m.end_ns, m.invalid_reason.clone());
-    let (seq, runtime, bytes, valid) = (m.seq, m.runtime, m.bytes, m.valid);
-    let (source_path, offset, trigger) = (m.source.path.clone(), m.source.offset, m.trigger);
+    // What the `artifact` event says, taken before the artifact moves to the sinks. The metadata
+    // may leave these out for readers of hand-made directories; covobs always fills them.
+    let (Some(tid), Some(Triggered::Known(trigger)), Some(end_ns), Some(bytes)) =
+        (m.tid, m.trigger.clone(), m.end_ns, m.bytes)
+    else {
+        return Err(format!(
+            "writing {rel}: covobs' own failure: its metadata lacks the thread, trigger, end or size"
+        ));
+    };
+    let (pid, invalid) = (m.pid, m.invalid_reason.clone());
+    let (seq, runtime, valid) = (m.seq, m.runtime.clone(), m.valid);
+    let (source_path, offset) = (m.source.path.clone(), m.source.offset);
     let file = rel.clone();
     let announce = move |at: u64| Body::Artifact {
         seq,

@@ -3,7 +3,10 @@
 //! to the pipeline, waits until they are durable, and reports them. It owns the target's
 //! `collect::Sources`.
 use super::{artifact, session::*};
-use crate::collect::{Extracted, PartMeta, Sources};
+use crate::{
+    collect::{Extracted, LocatedBy, PartMeta, Sources},
+    layout::artifact::LAYOUT,
+};
 
 /// A finished dump for a target's collector, and the `covobs dump` requests it answers.
 pub struct CollectJob {
@@ -184,7 +187,7 @@ async fn deliver(
         // Found by modification time alone (no write seen), and byte for byte what covobs
         // collected last: the files' time was within the window, the dump wrote nothing.
         if runtime == Runtime::Gcov
-            && x.source.located_by == "environment"
+            && x.source.located_by == Some(LocatedBy::Environment)
             && target.gcda_before.unchanged(&x.parts)
         {
             let reason = format!(
@@ -237,8 +240,8 @@ async fn deliver(
                     let base = collect::MergedBase {
                         seq: p.seq,
                         file: p.seq.is_none().then(|| format!("{n:06}-llvm.merged")),
-                        bytes: p.bytes.len() as u64,
-                        checksum: collect::checksum(&p.bytes),
+                        bytes: Some(p.bytes.len() as u64),
+                        checksum: Some(collect::checksum(&p.bytes)),
                         parts: Vec::new(),
                     };
                     if p.seq.is_none() {
@@ -258,22 +261,22 @@ async fn deliver(
         };
         let meta = ArtifactMeta {
             seq: n,
-            runtime,
+            runtime: runtime.into(),
             pid,
-            tid,
-            comm: comm.to_owned(),
-            trigger,
-            start_ns,
-            end_ns,
-            collected_ns: clock::boot_ns(),
-            bytes,
-            checksum,
+            tid: Some(tid),
+            comm: Some(comm.to_owned()),
+            trigger: Some(trigger.into()),
+            start_ns: Some(start_ns),
+            end_ns: Some(end_ns),
+            collected_ns: Some(clock::boot_ns()),
+            bytes: Some(bytes),
+            checksum: Some(checksum),
             valid,
             invalid_reason: x.invalid_reason.clone(),
             file: slot.file,
             source: x.source.clone(),
             format: x.format.clone(),
-            module: ModuleMeta::of(&hook.module),
+            module: Some(ModuleMeta::of(&hook.module)),
             kcov: None,
             parts: parts
                 .iter()
@@ -286,6 +289,7 @@ async fn deliver(
             snapshot: None,
             process_start_ns: target.process_start_ns,
             merged,
+            layout: LAYOUT,
         };
         let out = Artifact {
             dir: dir.to_owned(),

@@ -4,7 +4,6 @@
 //! LLVM collections.
 use std::sync::{Arc, atomic::AtomicU64};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{
@@ -12,25 +11,16 @@ use super::{
     session::Outcome,
 };
 use crate::{
-    collect::{self, Artifact, ArtifactMeta, FormatInfo, ModuleMeta, SourceInfo},
+    collect::{self, Artifact, ArtifactMeta, FormatInfo, LocatedBy, ModuleMeta, SourceInfo},
     discover::Runtime,
-    kcov::{Capture, DEVICE, Mode},
+    kcov::{Capture, DEVICE},
+    layout::artifact::LAYOUT,
     stream::Sender,
     sys::clock,
 };
 
 /// The `kcov` part of an artifact's metadata.
-#[derive(Clone, Debug, Serialize)]
-pub struct KcovMeta {
-    pub mode: Mode,
-    /// Entries: PCs, or comparison records.
-    pub entries: u64,
-    /// Distinct PCs (comparison ips).
-    pub unique: u64,
-    /// The entries are exactly those the thread had when it called KCOV_DISABLE.
-    pub exact: bool,
-    pub kernel_release: String,
-}
+pub use crate::layout::artifact::KcovMeta;
 
 /// Write a capture as an artifact; the outcome goes to `done_tx` like a collection's.
 pub fn deliver(
@@ -53,16 +43,16 @@ pub fn deliver(
         };
         let meta = ArtifactMeta {
             seq: slot.seq,
-            runtime: Runtime::Kcov,
+            runtime: Runtime::Kcov.into(),
             pid,
-            tid,
-            comm: capture.comm.clone(),
-            trigger: capture.trigger,
-            start_ns: capture.start_ns,
-            end_ns: capture.end_ns,
-            collected_ns: clock::boot_ns(),
-            bytes: data.len() as u64,
-            checksum: collect::checksum(&data),
+            tid: Some(tid),
+            comm: Some(capture.comm.clone()),
+            trigger: Some(capture.trigger.into()),
+            start_ns: Some(capture.start_ns),
+            end_ns: Some(capture.end_ns),
+            collected_ns: Some(clock::boot_ns()),
+            bytes: Some(data.len() as u64),
+            checksum: Some(collect::checksum(&data)),
             valid: true,
             invalid_reason: None,
             file: slot.file,
@@ -71,19 +61,23 @@ pub fn deliver(
                 offset: 0,
                 inode: None,
                 dev: None,
-                located_by: if capture.exact { "kernel" } else { "view" },
+                located_by: Some(if capture.exact {
+                    LocatedBy::Kernel
+                } else {
+                    LocatedBy::View
+                }),
             },
             format: FormatInfo {
-                name: capture.trace.mode.format_name(),
+                name: capture.trace.mode.format_name().into(),
                 version: 1,
             },
-            module: ModuleMeta {
-                path: "vmlinux".into(),
+            module: Some(ModuleMeta {
+                path: Some("vmlinux".into()),
                 build_id: capture.kernel.build_id.clone(),
                 copy: None,
                 producer: Some(format!("Linux {}", capture.kernel.release)),
                 llvm_major: None,
-            },
+            }),
             kcov: Some(KcovMeta {
                 mode: capture.trace.mode,
                 entries: capture.trace.count(),
@@ -95,6 +89,7 @@ pub fn deliver(
             parts: Vec::new(),
             process_start_ns: None,
             merged: None,
+            layout: LAYOUT,
         };
         let out = Artifact {
             dir,

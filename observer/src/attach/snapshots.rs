@@ -15,9 +15,10 @@ use super::{
 };
 use crate::{
     cli::Mode,
-    collect::{self, Artifact, ArtifactMeta, ModuleMeta, SourceInfo, Trigger},
+    collect::{self, Artifact, ArtifactMeta, LocatedBy, ModuleMeta, SourceInfo, Trigger},
     discover::{FileId, Mapped, Module, Runtime},
     events::{Body, Event},
+    layout::artifact::LAYOUT,
     probes::{
         Probes,
         final_snapshots::{FinalReader, FinalSnapshots},
@@ -557,16 +558,16 @@ pub(crate) async fn deliver(
     let tid = pid;
     let meta = ArtifactMeta {
         seq: slot.seq,
-        runtime,
+        runtime: runtime.into(),
         pid,
-        tid,
-        comm: comm.to_owned(),
-        trigger,
-        start_ns: info.read.start_ns,
-        end_ns: info.read.end_ns,
-        collected_ns: clock::boot_ns(),
-        bytes: snap.bytes.len() as u64,
-        checksum: collect::checksum(&snap.bytes),
+        tid: Some(tid),
+        comm: Some(comm.to_owned()),
+        trigger: Some(trigger.into()),
+        start_ns: Some(info.read.start_ns),
+        end_ns: Some(info.read.end_ns),
+        collected_ns: Some(clock::boot_ns()),
+        bytes: Some(snap.bytes.len() as u64),
+        checksum: Some(collect::checksum(&snap.bytes)),
         valid: valid.is_none(),
         invalid_reason: valid,
         file: slot.file,
@@ -575,15 +576,16 @@ pub(crate) async fn deliver(
             offset: info.counters_addr,
             inode: None,
             dev: None,
-            located_by: "memory",
+            located_by: Some(LocatedBy::Memory),
         },
         format: snap.format.clone(),
-        module: ModuleMeta::of(&snap.module),
+        module: Some(ModuleMeta::of(&snap.module)),
         parts: Vec::new(),
         kcov: None,
         snapshot: Some(info.clone()),
         process_start_ns,
         merged: None,
+        layout: LAYOUT,
     };
     let extra = snap
         .counter_map
