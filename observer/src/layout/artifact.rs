@@ -127,11 +127,11 @@ pub struct ArtifactMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_reason: Option<String>,
     pub file: String,
-    /// Where the bytes were (absent in a hand-made file: empty).
-    #[serde(default)]
+    /// Where the bytes were (absent or null in a hand-made file: empty).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub source: SourceInfo,
-    /// What the bytes are (absent in a hand-made file: empty).
-    #[serde(default)]
+    /// What the bytes are (absent or null in a hand-made file: empty).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub format: FormatInfo,
     #[serde(default)]
     pub module: Option<ModuleMeta>,
@@ -160,6 +160,16 @@ pub struct ArtifactMeta {
 
 fn layout_1() -> u32 {
     1
+}
+
+/// `null` read as the value's default, as an absent field is (readers before this type took
+/// both for these fields).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The earlier content of a merge-pool file that a dump merged into its counters: the previous
@@ -523,6 +533,19 @@ mod tests {
         );
         assert_eq!(m.source.located_by, None);
         assert_eq!(m.format, FormatInfo::default());
+        let m: ArtifactMeta = serde_json::from_str(
+            r#"{"seq": 1, "runtime": "llvm", "pid": 2, "valid": true, "file": "f",
+                "source": null, "format": null, "module": null, "merged": null}"#,
+        )
+        .expect("nulls");
+        assert_eq!((m.source, m.format), Default::default());
+        assert!(
+            serde_json::from_str::<ArtifactMeta>(
+                r#"{"seq": 1, "runtime": "llvm", "pid": 2, "valid": true, "file": "f",
+                    "format": {"version": "x"}}"#
+            )
+            .is_err()
+        );
     }
 
     /// docs/output.md's examples are this type's.

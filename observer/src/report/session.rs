@@ -630,6 +630,9 @@ mod tests {
                 serde_json::json!([{"file": 1}]),
                 "field `parts[0].file`: an integer",
             ),
+            ("runtime", serde_json::json!(5), "field `runtime`"),
+            ("trigger", serde_json::json!(["SECRET"]), "field `trigger`"),
+            ("layout", serde_json::json!(LAYOUT + 1), "of a newer covobs"),
         ] {
             let mut v = ok.clone();
             v[field] = value;
@@ -654,17 +657,6 @@ mod tests {
         let text = ok.to_string();
         let e = ArtifactMeta::parse(&text.as_bytes()[..text.len() / 2]).expect_err("cut");
         assert!(e.contains("truncated"), "{e}");
-        for (field, value, says) in [
-            ("runtime", serde_json::json!(5), "field `runtime`"),
-            ("trigger", serde_json::json!(["SECRET"]), "field `trigger`"),
-            ("layout", serde_json::json!(LAYOUT + 1), "of a newer covobs"),
-        ] {
-            let mut v = ok.clone();
-            v[field] = value;
-            let e = ArtifactMeta::parse(v.to_string().as_bytes()).expect_err(field);
-            assert!(e.contains(says), "{field}: {e}");
-            assert!(!e.contains("SECRET"), "{e}");
-        }
         let mut v = ok.clone();
         v["runtime"] = serde_json::json!("minicov");
         let m = ArtifactMeta::parse(v.to_string().as_bytes()).expect("a runtime of a newer covobs");
