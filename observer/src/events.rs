@@ -5,7 +5,7 @@
 //! `pid`/`tid` name the task of the target the event is about: for a signal, the receiving thread.
 use serde::Serialize;
 
-use crate::{collect::Trigger, discover::Runtime, target::Thread};
+use crate::{discover::Runtime, layout::artifact::Trigger, target::Thread};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
