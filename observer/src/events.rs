@@ -5,7 +5,7 @@
 //! `pid`/`tid` name the task of the target the event is about: for a signal, the receiving thread.
 use serde::Serialize;
 
-use crate::{collect::Trigger, discover::Runtime, target::Thread};
+use crate::{discover::Runtime, layout::artifact::Trigger, target::Thread};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -132,7 +132,7 @@ pub enum Body {
     /// The bytes of a dump were collected into the output directory.
     Artifact {
         seq: u64,
-        runtime: Runtime,
+        runtime: crate::layout::artifact::Runtime,
         file: String,
         bytes: u64,
         valid: bool,

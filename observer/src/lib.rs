@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod events;
 pub mod fleet;
 pub mod kcov;
+pub mod layout;
 pub mod manual;
 pub mod probes;
 pub mod report;

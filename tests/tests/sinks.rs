@@ -215,8 +215,8 @@ fn a_slow_sink_never_stalls_the_directory_nor_the_ring_buffer_and_its_losses_are
 /// its artifact to be durable before the next (like that many targets).
 fn throughput(dir: &Path, group_commit: usize, in_flight: usize, total: usize) -> f64 {
     use covobs::{
-        collect::{Artifact, ArtifactMeta, FormatInfo, ModuleMeta, SourceInfo, Trigger},
-        discover::Runtime,
+        collect::{Artifact, ArtifactMeta, FormatInfo, LocatedBy, ModuleMeta, SourceInfo, Trigger},
+        layout::artifact::Runtime,
         stream::{DirSink, OutputModes, Pipeline, PrimarySink},
     };
     let sink = DirSink::create(dir, OutputModes::default())
@@ -245,14 +245,14 @@ fn throughput(dir: &Path, group_commit: usize, in_flight: usize, total: usize) -
                         seq: i as u64,
                         runtime: Runtime::Llvm,
                         pid: 1000 + t as u32,
-                        tid: 1000 + t as u32,
-                        comm: "bench".into(),
-                        trigger: Trigger::SelfDump,
-                        start_ns: 0,
-                        end_ns: 0,
-                        collected_ns: 0,
-                        bytes: data.len() as u64,
-                        checksum: covobs::collect::checksum(&data),
+                        tid: Some(1000 + t as u32),
+                        comm: Some("bench".into()),
+                        trigger: Some(Trigger::SelfDump.into()),
+                        start_ns: Some(0),
+                        end_ns: Some(0),
+                        collected_ns: Some(0),
+                        bytes: Some(data.len() as u64),
+                        checksum: Some(covobs::collect::checksum(&data)),
                         valid: true,
                         invalid_reason: None,
                         file: format!("{i:06}-llvm.profraw"),
@@ -261,24 +261,25 @@ fn throughput(dir: &Path, group_commit: usize, in_flight: usize, total: usize) -
                             offset: 0,
                             inode: None,
                             dev: None,
-                            located_by: "kernel",
+                            located_by: Some(LocatedBy::Kernel),
                         },
                         format: FormatInfo {
-                            name: "profraw",
+                            name: "profraw".into(),
                             version: 10,
                         },
-                        module: ModuleMeta {
-                            path: "/bench".into(),
+                        module: Some(ModuleMeta {
+                            path: Some("/bench".into()),
                             build_id: None,
                             copy: None,
                             producer: None,
                             llvm_major: None,
-                        },
+                        }),
                         parts: Vec::new(),
                         snapshot: None,
                         kcov: None,
                         process_start_ns: None,
                         merged: None,
+                        layout: covobs::layout::artifact::LAYOUT,
                     };
                     let durable = tx
                         .artifact(Artifact {

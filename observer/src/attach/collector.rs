@@ -2,8 +2,11 @@
 //! target wrote), reads and validates what they wrote off the async threads, hands the artifacts
 //! to the pipeline, waits until they are durable, and reports them. It owns the target's
 //! `collect::Sources`.
-use super::session::*;
-use crate::collect::{Extracted, PartMeta, Sources};
+use super::{artifact, session::*};
+use crate::{
+    collect::{Extracted, LocatedBy, PartMeta, Sources},
+    layout::artifact::LAYOUT,
+};
 
 /// A finished dump for a target's collector, and the `covobs dump` requests it answers.
 pub struct CollectJob {
@@ -79,7 +82,7 @@ pub(super) async fn target_collector(
                 job.done.dump.tid,
                 job.done.ret
             );
-            lost_event(
+            artifact::lost(
                 &tx,
                 job.done.dump.pid,
                 job.done.dump.tid,
@@ -171,7 +174,7 @@ async fn deliver(
                 "{} dump on thread {tid} (returned {ret}): {whose}{e}",
                 runtime.as_str()
             );
-            lost_event(tx, pid, tid, runtime, &reason).await;
+            artifact::lost(tx, pid, tid, runtime, &reason).await;
             let _ = done_tx.send(Outcome {
                 pid,
                 requests,
@@ -184,13 +187,13 @@ async fn deliver(
         // Found by modification time alone (no write seen), and byte for byte what covobs
         // collected last: the files' time was within the window, the dump wrote nothing.
         if runtime == Runtime::Gcov
-            && x.source.located_by == "environment"
+            && x.source.located_by == Some(LocatedBy::Environment)
             && target.gcda_before.unchanged(&x.parts)
         {
             let reason = format!(
                 "gcov dump on thread {tid} (returned {ret}): the gcov runtime wrote nothing new: GCC's runtime dumps once until __gcov_reset() is called"
             );
-            lost_event(tx, pid, tid, runtime, &reason).await;
+            artifact::lost(tx, pid, tid, runtime, &reason).await;
             let _ = done_tx.send(Outcome {
                 pid,
                 requests: requests.clone(),
@@ -198,8 +201,8 @@ async fn deliver(
             });
             continue;
         }
-        let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let file = format!("{n:06}-{}.{}", runtime.as_str(), runtime.extension());
+        let slot = artifact::Slot::take(seq, runtime);
+        let n = slot.seq;
         let valid = x.invalid_reason.is_none();
         let bytes = x.len();
         let checksum = if x.parts.is_empty() {
@@ -237,8 +240,8 @@ async fn deliver(
                     let base = collect::MergedBase {
                         seq: p.seq,
                         file: p.seq.is_none().then(|| format!("{n:06}-llvm.merged")),
-                        bytes: p.bytes.len() as u64,
-                        checksum: collect::checksum(&p.bytes),
+                        bytes: Some(p.bytes.len() as u64),
+                        checksum: Some(collect::checksum(&p.bytes)),
                         parts: Vec::new(),
                     };
                     if p.seq.is_none() {
@@ -258,22 +261,22 @@ async fn deliver(
         };
         let meta = ArtifactMeta {
             seq: n,
-            runtime,
+            runtime: runtime.into(),
             pid,
-            tid,
-            comm: comm.to_owned(),
-            trigger,
-            start_ns,
-            end_ns,
-            collected_ns: clock::boot_ns(),
-            bytes,
-            checksum,
+            tid: Some(tid),
+            comm: Some(comm.to_owned()),
+            trigger: Some(trigger.into()),
+            start_ns: Some(start_ns),
+            end_ns: Some(end_ns),
+            collected_ns: Some(clock::boot_ns()),
+            bytes: Some(bytes),
+            checksum: Some(checksum),
             valid,
             invalid_reason: x.invalid_reason.clone(),
-            file: file.clone(),
+            file: slot.file,
             source: x.source.clone(),
             format: x.format.clone(),
-            module: ModuleMeta::of(&hook.module),
+            module: Some(ModuleMeta::of(&hook.module)),
             kcov: None,
             parts: parts
                 .iter()
@@ -286,53 +289,22 @@ async fn deliver(
             snapshot: None,
             process_start_ns: target.process_start_ns,
             merged,
+            layout: LAYOUT,
         };
-        let durable = tx
-            .artifact(Artifact {
-                dir: dir.to_owned(),
-                meta,
-                data: x.data.into(),
-                parts: parts
-                    .into_iter()
-                    .map(|(name, _, data)| (name, data))
-                    .collect(),
-                extra,
-            })
-            .await;
-        let rel = format!("{dir}/{file}");
-        let written = match durable.await {
-            Ok(Ok(at)) => Ok(at),
-            Ok(Err(e)) => Err(format!("writing {rel}: {e}")),
-            Err(_) => Err(format!("writing {rel}: the output pipeline closed")),
+        let out = Artifact {
+            dir: dir.to_owned(),
+            meta,
+            data: x.data.into(),
+            parts: parts
+                .into_iter()
+                .map(|(name, _, data)| (name, data))
+                .collect(),
+            extra,
         };
-        let result = match written {
-            Ok(at) => {
-                tx.event(Event {
-                    ts_ns: at,
-                    pid,
-                    tid,
-                    body: Body::Artifact {
-                        seq: n,
-                        runtime,
-                        file: rel.clone(),
-                        bytes,
-                        valid,
-                        source_path: x.source.path.clone(),
-                        offset: x.source.offset,
-                        trigger,
-                        latency_ns: at.saturating_sub(end_ns),
-                    },
-                })
-                .await;
-                match x.invalid_reason {
-                    None => Ok(rel),
-                    Some(why) => Err(format!("{rel} is not valid {}: {why}", x.format.name)),
-                }
-            }
-            Err(reason) => Err(reason),
-        };
+        let valid_as = format!("valid {}", x.format.name);
+        let result = artifact::write(tx, out, None, &valid_as).await;
         if let Err(reason) = &result {
-            lost_event(tx, pid, tid, runtime, reason).await;
+            artifact::lost(tx, pid, tid, runtime, reason).await;
         }
         let _ = done_tx.send(Outcome {
             pid,
@@ -351,25 +323,12 @@ async fn give_up(job: CollectJob, tx: &Sender, done_tx: &mpsc::UnboundedSender<O
         runtime.as_str(),
         done.ret,
     );
-    lost_event(tx, pid, tid, runtime, &reason).await;
+    artifact::lost(tx, pid, tid, runtime, &reason).await;
     let _ = done_tx.send(Outcome {
         pid,
         requests,
         result: Err(reason),
     });
-}
-
-async fn lost_event(tx: &Sender, pid: u32, tid: u32, runtime: Runtime, reason: &str) {
-    tx.event(event(
-        pid,
-        tid,
-        Body::Lost {
-            reason: reason.to_owned(),
-            what: runtime.as_str().into(),
-            count: 1,
-        },
-    ))
-    .await;
 }
 
 /// A file name for a path inside an artifact directory: gcov's own mangling ('/' -> '#').

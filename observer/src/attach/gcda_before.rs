@@ -77,8 +77,8 @@ impl GcdaBefore {
             let base = MergedBase {
                 seq: Some(seq),
                 file: None,
-                bytes: all.len() as u64,
-                checksum: collect::checksum(&all),
+                bytes: Some(all.len() as u64),
+                checksum: Some(collect::checksum(&all)),
                 parts: Vec::new(),
             };
             (Some(base), None)
@@ -86,8 +86,8 @@ impl GcdaBefore {
             let base = MergedBase {
                 seq: None,
                 file: Some(format!("{n:06}-gcov.merged")),
-                bytes: all.len() as u64,
-                checksum: collect::checksum(&all),
+                bytes: Some(all.len() as u64),
+                checksum: Some(collect::checksum(&all)),
                 parts: before
                     .iter()
                     .map(|(path, b, _)| MergedPart {
@@ -139,7 +139,7 @@ mod tests {
         // Second dump: both files are what dump 1 wrote.
         let (m, copy) = b.merged(2, &[part("/g/a.gcda", b"A2"), part("/g/b.gcda", b"B2")]);
         let m = m.expect("merged");
-        assert_eq!((m.seq, m.bytes, copy), (Some(1), 4, None));
+        assert_eq!((m.seq, m.bytes, copy), (Some(1), Some(4), None));
         // The same bytes again: nothing new; a copy from before covobs watched is not "its own".
         let same = [("/g/a.gcda".to_string(), b"A2".to_vec())];
         assert!(b.unchanged(&same));

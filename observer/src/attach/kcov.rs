@@ -2,36 +2,25 @@
 //! KCOV_DISABLE copy, a buffer read at its thread's exit or at detach) into an artifact
 //! `<pid>-<comm>/<seq>-kcov.kcov` with its metadata, written off the event loop like the
 //! LLVM collections.
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicU64};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::session::Outcome;
+use super::{
+    artifact::{self, Slot},
+    session::Outcome,
+};
 use crate::{
-    collect::{self, Artifact, ArtifactMeta, FormatInfo, ModuleMeta, SourceInfo},
+    collect::{self, Artifact, ArtifactMeta, FormatInfo, LocatedBy, ModuleMeta, SourceInfo},
     discover::Runtime,
-    events::{Body, Event},
-    kcov::{Capture, DEVICE, Mode},
+    kcov::{Capture, DEVICE},
+    layout::artifact::LAYOUT,
     stream::Sender,
     sys::clock,
 };
 
 /// The `kcov` part of an artifact's metadata.
-#[derive(Clone, Debug, Serialize)]
-pub struct KcovMeta {
-    pub mode: Mode,
-    /// Entries: PCs, or comparison records.
-    pub entries: u64,
-    /// Distinct PCs (comparison ips).
-    pub unique: u64,
-    /// The entries are exactly those the thread had when it called KCOV_DISABLE.
-    pub exact: bool,
-    pub kernel_release: String,
-}
+pub use crate::layout::artifact::KcovMeta;
 
 /// Write a capture as an artifact; the outcome goes to `done_tx` like a collection's.
 pub fn deliver(
@@ -44,8 +33,7 @@ pub fn deliver(
     tokio::spawn(async move {
         let pid = capture.pid;
         let tid = capture.tid;
-        let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let file = format!("{n:06}-kcov.kcov");
+        let slot = Slot::take(&seq, Runtime::Kcov);
         let data = capture.trace.to_bytes();
         let unique = {
             let mut pcs: Vec<u64> = capture.trace.pcs().collect();
@@ -54,38 +42,42 @@ pub fn deliver(
             pcs.len() as u64
         };
         let meta = ArtifactMeta {
-            seq: n,
-            runtime: Runtime::Kcov,
+            seq: slot.seq,
+            runtime: Runtime::Kcov.into(),
             pid,
-            tid,
-            comm: capture.comm.clone(),
-            trigger: capture.trigger,
-            start_ns: capture.start_ns,
-            end_ns: capture.end_ns,
-            collected_ns: clock::boot_ns(),
-            bytes: data.len() as u64,
-            checksum: collect::checksum(&data),
+            tid: Some(tid),
+            comm: Some(capture.comm.clone()),
+            trigger: Some(capture.trigger.into()),
+            start_ns: Some(capture.start_ns),
+            end_ns: Some(capture.end_ns),
+            collected_ns: Some(clock::boot_ns()),
+            bytes: Some(data.len() as u64),
+            checksum: Some(collect::checksum(&data)),
             valid: true,
             invalid_reason: None,
-            file: file.clone(),
+            file: slot.file,
             source: SourceInfo {
                 path: DEVICE.into(),
                 offset: 0,
                 inode: None,
                 dev: None,
-                located_by: if capture.exact { "kernel" } else { "view" },
+                located_by: Some(if capture.exact {
+                    LocatedBy::Kernel
+                } else {
+                    LocatedBy::View
+                }),
             },
             format: FormatInfo {
-                name: capture.trace.mode.format_name(),
+                name: capture.trace.mode.format_name().into(),
                 version: 1,
             },
-            module: ModuleMeta {
-                path: "vmlinux".into(),
+            module: Some(ModuleMeta {
+                path: Some("vmlinux".into()),
                 build_id: capture.kernel.build_id.clone(),
                 copy: None,
                 producer: Some(format!("Linux {}", capture.kernel.release)),
                 llvm_major: None,
-            },
+            }),
             kcov: Some(KcovMeta {
                 mode: capture.trace.mode,
                 entries: capture.trace.count(),
@@ -97,54 +89,19 @@ pub fn deliver(
             parts: Vec::new(),
             process_start_ns: None,
             merged: None,
+            layout: LAYOUT,
         };
-        let bytes = data.len() as u64;
-        let durable = tx
-            .artifact(Artifact {
-                dir: dir.clone(),
-                meta,
-                data: data.into(),
-                parts: Vec::new(),
-                extra: Vec::new(),
-            })
-            .await;
-        let rel = format!("{dir}/{file}");
-        let result = match durable.await {
-            Ok(Ok(at)) => {
-                tx.event(Event {
-                    ts_ns: at,
-                    pid,
-                    tid,
-                    body: Body::Artifact {
-                        seq: n,
-                        runtime: Runtime::Kcov,
-                        file: rel.clone(),
-                        bytes,
-                        valid: true,
-                        source_path: DEVICE.into(),
-                        offset: 0,
-                        trigger: capture.trigger,
-                        latency_ns: at.saturating_sub(capture.end_ns),
-                    },
-                })
-                .await;
-                Ok(rel)
-            }
-            Ok(Err(e)) => Err(format!("writing {rel}: {e}")),
-            Err(_) => Err(format!("writing {rel}: the output pipeline closed")),
+        let out = Artifact {
+            dir,
+            meta,
+            data: data.into(),
+            parts: Vec::new(),
+            extra: Vec::new(),
         };
+        // Always valid: a trace is whatever the kernel recorded.
+        let result = artifact::write(&tx, out, None, "a kcov trace").await;
         if let Err(reason) = &result {
-            tx.event(Event {
-                ts_ns: clock::boot_ns(),
-                pid,
-                tid,
-                body: Body::Lost {
-                    reason: reason.clone(),
-                    what: "kcov".into(),
-                    count: 1,
-                },
-            })
-            .await;
+            artifact::lost(&tx, pid, tid, Runtime::Kcov, reason).await;
         }
         let _ = done_tx.send(Outcome {
             pid,

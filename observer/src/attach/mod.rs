@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod adopt;
+mod artifact;
 mod collector;
 pub mod control;
 mod delivery;

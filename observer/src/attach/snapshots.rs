@@ -4,20 +4,21 @@
 //! deltas are computed against the previous snapshot of the same module.
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::AtomicU64},
 };
 
 use tokio::sync::mpsc;
 
-use super::session::Outcome;
+use super::{
+    artifact::{self, Slot},
+    session::Outcome,
+};
 use crate::{
     cli::Mode,
-    collect::{self, Artifact, ArtifactMeta, ModuleMeta, SourceInfo, Trigger},
+    collect::{self, Artifact, ArtifactMeta, LocatedBy, ModuleMeta, SourceInfo, Trigger},
     discover::{FileId, Mapped, Module, Runtime},
     events::{Body, Event},
+    layout::artifact::LAYOUT,
     probes::{
         Probes,
         final_snapshots::{FinalReader, FinalSnapshots},
@@ -544,10 +545,9 @@ pub(crate) async fn deliver(
     tx: &Sender,
     memory: &str,
 ) -> Result<String, String> {
-    let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
     let runtime = snap.runtime;
-    let file = format!("{n:06}-{}.{}", runtime.as_str(), runtime.extension());
-    let rel = format!("{dir}/{file}");
+    let slot = Slot::take(seq, runtime);
+    let rel = artifact::rel(dir, &slot.file);
     let info = snap.info.clone();
     let valid = match runtime {
         Runtime::Llvm => collect::llvm_raw::parse(&snap.bytes, true)
@@ -557,92 +557,59 @@ pub(crate) async fn deliver(
     };
     let tid = pid;
     let meta = ArtifactMeta {
-        seq: n,
-        runtime,
+        seq: slot.seq,
+        runtime: runtime.into(),
         pid,
-        tid,
-        comm: comm.to_owned(),
-        trigger,
-        start_ns: info.read.start_ns,
-        end_ns: info.read.end_ns,
-        collected_ns: clock::boot_ns(),
-        bytes: snap.bytes.len() as u64,
-        checksum: collect::checksum(&snap.bytes),
+        tid: Some(tid),
+        comm: Some(comm.to_owned()),
+        trigger: Some(trigger.into()),
+        start_ns: Some(info.read.start_ns),
+        end_ns: Some(info.read.end_ns),
+        collected_ns: Some(clock::boot_ns()),
+        bytes: Some(snap.bytes.len() as u64),
+        checksum: Some(collect::checksum(&snap.bytes)),
         valid: valid.is_none(),
-        invalid_reason: valid.clone(),
-        file: file.clone(),
+        invalid_reason: valid,
+        file: slot.file,
         source: SourceInfo {
             path: memory.to_owned(),
             offset: info.counters_addr,
             inode: None,
             dev: None,
-            located_by: "memory",
+            located_by: Some(LocatedBy::Memory),
         },
         format: snap.format.clone(),
-        module: ModuleMeta::of(&snap.module),
+        module: Some(ModuleMeta::of(&snap.module)),
         parts: Vec::new(),
         kcov: None,
         snapshot: Some(info.clone()),
         process_start_ns,
         merged: None,
+        layout: LAYOUT,
     };
-    let bytes = snap.bytes.len() as u64;
     let extra = snap
         .counter_map
         .map(|m| vec![("counters", m.into())])
         .unwrap_or_default();
-    let durable = tx
-        .artifact(Artifact {
-            dir: dir.to_owned(),
-            meta,
-            data: snap.bytes.into(),
-            parts: Vec::new(),
-            extra,
-        })
-        .await;
-    let at = match durable.await {
-        Ok(Ok(at)) => at,
-        Ok(Err(e)) => return Err(format!("writing {rel}: {e}")),
-        Err(_) => return Err(format!("writing {rel}: the output pipeline closed")),
+    let snapshot = Body::Snapshot {
+        runtime,
+        module: snap.module.path.clone(),
+        trigger,
+        file: rel,
+        counters: info.counters,
+        covered: info.delta.covered,
+        new_covered: info.delta.new_covered,
+        reset: info.delta.reset,
+        method: info.method.clone(),
+        bytes_read: info.read.bytes,
+        read_ns: info.read.end_ns.saturating_sub(info.read.start_ns),
     };
-    tx.event(Event {
-        ts_ns: at,
-        pid,
-        tid,
-        body: Body::Snapshot {
-            runtime,
-            module: snap.module.path.clone(),
-            trigger,
-            file: rel.clone(),
-            counters: info.counters,
-            covered: info.delta.covered,
-            new_covered: info.delta.new_covered,
-            reset: info.delta.reset,
-            method: info.method.clone(),
-            bytes_read: info.read.bytes,
-            read_ns: info.read.end_ns.saturating_sub(info.read.start_ns),
-        },
-    })
-    .await;
-    tx.event(Event {
-        ts_ns: at,
-        pid,
-        tid,
-        body: Body::Artifact {
-            seq: n,
-            runtime,
-            file: rel.clone(),
-            bytes,
-            valid: valid.is_none(),
-            source_path: memory.to_owned(),
-            offset: info.counters_addr,
-            trigger,
-            latency_ns: at.saturating_sub(info.read.end_ns),
-        },
-    })
-    .await;
-    match valid {
-        None => Ok(rel),
-        Some(why) => Err(format!("{rel} is not a valid raw profile: {why}")),
-    }
+    let out = Artifact {
+        dir: dir.to_owned(),
+        meta,
+        data: snap.bytes.into(),
+        parts: Vec::new(),
+        extra,
+    };
+    artifact::write(tx, out, Some(snapshot), "a valid raw profile").await
 }

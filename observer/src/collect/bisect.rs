@@ -3,6 +3,7 @@
 use std::{collections::HashSet, fs, os::fd::AsRawFd, os::unix::fs::MetadataExt};
 
 use super::read;
+use crate::target::environ::Environ;
 
 pub const MAGIC: &[u8] = b"BISECT-COVERAGE-4";
 
@@ -149,11 +150,8 @@ pub struct BisectSource {
 
 impl BisectSource {
     pub fn for_process(pid: u32) -> Self {
-        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let prefix = environ
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok())
-            .find_map(|kv| kv.strip_prefix("BISECT_FILE="))
+        let prefix = Environ::of(pid)
+            .var("BISECT_FILE")
             .filter(|p| !p.is_empty())
             .unwrap_or("bisect")
             .to_owned();

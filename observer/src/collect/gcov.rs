@@ -1,6 +1,6 @@
 //! gcov `.gcda` files: validation, and where a target's runtime writes them (the paths compiled
 //! into the binary, moved by `GCOV_PREFIX` / `GCOV_PREFIX_STRIP` as libgcov does).
-use std::fs;
+use crate::target::environ::Environ;
 
 /// "gcda" as libgcov writes its magic: a native-endian u32.
 pub const MAGIC: u32 = 0x6763_6461;
@@ -121,21 +121,15 @@ pub fn relocate(path: &str, prefix: Option<&str>, strip: usize) -> String {
 /// Where a process's gcov runtime writes: (the path compiled into the binary, where the
 /// environment moves it). The compiled path is where the compiler left the `.gcno` notes.
 pub fn paths_for_process(pid: u32, compiled: &[String]) -> Vec<(String, String)> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let var = |name: &str| {
-        environ
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok())
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    let prefix = var("GCOV_PREFIX");
-    let strip = var("GCOV_PREFIX_STRIP")
+    let env = Environ::of(pid);
+    let prefix = env.var("GCOV_PREFIX");
+    let strip = env
+        .var("GCOV_PREFIX_STRIP")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     compiled
         .iter()
-        .map(|p| (p.clone(), relocate(p, prefix.as_deref(), strip)))
+        .map(|p| (p.clone(), relocate(p, prefix, strip)))
         .collect()
 }
 

@@ -7,6 +7,7 @@ use super::{
     llvm_raw,
     read::{self, Expect},
 };
+use crate::target::environ::Environ;
 
 /// An expanded profile path: literal text with `*` where compiler-rt inserts a value covobs
 /// cannot recompute (the %m merge-pool signature).
@@ -73,34 +74,20 @@ pub fn expand(
 /// /proc/PID/environ, else the
 /// default of the producing compiler (rustc: `default_%m_%p.profraw`, clang: `default.profraw`).
 pub fn for_process(pid: u32, rustc: bool, build_id: Option<&str>) -> Expanded {
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let var = |name: &str| {
-        environ
-            .split(|b| *b == 0)
-            .filter_map(|kv| std::str::from_utf8(kv).ok())
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_owned)
-    };
-    let pattern = var("LLVM_PROFILE_FILE")
+    let env = Environ::of(pid);
+    let pattern = env
+        .var("LLVM_PROFILE_FILE")
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| {
-            if rustc {
-                "default_%m_%p.profraw".to_owned()
-            } else {
-                "default.profraw".to_owned()
-            }
+        .unwrap_or(if rustc {
+            "default_%m_%p.profraw"
+        } else {
+            "default.profraw"
         });
     // %p and %h are what the target itself sees: its id in its own PID namespace (a process in
     // a container is often 1 there) and its UTS namespace's host name.
     let own_pid = crate::target::pidns::own_pid(pid).unwrap_or(pid);
     let hostname = crate::target::pidns::hostname_of(pid).unwrap_or_default();
-    expand(
-        &pattern,
-        own_pid,
-        &hostname,
-        var("TMPDIR").as_deref(),
-        build_id,
-    )
+    expand(pattern, own_pid, &hostname, env.var("TMPDIR"), build_id)
 }
 
 /// Where the next dump of a target will land in the profile file its environment names: covobs

@@ -5,7 +5,6 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use serde::Serialize;
 use sha2::Digest;
 
 use crate::discover::{Module, Runtime};
@@ -16,40 +15,12 @@ pub mod llvm_path;
 pub mod llvm_raw;
 pub mod read;
 
+pub use crate::layout::artifact::{
+    ArtifactMeta, FormatInfo, LocatedBy, MergedBase, MergedPart, ModuleMeta, PartMeta, SourceInfo,
+    Trigger,
+};
 pub use read::TargetDir;
 use read::{Expect, Identity};
-
-/// Why a dump happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// covobs sent the signal that led to it.
-    Signal,
-    /// The target dumped on its own (a timer, its own code).
-    #[serde(rename = "self")]
-    SelfDump,
-    /// The runtime's exit-time dump (the process called exit()); for kcov, the buffer of a
-    /// thread read after it exited.
-    Exit,
-    /// covobs read the counters from the target's memory.
-    Snapshot,
-    /// covobs' last snapshot, copied in the kernel as the process exited; kcov: the buffer of a
-    /// thread still tracing, read by covobs when it detached.
-    Final,
-}
-
-impl Trigger {
-    /// As in the events and the artifact metadata.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Signal => "signal",
-            Self::SelfDump => "self",
-            Self::Exit => "exit",
-            Self::Snapshot => "snapshot",
-            Self::Final => "final",
-        }
-    }
-}
 
 /// One file the dumping thread touched.
 #[derive(Clone, Debug, Default)]
@@ -211,109 +182,10 @@ impl DumpTracker {
     }
 }
 
-/// Artifact metadata (docs/output.md).
-#[derive(Clone, Debug, Serialize)]
-pub struct ArtifactMeta {
-    pub seq: u64,
-    pub runtime: Runtime,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub trigger: Trigger,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub collected_ns: u64,
-    pub bytes: u64,
-    pub checksum: String,
-    pub valid: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invalid_reason: Option<String>,
-    pub file: String,
-    pub source: SourceInfo,
-    pub format: FormatInfo,
-    pub module: ModuleMeta,
-    /// For an artifact that is a directory: its files (name in the directory, path in the
-    /// target, bytes).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<PartMeta>,
-    /// Snapshots: how the counters were read and what they added.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<crate::snapshot::SnapshotInfo>,
-    /// kcov artifacts: mode, entries, exactness.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kcov: Option<crate::attach::kcov::KcovMeta>,
-    /// When the process started (CLOCK_BOOTTIME ns, clock-tick resolution): with the pid, the
-    /// process instance whose counters these are.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub process_start_ns: Option<u64>,
-    /// What the runtime merged into its counters right before writing this dump (an LLVM `%m`
-    /// pool's earlier content): the report subtracts it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub merged: Option<MergedBase>,
-}
-
-/// The earlier content of a merge-pool file that a dump merged into its counters: the previous
-/// artifact of this process from that file (`seq`), or a copy kept beside the artifact (`file`,
-/// `<seq>-<runtime>.merged`) when the file held something covobs did not collect (dumps from
-/// before it attached, an earlier run).
-#[derive(Clone, Debug, Serialize)]
-pub struct MergedBase {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    pub bytes: u64,
-    pub checksum: String,
-    /// gcov: the .gcda files the copy holds, one after another, in this order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<MergedPart>,
-}
-
-/// One .gcda file in a gcov dump's `merged` copy.
-#[derive(Clone, Debug, Serialize)]
-pub struct MergedPart {
-    pub path: String,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PartMeta {
-    pub file: String,
-    pub path: String,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SourceInfo {
-    pub path: String,
-    pub offset: u64,
-    pub inode: Option<u64>,
-    pub dev: Option<u64>,
-    /// How the bytes were located: "kernel" (observed writes) or "environment" (expanded from
-    /// LLVM_PROFILE_FILE: exact only if nothing else wrote the file meanwhile).
-    pub located_by: &'static str,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FormatInfo {
-    pub name: &'static str,
-    pub version: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ModuleMeta {
-    pub path: String,
-    pub build_id: Option<String>,
-    /// Path of the module's copy in the output directory, relative to it.
-    pub copy: Option<String>,
-    pub producer: Option<String>,
-    pub llvm_major: Option<u32>,
-}
-
 impl ModuleMeta {
     pub fn of(module: &Module) -> Self {
         Self {
-            path: module.path.trim_end_matches(" (deleted)").to_owned(),
+            path: Some(module.path.trim_end_matches(" (deleted)").to_owned()),
             build_id: module.build_id.clone(),
             copy: module_copy_path(module),
             producer: module
@@ -461,7 +333,7 @@ fn extract_bisect(
         if let (Some(src), Some(ino)) = (source.as_deref_mut(), f.ino) {
             src.mark_taken(ino);
         }
-        out.push(checked_bisect(data, &path, f.ino, f.dev, "kernel"));
+        out.push(checked_bisect(data, &path, f.ino, f.dev, LocatedBy::Kernel));
     }
     if !out.is_empty() {
         return Ok(out);
@@ -494,7 +366,7 @@ fn extract_bisect(
         &path,
         Some(meta.ino()),
         Some(meta.dev()),
-        "environment",
+        LocatedBy::Environment,
     )])
 }
 
@@ -503,7 +375,7 @@ fn checked_bisect(
     path: &str,
     ino: Option<u64>,
     dev: Option<u64>,
-    located_by: &'static str,
+    located_by: LocatedBy,
 ) -> Extracted {
     let invalid_reason = bisect::parse(&data).err().map(|e| e.to_string());
     Extracted {
@@ -514,10 +386,10 @@ fn checked_bisect(
             offset: 0,
             inode: ino,
             dev,
-            located_by,
+            located_by: Some(located_by),
         },
         format: FormatInfo {
-            name: "bisect-coverage",
+            name: "bisect-coverage".into(),
             version: 4,
         },
         invalid_reason,
@@ -530,7 +402,7 @@ fn extract_gcov(
     gcda: &[(String, String)],
 ) -> Result<Vec<Extracted>, CollectError> {
     let cwd = done.dump.cwd.as_deref();
-    let mut files: Vec<(String, Expect, &'static str)> = done
+    let mut files: Vec<(String, Expect, LocatedBy)> = done
         .dump
         .files
         .iter()
@@ -538,7 +410,7 @@ fn extract_gcov(
         .filter_map(|f| {
             f.path
                 .clone()
-                .map(|p| (p, expect_written(f.dev, f.ino), "kernel"))
+                .map(|p| (p, expect_written(f.dev, f.ino), LocatedBy::Kernel))
         })
         .collect();
     if files.is_empty() {
@@ -546,7 +418,7 @@ fn extract_gcov(
         let since = done.dump.start_ns;
         for (_, p) in gcda {
             if modified_since(root, cwd, p, since)? {
-                files.push((p.clone(), Expect::Writable, "environment"));
+                files.push((p.clone(), Expect::Writable, LocatedBy::Environment));
             }
         }
     }
@@ -593,10 +465,10 @@ fn extract_gcov(
             offset: 0,
             inode: None,
             dev: None,
-            located_by,
+            located_by: Some(located_by),
         },
         format: FormatInfo {
-            name: "gcov-gcda",
+            name: "gcov-gcda".into(),
             version: 0,
         },
         invalid_reason: (!problems.is_empty()).then(|| problems.join("; ")),
@@ -669,11 +541,11 @@ pub fn extract_llvm(
         };
         let file = read::open_in_target(root, cwd, &path, expect_written(f.dev, f.ino))?;
         let (offset, len, located_by) = match f.start {
-            Some(start) => (start, f.end - start, "kernel"),
+            Some(start) => (start, f.end - start, LocatedBy::Kernel),
             None => {
                 // Positions unknown (no BTF): the dump appended `bytes` at the end as of now.
                 let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                (size.saturating_sub(f.bytes), f.bytes, "kernel-size")
+                (size.saturating_sub(f.bytes), f.bytes, LocatedBy::KernelSize)
             }
         };
         let data = read::read_range(&file, &path, offset, len)?;
@@ -685,7 +557,7 @@ pub fn extract_llvm(
                 offset,
                 inode: f.ino,
                 dev: f.dev,
-                located_by,
+                located_by: Some(located_by),
             },
         ));
     }
@@ -712,7 +584,7 @@ pub fn extract_llvm(
                         offset,
                         inode: None,
                         dev: None,
-                        located_by: "environment",
+                        located_by: Some(LocatedBy::Environment),
                     },
                 )]
             })
@@ -728,7 +600,7 @@ fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
             parts: Vec::new(),
             source,
             format: FormatInfo {
-                name: "llvm-raw-profile",
+                name: "llvm-raw-profile".into(),
                 version: p.version,
             },
             invalid_reason: None,
@@ -738,7 +610,7 @@ fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
             parts: Vec::new(),
             source,
             format: FormatInfo {
-                name: "llvm-raw-profile",
+                name: "llvm-raw-profile".into(),
                 version: 0,
             },
             invalid_reason: Some(e.to_string()),

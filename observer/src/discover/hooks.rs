@@ -59,6 +59,22 @@ impl Runtime {
     }
 }
 
+/// The runtime an artifact's metadata names. Only coverage runtimes make artifacts; a helper
+/// (OCaml, libc) would be named as itself.
+impl From<Runtime> for crate::layout::artifact::Runtime {
+    fn from(r: Runtime) -> Self {
+        use crate::layout::artifact::Runtime as Named;
+        match r {
+            Runtime::Llvm => Named::Llvm,
+            Runtime::Gcov => Named::Gcov,
+            Runtime::Sancov => Named::Sancov,
+            Runtime::Bisect => Named::Bisect,
+            Runtime::Kcov => Named::Kcov,
+            Runtime::Ocaml | Runtime::Libc => Named::Unknown(r.as_str().to_owned()),
+        }
+    }
+}
+
 /// What calling the function does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

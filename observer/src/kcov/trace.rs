@@ -4,15 +4,8 @@
 //! the record covers.
 use serde::Serialize;
 
-/// What a buffer holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// KCOV_TRACE_PC: one return address per traced basic block.
-    Pc,
-    /// KCOV_TRACE_CMP: (type, arg1, arg2, ip) per traced comparison.
-    Cmp,
-}
+/// What a buffer holds (in the artifact's metadata).
+pub use crate::layout::artifact::KcovMode as Mode;
 
 impl Mode {
     /// Words of one entry.

@@ -73,14 +73,10 @@ pub struct KcovTrace {
 /// Read (and check) one kcov artifact.
 pub fn read_trace(a: &Artifact) -> Result<KcovTrace, String> {
     let bytes = a.check_recorded()?;
-    let name = a
-        .meta
-        .format
-        .as_ref()
-        .and_then(|f| f.name.clone())
-        .unwrap_or_default();
+    // An absent format reads as an empty name: an unknown kcov format.
+    let name = &a.meta.format.name;
     let mode =
-        Mode::from_format_name(&name).ok_or_else(|| format!("unknown kcov format {name:?}"))?;
+        Mode::from_format_name(name).ok_or_else(|| format!("unknown kcov format {name:?}"))?;
     let trace = Trace::parse(mode, &bytes).map_err(|e| e.to_string())?;
     let module = a.meta.module.as_ref();
     let mut hits = HashMap::new();

@@ -34,7 +34,8 @@ use super::{
     model::{Coverage, Totals},
     profraw,
     session::{
-        Artifact, MAX_MODULE_BYTES, ModuleMeta, Session, is_inside, read_artifact, sha256_hex,
+        Artifact, MAX_MODULE_BYTES, ModuleMeta, Runtime, Session, is_inside, read_artifact,
+        sha256_hex,
     },
     session_dir::{Pinned, SessionDir, SessionFileError},
     summary::{FileFigures, ModuleSummary, ReportData},
@@ -367,7 +368,9 @@ impl LiveCoverage {
             let ahead = &artifacts;
             s.spawn(move || {
                 for (i, a) in ahead.iter().enumerate() {
-                    if a.meta.runtime == "llvm" && read_tx.send((i, a.check_recorded())).is_err() {
+                    if a.meta.runtime == Runtime::Llvm
+                        && read_tx.send((i, a.check_recorded())).is_err()
+                    {
                         return;
                     }
                 }
@@ -430,7 +433,7 @@ impl LiveCoverage {
         Excluded {
             seq: a.meta.seq,
             pid: a.meta.pid,
-            runtime: a.meta.runtime.clone(),
+            runtime: a.meta.runtime.to_string(),
             file: a.rel.clone(),
             reason,
         }
@@ -461,7 +464,7 @@ impl LiveCoverage {
         self.artifacts_seen += 1;
         self.out_of_order |= self.max_seq.is_some_and(|m| a.meta.seq < m);
         self.max_seq = Some(self.max_seq.map_or(a.meta.seq, |m| m.max(a.meta.seq)));
-        if a.meta.runtime == "kcov" {
+        if a.meta.runtime == Runtime::Kcov {
             if let Err(reason) = self.kernel.add(a) {
                 return (self.exclude(a, reason), Vec::new());
             }
@@ -470,9 +473,9 @@ impl LiveCoverage {
                 seq: a.meta.seq,
                 pid: a.meta.pid,
                 tid: a.meta.tid,
-                runtime: a.meta.runtime.clone(),
+                runtime: a.meta.runtime.to_string(),
                 module: "vmlinux".into(),
-                trigger: a.meta.trigger.clone(),
+                trigger: a.meta.trigger.as_ref().map(|t| t.as_str().to_owned()),
                 end_ns: a.meta.end_ns,
             };
             // Its kernel figures are added when the report is built (symbolizing needs the
@@ -485,14 +488,14 @@ impl LiveCoverage {
             }
             return (None, Vec::new());
         }
-        match a.meta.runtime.as_str() {
-            "bisect" => return self.dispatch_bisect(a),
-            "gcov" => return self.dispatch_gcov(a),
-            "sancov" => return self.dispatch_sancov(a),
+        match a.meta.runtime {
+            Runtime::Bisect => return self.dispatch_bisect(a),
+            Runtime::Gcov => return self.dispatch_gcov(a),
+            Runtime::Sancov => return self.dispatch_sancov(a),
             _ => {}
         }
-        if a.meta.runtime != "llvm" {
-            if self.warned_runtimes.insert(a.meta.runtime.clone()) {
+        if a.meta.runtime != Runtime::Llvm {
+            if self.warned_runtimes.insert(a.meta.runtime.to_string()) {
                 self.warnings.push(Warning {
                     module: None,
                     message: format!(
@@ -669,9 +672,9 @@ impl LiveCoverage {
             seq: a.meta.seq,
             pid: a.meta.pid,
             tid: a.meta.tid,
-            runtime: a.meta.runtime.clone(),
+            runtime: a.meta.runtime.to_string(),
             module: self.units[idx].name.clone(),
-            trigger: a.meta.trigger.clone(),
+            trigger: a.meta.trigger.as_ref().map(|t| t.as_str().to_owned()),
             end_ns: a.meta.end_ns,
         };
         // The point comes after this step's exports, or after the last step's when it has
@@ -832,9 +835,9 @@ impl LiveCoverage {
             seq: meta.seq,
             pid: meta.pid,
             tid: meta.tid,
-            runtime: meta.runtime,
+            runtime: meta.runtime.to_string(),
             module: meta.module,
-            trigger: meta.trigger,
+            trigger: meta.trigger.as_ref().map(|t| t.as_str().to_owned()),
             end_ns: meta.end_ns,
             totals,
             module_added,
@@ -856,7 +859,7 @@ impl LiveCoverage {
             .or_else(|| meta.copy.clone())
             .or_else(|| meta.path.clone())
             .unwrap_or_default();
-        if a.meta.runtime != "llvm" {
+        if a.meta.runtime != Runtime::Llvm {
             key = format!("{}:{key}", a.meta.runtime);
         }
         if let Some(&i) = self.unit_by_key.get(&key) {
@@ -871,10 +874,10 @@ impl LiveCoverage {
             .unwrap_or("(unknown module)")
             .to_string();
         let idx = self.units.len();
-        let opened = match a.meta.runtime.as_str() {
-            "bisect" => Ok(self.open_bisect(&meta, a)),
-            "gcov" => Ok(UnitState::Gcov(Box::default())),
-            "sancov" => self.open_sancov(&meta),
+        let opened = match a.meta.runtime {
+            Runtime::Bisect => Ok(self.open_bisect(&meta, a)),
+            Runtime::Gcov => Ok(UnitState::Gcov(Box::default())),
+            Runtime::Sancov => self.open_sancov(&meta),
             _ => self
                 .open_module(&meta, profraw, idx)
                 .map(|m| UnitState::Llvm(Box::new(m))),
@@ -891,7 +894,7 @@ impl LiveCoverage {
         };
         self.units.push(Unit {
             name,
-            runtime: a.meta.runtime.clone(),
+            runtime: a.meta.runtime.to_string(),
             meta,
             state,
             artifacts: 0,

@@ -238,76 +238,23 @@ impl SessionInfo {
         Some((self.started_unix_ns?, self.ended_unix_ns?))
     }
 }
-/// The metadata of one artifact (docs/output.md, "Artifact metadata"). Fields not listed here
-/// (`source`, `snapshot`, `kcov`) are allowed and skipped.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ArtifactMeta {
-    pub seq: u64,
-    pub runtime: String,
-    pub pid: u32,
-    #[serde(default)]
-    pub tid: Option<u32>,
-    #[serde(default)]
-    pub comm: Option<String>,
-    #[serde(default)]
-    pub trigger: Option<String>,
-    #[serde(default)]
-    pub start_ns: Option<u64>,
-    #[serde(default)]
-    pub end_ns: Option<u64>,
-    #[serde(default)]
-    pub collected_ns: Option<u64>,
-    #[serde(default)]
-    pub bytes: Option<u64>,
-    #[serde(default)]
-    pub checksum: Option<String>,
-    pub valid: bool,
-    pub file: String,
-    #[serde(default)]
-    pub format: Option<FormatMeta>,
-    #[serde(default)]
-    pub module: Option<ModuleMeta>,
-    /// A directory artifact's files (gcov: the .gcda files of one dump and their .gcno notes).
-    #[serde(default)]
-    pub parts: Vec<PartMeta>,
-    /// When the process started (CLOCK_BOOTTIME ns): with the pid, the process instance.
-    #[serde(default)]
-    pub process_start_ns: Option<u64>,
-    /// What the runtime merged into its counters right before writing this dump.
-    #[serde(default)]
-    pub merged: Option<MergedMeta>,
-}
-
-/// The earlier content a dump merged (docs/output.md, "Exact counts"): the artifact `seq` of
-/// the same file, or a copy kept beside this artifact (`file`, relative to its directory).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct MergedMeta {
-    #[serde(default)]
-    pub seq: Option<u64>,
-    #[serde(default)]
-    pub file: Option<String>,
-    #[serde(default)]
-    pub bytes: Option<u64>,
-    #[serde(default)]
-    pub checksum: Option<String>,
-    /// gcov: the .gcda files the copy holds, one after another, in this order.
-    #[serde(default)]
-    pub parts: Vec<MergedPart>,
-}
-
-/// One .gcda file of a gcov dump's `merged` copy.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct MergedPart {
-    /// Where it was in the target.
-    pub path: String,
-    pub bytes: u64,
-}
+/// The metadata of one artifact (docs/output.md, "Artifact metadata"): the writer's own type.
+pub use crate::layout::artifact::{
+    ArtifactMeta, FormatInfo, LAYOUT, MergedBase as MergedMeta, MergedPart, ModuleMeta, PartMeta,
+    Runtime,
+};
 
 impl ArtifactMeta {
     /// Parse and check a metadata file: its schema, and an artifact that stays in its process
     /// directory. `Err` is the reason to leave the artifact out.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let meta: Self = parse_json(bytes)?;
+        if meta.layout > LAYOUT {
+            return Err(format!(
+                "layout {} of a newer covobs (this one reads up to layout {LAYOUT})",
+                meta.layout
+            ));
+        }
         if !is_inside(&meta.file) {
             return Err(
                 "field `file` must name a file in its directory (relative, without `..`)".into(),
@@ -315,39 +262,6 @@ impl ArtifactMeta {
         }
         Ok(meta)
     }
-}
-
-/// One file of a directory artifact.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct PartMeta {
-    /// Its name inside the artifact directory.
-    pub file: String,
-    /// Where it was in the target.
-    pub path: String,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct FormatMeta {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub version: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct ModuleMeta {
-    #[serde(default)]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub build_id: Option<String>,
-    /// Relative to the session directory: `modules/<build-id>/<file name>`.
-    #[serde(default)]
-    pub copy: Option<String>,
-    #[serde(default)]
-    pub producer: Option<String>,
-    #[serde(default)]
-    pub llvm_major: Option<u32>,
 }
 
 /// A relative path of plain names (no `/` first, no `.` or `..`), not empty.
@@ -716,6 +630,9 @@ mod tests {
                 serde_json::json!([{"file": 1}]),
                 "field `parts[0].file`: an integer",
             ),
+            ("runtime", serde_json::json!(5), "field `runtime`"),
+            ("trigger", serde_json::json!(["SECRET"]), "field `trigger`"),
+            ("layout", serde_json::json!(LAYOUT + 1), "of a newer covobs"),
         ] {
             let mut v = ok.clone();
             v[field] = value;
@@ -740,6 +657,10 @@ mod tests {
         let text = ok.to_string();
         let e = ArtifactMeta::parse(&text.as_bytes()[..text.len() / 2]).expect_err("cut");
         assert!(e.contains("truncated"), "{e}");
+        let mut v = ok.clone();
+        v["runtime"] = serde_json::json!("minicov");
+        let m = ArtifactMeta::parse(v.to_string().as_bytes()).expect("a runtime of a newer covobs");
+        assert_eq!(m.runtime, Runtime::Unknown("minicov".into()));
     }
 
     #[test]

@@ -53,19 +53,8 @@ impl CoveredSet {
     }
 }
 
-/// The change a snapshot brought to its module.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Delta {
-    /// Counters covered in this snapshot.
-    pub covered: u64,
-    /// Covered now, not in the previous snapshot of this module in this process (all covered
-    /// ones for the first).
-    pub new_covered: u64,
-    /// Covered before, zero now: the target reset its counters in between.
-    pub reset: u64,
-    /// This is the module's first snapshot in this process.
-    pub first: bool,
-}
+/// The change a snapshot brought to its module (in the artifact's metadata).
+pub use crate::layout::artifact::Delta;
 
 /// The last covered set of each (process, module).
 #[derive(Default)]

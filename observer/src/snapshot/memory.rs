@@ -41,14 +41,7 @@ impl Range {
 }
 
 /// When a read started and ended (CLOCK_BOOTTIME ns) and how much it moved.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct ReadTiming {
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub bytes: u64,
-    /// System calls it took (1 unless the kernel returned a short read that was retried).
-    pub syscalls: u32,
-}
+pub use crate::layout::artifact::ReadTiming;
 
 /// Copy each `ranges[i]` of process `pid` into `bufs[i]` (of the same length), in one
 /// process_vm_readv. Fails unless every byte was read.

@@ -14,8 +14,6 @@
 //! thread stopped running user code, so it is exact.
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-use serde::Serialize;
-
 use crate::{
     collect::FormatInfo,
     discover::{Mapped, Module, Runtime, maps::Mapping},
@@ -85,28 +83,7 @@ pub struct ModulePlan {
 }
 
 /// How a snapshot was read, for the artifact's metadata (`snapshot` field).
-#[derive(Clone, Debug, Serialize)]
-pub struct SnapshotInfo {
-    /// `process_vm_readv`, or `ebpf:<hook>` for a copy made in the kernel at exit.
-    pub method: String,
-    /// The live ranges read (counters, bitmap): the copy's window and size.
-    pub read: ReadTiming,
-    pub load_bias: u64,
-    /// Run-time address of the counters.
-    pub counters_addr: u64,
-    pub counters: u64,
-    /// Covered counters, and what this snapshot added since the previous one of the module.
-    #[serde(flatten)]
-    pub delta: Delta,
-    /// Bytes of counters the kernel could not read at exit (not resident): written as zero.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub unreadable_bytes: u64,
-    pub consistency: String,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
+pub use crate::layout::artifact::SnapshotInfo;
 
 /// One module's snapshot: the file its runtime would write, and what went into it.
 #[derive(Clone, Debug)]
@@ -203,7 +180,7 @@ impl ModulePlan {
                     module: self.module.clone(),
                     runtime: Runtime::Llvm,
                     format: FormatInfo {
-                        name: "llvm-raw-profile",
+                        name: "llvm-raw-profile".into(),
                         version: p.version(),
                     },
                     bytes: p.profile(&counters, &bitmap),
@@ -230,7 +207,7 @@ impl ModulePlan {
                     module: self.module.clone(),
                     runtime: Runtime::Sancov,
                     format: FormatInfo {
-                        name: "sancov",
+                        name: "sancov".into(),
                         version: 64,
                     },
                     bytes: p.sancov_file(&counters),

@@ -8,6 +8,7 @@ use std::{
 use procfs::process::Process as ProcfsProcess;
 
 pub mod cgroup;
+pub mod environ;
 pub mod name;
 pub mod pidns;
 

@@ -107,7 +107,7 @@ pub fn attribute(
     let mut states: HashMap<(usize, Instance), InstanceState> = HashMap::new();
     for a in &session.artifacts {
         let label = closes.get(a.rel.as_str()).copied();
-        let Some(runtime) = Runtime::of(&a.meta.runtime) else {
+        let Some(runtime) = Runtime::of(a.meta.runtime.as_str()) else {
             if let Some(l) = label {
                 note(format!(
                     "{} artifacts are not attributed to labels: covobs does not read them (label {} is closed by one)",

@@ -252,9 +252,9 @@ impl LiveCoverage {
             seq: a.meta.seq,
             pid: a.meta.pid,
             tid: a.meta.tid,
-            runtime: a.meta.runtime.clone(),
+            runtime: a.meta.runtime.to_string(),
             module: self.units[idx].name.clone(),
-            trigger: a.meta.trigger.clone(),
+            trigger: a.meta.trigger.as_ref().map(|t| t.as_str().to_owned()),
             end_ns: a.meta.end_ns,
         };
         // After this step's result (and the exports it asked for), in step order.
