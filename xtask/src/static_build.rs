@@ -11,13 +11,27 @@ pub fn binary() -> PathBuf {
     crate::workspace_root().join(format!("target/{TARGET}/release/covobs"))
 }
 
+/// The C compiler for musl that ring (TLS for the NATS client) builds its C and assembly with:
+/// Debian's musl-tools (./dev setup installs it). cc-rs would look for `x86_64-linux-musl-gcc`,
+/// which Debian does not ship under that name.
+const MUSL_CC: &str = "musl-gcc";
+const MUSL_CC_VAR: &str = "CC_x86_64_unknown_linux_musl";
+
 /// Build it, check that it asks for no dynamic loader, and say where it is.
 pub fn build() -> Result<PathBuf> {
-    crate::run(
-        Command::new(env!("CARGO"))
-            .current_dir(crate::workspace_root())
-            .args(["build", "--release", "--target", TARGET, "-p", "covobs"]),
-    )?;
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(crate::workspace_root()).args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "-p",
+        "covobs",
+    ]);
+    if std::env::var_os(MUSL_CC_VAR).is_none() {
+        cargo.env(MUSL_CC_VAR, MUSL_CC);
+    }
+    crate::run(&mut cargo)?;
     let bin = binary();
     let elf = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if has_interpreter(&elf)? {
