@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod attach;
+mod fleet;
 pub mod kcov;
 mod ocaml;
 mod report;
@@ -42,6 +43,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("scale") {
         scale::run()?;
+    }
+    if wants("fleet") {
+        fleet::run()?;
     }
     Ok(())
 }
