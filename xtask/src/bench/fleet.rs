@@ -202,11 +202,12 @@ fn throughput_once(tmp: &Path, tag: &str, publish: Option<(&str, &str)>) -> Resu
     }
     let arts: Vec<&Value> = events.iter().filter(|e| e["event"] == "artifact").collect();
     let session = json_file(&out.join("session.json"))?;
+    // What any sink could not take (its queue full) or left at the end (its grace period over).
     let sink_drops = session["counters"]["sinks"]
-        .as_object()
+        .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|(_, s)| s["dropped"].as_u64())
+        .map(|s| s["dropped"].as_u64().unwrap_or(0) + s["abandoned"].as_u64().unwrap_or(0))
         .sum();
     Ok(Run {
         secs,
