@@ -20,6 +20,7 @@ const FIXTURE: &str = "llvm-rust-target";
 
 /// A nats-server of the test's own.
 struct Nats {
+    bin: PathBuf,
     child: Option<Child>,
     port: u16,
     store: PathBuf,
@@ -35,12 +36,12 @@ fn free_port() -> u16 {
 
 impl Nats {
     fn start(dir: &Path, auth: Option<(&str, &str)>) -> Self {
-        let bin = which("nats-server");
-        assert!(
-            bin.is_some(),
-            "nats-server is not installed: apt-get install -y nats-server (./dev setup does)"
+        // Never skipped: without nats-server the fleet tests fail here.
+        let bin = nats_server().expect(
+            "nats-server is not installed (on the PATH or in /usr/sbin): apt-get install -y nats-server (./dev setup does)",
         );
         let mut n = Self {
+            bin,
             child: None,
             port: free_port(),
             store: dir.join("nats-store"),
@@ -51,7 +52,7 @@ impl Nats {
     }
 
     fn restart(&mut self) {
-        let mut cmd = Command::new("nats-server");
+        let mut cmd = Command::new(&self.bin);
         cmd.args([
             "-js",
             "-a",
@@ -95,12 +96,14 @@ impl Drop for Nats {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
+/// nats-server on the PATH, or where Debian's package puts it (/usr/sbin, which a user's PATH
+/// may lack).
+fn nats_server() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
 }
 
 /// One node: `covobs attach --name` on two processes of one renamed copy of the fixture.
@@ -442,6 +445,7 @@ fn a_wrong_password_or_no_server_is_refused_in_one_line_or_spooled_when_allowed(
     let args = base(&nowhere);
     let err = refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), &out);
     assert!(err.contains("NATS server"), "{err}");
+    assert!(!spool.exists(), "a refused start leaves no spool behind");
     // Allowed to start offline: a warning, the session, and its records in the spool.
     let mut args = base(&nowhere);
     args.push("--publish-offline-ok".into());
@@ -457,8 +461,42 @@ fn a_wrong_password_or_no_server_is_refused_in_one_line_or_spooled_when_allowed(
     eprintln!("spool figures: {}", s["fleet"]["spool"]);
     let pending = s["fleet"]["spool"]["pending"].as_u64().unwrap_or(0);
     assert!(pending > 0, "{}", s["fleet"]);
-    let right = nats.url();
-    let _ = right;
+    assert_eq!(s["fleet"]["connected_at_start"], false);
+    // The next session of this node, with the right password, replays that spool first: the
+    // fleet gets both sessions, each artifact once.
+    let out2 = tmp.path().join("out2");
+    let mut args = base(&nats.url());
+    args[5] = out2.to_string_lossy().into_owned();
+    let o = Command::new(covobs_bin())
+        .args(&args)
+        .output()
+        .expect("covobs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s2 = session_json(&out2);
+    eprintln!("the next session's spool figures: {}", s2["fleet"]["spool"]);
+    assert_eq!(s2["fleet"]["connected_at_start"], true);
+    assert_eq!(s2["fleet"]["spool"]["pending"].as_u64(), Some(0));
+    // What session.json counted, and session.json itself (its last message, spooled after it
+    // was written).
+    assert_eq!(s2["fleet"]["spool"]["replayed"].as_u64(), Some(pending + 1));
+    let fleet_dir = tmp.path().join("fleet");
+    collect(&nats.url(), &fleet_dir);
+    let node = s["fleet"]["node"].as_str().expect("the node's name");
+    let nodes: Value = serde_json::from_slice(
+        &std::fs::read(fleet_dir.join("fleet/nodes.json")).expect("nodes.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        nodes[node]["collected"]["sessions_ended"].as_u64(),
+        Some(2),
+        "{nodes}"
+    );
+    assert_eq!(artifacts(&fleet_dir), artifacts(&out) + artifacts(&out2));
+    // One process seen by two sessions of one node: two states of the same counters, the
+    // later one holding the earlier (docs/fleet.md), so the fleet's report is the second's.
+    let fleet_lcov = lcov_lines(&fleet_dir.join("report/coverage.lcov"));
+    assert!(total_hits(&fleet_lcov) > 0);
+    assert_eq!(fleet_lcov, lcov_lines(&out2.join("report/coverage.lcov")));
     drop(target);
 }
 

@@ -58,7 +58,7 @@ enum Task {
         skip_test: bool,
     },
     /// Run the benchmarks and print their figures (all, or the ones named: watch, attach, ocaml,
-    /// snapshot, kcov, report, scale, guest).
+    /// snapshot, kcov, report, scale, guest, fleet).
     Bench { which: Vec<String> },
     /// Build (or find in /var/cache/covobs) the kcov + BPF + BTF test kernel.
     Kernel,

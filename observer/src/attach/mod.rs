@@ -730,6 +730,13 @@ async fn read_finals(
     }
 }
 
+/// How long the sinks other than the directory get at the end: a publishing session's NATS sink
+/// gets --publish-wait for what is still queued for it (it publishes or spools it), as its spool
+/// then gets to drain.
+fn finish_grace(publish_wait: Duration) -> Duration {
+    publish_wait.max(crate::stream::FINISH_GRACE)
+}
+
 /// End a watch: detach everything, flush the output, one summary line.
 async fn finish_watch(
     session: Session,
@@ -746,7 +753,7 @@ async fn finish_watch(
         .map(|p| p.wait)
         .unwrap_or_default();
     drop(session);
-    let stats = pipeline.finish().await?;
+    let stats = pipeline.finish_within(finish_grace(wait)).await?;
     if let Some(f) = fleet {
         tokio::task::spawn_blocking(move || f.finish(None, wait)).await?;
     }
@@ -794,13 +801,13 @@ async fn finish(
     // Every probe goes away here, before the last write; so does the session's pipeline handle,
     // which the pipeline waits for.
     drop(session);
-    let stats = pipeline.finish().await?;
+    let publish_wait = opts.publish.as_ref().map(|p| p.wait).unwrap_or_default();
+    let stats = pipeline.finish_within(finish_grace(publish_wait)).await?;
     for w in stats.warnings() {
         eprintln!("covobs: warning: {w}");
     }
     let (nofile_soft, nofile_hard) = crate::stream::nofile_limit();
     // The spool's last chance before its figures go into session.json.
-    let publish_wait = opts.publish.as_ref().map(|p| p.wait).unwrap_or_default();
     let fleet_stats = match &fleet {
         Some(f) => {
             let f = f.clone();

@@ -154,7 +154,7 @@ const INGRESS: usize = 1 << 10;
 const SINK_BYTES: u64 = 64 << 20;
 /// At the end, how long the other sinks get to take what is queued for them; what is left then
 /// is counted as abandoned.
-const FINISH_GRACE: Duration = Duration::from_secs(5);
+pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 
 /// Counters of what passed through.
 #[derive(Clone, Debug, Default, serde::Serialize)]

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 mod attach;
+mod fleet;
 mod guest;
 pub mod kcov;
 mod ocaml;
@@ -46,6 +47,9 @@ pub fn run(which: &[String]) -> Result<()> {
     }
     if wants("guest") {
         guest::run()?;
+    }
+    if wants("fleet") {
+        fleet::run()?;
     }
     Ok(())
 }

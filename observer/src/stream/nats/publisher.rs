@@ -88,11 +88,6 @@ impl FleetHandle {
             .iter()
             .map(|s| Server::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let spool = Spool::open_for(
-            &opts.spool.join(&opts.fleet).join(&opts.node),
-            session,
-            opts.spool_max,
-        )?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("covobs-nats")
@@ -102,18 +97,27 @@ impl FleetHandle {
         let name = format!("covobs {} {}", opts.node, session);
         let creds = opts.creds.as_deref();
         let first = rt.block_on(connect::connect(&servers, creds, &name, false));
-        let (client, connected) = match first {
-            Ok(c) => (c, true),
+        let (client, offline) = match first {
+            Ok(c) => (c, None),
             Err(e) if opts.offline_ok && !matches!(e, NatsError::Creds { .. }) => {
-                eprintln!(
-                    "covobs: warning: {e}; publishing to the spool {} until it answers",
-                    spool.path().display()
-                );
                 let c = rt.block_on(connect::connect(&servers, creds, &name, true))?;
-                (c, false)
+                (c, Some(e))
             }
             Err(e) => return Err(e),
         };
+        // Only now: a start refused above leaves no spool directory behind.
+        let spool = Spool::open_for(
+            &opts.spool.join(&opts.fleet).join(&opts.node),
+            session,
+            opts.spool_max,
+        )?;
+        if let Some(e) = &offline {
+            eprintln!(
+                "covobs: warning: {e}; publishing to the spool {} until it answers",
+                spool.path().display()
+            );
+        }
+        let connected = offline.is_none();
         let js = jetstream::new(client.clone());
         let mut p = Publisher {
             rt,
