@@ -98,41 +98,59 @@ impl Guest {
 
     /// One QMP command on a fresh connection (QMP serves one client at a time).
     fn qmp(&self, command: &str, arguments: Value) -> Value {
-        // QMP serves one client at a time; a connection made just after another client (covobs)
-        // left was seen closed at once (EOF before the greeting): connect again until it greets.
-        let mut tries = 0;
-        let (mut w, mut r) = loop {
-            let s = UnixStream::connect(&self.qmp).expect("QMP socket");
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) > 0 {
-                break (w, r);
-            }
-            tries += 1;
-            assert!(tries < 100, "QEMU never greeted on its QMP socket");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut ask = |msg: Value| -> Value {
-            writeln!(w, "{msg}").unwrap();
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let v: Value = serde_json::from_str(&line).expect("QMP JSON");
-                if v.get("return").is_some() || v.get("error").is_some() {
-                    return v;
-                }
-            }
-        };
-        ask(serde_json::json!({"execute": "qmp_capabilities"}));
         let mut msg = serde_json::json!({ "execute": command });
         if !arguments.is_null() {
             msg["arguments"] = arguments;
         }
-        let v = ask(msg);
+        // A connection made while or just after another client (covobs) talks to QEMU was seen
+        // closed by QEMU, before its greeting or after it: the whole exchange is made again on a
+        // new connection. The commands asked here are idempotent (queries, stop, cont, pmemsave).
+        let mut tries = 0;
+        let v = loop {
+            match self.qmp_once(&msg) {
+                Ok(v) => break v,
+                // QEMU may close the connection (and its socket) as it quits; whether it did quit
+                // is what the caller checks next (it waits for QEMU's exit).
+                Err(_) if command == "quit" && tries > 0 => break serde_json::json!({"return": {}}),
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 100, "QMP {command}: {e} (100 connections)");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
         assert!(v.get("error").is_none(), "QMP {command}: {v}");
         v["return"].clone()
+    }
+
+    /// Connect, read the greeting, negotiate capabilities and ask `msg`: its answer.
+    fn qmp_once(&self, msg: &Value) -> std::io::Result<Value> {
+        let s = UnixStream::connect(&self.qmp)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut w = s.try_clone()?;
+        let mut r = BufReader::new(s);
+        let read = |r: &mut BufReader<UnixStream>| -> std::io::Result<Value> {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "QEMU closed the QMP connection",
+                ));
+            }
+            Ok(serde_json::from_str(&line).expect("QMP JSON"))
+        };
+        read(&mut r)?; // the greeting
+        let mut ask = |msg: &Value| -> std::io::Result<Value> {
+            writeln!(w, "{msg}")?;
+            loop {
+                let v = read(&mut r)?;
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+            }
+        };
+        ask(&serde_json::json!({"execute": "qmp_capabilities"}))?;
+        ask(msg)
     }
 }
 
