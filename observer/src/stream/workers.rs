@@ -341,6 +341,10 @@ pub(super) fn dispatch(
             if p.tx.send(env).is_err() {
                 p.shared.taken(0);
             }
+        } else if let Some(durable) = env.durable {
+            // No output directory (`--no-local`): handed to the other sinks (the fleet's, which
+            // publishes or spools it) is as far as it goes here.
+            let _ = durable.send(Ok(crate::sys::clock::boot_ns()));
         }
     }
     counted.descriptors_peak = counted.descriptors_peak.max(super::descriptors_in_use());
