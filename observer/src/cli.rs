@@ -487,15 +487,24 @@ pub struct PublishArgs {
     /// At the end, how long to wait for the spool to drain.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub publish_wait: Duration,
+    /// With --publish: write no local session directory (nothing under --out) and so no local
+    /// report: the fleet's collector (`covobs collect`) writes both. The spool is still used.
+    #[arg(long)]
+    pub no_local: bool,
 }
 
 impl PublishArgs {
-    /// The options, when publishing.
-    pub fn options(&self) -> Option<crate::stream::nats::PublishOptions> {
+    /// The options, when publishing; `--no-local` without `--publish` is bad usage.
+    pub fn options(&self) -> Result<Option<crate::stream::nats::PublishOptions>, crate::BadInput> {
         if self.publish.is_empty() {
-            return None;
+            if self.no_local {
+                return Err(crate::BadInput(
+                    "--no-local needs --publish: without it the session would go nowhere".into(),
+                ));
+            }
+            return Ok(None);
         }
-        Some(crate::stream::nats::PublishOptions {
+        Ok(Some(crate::stream::nats::PublishOptions {
             servers: self.publish.clone(),
             node: self
                 .node
@@ -510,7 +519,8 @@ impl PublishArgs {
             spool_max: self.spool_max,
             offline_ok: self.publish_offline_ok,
             wait: self.publish_wait,
-        })
+            no_local: self.no_local,
+        }))
     }
 }
 

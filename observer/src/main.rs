@@ -114,7 +114,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 follow_forks: args.follow_forks,
                 ebpf_log: args.ebpf_log,
                 ocaml_thread_name: args.ocaml_thread_name,
-                publish: args.publish.options(),
+                publish: publish_options(&args.publish, false)?,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -124,6 +124,12 @@ async fn run(command: Command) -> Result<ExitCode> {
                 return Err(BadInput("--once and --interval exclude each other".into()).into());
             }
             let modes = output_modes(args.output_group.as_deref())?;
+            let publish = publish_options(&args.publish, args.serve.is_some())?;
+            if args.qemu.is_some() && args.publish.no_local {
+                return Err(
+                    BadInput("--no-local: --qemu sessions are not published".into()).into(),
+                );
+            }
             if let (Some(qemu), Some(elf)) = (args.qemu, args.elf.clone()) {
                 attach::guest::run(attach::guest::GuestOptions {
                     qemu,
@@ -171,13 +177,14 @@ async fn run(command: Command) -> Result<ExitCode> {
                 final_snapshot: args.final_snapshot,
                 command: std::env::args().collect(),
                 vmlinux: args.vmlinux,
-                publish: args.publish.options(),
+                publish,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             let modes = output_modes(args.output_group.as_deref())?;
+            let publish = publish_options(&args.publish, args.serve.is_some())?;
             covobs::run::run(covobs::run::RunOptions {
                 command: args.command,
                 kernel: args.kernel,
@@ -208,7 +215,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     vmlinux: args.vmlinux,
                     mode: covobs::cli::Mode::Signal,
                     final_snapshot: false,
-                    publish: args.publish.options(),
+                    publish,
                 },
             })
             .await?;
@@ -276,6 +283,20 @@ async fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--publish` and its companions; `--no-local` leaves no directory for `--serve` to show.
+fn publish_options(
+    args: &covobs::cli::PublishArgs,
+    serve: bool,
+) -> Result<Option<covobs::stream::nats::PublishOptions>, BadInput> {
+    let options = args.options()?;
+    if serve && args.no_local {
+        return Err(BadInput(
+            "--serve shows the local session directory: not with --no-local".into(),
+        ));
+    }
+    Ok(options)
 }
 
 /// `--output-group`: an unknown group is bad input.

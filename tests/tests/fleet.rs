@@ -129,7 +129,10 @@ fn start_node(tmp: &Path, nats: &str, node: &str, duration: &str, extra: &[&str]
             )
         })
         .collect();
-    let out = work.join("session");
+    // In a directory of its own, which stays empty when nothing is written locally.
+    let local = work.join("local");
+    std::fs::create_dir_all(&local).expect("mkdir");
+    let out = local.join("session");
     let spool = tmp.join("spool");
     let mut args = vec![
         "attach",
@@ -398,6 +401,122 @@ fn a_server_killed_mid_session_loses_nothing_and_counts_nothing_twice() {
         lines(&fleet_dir.join("events.jsonl")),
         lines(&local.join("events.jsonl"))
     );
+}
+
+#[test]
+fn no_local_writes_nothing_locally_and_the_fleet_gets_the_whole_session() {
+    require_root();
+    let tmp = TempDir::new("fleet-no-local");
+    let nats = Nats::start(tmp.path(), None);
+    let url = nats.url();
+    let mut node = start_node(tmp.path(), &url, "node-n", "2s", &["--no-local"]);
+    let status = node.covobs.wait(T);
+    assert!(status.success(), "node failed: {}", node.covobs.stderr());
+    let stderr = node.covobs.stderr();
+    assert!(
+        stderr.contains("--no-local: no local directory"),
+        "{stderr}"
+    );
+    // The node's own count of its artifacts: its artifact events (--json on stdout).
+    let published = of_kind(node.covobs.events(), "artifact").len();
+    drop(node.targets);
+    let parent = node.out.parent().expect("parent");
+    let left: Vec<_> = std::fs::read_dir(parent)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "nothing written locally: {left:?}");
+    let fleet_dir = tmp.path().join("fleet");
+    collect(&url, &fleet_dir);
+    let collected = artifacts(&fleet_dir);
+    eprintln!("figures: the node reported {published} artifacts, the fleet collected {collected}");
+    assert!(published > 0, "the node collected artifacts");
+    assert_eq!(collected, published, "every artifact reached the fleet");
+    // The node's session.json reached the fleet (its last message), with its counters.
+    let nodes: Value = serde_json::from_slice(
+        &std::fs::read(fleet_dir.join("fleet/nodes.json")).expect("nodes.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        nodes["node-n"]["collected"]["sessions_ended"].as_u64(),
+        Some(1),
+        "{nodes}"
+    );
+    let sessions: Vec<_> = std::fs::read_dir(fleet_dir.join("fleet/nodes/node-n"))
+        .expect("the node's sessions")
+        .flatten()
+        .map(|e| e.path().join("session.json"))
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let own: Value =
+        serde_json::from_slice(&std::fs::read(&sessions[0]).expect("the node's session.json"))
+            .expect("JSON");
+    assert_eq!(
+        own["output"]["local"],
+        Value::Bool(false),
+        "{}",
+        own["output"]
+    );
+    assert_eq!(
+        own["counters"]["artifacts"].as_u64(),
+        Some(published as u64)
+    );
+    assert_eq!(own["fleet"]["spool"]["pending"].as_u64(), Some(0));
+    assert_eq!(
+        session_json(&fleet_dir)["counters"]["artifacts"].as_u64(),
+        Some(published as u64)
+    );
+    // The collector's report, and `covobs report` on the collected directory: the same.
+    let lcov = fleet_dir.join("report/coverage.lcov");
+    let collected_lcov = lcov_lines(&lcov);
+    assert!(total_hits(&collected_lcov) > 0, "the LCOV has hits");
+    let again = Command::new(covobs_bin())
+        .args(["report", "--format", "lcov"])
+        .arg(&fleet_dir)
+        .output()
+        .expect("covobs report");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(lcov_lines(&lcov), collected_lcov);
+}
+
+#[test]
+fn no_local_without_publish_is_bad_usage() {
+    require_root();
+    let tmp = TempDir::new("fleet-no-local-bad");
+    let out = tmp.path().join("session");
+    let o = out.to_str().expect("utf-8");
+    let err = refused(
+        &["attach", "--pid", "1", "--once", "--no-local", "--out", o],
+        &out,
+    );
+    assert!(err.contains("--no-local needs --publish"), "{err}");
+    let err = refused(&["run", "--no-local", "--out", o, "--", "true"], &out);
+    assert!(err.contains("--no-local needs --publish"), "{err}");
+    let spool = tmp.path().join("spool");
+    let err = refused(
+        &[
+            "attach",
+            "--pid",
+            "1",
+            "--once",
+            "--publish",
+            "nats://127.0.0.1:1",
+            "--spool",
+            spool.to_str().expect("utf-8"),
+            "--no-local",
+            "--serve",
+            "--out",
+            o,
+        ],
+        &out,
+    );
+    assert!(err.contains("not with --no-local"), "{err}");
+    assert!(!spool.exists(), "no spool left behind");
 }
 
 /// One line on stderr, exit 2, no output directory.

@@ -135,6 +135,8 @@ pub async fn run_session(
     let mut shutdown = Shutdown::install(opts.duration);
     crate::require_privileges()?;
     let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
+    // `--no-local`: the fleet is the only destination; nothing is written under --out.
+    let local = !opts.observe_only && !opts.publish.as_ref().is_some_and(|p| p.no_local);
     let started_unix = clock::realtime_ns();
     // A busy session holds many descriptors (probes, targets, artifacts being written).
     crate::stream::raise_nofile_limit();
@@ -214,7 +216,7 @@ pub async fn run_session(
     // What creating the output directory adds (./covobs-out too, the first time), to remove
     // when the session is refused.
     let created_from = first_missing(&out_dir);
-    if !opts.observe_only {
+    if local {
         // The output directory is created only once the target is known to exist: bad input
         // leaves nothing behind.
         let dir_sink =
@@ -223,7 +225,7 @@ pub async fn run_session(
         primary = Some(Box::new(dir_sink));
     }
     let mut serving = None;
-    if let Some(listener) = listener.filter(|_| !opts.observe_only) {
+    if let Some(listener) = listener.filter(|_| local) {
         eprintln!("{}", crate::serve::announce(&out_dir, &listener));
         let report_opts = crate::report::ReportOptions {
             vmlinux: opts.vmlinux.clone(),
@@ -259,14 +261,13 @@ pub async fn run_session(
     );
 
     // The live coverage (the progress line's, and the end report's).
-    let report_opts =
-        (!opts.no_report && !opts.observe_only).then(|| crate::report::ReportOptions {
-            vmlinux: opts.vmlinux.clone(),
-            modes: opts.modes,
-            ..Default::default()
-        });
+    let report_opts = (!opts.no_report && local).then(|| crate::report::ReportOptions {
+        vmlinux: opts.vmlinux.clone(),
+        modes: opts.modes,
+        ..Default::default()
+    });
     let mut progress = progress::Progress::new(
-        !opts.json && !opts.no_report && !opts.observe_only,
+        !opts.json && !opts.no_report && local,
         &out_dir,
         report_opts,
     );
@@ -317,7 +318,9 @@ pub async fn run_session(
                     .await;
                 }
                 tokio::task::block_in_place(|| progress.stop());
-                remove_refused(&out_dir, created_from.as_deref());
+                if local {
+                    remove_refused(&out_dir, created_from.as_deref());
+                }
             } else {
                 let _ = finish(
                     session,
@@ -356,6 +359,16 @@ pub async fn run_session(
         anyhow::bail!("{fault}: covobs stopped; the dumps it could not write are counted lost");
     }
     finished?;
+    if !local {
+        // No local report either: it is the collector's (`covobs collect`).
+        if let Some(p) = &opts.publish {
+            eprintln!(
+                "covobs: session published to fleet {} as node {} (--no-local: no local directory)",
+                p.fleet, p.node
+            );
+        }
+        return Ok(());
+    }
     if !opts.no_report {
         report(&out_dir, opts.vmlinux.clone(), opts.modes, progress).await;
     }
@@ -815,13 +828,8 @@ async fn finish(
         }
         None => None,
     };
-    let Some(output) = output else {
-        if let Some(f) = fleet {
-            tokio::task::spawn_blocking(move || f.finish(None, publish_wait)).await?;
-        }
-        return Ok(());
-    };
-    let modes = output.dir().modes();
+    // Without a local directory (--no-local), session.json still goes to the fleet.
+    let modes = output.map_or(opts.modes, |o| o.dir().modes());
     let info = serde_json::json!({
         "covobs_version": env!("CARGO_PKG_VERSION"),
         "command": opts.command,
@@ -864,20 +872,23 @@ async fn finish(
             "rss_peak_bytes": crate::stream::peak_rss_bytes(),
         },
         "output": {
+            "local": output.is_some(),
             "dir_mode": format!("{:04o}", modes.dir_mode()),
             "file_mode": format!("{:04o}", modes.file_mode()),
             "group": modes.group,
-            "fault": output.fault(),
-            "events_not_written": output.unwritten_events(),
+            "fault": output.and_then(OutputHealth::fault),
+            "events_not_written": output.map_or(0, OutputHealth::unwritten_events),
         },
         "fleet": fleet_stats,
     });
     let mut bytes = serde_json::to_vec_pretty(&info)?;
     bytes.push(b'\n');
-    let dir = output.dir();
-    // Whole or not at all: a full disk leaves no half session.json.
-    dir.write_new(dir.fd(), "session.json", &bytes, true)
-        .with_context(|| format!("writing {}", dir.path().join("session.json").display()))?;
+    if let Some(output) = output {
+        let dir = output.dir();
+        // Whole or not at all: a full disk leaves no half session.json.
+        dir.write_new(dir.fd(), "session.json", &bytes, true)
+            .with_context(|| format!("writing {}", dir.path().join("session.json").display()))?;
+    }
     // session.json is the session's last message to the fleet.
     if let Some(f) = fleet {
         let json = bytes::Bytes::from(bytes);

@@ -88,7 +88,8 @@ pub enum Kind {
 }
 
 /// Told when (CLOCK_BOOTTIME ns) an artifact became durable, or why it could not be written.
-/// Only the primary sink ever holds one.
+/// Only the primary sink ever holds one; without a primary sink (`--no-local`) the dispatcher
+/// answers once the other sinks have the artifact.
 pub type Durable = oneshot::Sender<Result<u64, String>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +290,7 @@ impl Sender {
     }
 
     /// Send an artifact; the returned receiver says when (or whether) it became durable in the
-    /// output directory (an error when there is none).
+    /// output directory (without one: when the other sinks have it).
     pub async fn artifact(
         &self,
         artifact: Artifact,

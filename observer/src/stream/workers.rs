@@ -266,15 +266,25 @@ pub(super) struct OtherQueue {
     warned: bool,
 }
 
+/// What a sink did with an item offered to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    /// Not a kind it takes.
+    NotWanted,
+    Queued,
+    /// Its queue was full: dropped for it alone (counted).
+    Dropped,
+}
+
 impl OtherQueue {
-    fn offer(&mut self, item: &Item) {
+    fn offer(&mut self, item: &Item) -> Offered {
         let wanted = match item.kind() {
             Kind::Event => self.takes[0],
             Kind::Artifact => self.takes[1],
             Kind::Module => self.takes[2],
         };
         if !wanted {
-            return;
+            return Offered::NotWanted;
         }
         let weight = item.weight();
         let room = weight == 0
@@ -283,7 +293,7 @@ impl OtherQueue {
             // Counted before it is queued: the worker may take it at once.
             self.shared.queued(weight);
             match self.tx.try_send(item.clone()) {
-                Ok(()) => return,
+                Ok(()) => return Offered::Queued,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.shared.taken(weight);
                 }
@@ -298,6 +308,7 @@ impl OtherQueue {
                 self.shared.capacity
             );
         }
+        Offered::Dropped
     }
 }
 
@@ -330,8 +341,11 @@ pub(super) fn dispatch(
             sampled = Instant::now();
             counted.descriptors_peak = counted.descriptors_peak.max(super::descriptors_in_use());
         }
+        let mut dropped_by = None;
         for q in others.iter_mut() {
-            q.offer(&env.item);
+            if q.offer(&env.item) == Offered::Dropped {
+                dropped_by = Some(q.shared.name);
+            }
         }
         if let Some(p) = &primary {
             p.shared.queued(0);
@@ -341,6 +355,16 @@ pub(super) fn dispatch(
             if p.tx.send(env).is_err() {
                 p.shared.taken(0);
             }
+        } else if let Some(durable) = env.durable {
+            // No output directory (`--no-local`): handed to the other sinks (the fleet's, which
+            // publishes or spools it) is as far as it goes here. One that had to drop it loses
+            // it for good (there is no local copy): said as covobs' own loss, never as collected.
+            let _ = durable.send(match dropped_by {
+                None => Ok(crate::sys::clock::boot_ns()),
+                Some(name) => Err(format!(
+                    "covobs' own backlog: the {name} sink's queue was full, and with --no-local there is no local copy"
+                )),
+            });
         }
     }
     counted.descriptors_peak = counted.descriptors_peak.max(super::descriptors_in_use());

@@ -88,6 +88,8 @@ pub struct PublishOptions {
     pub offline_ok: bool,
     /// At the end, how long the spool may take to drain.
     pub wait: Duration,
+    /// `--no-local`: the fleet is the only destination (no session directory, no local report).
+    pub no_local: bool,
 }
 
 /// A name that is one token of a subject and part of stream and bucket names: letters, digits,
