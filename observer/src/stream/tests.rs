@@ -143,20 +143,39 @@ async fn a_stuck_sink_never_holds_the_directory_back_and_its_losses_are_counted(
     assert_eq!(lines.lines().count(), 100);
 }
 
+/// Without the primary sink (`--no-local`), an artifact is answered at dispatch: kept when a sink
+/// that takes artifacts queued it, and an error when none takes artifacts or one had to drop it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_primary_sink_nothing_says_durable() {
-    struct Quick;
+async fn without_the_primary_sink_only_a_queued_artifact_is_kept() {
+    struct Quick {
+        artifacts: bool,
+    }
     impl Sink for Quick {
         fn name(&self) -> &'static str {
             "quick"
+        }
+        fn takes(&self, kind: Kind) -> bool {
+            kind != Kind::Artifact || self.artifacts
         }
         fn accept(&mut self, _item: &Item) -> Result<(), StreamError> {
             Ok(())
         }
     }
-    let pipeline = Pipeline::new(None, vec![Box::new(Quick)]).expect("pipeline");
+    // Events only: nothing keeps the artifact.
+    let pipeline =
+        Pipeline::new(None, vec![Box::new(Quick { artifacts: false })]).expect("pipeline");
     let answer = pipeline.sender().artifact(artifact(1)).await.await;
-    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        matches!(&answer, Ok(Err(e)) if e.contains("no sink keeps artifacts")),
+        "{answer:?}"
+    );
+    let stats = pipeline.finish().await.expect("finish");
+    assert_eq!(stats.sinks[0].delivered, 0);
+    // A sink that takes artifacts queued it: answered as kept, and it was delivered.
+    let pipeline =
+        Pipeline::new(None, vec![Box::new(Quick { artifacts: true })]).expect("pipeline");
+    let answer = pipeline.sender().artifact(artifact(1)).await.await;
+    assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
     let stats = pipeline.finish().await.expect("finish");
     assert_eq!(stats.sinks[0].delivered, 1);
 }

@@ -341,10 +341,12 @@ pub(super) fn dispatch(
             sampled = Instant::now();
             counted.descriptors_peak = counted.descriptors_peak.max(super::descriptors_in_use());
         }
-        let mut dropped_by = None;
+        let (mut dropped_by, mut queued) = (None, false);
         for q in others.iter_mut() {
-            if q.offer(&env.item) == Offered::Dropped {
-                dropped_by = Some(q.shared.name);
+            match q.offer(&env.item) {
+                Offered::Dropped => dropped_by = Some(q.shared.name),
+                Offered::Queued => queued = true,
+                Offered::NotWanted => {}
             }
         }
         if let Some(p) = &primary {
@@ -359,11 +361,12 @@ pub(super) fn dispatch(
             // No output directory (`--no-local`): handed to the other sinks (the fleet's, which
             // publishes or spools it) is as far as it goes here. One that had to drop it loses
             // it for good (there is no local copy): said as covobs' own loss, never as collected.
-            let _ = durable.send(match dropped_by {
-                None => Ok(crate::sys::clock::boot_ns()),
-                Some(name) => Err(format!(
+            let _ = durable.send(match (dropped_by, queued) {
+                (Some(name), _) => Err(format!(
                     "covobs' own backlog: the {name} sink's queue was full, and with --no-local there is no local copy"
                 )),
+                (None, true) => Ok(crate::sys::clock::boot_ns()),
+                (None, false) => Err("no sink keeps artifacts".to_owned()),
             });
         }
     }
