@@ -185,11 +185,17 @@ fn a_profile_file_that_links_to_a_secret_is_refused_unread() {
             "nothing the target wrote exists"
         );
         let reasons = lost_reasons(&events);
-        assert!(!reasons.is_empty(), "the refused dumps are told");
+        let refused = |r: &String| r.contains("as the target") || r.contains("refused unread");
+        assert!(
+            reasons.iter().any(refused),
+            "the refused dumps are told: {reasons:?}"
+        );
+        // A self-dump that began while covobs was still attaching is lost for that, truly (its
+        // bytes went where covobs had no cursor yet): the only other reason there may be.
         assert!(
             reasons
                 .iter()
-                .all(|r| r.contains("as the target") || r.contains("refused unread")),
+                .all(|r| refused(r) || r.contains("it was still attaching to the process")),
             "{reasons:?}"
         );
         assert_every_dump_accounted(&events, &out);
