@@ -30,6 +30,40 @@ pub enum Merged {
     Files(HashMap<String, Vec<u8>>),
 }
 
+impl Merged {
+    /// What a gcov dump's metadata `merged` says it merged: artifact `seq`'s files, or the
+    /// content kept beside it (`base`, asked for only then) split into its .gcda files.
+    pub fn of(
+        m: Option<&crate::layout::artifact::MergedBase>,
+        base: impl FnOnce() -> Result<Option<Vec<u8>>, String>,
+    ) -> Result<Merged, String> {
+        let Some(m) = m else {
+            return Ok(Merged::Unknown);
+        };
+        if let Some(seq) = m.seq {
+            return Ok(Merged::Seq(seq));
+        }
+        let Some(bytes) = base()? else {
+            return Ok(Merged::Unknown);
+        };
+        let mut files = HashMap::new();
+        let mut at = 0usize;
+        for p in &m.parts {
+            let end = usize::try_from(p.bytes)
+                .ok()
+                .and_then(|n| at.checked_add(n))
+                .filter(|&e| e <= bytes.len())
+                .ok_or("the parts of the content it merged run past its end")?;
+            files.insert(p.path.clone(), bytes[at..end].to_vec());
+            at = end;
+        }
+        if at != bytes.len() {
+            return Err("the parts of the content it merged do not add up to it".into());
+        }
+        Ok(Merged::Files(files))
+    }
+}
+
 struct Series {
     layout: u64,
     /// The latest .gcda of this path: the template the exact counts are written into.

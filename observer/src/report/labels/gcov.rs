@@ -14,6 +14,7 @@ use super::{
 use crate::report::{
     gcda::Gcda,
     gcov::{self, Gcov},
+    gcov_tally::Merged,
     model::Coverage,
     session::Artifact,
     tally::Instance,
@@ -201,39 +202,6 @@ impl GcovSource {
     }
 }
 
-/// What a gcov dump merged before it wrote, as its metadata says.
-enum Merged {
-    /// Not recorded: taken as nothing.
-    Unknown,
-    /// The files as artifact `seq` (of this module) held them.
-    Seq(u64),
-    /// Copies of the files as they were: .gcda path in the target -> bytes.
-    Files(HashMap<String, Vec<u8>>),
-}
-
 fn merged_files(ctx: &Ctx<'_>, a: &Artifact) -> Result<Merged, String> {
-    let Some(m) = &a.meta.merged else {
-        return Ok(Merged::Unknown);
-    };
-    if let Some(seq) = m.seq {
-        return Ok(Merged::Seq(seq));
-    }
-    let Some(bytes) = ctx.merged_base(a)? else {
-        return Ok(Merged::Unknown);
-    };
-    let mut files = HashMap::new();
-    let mut at = 0usize;
-    for p in &m.parts {
-        let end = usize::try_from(p.bytes)
-            .ok()
-            .and_then(|n| at.checked_add(n))
-            .filter(|&e| e <= bytes.len())
-            .ok_or("the parts of the content it merged run past its end")?;
-        files.insert(p.path.clone(), bytes[at..end].to_vec());
-        at = end;
-    }
-    if at != bytes.len() {
-        return Err("the parts of the content it merged do not add up to it".into());
-    }
-    Ok(Merged::Files(files))
+    Merged::of(a.meta.merged.as_ref(), || ctx.merged_base(a))
 }

@@ -177,30 +177,7 @@ impl LiveCoverage {
     /// What a gcov dump merged (metadata `merged`): artifact `seq`'s files, or the copy kept
     /// beside it, split into its .gcda files.
     fn gcov_merged(&self, a: &Artifact) -> Result<gcov_tally::Merged, String> {
-        let Some(m) = &a.meta.merged else {
-            return Ok(gcov_tally::Merged::Unknown);
-        };
-        if let Some(seq) = m.seq {
-            return Ok(gcov_tally::Merged::Seq(seq));
-        }
-        let Some(bytes) = self.merged_base(a)? else {
-            return Ok(gcov_tally::Merged::Unknown);
-        };
-        let mut files = std::collections::HashMap::new();
-        let mut at = 0usize;
-        for p in &m.parts {
-            let end = usize::try_from(p.bytes)
-                .ok()
-                .and_then(|n| at.checked_add(n))
-                .filter(|&e| e <= bytes.len())
-                .ok_or("the parts of the content it merged run past its end")?;
-            files.insert(p.path.clone(), bytes[at..end].to_vec());
-            at = end;
-        }
-        if at != bytes.len() {
-            return Err("the parts of the content it merged do not add up to it".into());
-        }
-        Ok(gcov_tally::Merged::Files(files))
+        gcov_tally::Merged::of(a.meta.merged.as_ref(), || self.merged_base(a))
     }
 
     pub(super) fn unavailable(&mut self, a: &Artifact, idx: usize) -> (Option<Progress>, Vec<Job>) {
