@@ -256,6 +256,20 @@ fn session_json(dir: &Path) -> Value {
         .expect("session.json is JSON")
 }
 
+/// `covobs report --format lcov` on a directory (rewriting its report/coverage.lcov); it must succeed.
+fn report_lcov(dir: &Path) {
+    let out = Command::new(covobs_bin())
+        .args(["report", "--format", "lcov"])
+        .arg(dir)
+        .output()
+        .expect("covobs report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn total_hits(m: &BTreeMap<String, BTreeMap<u64, u64>>) -> u64 {
     m.values().flat_map(|l| l.values()).sum()
 }
@@ -303,16 +317,7 @@ fn three_nodes_add_up_exactly_and_a_restarted_collector_resumes() {
         "the fleet's LCOV is the sum of the nodes' LCOV"
     );
     // `covobs report` reads the fleet directory like any other and writes the same.
-    let again = Command::new(covobs_bin())
-        .args(["report", "--format", "lcov"])
-        .arg(&fleet_dir)
-        .output()
-        .expect("covobs report");
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    report_lcov(&fleet_dir);
     assert_eq!(
         lcov_lines(&fleet_dir.join("report/coverage.lcov")),
         expected
@@ -471,16 +476,7 @@ fn no_local_writes_nothing_locally_and_the_fleet_gets_the_whole_session() {
     let lcov = fleet_dir.join("report/coverage.lcov");
     let collected_lcov = lcov_lines(&lcov);
     assert!(total_hits(&collected_lcov) > 0, "the LCOV has hits");
-    let again = Command::new(covobs_bin())
-        .args(["report", "--format", "lcov"])
-        .arg(&fleet_dir)
-        .output()
-        .expect("covobs report");
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    report_lcov(&fleet_dir);
     assert_eq!(lcov_lines(&lcov), collected_lcov);
 }
 

@@ -46,8 +46,18 @@ fn expected_counts(commands: &[(&str, u64)]) -> BTreeMap<&'static str, u64> {
 
 /// Each phase's line range, from its BEGIN and END comments.
 fn phase_ranges() -> BTreeMap<&'static str, RangeInclusive<u32>> {
+    ranges_between(SOURCE, "/*", "*/")
+}
+
+/// Each phase's line range in `source`, from its `<open> BEGIN p <close>` and `<open> END p
+/// <close>` comment lines.
+fn ranges_between(
+    source: &str,
+    open: &str,
+    close: &str,
+) -> BTreeMap<&'static str, RangeInclusive<u32>> {
     let find = |marker: String| {
-        SOURCE
+        source
             .lines()
             .position(|l| l.trim() == marker)
             .map(|i| i as u32 + 1)
@@ -58,7 +68,7 @@ fn phase_ranges() -> BTreeMap<&'static str, RangeInclusive<u32>> {
         .map(|p| {
             (
                 *p,
-                find(format!("/* BEGIN {p} */"))..=find(format!("/* END {p} */")),
+                find(format!("{open} BEGIN {p} {close}"))..=find(format!("{open} END {p} {close}")),
             )
         })
         .collect()
@@ -974,22 +984,7 @@ fn labels_attribute_each_phase_of_a_gcov_target() {
 
 /// Each phase's line range in an OCaml source, from its `(* BEGIN p *)` and `(* END p *)`.
 fn ml_ranges(source: &str) -> BTreeMap<&'static str, RangeInclusive<u32>> {
-    let find = |marker: String| {
-        source
-            .lines()
-            .position(|l| l.trim() == marker)
-            .map(|i| i as u32 + 1)
-            .unwrap_or_else(|| panic!("{marker} not in the fixture"))
-    };
-    PHASES
-        .iter()
-        .map(|p| {
-            (
-                *p,
-                find(format!("(* BEGIN {p} *)"))..=find(format!("(* END {p} *)")),
-            )
-        })
-        .collect()
+    ranges_between(source, "(*", "*)")
 }
 
 /// bisect_ppx: the phases in OCaml (fixtures/label-phases/phases.ml, instrumented; its driver
