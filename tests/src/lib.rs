@@ -110,9 +110,25 @@ impl Drop for TempDir {
 }
 
 /// Copy an executable under another name (so its comm is unique to one test).
+///
+/// The copy is written by a `cp` process, never through a descriptor of this one: a fork by
+/// another test thread while this process held the copy open for writing would keep that
+/// descriptor until its exec, and an exec of the copy meanwhile (say by `nsenter`, whose
+/// failure this process cannot retry) fails with "Text file busy".
 pub fn copy_as(bin: &Path, dir: &Path, name: &str) -> PathBuf {
     let dst = dir.join(name);
-    std::fs::copy(bin, &dst).expect("copy executable");
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(bin)
+        .arg(&dst)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        bin.display(),
+        dst.display()
+    );
     dst
 }
 

@@ -33,8 +33,7 @@ fn output_of(cmd: &mut Command) -> Output {
 /// A copy of the static binary alone in a fresh directory.
 fn alone(tag: &str) -> (TempDir, PathBuf) {
     let dir = TempDir::new(tag);
-    let bin = dir.path().join("covobs");
-    std::fs::copy(static_covobs(), &bin).expect("copy the static binary");
+    let bin = covobs_tests::copy_as(&static_covobs(), dir.path(), "covobs");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     (dir, bin)
 }
