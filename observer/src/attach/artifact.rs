@@ -46,6 +46,34 @@ pub(crate) async fn write(
     before: Option<Body>,
     valid_as: &str,
 ) -> Result<String, String> {
+    match send(tx, artifact, before, valid_as).await {
+        Ok(pending) => pending.settle(tx).await,
+        Err(why) => Err(why),
+    }
+}
+
+/// An artifact handed to the sinks, not yet known durable. Settling it waits for the answer and
+/// announces it; a collector keeps several in flight so that one artifact's sync does not hold
+/// up reading the next dump (the directory sink commits them together).
+pub(crate) struct Pending {
+    rel: String,
+    durable: tokio::sync::oneshot::Receiver<Result<u64, String>>,
+    pid: u32,
+    tid: u32,
+    before: Option<Body>,
+    announce: Body,
+    end_ns: u64,
+    /// Why the artifact is not valid, as `<name> is not <valid_as>: <why>`.
+    invalid: Option<String>,
+}
+
+/// The first half of [`write`]: hand the artifact to the sinks.
+pub(crate) async fn send(
+    tx: &Sender,
+    artifact: Artifact,
+    before: Option<Body>,
+    valid_as: &str,
+) -> Result<Pending, String> {
     let rel = rel(&artifact.dir, &artifact.meta.file);
     let m = &artifact.meta;
     // What the `artifact` event says, taken before the artifact moves to the sinks. The metadata
@@ -57,39 +85,70 @@ pub(crate) async fn write(
             "writing {rel}: covobs' own failure: its metadata lacks the thread, trigger, end or size"
         ));
     };
-    let (pid, invalid) = (m.pid, m.invalid_reason.clone());
-    let (seq, runtime, valid) = (m.seq, m.runtime.clone(), m.valid);
-    let (source_path, offset) = (m.source.path.clone(), m.source.offset);
-    let file = rel.clone();
-    let announce = move |at: u64| Body::Artifact {
-        seq,
-        runtime,
-        file,
+    let invalid = m
+        .invalid_reason
+        .as_ref()
+        .map(|why| format!("{rel} is not {valid_as}: {why}"));
+    let announce = Body::Artifact {
+        seq: m.seq,
+        runtime: m.runtime.clone(),
+        file: rel.clone(),
         bytes,
-        valid,
-        source_path,
-        offset,
+        valid: m.valid,
+        source_path: m.source.path.clone(),
+        offset: m.source.offset,
         trigger,
-        latency_ns: at.saturating_sub(end_ns),
+        // Set when it is durable.
+        latency_ns: 0,
     };
+    let pid = m.pid;
     let durable = tx.artifact(artifact).await;
-    let at = match durable.await {
-        Ok(Ok(at)) => at,
-        Ok(Err(e)) => return Err(format!("writing {rel}: {e}")),
-        Err(_) => return Err(format!("writing {rel}: the output pipeline closed")),
-    };
-    for body in before.into_iter().chain([announce(at)]) {
-        tx.event(Event {
-            ts_ns: at,
+    Ok(Pending {
+        rel,
+        durable,
+        pid,
+        tid,
+        before,
+        announce,
+        end_ns,
+        invalid,
+    })
+}
+
+impl Pending {
+    /// The second half of [`write`]: wait until the artifact is durable, then announce it.
+    pub(crate) async fn settle(self, tx: &Sender) -> Result<String, String> {
+        let Self {
+            rel,
+            durable,
             pid,
             tid,
-            body,
-        })
-        .await;
-    }
-    match invalid {
-        None => Ok(rel),
-        Some(why) => Err(format!("{rel} is not {valid_as}: {why}")),
+            before,
+            mut announce,
+            end_ns,
+            invalid,
+        } = self;
+        let at = match durable.await {
+            Ok(Ok(at)) => at,
+            Ok(Err(e)) => return Err(format!("writing {rel}: {e}")),
+            Err(_) => return Err(format!("writing {rel}: the output pipeline closed")),
+        };
+        if let Body::Artifact { latency_ns, .. } = &mut announce {
+            *latency_ns = at.saturating_sub(end_ns);
+        }
+        for body in before.into_iter().chain([announce]) {
+            tx.event(Event {
+                ts_ns: at,
+                pid,
+                tid,
+                body,
+            })
+            .await;
+        }
+        match invalid {
+            None => Ok(rel),
+            Some(why) => Err(why),
+        }
     }
 }
 

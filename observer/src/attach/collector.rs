@@ -68,11 +68,49 @@ pub(super) async fn target_collector(
     })
     .await
     .unwrap_or_default();
-    while let Some(job) = jobs.recv().await {
-        // covobs is stopping and its bound for collecting the backlog has passed: what is still
-        // queued is given up, each dump with its `lost` event (never a silent loss).
+    // Artifacts handed to the sinks are settled (awaited durable, announced, reported) in order
+    // by a task of their own, so that reading the next dump does not wait for this one's sync.
+    let (settle, settling) = mpsc::channel(IN_FLIGHT);
+    let announcer = tokio::spawn(settle_in_order(settling, tx.clone(), done_tx.clone()));
+    // A job taken from the queue while passing over others, to be collected next.
+    let mut next: Option<CollectJob> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        // covobs is stopping and its bound for collecting the backlog has passed: this and what
+        // is queued now are given up, counted in one `lost` event (never a silent loss).
         if abandon.load(Ordering::SeqCst) {
-            give_up(job, &tx, &done_tx).await;
+            let mut all = vec![job];
+            while let Ok(more) = jobs.try_recv() {
+                all.push(more);
+            }
+            let why = "covobs stopped before collecting it (what is still queued at the stop's bound, or at a second Ctrl-C or SIGTERM, is given up)";
+            give_up(all, why, &tx, &done_tx).await;
+            continue;
+        }
+        // Fallen behind this target: its backlog is bounded. Dumps whose place in their file the
+        // kernel saw are passed over unread, oldest first, down to half the bound, each counted
+        // lost in one event; the rest (where reading is what keeps later dumps right) are read.
+        if jobs.len() >= BACKLOG && collect::pass_over(&job.done, &mut sources) {
+            let mut passed = vec![job];
+            while jobs.len() > BACKLOG / 2 {
+                let Ok(more) = jobs.try_recv() else { break };
+                if collect::pass_over(&more.done, &mut sources) {
+                    passed.push(more);
+                } else {
+                    next = Some(more);
+                    break;
+                }
+            }
+            let why = format!(
+                "covobs' own limit: it fell behind this process ({BACKLOG} of its dumps were waiting to be collected) and passed over the oldest unread"
+            );
+            give_up(passed, &why, &tx, &done_tx).await;
             continue;
         }
         if let Some(why) = job.done.dump.dir_error.clone() {
@@ -117,7 +155,40 @@ pub(super) async fn target_collector(
             pool: merge_pool.then_some(&mut pool),
             gcda_before: &mut gcda_before,
         };
-        deliver(job, extracted, target, &seq, &tx, &done_tx).await;
+        deliver(job, extracted, target, &seq, &tx, &done_tx, &settle).await;
+    }
+    drop(settle);
+    let _ = announcer.await;
+}
+
+/// Dumps of one target waiting to be collected, at most: beyond, the oldest are passed over
+/// (see the collector), so memory and the stop's backlog stay bounded however fast a target
+/// dumps.
+const BACKLOG: usize = 256;
+
+/// Artifacts of one target handed to the sinks and not yet settled, at most: enough for a
+/// directory sink's group commit to take many at once, few enough to bound their bytes.
+const IN_FLIGHT: usize = 64;
+
+/// An artifact on its way to durability, and what its outcome answers.
+struct Settling {
+    pending: artifact::Pending,
+    pid: u32,
+    tid: u32,
+    runtime: Runtime,
+    requests: Vec<u64>,
+}
+
+/// Settle a collector's artifacts in the order it sent them: their `artifact` events and
+/// outcomes keep the target's sequence.
+async fn settle_in_order(
+    mut settling: mpsc::Receiver<Settling>,
+    tx: Sender,
+    done_tx: mpsc::UnboundedSender<Outcome>,
+) {
+    while let Some(s) = settling.recv().await {
+        let result = s.pending.settle(&tx).await;
+        report(&tx, &done_tx, s.pid, s.tid, s.runtime, s.requests, result).await;
     }
 }
 
@@ -152,6 +223,7 @@ async fn deliver(
     seq: &AtomicU64,
     tx: &Sender,
     done_tx: &mpsc::UnboundedSender<Outcome>,
+    settle: &mpsc::Sender<Settling>,
 ) {
     let (dir, comm) = (target.dir, target.comm);
     let CollectJob { done, requests } = job;
@@ -302,33 +374,99 @@ async fn deliver(
             extra,
         };
         let valid_as = format!("valid {}", x.format.name);
-        let result = artifact::write(tx, out, None, &valid_as).await;
-        if let Err(reason) = &result {
-            artifact::lost(tx, pid, tid, runtime, reason).await;
+        match artifact::send(tx, out, None, &valid_as).await {
+            Ok(pending) => {
+                let s = Settling {
+                    pending,
+                    pid,
+                    tid,
+                    runtime,
+                    requests: requests.clone(),
+                };
+                if let Err(mpsc::error::SendError(s)) = settle.send(s).await {
+                    // The settling task is gone (it ends only with this collector): settle here.
+                    let result = s.pending.settle(tx).await;
+                    report(tx, done_tx, pid, tid, runtime, requests.clone(), result).await;
+                }
+            }
+            Err(reason) => {
+                report(
+                    tx,
+                    done_tx,
+                    pid,
+                    tid,
+                    runtime,
+                    requests.clone(),
+                    Err(reason),
+                )
+                .await;
+            }
         }
-        let _ = done_tx.send(Outcome {
-            pid,
-            requests: requests.clone(),
-            result,
-        });
     }
 }
 
-/// A queued dump covobs stopped before collecting.
-async fn give_up(job: CollectJob, tx: &Sender, done_tx: &mpsc::UnboundedSender<Outcome>) {
-    let CollectJob { done, requests } = job;
-    let (pid, tid, runtime) = (done.dump.pid, done.dump.tid, done.dump.hook.runtime);
-    let reason = format!(
-        "{} dump on thread {tid} (returned {}): covobs stopped before collecting it (what is still queued at the stop's bound, or at a second Ctrl-C or SIGTERM, is given up)",
-        runtime.as_str(),
-        done.ret,
-    );
-    artifact::lost(tx, pid, tid, runtime, &reason).await;
+/// An artifact's outcome, with its `lost` event when it has none.
+async fn report(
+    tx: &Sender,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+    pid: u32,
+    tid: u32,
+    runtime: Runtime,
+    requests: Vec<u64>,
+    result: Result<String, String>,
+) {
+    if let Err(reason) = &result {
+        artifact::lost(tx, pid, tid, runtime, reason).await;
+    }
     let _ = done_tx.send(Outcome {
         pid,
         requests,
-        result: Err(reason),
+        result,
     });
+}
+
+/// Queued dumps covobs gives up unread: one `lost` event per runtime with their count (a
+/// backlog of thousands must not become thousands of events at the moment covobs is behind),
+/// and each dump's outcome.
+async fn give_up(
+    jobs: Vec<CollectJob>,
+    why: &str,
+    tx: &Sender,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+) {
+    // (runtime, pid, the first dump's thread, count)
+    let mut by_runtime: Vec<(Runtime, u32, u32, u64)> = Vec::new();
+    for job in jobs {
+        let CollectJob { done, requests } = job;
+        let (pid, tid, runtime) = (done.dump.pid, done.dump.tid, done.dump.hook.runtime);
+        match by_runtime.iter_mut().find(|(r, _, _, _)| *r == runtime) {
+            Some((_, _, _, n)) => *n += 1,
+            None => by_runtime.push((runtime, pid, tid, 1)),
+        }
+        let _ = done_tx.send(Outcome {
+            pid,
+            requests,
+            result: Err(format!(
+                "{} dump on thread {tid} (returned {}): {why}",
+                runtime.as_str(),
+                done.ret
+            )),
+        });
+    }
+    for (runtime, pid, tid, count) in by_runtime {
+        let what = if count == 1 { "dump" } else { "dumps" };
+        tx.event(Event {
+            ts_ns: clock::boot_ns(),
+            pid,
+            tid,
+            body: Body::Lost {
+                reason: format!("{count} {} {what}: {why}", runtime.as_str()),
+                what: runtime.as_str().into(),
+                count,
+            },
+        })
+        .await;
+    }
 }
 
 /// A file name for a path inside an artifact directory: gcov's own mangling ('/' -> '#').

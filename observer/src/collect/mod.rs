@@ -272,6 +272,31 @@ pub fn extract(
     }
 }
 
+/// Move past what a finished LLVM dump wrote without reading it, when the kernel saw where it
+/// wrote (so later dumps are still read at their own place). False when passing over it would
+/// make a later collection wrong: positions the kernel did not see (the environment's cursor
+/// would take this dump's bytes as the next one's), or a merge pool (its next dump's merged base
+/// is this one's content).
+pub fn pass_over(done: &FinishedDump, sources: &mut Sources) -> bool {
+    if done.dump.hook.runtime != Runtime::Llvm {
+        return false;
+    }
+    let Some(cursor) = sources.llvm.as_mut() else {
+        return false;
+    };
+    let written: Vec<_> = done.dump.files.iter().filter(|f| f.bytes > 0).collect();
+    let seen = |f: &&FileTrace| f.path.is_some() && f.start.is_some();
+    if cursor.expanded.merge_pool || written.is_empty() || !written.iter().all(seen) {
+        return false;
+    }
+    for f in written {
+        if let Some(path) = &f.path {
+            cursor.observed(path, f.ino, f.end);
+        }
+    }
+    true
+}
+
 /// What a dump's output file must be: the one the kernel saw written when it told its device
 /// and inode, otherwise a file the target may write.
 fn expect_written(dev: Option<u64>, ino: Option<u64>) -> Expect {
