@@ -195,7 +195,7 @@ impl Session {
                 self.seq.clone(),
                 self.tx.clone(),
                 self.done_tx.clone(),
-                self.abandon.clone(),
+                self.collecting.clone(),
             ));
             state.collector = Some(jobs);
         }

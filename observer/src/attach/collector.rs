@@ -8,6 +8,16 @@ use crate::{
     layout::artifact::LAYOUT,
 };
 
+/// What the session and its collectors share about the collection as a whole.
+#[derive(Debug, Default)]
+pub struct Collecting {
+    /// covobs is stopping and its bound for collecting the backlog has passed.
+    pub abandon: AtomicBool,
+    /// Artifacts handed to the output and not settled yet: they will be answered as the output
+    /// directory's bounded queue drains, unlike a collection stuck in a read.
+    pub settling: AtomicU64,
+}
+
 /// A finished dump for a target's collector, and the `covobs dump` requests it answers.
 pub struct CollectJob {
     pub done: FinishedDump,
@@ -44,7 +54,7 @@ pub(super) async fn target_collector(
     seq: Arc<AtomicU64>,
     tx: Sender,
     done_tx: mpsc::UnboundedSender<Outcome>,
-    abandon: Arc<AtomicBool>,
+    collecting: Arc<Collecting>,
 ) {
     let CollectorSetup {
         root,
@@ -71,11 +81,24 @@ pub(super) async fn target_collector(
     // Artifacts handed to the sinks are settled (awaited durable, announced, reported) in order
     // by a task of their own, so that reading the next dump does not wait for this one's sync.
     let (settle, settling) = mpsc::channel(IN_FLIGHT);
-    let announcer = tokio::spawn(settle_in_order(settling, tx.clone(), done_tx.clone()));
+    let announcer = tokio::spawn(settle_in_order(
+        settling,
+        tx.clone(),
+        done_tx.clone(),
+        collecting.clone(),
+    ));
     // A job taken from the queue while passing over others, to be collected next.
     let mut next: Option<CollectJob> = None;
     loop {
-        let job = match next.take() {
+        // Room among this target's artifacts in flight first; while there is none, the backlog
+        // stays bounded and a stop still gives it up.
+        while settle.capacity() == 0 && !collecting.abandon.load(Ordering::SeqCst) {
+            if next.is_none() && jobs.len() >= BACKLOG {
+                next = pass_over_backlog(None, &mut jobs, &mut sources, &tx, &done_tx).await;
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+        let mut job = match next.take() {
             Some(job) => job,
             None => match jobs.recv().await {
                 Some(job) => job,
@@ -84,7 +107,7 @@ pub(super) async fn target_collector(
         };
         // covobs is stopping and its bound for collecting the backlog has passed: this and what
         // is queued now are given up, counted in one `lost` event (never a silent loss).
-        if abandon.load(Ordering::SeqCst) {
+        if collecting.abandon.load(Ordering::SeqCst) {
             let mut all = vec![job];
             while let Ok(more) = jobs.try_recv() {
                 all.push(more);
@@ -93,25 +116,11 @@ pub(super) async fn target_collector(
             give_up(all, why, &tx, &done_tx).await;
             continue;
         }
-        // Fallen behind this target: its backlog is bounded. Dumps whose place in their file the
-        // kernel saw are passed over unread, oldest first, down to half the bound, each counted
-        // lost in one event; the rest (where reading is what keeps later dumps right) are read.
-        if jobs.len() >= BACKLOG && collect::pass_over(&job.done, &mut sources) {
-            let mut passed = vec![job];
-            while jobs.len() > BACKLOG / 2 {
-                let Ok(more) = jobs.try_recv() else { break };
-                if collect::pass_over(&more.done, &mut sources) {
-                    passed.push(more);
-                } else {
-                    next = Some(more);
-                    break;
-                }
+        if jobs.len() >= BACKLOG {
+            match pass_over_backlog(Some(job), &mut jobs, &mut sources, &tx, &done_tx).await {
+                Some(unpassable) => job = unpassable,
+                None => continue,
             }
-            let why = format!(
-                "covobs' own limit: it fell behind this process ({BACKLOG} of its dumps were waiting to be collected) and passed over the oldest unread"
-            );
-            give_up(passed, &why, &tx, &done_tx).await;
-            continue;
         }
         if let Some(why) = job.done.dump.dir_error.clone() {
             let reason = format!(
@@ -155,7 +164,14 @@ pub(super) async fn target_collector(
             pool: merge_pool.then_some(&mut pool),
             gcda_before: &mut gcda_before,
         };
-        deliver(job, extracted, target, &seq, &tx, &done_tx, &settle).await;
+        let to = Out {
+            seq: &seq,
+            tx: &tx,
+            done_tx: &done_tx,
+            settle: &settle,
+            collecting: &collecting,
+        };
+        deliver(job, extracted, target, to).await;
     }
     drop(settle);
     let _ = announcer.await;
@@ -165,6 +181,46 @@ pub(super) async fn target_collector(
 /// (see the collector), so memory and the stop's backlog stay bounded however fast a target
 /// dumps.
 const BACKLOG: usize = 256;
+
+/// How often a collector with no room among its artifacts in flight looks at its backlog.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Fallen behind a target: its backlog is bounded. Dumps whose place in their file the kernel
+/// saw are passed over unread, oldest first (`first`, then the queue's), down to half the bound,
+/// counted lost in one event. Returns the first that cannot be passed over (reading it is what
+/// keeps later dumps right): it is collected next.
+async fn pass_over_backlog(
+    first: Option<CollectJob>,
+    jobs: &mut mpsc::UnboundedReceiver<CollectJob>,
+    sources: &mut Sources,
+    tx: &Sender,
+    done_tx: &mpsc::UnboundedSender<Outcome>,
+) -> Option<CollectJob> {
+    let mut passed = Vec::new();
+    let mut unpassable = None;
+    let mut candidate = first;
+    loop {
+        let job = match candidate.take() {
+            Some(job) => job,
+            None if jobs.len() > BACKLOG / 2 => match jobs.try_recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            None => break,
+        };
+        if collect::pass_over(&job.done, sources) {
+            passed.push(job);
+        } else {
+            unpassable = Some(job);
+            break;
+        }
+    }
+    let why = format!(
+        "covobs' own limit: it fell behind this process ({BACKLOG} of its dumps were waiting to be collected) and passed over the oldest unread"
+    );
+    give_up(passed, &why, tx, done_tx).await;
+    unpassable
+}
 
 /// Artifacts of one target handed to the sinks and not yet settled, at most: enough for a
 /// directory sink's group commit to take many at once, few enough to bound their bytes.
@@ -185,9 +241,11 @@ async fn settle_in_order(
     mut settling: mpsc::Receiver<Settling>,
     tx: Sender,
     done_tx: mpsc::UnboundedSender<Outcome>,
+    collecting: Arc<Collecting>,
 ) {
     while let Some(s) = settling.recv().await {
         let result = s.pending.settle(&tx).await;
+        collecting.settling.fetch_sub(1, Ordering::SeqCst);
         report(&tx, &done_tx, s.pid, s.tid, s.runtime, s.requests, result).await;
     }
 }
@@ -215,16 +273,29 @@ struct Target<'a> {
     gcda_before: &'a mut super::gcda_before::GcdaBefore,
 }
 
+/// Where a collector's artifacts go.
+struct Out<'a> {
+    seq: &'a AtomicU64,
+    tx: &'a Sender,
+    done_tx: &'a mpsc::UnboundedSender<Outcome>,
+    settle: &'a mpsc::Sender<Settling>,
+    collecting: &'a Collecting,
+}
+
 /// Hand one dump's artifacts to the pipeline (or report it lost).
 async fn deliver(
     job: CollectJob,
     extracted: Result<Vec<Extracted>, collect::CollectError>,
     mut target: Target<'_>,
-    seq: &AtomicU64,
-    tx: &Sender,
-    done_tx: &mpsc::UnboundedSender<Outcome>,
-    settle: &mpsc::Sender<Settling>,
+    to: Out<'_>,
 ) {
+    let Out {
+        seq,
+        tx,
+        done_tx,
+        settle,
+        collecting,
+    } = to;
     let (dir, comm) = (target.dir, target.comm);
     let CollectJob { done, requests } = job;
     let pid = done.dump.pid;
@@ -383,8 +454,12 @@ async fn deliver(
                     runtime,
                     requests: requests.clone(),
                 };
+                // Room was waited for before this dump was read (a dump of several files may
+                // wait here a moment, while the settling task goes on).
+                collecting.settling.fetch_add(1, Ordering::SeqCst);
                 if let Err(mpsc::error::SendError(s)) = settle.send(s).await {
-                    // The settling task is gone (it ends only with this collector): settle here.
+                    // The settling task is gone (it ends only with this collector).
+                    collecting.settling.fetch_sub(1, Ordering::SeqCst);
                     let result = s.pending.settle(tx).await;
                     report(tx, done_tx, pid, tid, runtime, requests.clone(), result).await;
                 }

@@ -652,18 +652,22 @@ async fn drive_loop(
     // up dump by dump, each with its `lost` event; what no collector answered for within
     // STOP_ABANDON more is counted lost in one event. Never a silent loss, never an endless wait.
     let collect_until = tokio::time::Instant::now() + STOP_COLLECT.max(opts.dump_timeout);
-    let again = wait_outcomes(session, done_rx, collect_until, Some(shutdown)).await;
+    let again = wait_outcomes(session, done_rx, collect_until, Some(shutdown), None).await;
     if session.in_flight > 0 {
         if again {
             eprintln!(
                 "covobs: stopping now: the collection backlog is given up, each dump reported lost"
             );
         }
-        session
+        let collecting = session.collecting.clone();
+        collecting
             .abandon
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Given-up dumps answer at once; artifacts already handed to the output are answered as
+        // the output directory's queue (bounded) drains, so they are waited for without a bound
+        // (as the output's end is); only collections stuck elsewhere are cut short.
         let until = tokio::time::Instant::now() + STOP_ABANDON;
-        wait_outcomes(session, done_rx, until, None).await;
+        wait_outcomes(session, done_rx, until, None, Some(&collecting)).await;
     }
     session.unanswered_lost().await;
     drops.report(&session.probes, &session.sender()).await;
@@ -680,12 +684,14 @@ const STOP_COLLECT: Duration = Duration::from_secs(5);
 const STOP_ABANDON: Duration = Duration::from_secs(2);
 
 /// Take collection outcomes until none is in flight or `until`; true if a second stop signal
-/// came (`shutdown`) and cut the wait short.
+/// came (`shutdown`) and cut the wait short. With `collecting`, `until` is moved on while every
+/// collection in flight is an artifact handed to the output (answered as its queue drains).
 async fn wait_outcomes(
     session: &mut Session,
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
-    until: tokio::time::Instant,
+    mut until: tokio::time::Instant,
     mut shutdown: Option<&mut Shutdown>,
+    collecting: Option<&collector::Collecting>,
 ) -> bool {
     while session.in_flight > 0 {
         let again = async {
@@ -699,7 +705,15 @@ async fn wait_outcomes(
                 Some(o) => session.on_outcome(o).await,
                 None => break,
             },
-            _ = tokio::time::sleep_until(until) => break,
+            _ = tokio::time::sleep_until(until) => {
+                let settling = collecting
+                    .map_or(0, |c| c.settling.load(std::sync::atomic::Ordering::SeqCst));
+                if collecting.is_some() && session.in_flight as u64 <= settling {
+                    until = tokio::time::Instant::now() + STOP_ABANDON;
+                    continue;
+                }
+                break;
+            }
             _ = again => return true,
         }
     }

@@ -89,7 +89,7 @@ pub struct Session {
     pub in_flight: usize,
     /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
     /// hold into `lost` events instead of collecting it.
-    pub(super) abandon: Arc<AtomicBool>,
+    pub(super) collecting: Arc<super::collector::Collecting>,
     /// The cwd and root handles dumps share.
     pub(super) dump_dirs: super::dump_dirs::DumpDirs,
     pub counters: Counters,
@@ -178,7 +178,7 @@ impl Session {
             next_request: 1,
             intervals: 0,
             in_flight: 0,
-            abandon: Arc::new(AtomicBool::new(false)),
+            collecting: Arc::default(),
             dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
