@@ -129,7 +129,7 @@ impl Session {
             for (runtime, functions) in by_runtime {
                 self.runtime_found(pid, m, runtime, functions, None).await;
             }
-            if !self.opts.observe_only
+            if self.opts.purpose == Purpose::Collect
                 && m.module.has_coverage()
                 && let Some(copy) = collect::module_copy_path(&m.module)
             {
@@ -173,7 +173,7 @@ impl Session {
             )
             .await;
         }
-        if !self.opts.observe_only
+        if self.opts.purpose == Purpose::Collect
             && let Some(root) = state.root.clone()
         {
             let llvm = state
@@ -192,10 +192,10 @@ impl Session {
                     comm: state.comm.clone(),
                     process_start_ns: crate::target::start_boot_ns(pid as i32),
                 },
-                self.seq.clone(),
+                self.collections.seq(),
                 self.tx.clone(),
-                self.done_tx.clone(),
-                self.abandon.clone(),
+                self.collections.outcomes(),
+                self.collections.abandon_flag(),
             ));
             state.collector = Some(jobs);
         }

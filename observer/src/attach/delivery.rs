@@ -178,9 +178,9 @@ impl Session {
         let x = self.expected.remove(pos);
         let ok = x.tid == tid;
         if ok {
-            self.counters.deliveries_confirmed += 1;
+            self.count().deliveries_confirmed += 1;
         } else {
-            self.counters.deliveries_misplaced += 1;
+            self.count().deliveries_misplaced += 1;
         }
         self.tx
             .event(Event {

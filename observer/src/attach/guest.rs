@@ -33,8 +33,8 @@ use crate::{
         Sender, Sink,
     },
     sys::clock,
+    sys::shutdown::Shutdown,
     target::Process,
-    watch::Shutdown,
 };
 
 /// The default `--interval` for a guest.

@@ -24,7 +24,7 @@ impl Session {
         for o in outputs {
             self.tx.event(o.event).await;
             let Some(c) = o.capture else { continue };
-            if self.opts.observe_only {
+            if self.opts.purpose == Purpose::Observe {
                 continue;
             }
             let dir = self
@@ -32,13 +32,13 @@ impl Session {
                 .get(&c.pid)
                 .map(|t| t.dir.clone())
                 .unwrap_or_else(|| format!("{}-{}", c.pid, targets::sanitize(&c.comm)));
-            self.in_flight += 1;
+            self.collections.started(1);
             super::kcov::deliver(
                 c,
                 dir,
-                self.seq.clone(),
+                self.collections.seq(),
                 self.tx.clone(),
-                self.done_tx.clone(),
+                self.collections.outcomes(),
             );
         }
     }

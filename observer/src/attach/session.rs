@@ -12,14 +12,15 @@ pub(super) use std::{
 pub(super) use tokio::sync::mpsc;
 
 pub(super) use super::{
-    AttachOptions,
+    AttachOptions, Mode, Purpose,
+    collections::Collections,
     collector::{CollectJob, target_collector},
     control::{DumpRequest, DumpResponse, Responder},
+    losses::Losses,
     snapshots::Snapshots,
     targets::{self, HookTable, Pending, TargetState},
 };
 pub(super) use crate::{
-    cli::Mode,
     collect::{
         self, ActiveDump, Artifact, ArtifactMeta, DumpTracker, FinishedDump, ModuleMeta, TargetDir,
         Trigger, llvm_path,
@@ -36,15 +37,7 @@ pub(super) use crate::{
 /// How long a file-tracking window stays open after the last dump covobs asked for.
 pub(super) const WINDOW_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What became of one expected dump.
-#[derive(Debug)]
-pub struct Outcome {
-    pub pid: u32,
-    /// The `covobs dump` requests this dump answers.
-    pub requests: Vec<u64>,
-    /// The artifact file (relative to the session directory), or why there is none.
-    pub result: Result<String, String>,
-}
+pub use super::collections::Outcome;
 
 pub(super) struct RequestState {
     /// None for covobs' own requests (the label of an interval).
@@ -64,6 +57,7 @@ pub struct Counters {
     pub dumps_seen: u64,
     pub artifacts: u64,
     pub invalid_artifacts: u64,
+    /// Filled in from the session's [`Losses`] by [`Session::counters`].
     pub lost: u64,
     pub ring_buffer_drops: u64,
     /// Snapshots asked for (`--mode snapshot`), one per target and tick.
@@ -79,20 +73,17 @@ pub struct Session {
     pub targets: BTreeMap<u32, TargetState>,
     pub(super) dumps: DumpTracker,
     pub(super) tx: Sender,
-    pub(super) seq: Arc<AtomicU64>,
-    pub(super) done_tx: mpsc::UnboundedSender<Outcome>,
+    /// Collections running now, their sequence numbers and outcomes.
+    pub(super) collections: Collections,
+    /// Every loss, counted once.
+    losses: Losses,
     pub(super) requests: HashMap<u64, RequestState>,
     pub(super) next_request: u64,
     /// Intervals labelled so far (`interval-000001`, ...).
     pub(super) intervals: u64,
-    /// Collections running now.
-    pub in_flight: usize,
-    /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
-    /// hold into `lost` events instead of collecting it.
-    pub(super) abandon: Arc<AtomicBool>,
     /// The cwd and root handles dumps share.
     pub(super) dump_dirs: super::dump_dirs::DumpDirs,
-    pub counters: Counters,
+    counters: Counters,
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
     pub history: Vec<serde_json::Value>,
@@ -153,15 +144,16 @@ impl Session {
         done_tx: mpsc::UnboundedSender<Outcome>,
         out_dir: PathBuf,
     ) -> Self {
-        let seq = Arc::new(AtomicU64::new(0));
+        let collections = Collections::new(done_tx);
+        // Only a collecting session reads final snapshots.
         let snapshots = Snapshots::new(
             &mut probes,
             opts.mode,
-            opts.final_snapshot && !opts.observe_only,
+            opts.final_snapshot && opts.purpose == Purpose::Collect,
             crate::probes::final_snapshots::DEFAULT_SNAPSHOT_RING_BYTES,
             tx.clone(),
-            seq.clone(),
-            done_tx.clone(),
+            collections.seq(),
+            collections.outcomes(),
         );
         Self {
             opts,
@@ -171,14 +163,12 @@ impl Session {
             hooks: HookTable::default(),
             targets: BTreeMap::new(),
             dumps: DumpTracker::default(),
+            losses: Losses::new(tx.clone()),
             tx,
-            seq,
-            done_tx,
+            collections,
             requests: HashMap::new(),
             next_request: 1,
             intervals: 0,
-            in_flight: 0,
-            abandon: Arc::new(AtomicBool::new(false)),
             dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
@@ -193,19 +183,38 @@ impl Session {
         }
     }
 
+    /// One thing lost, counted, with its `lost` event.
     pub(super) async fn lost(&mut self, pid: u32, tid: u32, what: &str, reason: String) {
-        self.counters.lost += 1;
-        self.tx
-            .event(event(
-                pid,
-                tid,
-                Body::Lost {
-                    reason,
-                    what: what.to_owned(),
-                    count: 1,
-                },
-            ))
-            .await;
+        self.losses.report(pid, tid, what, reason).await;
+    }
+
+    /// The session's losses (the only counter of them).
+    pub(super) fn losses(&mut self) -> &mut Losses {
+        &mut self.losses
+    }
+
+    /// The counters as they stand (session.json's, the progress line's).
+    pub fn counters(&self) -> Counters {
+        Counters {
+            lost: self.losses.lost(),
+            ring_buffer_drops: self.losses.ring_buffer_drops(),
+            ..self.counters.clone()
+        }
+    }
+
+    /// The counters, to count in.
+    pub(super) fn count(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// The kernel's ring-buffer drops so far, as `lost` events.
+    pub async fn check_ring_buffer(&mut self) {
+        self.losses.ring_buffer(&self.probes).await;
+    }
+
+    /// Collections not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.collections.in_flight()
     }
 
     /// A handle on the pipeline.
@@ -223,7 +232,7 @@ impl Session {
         let n = self.snapshots.request(pid, requests);
         if n > 0 {
             self.counters.snapshots += 1;
-            self.in_flight += n;
+            self.collections.started(n);
         }
         n
     }
@@ -233,19 +242,20 @@ impl Session {
         &mut self,
         records: impl Iterator<Item = crate::snapshot::exit::FinalRecord>,
     ) {
-        self.in_flight += self.snapshots.on_records(records).await;
+        let n = self.snapshots.on_records(records).await;
+        self.collections.started(n);
         self.count_snapshot_losses();
     }
 
     /// Count the `lost` events the snapshot side sent on its own.
     pub(super) fn count_snapshot_losses(&mut self) {
-        self.counters.lost += self.snapshots.take_lost();
+        self.losses.reported_elsewhere(self.snapshots.take_lost());
     }
 
     /// Dumps still expected or running, and collections not finished.
     pub fn busy(&self) -> bool {
         self.snapshots.busy()
-            || self.in_flight > 0
+            || self.collections.in_flight() > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
     }
@@ -568,9 +578,9 @@ impl Session {
             .await;
             return;
         };
-        self.in_flight += 1;
+        self.collections.started(1);
         if collector.send(CollectJob { done, requests }).is_err() {
-            self.in_flight -= 1;
+            self.collections.answered();
             self.lost(
                 pid,
                 tid,

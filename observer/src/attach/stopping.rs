@@ -23,23 +23,20 @@ impl Session {
 
     /// Collections still unanswered at the last bound: counted lost together.
     pub(super) async fn unanswered_lost(&mut self) {
-        let n = std::mem::take(&mut self.in_flight);
+        let n = self.collections.take_unanswered();
         if n == 0 {
             return;
         }
-        self.counters.lost += n as u64;
-        self.tx
-            .event(event(
+        self.losses()
+            .report_many(
                 0,
                 0,
-                Body::Lost {
-                    reason: format!(
-                        "covobs stopped with {n} collections still running (a read or a write that did not finish in time)"
-                    ),
-                    what: "collection".into(),
-                    count: n as u64,
-                },
-            ))
+                "collection",
+                format!(
+                    "covobs stopped with {n} collections still running (a read or a write that did not finish in time)"
+                ),
+                n as u64,
+            )
             .await;
     }
 }

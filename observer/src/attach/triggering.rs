@@ -144,7 +144,7 @@ impl Session {
             match sent_now {
                 Ok(method) => {
                     self.expect_delivery(pid, t.tid as u32, sig as i32, sent_ns, via_bpf, reason);
-                    self.counters.dumps_triggered += 1;
+                    self.count().dumps_triggered += 1;
                     sent.push(format!(
                         "{pid}/{} {}",
                         t.tid,
@@ -267,10 +267,11 @@ impl Session {
 
     /// A collection finished.
     pub async fn on_outcome(&mut self, o: Outcome) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.collections.answered();
         match &o.result {
-            Ok(_) => self.counters.artifacts += 1,
-            Err(_) => self.counters.lost += 1,
+            Ok(_) => self.count().artifacts += 1,
+            // The collector sent its `lost` event.
+            Err(_) => self.losses().reported_elsewhere(1),
         }
         let (file, lost) = match o.result {
             Ok(f) => (Some(f), None),
