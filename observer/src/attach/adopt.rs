@@ -1,11 +1,27 @@
 //! Setting up a newly watched process: its runtimes, their probes, how to tell its OCaml thread,
 //! copies of its instrumented modules, and its collector.
-use super::{collector::CollectorSetup, session::*};
+use super::Mode;
+use super::Purpose;
+use super::collector::target_collector;
+use super::session::event;
+use super::targets;
+use super::targets::TargetState;
+use super::{collector::CollectorSetup, session::Session};
+use crate::collect;
+use crate::collect::ModuleMeta;
+use crate::collect::TargetDir;
+use crate::collect::llvm_path;
+use crate::discover::Role;
+use crate::discover::Runtime;
+use crate::events::Body;
+use crate::sys::clock;
 use crate::{
     collect::bisect::BisectSource,
     discover::Mapped,
     target::ocaml::{Method, comm_of},
 };
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
 
 /// OCaml runtime functions worth probing, best first: `caml_leave_blocking_section` runs when a
 /// thread takes the runtime lock back (lock hand-over, a few hundred times a second at most for

@@ -2,11 +2,27 @@
 //! target wrote), reads and validates what they wrote off the async threads, hands the artifacts
 //! to the pipeline, waits until they are durable, and reports them. It owns the target's
 //! `collect::Sources`.
-use super::{artifact, session::*};
+use super::artifact;
+use super::session::Outcome;
+use crate::collect;
+use crate::collect::Artifact;
+use crate::collect::ArtifactMeta;
+use crate::collect::FinishedDump;
+use crate::collect::ModuleMeta;
+use crate::collect::TargetDir;
+use crate::collect::llvm_path;
+use crate::discover::Runtime;
+use crate::stream::Sender;
+use crate::sys::clock;
 use crate::{
     collect::{Extracted, LocatedBy, PartMeta, Sources},
     layout::artifact::LAYOUT,
 };
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
 
 /// A finished dump for a target's collector, and the `covobs dump` requests it answers.
 pub struct CollectJob {

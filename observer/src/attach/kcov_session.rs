@@ -1,6 +1,11 @@
 //! The session's kcov side: calibration at start, records and exits in, `kcov` events out, and
 //! captures into artifacts (attach and run; watch only reports the events).
-use super::session::*;
+use super::Purpose;
+use super::session::Session;
+use super::targets;
+use crate::discover::Runtime;
+use crate::probes::records::Record;
+use std::sync::Arc;
 
 impl Session {
     /// On a kernel with kcov: learn where covobs' own trap starts in kcov buffers. Records read

@@ -1,53 +1,33 @@
 //! One attach session: the single owner of the probes, the targets, the dumps in flight and the
 //! requests waiting for them. The loop in `attach::run` feeds it records, ticks and requests.
-pub(super) use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-pub(super) use tokio::sync::mpsc;
+use tokio::sync::mpsc;
 
-pub(super) use super::{
-    AttachOptions, Mode, Purpose,
+use super::{
+    AttachOptions, Purpose,
     collections::Collections,
-    collector::{CollectJob, target_collector},
-    control::{DumpRequest, DumpResponse, Responder},
+    collector::CollectJob,
+    deliveries::Deliveries,
     losses::Losses,
+    requests::Requests,
     snapshots::Snapshots,
-    targets::{self, HookTable, Pending, TargetState},
+    targets::{HookTable, TargetState},
 };
-pub(super) use crate::{
-    collect::{
-        self, ActiveDump, Artifact, ArtifactMeta, DumpTracker, FinishedDump, ModuleMeta, TargetDir,
-        Trigger, llvm_path,
-    },
-    discover::{Discovery, Role, Runtime},
-    events::{Body, Event, signal_name},
+use crate::{
+    collect::{self, ActiveDump, DumpTracker, Trigger},
+    discover::Discovery,
+    events::{Body, Event},
     probes::{Probes, records::Record},
     stream::Sender,
     sys::clock,
     target::Tracker,
-    trigger::{self, ThreadRef, choose_threads},
 };
 
 /// How long a file-tracking window stays open after the last dump covobs asked for.
 pub(super) const WINDOW_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub use super::collections::Outcome;
-
-pub(super) struct RequestState {
-    /// None for covobs' own requests (the label of an interval).
-    pub(super) responder: Option<Responder>,
-    pub(super) remaining: usize,
-    pub(super) response: DumpResponse,
-    /// The label the request closes, and the first target it is about (the label event's pid).
-    pub(super) label: Option<String>,
-    pub(super) pid: u32,
-}
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Counters {
@@ -65,40 +45,38 @@ pub struct Counters {
 }
 
 pub struct Session {
-    pub opts: Arc<AttachOptions>,
-    pub probes: Probes,
-    pub tracker: Tracker,
+    pub(super) opts: Arc<AttachOptions>,
+    pub(super) probes: Probes,
+    pub(super) tracker: Tracker,
     pub(super) discovery: Discovery,
     pub(super) hooks: HookTable,
-    pub targets: BTreeMap<u32, TargetState>,
+    pub(super) targets: BTreeMap<u32, TargetState>,
     pub(super) dumps: DumpTracker,
     pub(super) tx: Sender,
     /// Collections running now, their sequence numbers and outcomes.
     pub(super) collections: Collections,
     /// Every loss, counted once.
     losses: Losses,
-    pub(super) requests: HashMap<u64, RequestState>,
-    pub(super) next_request: u64,
-    /// Intervals labelled so far (`interval-000001`, ...).
-    pub(super) intervals: u64,
+    /// Requests waiting for dumps.
+    pub(super) requests: Requests,
     /// The cwd and root handles dumps share.
-    pub(super) dump_dirs: super::dump_dirs::DumpDirs,
+    dump_dirs: super::dump_dirs::DumpDirs,
     counters: Counters,
-    pub out_dir: PathBuf,
+    pub(super) out_dir: PathBuf,
     /// Every target ever attached (for session.json).
-    pub history: Vec<serde_json::Value>,
+    pub(super) history: Vec<serde_json::Value>,
     /// Since when no dump covobs asked for is expected (the window closes after WINDOW_LINGER).
     pub(super) window_idle_since: Option<std::time::Instant>,
     /// Which thread runs OCaml in each process.
     pub(super) ocaml: crate::target::ocaml::OcamlThreads,
     /// Signals covobs sent, waiting for their signal_deliver.
-    pub(super) expected: Vec<Expected>,
+    pub(super) deliveries: Deliveries,
     /// Snapshots from memory, and the final ones the kernel copies at exit.
-    pub snapshots: Snapshots,
+    pub(super) snapshots: Snapshots,
     /// Kernel coverage of the targets (kcov users; the workload of `covobs run --kernel`).
-    pub kcov: crate::kcov::KcovObserver,
+    pub(super) kcov: crate::kcov::KcovObserver,
     /// The workload `covobs run` launched: adopted at its exec, its ioctl() not probed.
-    pub launched: Option<u32>,
+    pub(super) launched: Option<u32>,
     /// What covobs learned of the workload before its exec, for when it is gone by the time
     /// covobs sees the exec (a short workload on a busy machine).
     pub(super) launched_prep: Option<LaunchedPrep>,
@@ -111,19 +89,6 @@ pub(super) struct LaunchedPrep {
     pub root: Option<Arc<crate::collect::read::TargetDir>>,
     pub program: crate::discover::Mapped,
     pub llvm_profile: Option<crate::collect::llvm_path::Expanded>,
-}
-
-/// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
-#[derive(Clone, Debug)]
-pub(super) struct Expected {
-    pub pid: u32,
-    pub tid: u32,
-    pub sig: i32,
-    pub sent_ns: u64,
-    /// Asked of eBPF and not sent yet (the OCaml thread has not hit a probe since).
-    pub via_bpf_pending: bool,
-    /// Why covobs asked for the dump (interval, once, detach, request).
-    pub reason: &'static str,
 }
 
 pub(super) fn event(pid: u32, tid: u32, body: Body) -> Event {
@@ -166,16 +131,14 @@ impl Session {
             losses: Losses::new(tx.clone()),
             tx,
             collections,
-            requests: HashMap::new(),
-            next_request: 1,
-            intervals: 0,
+            requests: Requests::default(),
             dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
             window_idle_since: None,
             ocaml: Default::default(),
-            expected: Vec::new(),
+            deliveries: Deliveries::default(),
             snapshots,
             kcov: crate::kcov::KcovObserver::new(),
             launched: None,
@@ -410,7 +373,7 @@ impl Session {
             self.dump_dirs.forget(pid);
             self.snapshots.exited(pid);
             self.ocaml.forget(pid);
-            self.expected.retain(|x| x.pid != pid);
+            self.deliveries.forget(pid);
         }
         if exited && let Some(state) = self.targets.remove(&pid) {
             for p in state.pending {

@@ -1,7 +1,7 @@
 //! The end of a session's collection: dumps whose end covobs will not see, and collections no
 //! collector answered for in time. Each is a `lost` event with a reason that says covobs stopped
 //! (never that the target did anything).
-use super::session::*;
+use super::session::Session;
 
 impl Session {
     /// Dumps still running when covobs stops: their end (and so their output) is not observed.
