@@ -160,16 +160,6 @@ pub struct SnapshotArgs {
     pub json: bool,
 }
 
-/// How `attach` gets the coverage of its targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Signal the target; its runtime dumps; covobs collects what it wrote.
-    Signal,
-    /// Read the counters from the target's memory: no signal, no handler needed.
-    Snapshot,
-}
-
 #[derive(Args, Debug)]
 pub struct AttachArgs {
     #[command(flatten)]
@@ -219,7 +209,7 @@ pub struct AttachArgs {
     /// signal: make the target dump (it needs a handler); snapshot: read its counters from
     /// memory on each --interval tick, no signal at all.
     #[arg(long, value_enum, default_value = "signal")]
-    pub mode: Mode,
+    pub mode: crate::attach::Mode,
     /// With --mode signal: also take a final snapshot from memory when a target dies without
     /// its runtime dumping at exit (SIGKILL, a crash). --mode snapshot always does.
     #[arg(long)]

@@ -29,6 +29,18 @@ pub mod watch;
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// Map a library error to BadInput (exit 2) when the user or the machine must change something.
+pub fn classify<E: std::error::Error + Send + Sync + 'static>(
+    err: E,
+    bad_input: bool,
+) -> anyhow::Error {
+    if bad_input {
+        BadInput(err.to_string()).into()
+    } else {
+        err.into()
+    }
+}
+
 /// Fail unless covobs may load tracing programs; a one-line reason for the user otherwise.
 pub fn require_privileges() -> Result<(), BadInput> {
     let caps = sys::caps::Caps::current().map_err(|e| BadInput(e.to_string()))?;

@@ -90,7 +90,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Man(args) => {
             let bad = |e: covobs::manual::ManualError| {
                 let b = e.is_bad_input();
-                watch::classify(e, b)
+                covobs::classify(e, b)
             };
             match args.out_dir {
                 Some(dir) => {
@@ -153,7 +153,6 @@ async fn run(command: Command) -> Result<ExitCode> {
                 return Err(BadInput("give --pid, --name, --cgroup or --qemu".into()).into());
             }
             attach::run(attach::AttachOptions {
-                target: target_spec(&args.target)?,
                 out: args.out,
                 modes,
                 interval: args.interval,
@@ -170,7 +169,6 @@ async fn run(command: Command) -> Result<ExitCode> {
                 dump_timeout: args.dump_timeout,
                 no_report: args.no_report,
                 file_tracking: args.file_tracking,
-                observe_only: false,
                 deliver: args.deliver,
                 ocaml_thread_name: args.ocaml_thread_name,
                 mode: args.mode,
@@ -178,6 +176,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 command: std::env::args().collect(),
                 vmlinux: args.vmlinux,
                 publish,
+                ..attach::AttachOptions::new(target_spec(&args.target)?)
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -190,32 +189,18 @@ async fn run(command: Command) -> Result<ExitCode> {
                 kernel: args.kernel,
                 kcov_entries: args.kcov_entries,
                 attach: attach::AttachOptions {
-                    // Replaced by the launched workload's pid.
-                    target: TargetSpec::Pid(0),
                     out: args.out,
                     modes,
-                    interval: None,
-                    once: false,
-                    duration: None,
-                    signal: nix::sys::signal::Signal::SIGUSR2,
-                    thread: covobs::trigger::ThreadChoice::Auto,
-                    force: false,
                     json: args.json,
                     serve: args.serve,
-                    wait: false,
-                    follow_forks: false,
                     ebpf_log: args.ebpf_log,
-                    dump_timeout: std::time::Duration::from_secs(10),
                     no_report: args.no_report,
                     file_tracking: args.file_tracking,
-                    observe_only: false,
-                    deliver: attach::Deliver::Pidfd,
-                    ocaml_thread_name: "ffi-ocaml-executor-thread".into(),
                     command: std::env::args().collect(),
                     vmlinux: args.vmlinux,
-                    mode: covobs::cli::Mode::Signal,
-                    final_snapshot: false,
                     publish,
+                    // The target: replaced by the launched workload's pid.
+                    ..attach::AttachOptions::new(TargetSpec::Pid(0))
                 },
             })
             .await?;
@@ -260,7 +245,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 .await
                 .map_err(|e| {
                     let bad = e.is_bad_input();
-                    watch::classify(e, bad)
+                    covobs::classify(e, bad)
                 })?;
             if args.json {
                 println!("{}", serde_json::to_string(&response)?);

@@ -1,11 +1,27 @@
 //! Setting up a newly watched process: its runtimes, their probes, how to tell its OCaml thread,
 //! copies of its instrumented modules, and its collector.
-use super::{collector::CollectorSetup, session::*};
+use super::Mode;
+use super::Purpose;
+use super::collector::target_collector;
+use super::session::event;
+use super::targets;
+use super::targets::TargetState;
+use super::{collector::CollectorSetup, session::Session};
+use crate::collect;
+use crate::collect::ModuleMeta;
+use crate::collect::TargetDir;
+use crate::collect::llvm_path;
+use crate::discover::Role;
+use crate::discover::Runtime;
+use crate::events::Body;
+use crate::sys::clock;
 use crate::{
     collect::bisect::BisectSource,
     discover::Mapped,
     target::ocaml::{Method, comm_of},
 };
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
 
 /// OCaml runtime functions worth probing, best first: `caml_leave_blocking_section` runs when a
 /// thread takes the runtime lock back (lock hand-over, a few hundred times a second at most for
@@ -129,7 +145,7 @@ impl Session {
             for (runtime, functions) in by_runtime {
                 self.runtime_found(pid, m, runtime, functions, None).await;
             }
-            if !self.opts.observe_only
+            if self.opts.purpose == Purpose::Collect
                 && m.module.has_coverage()
                 && let Some(copy) = collect::module_copy_path(&m.module)
             {
@@ -173,7 +189,7 @@ impl Session {
             )
             .await;
         }
-        if !self.opts.observe_only
+        if self.opts.purpose == Purpose::Collect
             && let Some(root) = state.root.clone()
         {
             let llvm = state
@@ -192,10 +208,10 @@ impl Session {
                     comm: state.comm.clone(),
                     process_start_ns: crate::target::start_boot_ns(pid as i32),
                 },
-                self.seq.clone(),
+                self.collections.seq(),
                 self.tx.clone(),
-                self.done_tx.clone(),
-                self.collecting.clone(),
+                self.collections.outcomes(),
+                self.collections.shared(),
             ));
             state.collector = Some(jobs);
         }

@@ -2,21 +2,28 @@
 //! target wrote), reads and validates what they wrote off the async threads, hands the artifacts
 //! to the pipeline, waits until they are durable, and reports them. It owns the target's
 //! `collect::Sources`.
-use super::{artifact, session::*};
+use super::artifact;
+use super::collections::Collecting;
+use super::session::Outcome;
+use crate::collect;
+use crate::collect::Artifact;
+use crate::collect::ArtifactMeta;
+use crate::collect::FinishedDump;
+use crate::collect::ModuleMeta;
+use crate::collect::TargetDir;
+use crate::collect::llvm_path;
+use crate::discover::Runtime;
+use crate::events::{Body, Event};
+use crate::stream::Sender;
+use crate::sys::clock;
 use crate::{
     collect::{Extracted, LocatedBy, PartMeta, Sources},
     layout::artifact::LAYOUT,
 };
-
-/// What the session and its collectors share about the collection as a whole.
-#[derive(Debug, Default)]
-pub struct Collecting {
-    /// covobs is stopping and its bound for collecting the backlog has passed.
-    pub abandon: AtomicBool,
-    /// Artifacts handed to the output and not settled yet: they will be answered as the output
-    /// directory's bounded queue drains, unlike a collection stuck in a read.
-    pub settling: AtomicU64,
-}
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
 
 /// A finished dump for a target's collector, and the `covobs dump` requests it answers.
 pub struct CollectJob {

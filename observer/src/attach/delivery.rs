@@ -1,10 +1,14 @@
 //! Which thread runs OCaml (decided every tick from the kernel's probe counters), and whether each
 //! dump signal covobs sent was delivered on the thread it was meant for (signal_deliver).
-use super::session::*;
+use super::deliveries::Expected;
+use super::session::Session;
+use super::session::event;
+use crate::discover::Runtime;
+use crate::events::Body;
+use crate::events::Event;
+use crate::events::signal_name;
+use crate::sys::clock;
 use crate::target::ocaml::Method;
-
-/// A signal not delivered after this long is no longer waited for (its dump timeout reports it).
-const DELIVERY_WAIT_NS: u64 = 60_000_000_000;
 
 impl Session {
     /// Read the OCaml probe counters and report each process whose OCaml thread is found or moved.
@@ -50,13 +54,7 @@ impl Session {
                     self.opts.signal as i32,
                     clock::boot_ns(),
                 );
-                for x in self
-                    .expected
-                    .iter_mut()
-                    .filter(|x| x.tid == prev && x.via_bpf_pending)
-                {
-                    x.tid = c.tid;
-                }
+                self.deliveries.moved(prev, c.tid);
             }
         }
     }
@@ -102,7 +100,7 @@ impl Session {
         via_bpf: bool,
         reason: &'static str,
     ) {
-        self.expected.push(Expected {
+        self.deliveries.expect(Expected {
             pid,
             tid,
             sig,
@@ -121,15 +119,7 @@ impl Session {
         ret: i64,
         requested_ns: u64,
     ) {
-        let mut reason = "request";
-        for x in self
-            .expected
-            .iter_mut()
-            .filter(|x| x.pid == pid && x.tid == tid && x.via_bpf_pending)
-        {
-            x.via_bpf_pending = false;
-            reason = x.reason;
-        }
+        let reason = self.deliveries.sent_by_bpf(pid, tid);
         let runtimes = vec![Runtime::Bisect];
         let now = clock::boot_ns();
         if ret != 0 {
@@ -159,28 +149,14 @@ impl Session {
 
     /// A dump signal arrived on thread `tid`: confirm it went where it was meant to.
     pub(super) async fn confirm_delivery(&mut self, pid: u32, tid: u32, sig: i32, ts: u64) {
-        let now = clock::boot_ns();
-        self.expected
-            .retain(|x| now.saturating_sub(x.sent_ns) < DELIVERY_WAIT_NS);
-        // The oldest signal of this kind to this process, preferring one meant for this thread.
-        let pos = self
-            .expected
-            .iter()
-            .position(|x| x.pid == pid && x.sig == sig && x.tid == tid)
-            .or_else(|| {
-                self.expected
-                    .iter()
-                    .position(|x| x.pid == pid && x.sig == sig)
-            });
-        let Some(pos) = pos else {
+        let Some(x) = self.deliveries.arrived(pid, tid, sig, clock::boot_ns()) else {
             return;
         };
-        let x = self.expected.remove(pos);
         let ok = x.tid == tid;
         if ok {
-            self.counters.deliveries_confirmed += 1;
+            self.count().deliveries_confirmed += 1;
         } else {
-            self.counters.deliveries_misplaced += 1;
+            self.count().deliveries_misplaced += 1;
         }
         self.tx
             .event(Event {

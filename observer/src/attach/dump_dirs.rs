@@ -1,8 +1,11 @@
 //! The cwd and root a dump is read from, opened when it starts (the target may chdir or chroot
 //! later) and shared by the dumps that found the same directory: descriptors stay a few per
 //! target however many dumps wait to be collected, never one per queued dump.
-use super::session::*;
+use crate::collect;
+use crate::collect::TargetDir;
 use crate::collect::read::DirIdentity;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The last cwd and root opened for each target, with what they are.
 #[derive(Default)]

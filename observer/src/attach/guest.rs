@@ -19,7 +19,9 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{progress::Progress, session::Outcome, snapshots::deliver, targets::sanitize};
+use super::{
+    losses::Losses, progress::Progress, session::Outcome, snapshots::deliver, targets::sanitize,
+};
 use crate::{
     BadInput,
     collect::{self, Trigger},
@@ -33,8 +35,8 @@ use crate::{
         Sender, Sink,
     },
     sys::clock,
+    sys::shutdown::Shutdown,
     target::Process,
-    watch::Shutdown,
 };
 
 /// The default `--interval` for a guest.
@@ -64,6 +66,7 @@ pub struct GuestOptions {
 struct Counters {
     artifacts: u64,
     snapshots: u64,
+    /// Filled in from the session's [`Losses`] at the end.
     lost: u64,
 }
 
@@ -166,6 +169,7 @@ struct GuestSession {
     seq: AtomicU64,
     tx: Sender,
     counters: Counters,
+    losses: Losses,
 }
 
 fn event(pid: u32, body: Body) -> Event {
@@ -246,16 +250,8 @@ impl GuestSession {
     }
 
     async fn lost(&mut self, reason: String) {
-        self.counters.lost += 1;
-        self.tx
-            .event(event(
-                self.pid,
-                Body::Lost {
-                    reason,
-                    what: "snapshot".into(),
-                    count: 1,
-                },
-            ))
+        self.losses
+            .report(self.pid, self.pid, "snapshot", reason)
             .await;
     }
 }
@@ -362,6 +358,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         seq: AtomicU64::new(0),
         tx: tx.clone(),
         counters: Counters::default(),
+        losses: Losses::new(tx.clone()),
     };
 
     shutdown.start_clock();
@@ -401,7 +398,8 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
         ))
         .await;
     }
-    let counters = std::mem::take(&mut session.counters);
+    let mut counters = std::mem::take(&mut session.counters);
+    counters.lost = session.losses.lost();
     drop(session);
     drop(tx);
     let stats = pipeline.finish().await?;

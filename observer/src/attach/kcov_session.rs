@@ -1,6 +1,11 @@
 //! The session's kcov side: calibration at start, records and exits in, `kcov` events out, and
 //! captures into artifacts (attach and run; watch only reports the events).
-use super::session::*;
+use super::Purpose;
+use super::session::Session;
+use super::targets;
+use crate::discover::Runtime;
+use crate::probes::records::Record;
+use std::sync::Arc;
 
 impl Session {
     /// On a kernel with kcov: learn where covobs' own trap starts in kcov buffers. Records read
@@ -24,7 +29,7 @@ impl Session {
         for o in outputs {
             self.tx.event(o.event).await;
             let Some(c) = o.capture else { continue };
-            if self.opts.observe_only {
+            if self.opts.purpose == Purpose::Observe {
                 continue;
             }
             let dir = self
@@ -32,13 +37,13 @@ impl Session {
                 .get(&c.pid)
                 .map(|t| t.dir.clone())
                 .unwrap_or_else(|| format!("{}-{}", c.pid, targets::sanitize(&c.comm)));
-            self.in_flight += 1;
+            self.collections.started(1);
             super::kcov::deliver(
                 c,
                 dir,
-                self.seq.clone(),
+                self.collections.seq(),
                 self.tx.clone(),
-                self.done_tx.clone(),
+                self.collections.outcomes(),
             );
         }
     }

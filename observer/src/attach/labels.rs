@@ -2,7 +2,11 @@
 //! (`interval-000001`, ...), closes a label when its dumps are collected. The `label` event
 //! names the artifacts that close it; the report attributes to the label what each target
 //! gained up to those states.
-use super::session::*;
+use super::Mode;
+use super::requests::RequestState;
+use super::session::Session;
+use super::session::event;
+use crate::events::Body;
 
 impl Session {
     /// The end of a request: its `label` event, then its answer.
@@ -42,8 +46,7 @@ impl Session {
         if pids.is_empty() {
             return;
         }
-        self.intervals += 1;
-        let label = format!("interval-{:06}", self.intervals);
+        let label = self.requests.next_interval();
         self.start_request(pids, Some(label), None, "interval")
             .await;
     }

@@ -1,6 +1,6 @@
 //! Targets that leave the selection (moved out of the selected cgroup): no longer triggered, and
 //! let go once the dumps covobs already asked them for are in, so nothing is lost.
-use super::session::*;
+use super::session::Session;
 
 impl Session {
     /// Whether this target left the selection.
@@ -26,7 +26,7 @@ impl Session {
             // Its collector finishes the dumps already handed to it, then ends.
             self.targets.remove(&pid);
             self.ocaml.forget(pid);
-            self.expected.retain(|x| x.pid != pid);
+            self.deliveries.forget(pid);
         }
     }
 }

@@ -7,19 +7,19 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use crate::{
-    BadInput,
-    probes::{ProbeOptions, Probes},
+    BadInput, classify,
+    probes::Probes,
     stream::{DirSink, HumanSink, JsonLinesSink, OutputHealth, Pipeline, PrimarySink, Sink},
-    sys::clock,
+    sys::{clock, shutdown::Shutdown},
     target::{TargetSpec, Tracker},
-    trigger::ThreadChoice,
-    watch::{DropWatch, Shutdown, classify},
 };
 
 mod adopt;
 mod artifact;
+mod collections;
 mod collector;
 pub mod control;
+mod deliveries;
 mod delivery;
 mod dump_dirs;
 mod gcda_before;
@@ -27,68 +27,21 @@ pub mod guest;
 pub mod kcov;
 mod kcov_session;
 mod labels;
+pub mod launch;
 mod leave;
+mod losses;
+mod options;
 pub mod progress;
+mod requests;
 pub mod session;
 pub mod snapshots;
 mod stopping;
 pub mod targets;
 mod triggering;
 
+use launch::{Launch, Prepared};
+pub use options::{AttachOptions, Deliver, Mode, Purpose};
 use session::Session;
-
-#[derive(Debug)]
-pub struct AttachOptions {
-    pub target: TargetSpec,
-    pub out: Option<PathBuf>,
-    /// The modes (and group) of the session directory and all in it.
-    pub modes: crate::stream::OutputModes,
-    pub interval: Option<Duration>,
-    pub once: bool,
-    pub duration: Option<Duration>,
-    pub signal: Signal,
-    pub thread: ThreadChoice,
-    pub force: bool,
-    pub json: bool,
-    /// Serve the session's live web view on this address while it runs (`--serve`).
-    pub serve: Option<std::net::SocketAddr>,
-    pub wait: bool,
-    pub follow_forks: bool,
-    pub ebpf_log: bool,
-    /// How long a signalled target may take to start and finish its dump.
-    pub dump_timeout: Duration,
-    /// Skip the report at the end.
-    pub no_report: bool,
-    /// Where trampolines are unavailable: when syscall tracepoints may follow dump outputs.
-    pub file_tracking: crate::probes::FileTrackingPolicy,
-    /// `covobs watch`: observe only (no signal, no collection, no output directory).
-    pub observe_only: bool,
-    /// How a dump signal reaches the OCaml thread.
-    pub deliver: Deliver,
-    /// The OCaml thread's name, for binaries whose runtime symbols are stripped.
-    pub ocaml_thread_name: String,
-    /// Signal the targets, or snapshot their memory.
-    pub mode: crate::cli::Mode,
-    /// Signal mode: take final snapshots too (snapshot mode always does).
-    pub final_snapshot: bool,
-    /// The command line, for session.json.
-    pub command: Vec<String>,
-    /// The kernel image with DWARF for the report's kernel coverage (default: found by build id).
-    pub vmlinux: Option<PathBuf>,
-    /// Also publish the session to a fleet's NATS JetStream (docs/fleet.md).
-    pub publish: Option<crate::stream::nats::PublishOptions>,
-}
-
-/// How the dump signal for the OCaml runtime is delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Deliver {
-    /// From covobs, through a thread pidfd (tgkill where pidfds cannot name threads).
-    Pidfd,
-    /// From eBPF, with bpf_send_signal_thread, the next time the OCaml thread enters a probed
-    /// OCaml runtime function: it lands exactly there. Other runtimes' signals go by pidfd.
-    Bpf,
-}
 
 /// The signals an attach reports: its dump signal (to confirm each delivery) and those that end a
 /// target. A target's own signal traffic is filtered out in the kernel.
@@ -130,13 +83,14 @@ pub async fn run(opts: AttachOptions) -> anyhow::Result<()> {
 /// held before its exec until it is watched.
 pub async fn run_session(
     mut opts: AttachOptions,
-    mut launch: Option<crate::run::Prepared>,
+    mut launch: Option<Prepared>,
 ) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install(opts.duration);
     crate::require_privileges()?;
     let out_dir = opts.out.clone().unwrap_or_else(default_out_dir);
     // `--no-local`: the fleet is the only destination; nothing is written under --out.
-    let local = !opts.observe_only && !opts.publish.as_ref().is_some_and(|p| p.no_local);
+    let local =
+        opts.purpose == Purpose::Collect && !opts.publish.as_ref().is_some_and(|p| p.no_local);
     let started_unix = clock::realtime_ns();
     // A busy session holds many descriptors (probes, targets, artifacts being written).
     crate::stream::raise_nofile_limit();
@@ -158,19 +112,7 @@ pub async fn run_session(
         None => None,
     };
 
-    // watch observes every signal and follows no file; attach the reverse.
-    let probe_opts = ProbeOptions {
-        ebpf_log: opts.ebpf_log,
-        file_tracking: (!opts.observe_only).then_some(opts.file_tracking),
-        signal_mask: if opts.observe_only {
-            0
-        } else {
-            attach_signal_mask(opts.signal)
-        },
-        snapshot_ring_bytes: crate::probes::final_snapshots::DEFAULT_SNAPSHOT_RING_BYTES,
-        ..Default::default()
-    };
-    let mut probes = Probes::load(&probe_opts).map_err(|e| {
+    let mut probes = Probes::load(&opts.purpose.probes(&opts)).map_err(|e| {
         let bad = e.is_bad_input();
         classify(e, bad)
     })?;
@@ -238,7 +180,7 @@ pub async fn run_session(
     }
     if opts.json {
         sinks.push(Box::new(JsonLinesSink::new(std::io::stdout(), "stdout")));
-    } else if opts.observe_only {
+    } else if opts.purpose == Purpose::Observe {
         sinks.push(Box::new(HumanSink::new(std::io::stdout())));
     } else {
         sinks.push(Box::new(HumanSink::coverage_view(std::io::stdout())));
@@ -281,7 +223,7 @@ pub async fn run_session(
         &mut progress,
     )
     .await;
-    if opts.observe_only {
+    if opts.purpose == Purpose::Observe {
         return finish_watch(session, pipeline, result.map(drop), fleet).await;
     }
     let workload = match (&launch, child.as_mut()) {
@@ -422,7 +364,7 @@ async fn drive(
     initial: Vec<crate::events::Event>,
     shutdown: &mut Shutdown,
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
-    launch: Option<(&mut crate::run::Prepared, &mut crate::run::Launch)>,
+    launch: Option<(&mut Prepared, &mut Launch)>,
     output: Option<&OutputHealth>,
     progress: &mut progress::Progress,
 ) -> anyhow::Result<String> {
@@ -432,10 +374,10 @@ async fn drive(
         .take_reader()
         .context("opening the eBPF ring buffer")?;
     let early = session.start_kcov(&mut reader);
-    let control = if opts.observe_only {
-        None
-    } else {
-        Some(control::ControlServer::bind()?.serve())
+    // `covobs dump` asks a collecting session only.
+    let control = match opts.purpose {
+        Purpose::Collect => Some(control::ControlServer::bind()?.serve()),
+        Purpose::Observe => None,
     };
 
     if let Some((prepared, child)) = launch {
@@ -476,7 +418,7 @@ async fn drive(
         };
         session.on_record_event(e).await;
         let dumpable = session.adopt(pid, &comm, false).await;
-        if opts.observe_only {
+        if opts.purpose == Purpose::Observe {
             continue;
         }
         if dumpable.is_empty() && session.kcov.has_buffers(pid) {
@@ -497,10 +439,10 @@ async fn drive(
             ));
         } else if dumpable.is_empty() {
             refusals.push(match opts.mode {
-                crate::cli::Mode::Signal => format!(
+                Mode::Signal => format!(
                     "process {pid} ({comm}) has no coverage runtime covobs can trigger (looked for __llvm_profile_write_file; --mode snapshot reads counters without one)"
                 ),
-                crate::cli::Mode::Snapshot => format!(
+                Mode::Snapshot => format!(
                     "process {pid} ({comm}) has no coverage counters covobs can read (looked for __llvm_prf_cnts and __sancov_cntrs)"
                 ),
             });
@@ -546,7 +488,6 @@ async fn drive_loop(
         i
     });
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut drops = DropWatch::default();
     let mut batch = Vec::new();
     let mut stopping_since: Option<tokio::time::Instant> = None;
     let mut fault = output.map(OutputHealth::subscribe);
@@ -601,13 +542,12 @@ async fn drive_loop(
                 session.expire().await;
                 session.release_left();
                 session.kcov_tick().await;
-                drops.report(&session.probes, &session.sender()).await;
-                session.counters.ring_buffer_drops = drops.total;
+                session.check_ring_buffer().await;
                 progress.update(session);
             }
             _ = shutdown.wait(), if stopping_since.is_none() => {
                 stopping_since = Some(tokio::time::Instant::now());
-                if !opts.once && !opts.observe_only {
+                if !opts.once && opts.purpose == Purpose::Collect {
                     session.trigger_all("detach").await;
                 }
             }
@@ -615,7 +555,7 @@ async fn drive_loop(
         if opts.once
             && stopping_since.is_none()
             && !session.busy()
-            && session.counters.dumps_triggered + session.counters.snapshots > 0
+            && session.counters().dumps_triggered + session.counters().snapshots > 0
         {
             stopping_since = Some(tokio::time::Instant::now());
         }
@@ -653,25 +593,22 @@ async fn drive_loop(
     // STOP_ABANDON more is counted lost in one event. Never a silent loss, never an endless wait.
     let collect_until = tokio::time::Instant::now() + STOP_COLLECT.max(opts.dump_timeout);
     let again = wait_outcomes(session, done_rx, collect_until, Some(shutdown), None).await;
-    if session.in_flight > 0 {
+    if session.in_flight() > 0 {
         if again {
             eprintln!(
                 "covobs: stopping now: the collection backlog is given up, each dump reported lost"
             );
         }
-        let collecting = session.collecting.clone();
-        collecting
-            .abandon
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        session.collections.abandon();
         // Given-up dumps answer at once; artifacts already handed to the output are answered as
         // the output directory's queue (bounded) drains, so they are waited for without a bound
         // (as the output's end is); only collections stuck elsewhere are cut short.
+        let collecting = session.collections.shared();
         let until = tokio::time::Instant::now() + STOP_ABANDON;
         wait_outcomes(session, done_rx, until, None, Some(&collecting)).await;
     }
     session.unanswered_lost().await;
-    drops.report(&session.probes, &session.sender()).await;
-    session.counters.ring_buffer_drops = drops.total;
+    session.check_ring_buffer().await;
     Ok(progress.finish(session))
 }
 
@@ -691,9 +628,9 @@ async fn wait_outcomes(
     done_rx: &mut mpsc::UnboundedReceiver<session::Outcome>,
     mut until: tokio::time::Instant,
     mut shutdown: Option<&mut Shutdown>,
-    collecting: Option<&collector::Collecting>,
+    collecting: Option<&collections::Collecting>,
 ) -> bool {
-    while session.in_flight > 0 {
+    while session.in_flight() > 0 {
         let again = async {
             match shutdown.as_mut() {
                 Some(s) => s.signalled().await,
@@ -708,7 +645,7 @@ async fn wait_outcomes(
             _ = tokio::time::sleep_until(until) => {
                 let settling = collecting
                     .map_or(0, |c| c.settling.load(std::sync::atomic::Ordering::SeqCst));
-                if collecting.is_some() && session.in_flight as u64 <= settling {
+                if collecting.is_some() && session.in_flight() as u64 <= settling {
                     until = tokio::time::Instant::now() + STOP_ABANDON;
                     continue;
                 }
@@ -772,7 +709,7 @@ async fn finish_watch(
     fleet: Option<crate::stream::nats::FleetHandle>,
 ) -> anyhow::Result<()> {
     let json = session.opts.json;
-    let drops = session.counters.ring_buffer_drops;
+    let drops = session.counters().ring_buffer_drops;
     let wait = session
         .opts
         .publish
@@ -820,7 +757,7 @@ async fn finish(
     let file_tracking = session.probes.file_tracking;
     let pidns = session.probes.pidns;
     let opts = session.opts.clone();
-    let counters = session.counters.clone();
+    let counters = session.counters();
     let history = std::mem::take(&mut session.history);
     let kernel = session.kcov.kernel.clone();
     // Counted while the session still holds everything it held.
@@ -859,7 +796,7 @@ async fn finish(
             "thread": format!("{:?}", opts.thread).to_lowercase(),
             "signal": opts.signal.as_str(),
             "mode": opts.mode,
-            "final_snapshot": opts.final_snapshot || opts.mode == crate::cli::Mode::Snapshot,
+            "final_snapshot": opts.final_snapshot || opts.mode == Mode::Snapshot,
             "force": opts.force,
             "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
             "file_tracking_policy": opts.file_tracking,

@@ -76,7 +76,7 @@ impl Progress {
     }
 
     pub fn line(&self, s: &Session) -> String {
-        let c = &s.counters;
+        let c = s.counters();
         let coverage = self.coverage.lock().ok().and_then(|g| g.clone());
         format!(
             "targets {} · dumps {} (asked {}) · artifacts {} · lost {}{}",

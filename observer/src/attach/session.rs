@@ -1,60 +1,33 @@
 //! One attach session: the single owner of the probes, the targets, the dumps in flight and the
 //! requests waiting for them. The loop in `attach::run` feeds it records, ticks and requests.
-pub(super) use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-pub(super) use tokio::sync::mpsc;
+use tokio::sync::mpsc;
 
-pub(super) use super::{
-    AttachOptions,
-    collector::{CollectJob, target_collector},
-    control::{DumpRequest, DumpResponse, Responder},
+use super::{
+    AttachOptions, Purpose,
+    collections::Collections,
+    collector::CollectJob,
+    deliveries::Deliveries,
+    losses::Losses,
+    requests::Requests,
     snapshots::Snapshots,
-    targets::{self, HookTable, Pending, TargetState},
+    targets::{HookTable, TargetState},
 };
-pub(super) use crate::{
-    cli::Mode,
-    collect::{
-        self, ActiveDump, Artifact, ArtifactMeta, DumpTracker, FinishedDump, ModuleMeta, TargetDir,
-        Trigger, llvm_path,
-    },
-    discover::{Discovery, Role, Runtime},
-    events::{Body, Event, signal_name},
+use crate::{
+    collect::{self, ActiveDump, DumpTracker, Trigger},
+    discover::Discovery,
+    events::{Body, Event},
     probes::{Probes, records::Record},
     stream::Sender,
     sys::clock,
     target::Tracker,
-    trigger::{self, ThreadRef, choose_threads},
 };
 
 /// How long a file-tracking window stays open after the last dump covobs asked for.
 pub(super) const WINDOW_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What became of one expected dump.
-#[derive(Debug)]
-pub struct Outcome {
-    pub pid: u32,
-    /// The `covobs dump` requests this dump answers.
-    pub requests: Vec<u64>,
-    /// The artifact file (relative to the session directory), or why there is none.
-    pub result: Result<String, String>,
-}
-
-pub(super) struct RequestState {
-    /// None for covobs' own requests (the label of an interval).
-    pub(super) responder: Option<Responder>,
-    pub(super) remaining: usize,
-    pub(super) response: DumpResponse,
-    /// The label the request closes, and the first target it is about (the label event's pid).
-    pub(super) label: Option<String>,
-    pub(super) pid: u32,
-}
+pub use super::collections::Outcome;
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Counters {
@@ -64,6 +37,7 @@ pub struct Counters {
     pub dumps_seen: u64,
     pub artifacts: u64,
     pub invalid_artifacts: u64,
+    /// Filled in from the session's [`Losses`] by [`Session::counters`].
     pub lost: u64,
     pub ring_buffer_drops: u64,
     /// Snapshots asked for (`--mode snapshot`), one per target and tick.
@@ -71,43 +45,38 @@ pub struct Counters {
 }
 
 pub struct Session {
-    pub opts: Arc<AttachOptions>,
-    pub probes: Probes,
-    pub tracker: Tracker,
+    pub(super) opts: Arc<AttachOptions>,
+    pub(super) probes: Probes,
+    pub(super) tracker: Tracker,
     pub(super) discovery: Discovery,
     pub(super) hooks: HookTable,
-    pub targets: BTreeMap<u32, TargetState>,
+    pub(super) targets: BTreeMap<u32, TargetState>,
     pub(super) dumps: DumpTracker,
     pub(super) tx: Sender,
-    pub(super) seq: Arc<AtomicU64>,
-    pub(super) done_tx: mpsc::UnboundedSender<Outcome>,
-    pub(super) requests: HashMap<u64, RequestState>,
-    pub(super) next_request: u64,
-    /// Intervals labelled so far (`interval-000001`, ...).
-    pub(super) intervals: u64,
-    /// Collections running now.
-    pub in_flight: usize,
-    /// Set when covobs stops and the backlog's bound has passed: collectors turn what they still
-    /// hold into `lost` events instead of collecting it.
-    pub(super) collecting: Arc<super::collector::Collecting>,
+    /// Collections running now, their sequence numbers and outcomes.
+    pub(super) collections: Collections,
+    /// Every loss, counted once.
+    losses: Losses,
+    /// Requests waiting for dumps.
+    pub(super) requests: Requests,
     /// The cwd and root handles dumps share.
-    pub(super) dump_dirs: super::dump_dirs::DumpDirs,
-    pub counters: Counters,
-    pub out_dir: PathBuf,
+    dump_dirs: super::dump_dirs::DumpDirs,
+    counters: Counters,
+    pub(super) out_dir: PathBuf,
     /// Every target ever attached (for session.json).
-    pub history: Vec<serde_json::Value>,
+    pub(super) history: Vec<serde_json::Value>,
     /// Since when no dump covobs asked for is expected (the window closes after WINDOW_LINGER).
     pub(super) window_idle_since: Option<std::time::Instant>,
     /// Which thread runs OCaml in each process.
     pub(super) ocaml: crate::target::ocaml::OcamlThreads,
     /// Signals covobs sent, waiting for their signal_deliver.
-    pub(super) expected: Vec<Expected>,
+    pub(super) deliveries: Deliveries,
     /// Snapshots from memory, and the final ones the kernel copies at exit.
-    pub snapshots: Snapshots,
+    pub(super) snapshots: Snapshots,
     /// Kernel coverage of the targets (kcov users; the workload of `covobs run --kernel`).
-    pub kcov: crate::kcov::KcovObserver,
+    pub(super) kcov: crate::kcov::KcovObserver,
     /// The workload `covobs run` launched: adopted at its exec, its ioctl() not probed.
-    pub launched: Option<u32>,
+    pub(super) launched: Option<u32>,
     /// What covobs learned of the workload before its exec, for when it is gone by the time
     /// covobs sees the exec (a short workload on a busy machine).
     pub(super) launched_prep: Option<LaunchedPrep>,
@@ -120,19 +89,6 @@ pub(super) struct LaunchedPrep {
     pub root: Option<Arc<crate::collect::read::TargetDir>>,
     pub program: crate::discover::Mapped,
     pub llvm_profile: Option<crate::collect::llvm_path::Expanded>,
-}
-
-/// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
-#[derive(Clone, Debug)]
-pub(super) struct Expected {
-    pub pid: u32,
-    pub tid: u32,
-    pub sig: i32,
-    pub sent_ns: u64,
-    /// Asked of eBPF and not sent yet (the OCaml thread has not hit a probe since).
-    pub via_bpf_pending: bool,
-    /// Why covobs asked for the dump (interval, once, detach, request).
-    pub reason: &'static str,
 }
 
 pub(super) fn event(pid: u32, tid: u32, body: Body) -> Event {
@@ -153,15 +109,16 @@ impl Session {
         done_tx: mpsc::UnboundedSender<Outcome>,
         out_dir: PathBuf,
     ) -> Self {
-        let seq = Arc::new(AtomicU64::new(0));
+        let collections = Collections::new(done_tx);
+        // Only a collecting session reads final snapshots.
         let snapshots = Snapshots::new(
             &mut probes,
             opts.mode,
-            opts.final_snapshot && !opts.observe_only,
+            opts.final_snapshot && opts.purpose == Purpose::Collect,
             crate::probes::final_snapshots::DEFAULT_SNAPSHOT_RING_BYTES,
             tx.clone(),
-            seq.clone(),
-            done_tx.clone(),
+            collections.seq(),
+            collections.outcomes(),
         );
         Self {
             opts,
@@ -171,21 +128,17 @@ impl Session {
             hooks: HookTable::default(),
             targets: BTreeMap::new(),
             dumps: DumpTracker::default(),
+            losses: Losses::new(tx.clone()),
             tx,
-            seq,
-            done_tx,
-            requests: HashMap::new(),
-            next_request: 1,
-            intervals: 0,
-            in_flight: 0,
-            collecting: Arc::default(),
+            collections,
+            requests: Requests::default(),
             dump_dirs: Default::default(),
             counters: Counters::default(),
             out_dir,
             history: Vec::new(),
             window_idle_since: None,
             ocaml: Default::default(),
-            expected: Vec::new(),
+            deliveries: Deliveries::default(),
             snapshots,
             kcov: crate::kcov::KcovObserver::new(),
             launched: None,
@@ -193,19 +146,38 @@ impl Session {
         }
     }
 
+    /// One thing lost, counted, with its `lost` event.
     pub(super) async fn lost(&mut self, pid: u32, tid: u32, what: &str, reason: String) {
-        self.counters.lost += 1;
-        self.tx
-            .event(event(
-                pid,
-                tid,
-                Body::Lost {
-                    reason,
-                    what: what.to_owned(),
-                    count: 1,
-                },
-            ))
-            .await;
+        self.losses.report(pid, tid, what, reason).await;
+    }
+
+    /// The session's losses (the only counter of them).
+    pub(super) fn losses(&mut self) -> &mut Losses {
+        &mut self.losses
+    }
+
+    /// The counters as they stand (session.json's, the progress line's).
+    pub fn counters(&self) -> Counters {
+        Counters {
+            lost: self.losses.lost(),
+            ring_buffer_drops: self.losses.ring_buffer_drops(),
+            ..self.counters.clone()
+        }
+    }
+
+    /// The counters, to count in.
+    pub(super) fn count(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// The kernel's ring-buffer drops so far, as `lost` events.
+    pub async fn check_ring_buffer(&mut self) {
+        self.losses.ring_buffer(&self.probes).await;
+    }
+
+    /// Collections not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.collections.in_flight()
     }
 
     /// A handle on the pipeline.
@@ -223,7 +195,7 @@ impl Session {
         let n = self.snapshots.request(pid, requests);
         if n > 0 {
             self.counters.snapshots += 1;
-            self.in_flight += n;
+            self.collections.started(n);
         }
         n
     }
@@ -233,19 +205,20 @@ impl Session {
         &mut self,
         records: impl Iterator<Item = crate::snapshot::exit::FinalRecord>,
     ) {
-        self.in_flight += self.snapshots.on_records(records).await;
+        let n = self.snapshots.on_records(records).await;
+        self.collections.started(n);
         self.count_snapshot_losses();
     }
 
     /// Count the `lost` events the snapshot side sent on its own.
     pub(super) fn count_snapshot_losses(&mut self) {
-        self.counters.lost += self.snapshots.take_lost();
+        self.losses.reported_elsewhere(self.snapshots.take_lost());
     }
 
     /// Dumps still expected or running, and collections not finished.
     pub fn busy(&self) -> bool {
         self.snapshots.busy()
-            || self.in_flight > 0
+            || self.collections.in_flight() > 0
             || self.targets.values().any(|t| !t.pending.is_empty())
             || self.dumps_active()
     }
@@ -400,7 +373,7 @@ impl Session {
             self.dump_dirs.forget(pid);
             self.snapshots.exited(pid);
             self.ocaml.forget(pid);
-            self.expected.retain(|x| x.pid != pid);
+            self.deliveries.forget(pid);
         }
         if exited && let Some(state) = self.targets.remove(&pid) {
             for p in state.pending {
@@ -568,9 +541,9 @@ impl Session {
             .await;
             return;
         };
-        self.in_flight += 1;
+        self.collections.started(1);
         if collector.send(CollectJob { done, requests }).is_err() {
-            self.in_flight -= 1;
+            self.collections.answered();
             self.lost(
                 pid,
                 tid,

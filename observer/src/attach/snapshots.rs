@@ -10,11 +10,11 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{
+    Mode,
     artifact::{self, Slot},
     session::Outcome,
 };
 use crate::{
-    cli::Mode,
     collect::{self, Artifact, ArtifactMeta, LocatedBy, ModuleMeta, SourceInfo, Trigger},
     discover::{FileId, Mapped, Module, Runtime},
     events::{Body, Event},

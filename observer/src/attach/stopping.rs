@@ -1,7 +1,7 @@
 //! The end of a session's collection: dumps whose end covobs will not see, and collections no
 //! collector answered for in time. Each is a `lost` event with a reason that says covobs stopped
 //! (never that the target did anything).
-use super::session::*;
+use super::session::Session;
 
 impl Session {
     /// Dumps still running when covobs stops: their end (and so their output) is not observed.
@@ -23,23 +23,20 @@ impl Session {
 
     /// Collections still unanswered at the last bound: counted lost together.
     pub(super) async fn unanswered_lost(&mut self) {
-        let n = std::mem::take(&mut self.in_flight);
+        let n = self.collections.take_unanswered();
         if n == 0 {
             return;
         }
-        self.counters.lost += n as u64;
-        self.tx
-            .event(event(
+        self.losses()
+            .report_many(
                 0,
                 0,
-                Body::Lost {
-                    reason: format!(
-                        "covobs stopped with {n} collections still running (a read or a write that did not finish in time)"
-                    ),
-                    what: "collection".into(),
-                    count: n as u64,
-                },
-            ))
+                "collection",
+                format!(
+                    "covobs stopped with {n} collections still running (a read or a write that did not finish in time)"
+                ),
+                n as u64,
+            )
             .await;
     }
 }

@@ -1,7 +1,23 @@
 //! Asking targets for dumps: signals to the right threads, the dumps expected from them, their
 //! deadlines, and the `covobs dump` requests waiting for them.
-use super::{control::DumpTarget, session::*};
+use super::Mode;
+use super::control::DumpRequest;
+use super::control::DumpResponse;
+use super::control::Responder;
+use super::session::Outcome;
+use super::session::WINDOW_LINGER;
+use super::session::event;
+use super::targets;
+use super::targets::Pending;
+use super::{control::DumpTarget, session::Session};
+use crate::discover::Runtime;
+use crate::events::Body;
+use crate::events::signal_name;
 use crate::report::labels::name as label_name;
+use crate::sys::clock;
+use crate::trigger;
+use crate::trigger::ThreadRef;
+use crate::trigger::choose_threads;
 
 impl Session {
     /// At the end: every signal still unanswered is lost.
@@ -94,10 +110,7 @@ impl Session {
                         {
                             let others = p.requests.clone();
                             p.requests.push(id);
-                            if let Some(r) = self.requests.get_mut(&id) {
-                                r.remaining += 1;
-                            }
-                            share_labels(&mut self.requests, id, &others);
+                            self.requests.join(id, &others);
                         }
                         joined.push(*rt);
                     }
@@ -144,7 +157,7 @@ impl Session {
             match sent_now {
                 Ok(method) => {
                     self.expect_delivery(pid, t.tid as u32, sig as i32, sent_ns, via_bpf, reason);
-                    self.counters.dumps_triggered += 1;
+                    self.count().dumps_triggered += 1;
                     sent.push(format!(
                         "{pid}/{} {}",
                         t.tid,
@@ -204,8 +217,8 @@ impl Session {
         deadline: u64,
         request: Option<u64>,
     ) {
-        if let Some(r) = request.and_then(|id| self.requests.get_mut(&id)) {
-            r.remaining += runtimes.len();
+        if let Some(id) = request {
+            self.requests.expect(id, runtimes.len());
         }
         if let Some(s) = self.targets.get_mut(&pid) {
             s.pending.push(Pending {
@@ -267,10 +280,11 @@ impl Session {
 
     /// A collection finished.
     pub async fn on_outcome(&mut self, o: Outcome) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.collections.answered();
         match &o.result {
-            Ok(_) => self.counters.artifacts += 1,
-            Err(_) => self.counters.lost += 1,
+            Ok(_) => self.count().artifacts += 1,
+            // The collector sent its `lost` event.
+            Err(_) => self.losses().reported_elsewhere(1),
         }
         let (file, lost) = match o.result {
             Ok(f) => (Some(f), None),
@@ -290,23 +304,7 @@ impl Session {
         lost: Option<String>,
     ) {
         let Some(id) = request else { return };
-        let Some(r) = self.requests.get_mut(&id) else {
-            return;
-        };
-        r.remaining = r.remaining.saturating_sub(count);
-        if let Some(f) = file {
-            r.response.artifacts.push(f);
-        }
-        if let Some(l) = lost {
-            r.response.lost.push(l);
-        }
-        if r.remaining == 0
-            && let Some(mut r) = self.requests.remove(&id)
-        {
-            r.response.ok = r.response.lost.is_empty();
-            if !r.response.ok {
-                r.response.error = Some(r.response.lost.join("; "));
-            }
+        if let Some(r) = self.requests.answer(id, count, file, lost) {
             self.close_request(r).await;
         }
     }
@@ -420,30 +418,19 @@ impl Session {
         responder: Option<Responder>,
         reason: &'static str,
     ) {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.requests.insert(
-            id,
-            RequestState {
-                responder,
-                remaining: 0,
-                response: DumpResponse {
-                    session_dir: self.out_dir.display().to_string(),
-                    ..Default::default()
-                },
-                label,
-                pid: pids.first().copied().unwrap_or_default(),
-            },
-        );
+        let response = DumpResponse {
+            session_dir: self.out_dir.display().to_string(),
+            ..Default::default()
+        };
+        let first = pids.first().copied().unwrap_or_default();
+        let id = self.requests.open(responder, response, label, first);
         let mut errors = Vec::new();
         if self.opts.mode == Mode::Snapshot {
             for &pid in &pids {
                 let n = self.snapshot(pid, vec![id]);
-                if let Some(r) = self.requests.get_mut(&id) {
-                    r.remaining += n;
-                    if n > 0 {
-                        r.response.triggered.push(format!("{pid} snapshot"));
-                    }
+                self.requests.expect(id, n);
+                if n > 0 {
+                    self.requests.triggered(id, [format!("{pid} snapshot")]);
                 }
                 if n == 0 {
                     errors.push(format!("process {pid} has nothing to snapshot"));
@@ -453,49 +440,12 @@ impl Session {
         let signal_mode = self.opts.mode == Mode::Signal;
         for pid in pids.into_iter().filter(|_| signal_mode) {
             match self.trigger(pid, reason, Some(id)).await {
-                Ok(sent) => {
-                    if let Some(r) = self.requests.get_mut(&id) {
-                        r.response.triggered.extend(sent);
-                    }
-                }
+                Ok(sent) => self.requests.triggered(id, sent),
                 Err(e) => errors.push(e),
             }
         }
-        if let Some(r) = self.requests.get(&id)
-            && r.remaining == 0
-            && let Some(mut r) = self.requests.remove(&id)
-        {
-            r.response.ok = false;
-            r.response.error = Some(errors.join("; "));
+        if let Some(r) = self.requests.refused(id, &errors) {
             self.close_request(r).await;
-        }
-    }
-}
-
-/// Request `id` joined a dump that `others` asked for: each names the other's label in its
-/// answer (they close at the same state; the report gives its gains to the label that closes
-/// first).
-fn share_labels(
-    requests: &mut std::collections::HashMap<u64, RequestState>,
-    id: u64,
-    others: &[u64],
-) {
-    let label_of = |requests: &std::collections::HashMap<u64, RequestState>, i: &u64| {
-        requests.get(i).and_then(|r| r.label.clone())
-    };
-    let mine = label_of(requests, &id);
-    for o in others {
-        if let Some(theirs) = label_of(requests, o)
-            && let Some(r) = requests.get_mut(&id)
-            && !r.response.shares_dump_with.contains(&theirs)
-        {
-            r.response.shares_dump_with.push(theirs);
-        }
-        if let Some(mine) = &mine
-            && let Some(r) = requests.get_mut(o)
-            && !r.response.shares_dump_with.contains(mine)
-        {
-            r.response.shares_dump_with.push(mine.clone());
         }
     }
 }

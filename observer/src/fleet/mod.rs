@@ -145,7 +145,7 @@ pub async fn run(opts: CollectOptions) -> Result<(), FleetError> {
         .await
         .map_err(js_err)?;
     let mut taker = take::Taker::open(&opts.out, store, &state)?;
-    let mut shutdown = crate::watch::Shutdown::install(None);
+    let mut shutdown = crate::sys::shutdown::Shutdown::install(None);
     let mut reported = None::<Instant>;
     let mut changed = true;
     let mut left_out = 0u64;

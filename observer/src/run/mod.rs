@@ -16,13 +16,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     BadInput,
-    attach::AttachOptions,
+    attach::{AttachOptions, launch::Prepared},
     kcov::{KcovError, buffer::OwnedBuffer},
 };
-
-pub mod launch;
-
-pub use launch::Launch;
 
 /// Default buffer size: 2 Mi entries (16 MiB). An exec alone records ~150k PCs; a full
 /// buffer silently drops the rest (reported as a note on the `kcov` event).
@@ -30,16 +26,6 @@ pub const DEFAULT_KCOV_ENTRIES: usize = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{0}: {1}")]
-    Io(&'static str, std::io::Error),
-    #[error("an argument or environment variable contains a NUL byte")]
-    Nul,
-    #[error("the workload was started already")]
-    Started,
-    #[error("the workload could not enable kcov for itself: {0}")]
-    Enable(std::io::Error),
-    #[error("cannot run {0}: {1}")]
-    Exec(String, std::io::Error),
     #[error(transparent)]
     Kcov(#[from] KcovError),
 }
@@ -50,23 +36,6 @@ pub struct RunOptions {
     pub kcov_entries: usize,
     /// Everything else as for attach (target, signal, interval... are not used).
     pub attach: AttachOptions,
-}
-
-/// The workload, ready to be forked.
-pub struct Prepared {
-    pub program: PathBuf,
-    pub argv: Vec<String>,
-    pub kernel: bool,
-    pub kcov_entries: usize,
-    /// covobs' kcov buffer, until the session takes it.
-    pub buffer: Option<OwnedBuffer>,
-}
-
-impl Prepared {
-    pub fn spawn(&mut self) -> Result<Launch, RunError> {
-        let fd = self.buffer.as_ref().map(OwnedBuffer::raw_fd);
-        Launch::spawn(&self.program, &self.argv, fd)
-    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {

@@ -63,7 +63,7 @@ impl ServeError {
 /// As an anyhow error: bad input (exit 2) or a runtime failure (exit 1).
 fn classified(e: ServeError) -> anyhow::Error {
     let bad = e.is_bad_input();
-    crate::watch::classify(e, bad)
+    crate::classify(e, bad)
 }
 
 /// A bound listener, not serving yet: bound first, so a bad address fails before a session
@@ -186,7 +186,7 @@ pub fn start(listener: Listener, dir: &Path, opts: ReportOptions) -> Result<Serv
 
 /// `covobs serve DIR --addr ADDR`: until Ctrl-C or SIGTERM.
 pub async fn run(dir: PathBuf, addr: SocketAddr) -> anyhow::Result<()> {
-    let mut shutdown = crate::watch::Shutdown::install(None);
+    let mut shutdown = crate::sys::shutdown::Shutdown::install(None);
     check_dir(&dir).map_err(classified)?;
     let listener = Listener::bind(addr).await.map_err(classified)?;
     eprintln!("{}", announce(&dir, &listener));

@@ -1,4 +1,4 @@
-//! Launch a workload for `covobs run`: fork, hold the child before exec until covobs watches
+//! The workload of `covobs run`, launched by its session: fork, hold the child before exec until covobs watches
 //! it (and has probed the executable), then let it enable kcov for itself (KCOV_ENABLE must
 //! come from the traced task; kcov stays enabled across exec) and exec the command.
 //!
@@ -13,11 +13,42 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::RunError;
+use crate::kcov::buffer::OwnedBuffer;
 
 /// What the child reports on its status pipe when it cannot go on: a stage and an errno.
 const STAGE_ENABLE: u8 = 1;
 const STAGE_EXEC: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("an argument or environment variable contains a NUL byte")]
+    Nul,
+    #[error("the workload was started already")]
+    Started,
+    #[error("the workload could not enable kcov for itself: {0}")]
+    Enable(std::io::Error),
+    #[error("cannot run {0}: {1}")]
+    Exec(String, std::io::Error),
+}
+
+/// The workload, ready to be forked.
+pub struct Prepared {
+    pub program: PathBuf,
+    pub argv: Vec<String>,
+    pub kernel: bool,
+    pub kcov_entries: usize,
+    /// covobs' kcov buffer, until the session takes it.
+    pub buffer: Option<OwnedBuffer>,
+}
+
+impl Prepared {
+    pub fn spawn(&mut self) -> Result<Launch, LaunchError> {
+        let fd = self.buffer.as_ref().map(OwnedBuffer::raw_fd);
+        Launch::spawn(&self.program, &self.argv, fd)
+    }
+}
 
 /// A forked child waiting for `go`.
 pub struct Launch {
@@ -29,24 +60,28 @@ pub struct Launch {
     reaped: bool,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
+fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(RunError::Io("pipe", std::io::Error::last_os_error()));
+        return Err(LaunchError::Io("pipe", std::io::Error::last_os_error()));
     }
     // SAFETY: fresh descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn cstring(b: &[u8]) -> Result<CString, RunError> {
-    CString::new(b).map_err(|_| RunError::Nul)
+fn cstring(b: &[u8]) -> Result<CString, LaunchError> {
+    CString::new(b).map_err(|_| LaunchError::Nul)
 }
 
 impl Launch {
     /// Fork a child that will run `program` with `argv` (argv[0] included) once told to; with
     /// `kcov_fd`, it first enables kcov (PC tracing) on that descriptor.
-    pub fn spawn(program: &Path, argv: &[String], kcov_fd: Option<i32>) -> Result<Self, RunError> {
+    pub fn spawn(
+        program: &Path,
+        argv: &[String],
+        kcov_fd: Option<i32>,
+    ) -> Result<Self, LaunchError> {
         let path = cstring(program.as_os_str().as_bytes())?;
         let args: Vec<CString> = argv
             .iter()
@@ -73,7 +108,7 @@ impl Launch {
         // above, and never returns into Rust code.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            return Err(RunError::Io("fork", std::io::Error::last_os_error()));
+            return Err(LaunchError::Io("fork", std::io::Error::last_os_error()));
         }
         if pid == 0 {
             // SAFETY: see above; every pointer refers to memory prepared before the fork.
@@ -101,18 +136,18 @@ impl Launch {
     }
 
     /// Let the child enable kcov and exec; fails when it could not.
-    pub fn go(&mut self) -> Result<(), RunError> {
-        let go = self.go.take().ok_or(RunError::Started)?;
+    pub fn go(&mut self) -> Result<(), LaunchError> {
+        let go = self.go.take().ok_or(LaunchError::Started)?;
         // SAFETY: writes one byte from a valid buffer to our pipe descriptor.
         let n = unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) };
         if n != 1 {
-            return Err(RunError::Io(
+            return Err(LaunchError::Io(
                 "starting the workload",
                 std::io::Error::last_os_error(),
             ));
         }
         drop(go);
-        let status = self.status.take().ok_or(RunError::Started)?;
+        let status = self.status.take().ok_or(LaunchError::Started)?;
         let mut msg = [0u8; 5];
         let mut got = 0;
         while got < msg.len() {
@@ -140,8 +175,8 @@ impl Launch {
         let errno =
             std::io::Error::from_raw_os_error(i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]));
         Err(match msg[0] {
-            STAGE_ENABLE => RunError::Enable(errno),
-            _ => RunError::Exec(self.program.display().to_string(), errno),
+            STAGE_ENABLE => LaunchError::Enable(errno),
+            _ => LaunchError::Exec(self.program.display().to_string(), errno),
         })
     }
 
