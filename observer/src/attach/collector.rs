@@ -20,6 +20,7 @@ use crate::{
     collect::{Extracted, LocatedBy, PartMeta, Sources},
     layout::artifact::LAYOUT,
 };
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -94,18 +95,23 @@ pub(super) async fn target_collector(
         done_tx.clone(),
         collecting.clone(),
     ));
-    // A job taken from the queue while passing over others, to be collected next.
-    let mut next: Option<CollectJob> = None;
+    // Jobs taken from the queue while passing over others, to be collected next, in order.
+    let mut next: VecDeque<CollectJob> = VecDeque::new();
     loop {
         // Room among this target's artifacts in flight first; while there is none, the backlog
         // stays bounded and a stop still gives it up.
         while settle.capacity() == 0 && !collecting.abandon.load(Ordering::SeqCst) {
-            if next.is_none() && jobs.len() >= BACKLOG {
-                next = pass_over_backlog(None, &mut jobs, &mut sources, &tx, &done_tx).await;
+            if next.is_empty() && jobs.len() >= BACKLOG {
+                let Some((s, rest)) =
+                    pass_over_backlog(None, &mut jobs, sources, &root, &tx, &done_tx).await
+                else {
+                    return;
+                };
+                (sources, next) = (s, rest);
             }
             tokio::time::sleep(ROOM_POLL).await;
         }
-        let mut job = match next.take() {
+        let mut job = match next.pop_front() {
             Some(job) => job,
             None => match jobs.recv().await {
                 Some(job) => job,
@@ -116,6 +122,7 @@ pub(super) async fn target_collector(
         // is queued now are given up, counted in one `lost` event (never a silent loss).
         if collecting.abandon.load(Ordering::SeqCst) {
             let mut all = vec![job];
+            all.extend(next.drain(..));
             while let Ok(more) = jobs.try_recv() {
                 all.push(more);
             }
@@ -123,9 +130,15 @@ pub(super) async fn target_collector(
             give_up(all, why, &tx, &done_tx).await;
             continue;
         }
-        if jobs.len() >= BACKLOG {
-            match pass_over_backlog(Some(job), &mut jobs, &mut sources, &tx, &done_tx).await {
-                Some(unpassable) => job = unpassable,
+        if next.is_empty() && jobs.len() >= BACKLOG {
+            let Some((s, mut rest)) =
+                pass_over_backlog(Some(job), &mut jobs, sources, &root, &tx, &done_tx).await
+            else {
+                return;
+            };
+            sources = s;
+            match rest.pop_front() {
+                Some(first) => (job, next) = (first, rest),
                 None => continue,
             }
         }
@@ -192,41 +205,39 @@ const BACKLOG: usize = 256;
 /// How often a collector with no room among its artifacts in flight looks at its backlog.
 const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Fallen behind a target: its backlog is bounded. Dumps whose place in their file the kernel
-/// saw are passed over unread, oldest first (`first`, then the queue's), down to half the bound,
-/// counted lost in one event. Returns the first that cannot be passed over (reading it is what
-/// keeps later dumps right): it is collected next.
+/// Fallen behind a target: its backlog is bounded. `first` and the oldest queued dumps, down to
+/// half the bound, are passed over unread where that keeps later dumps right (see
+/// `collect::pass_over`), counted lost in one event. Returns the target's sources and the dumps
+/// taken that could not be passed over (from the first such one on), to be collected next in
+/// order; None if the blocking task panicked (nothing sensible is left of the target's state).
 async fn pass_over_backlog(
     first: Option<CollectJob>,
     jobs: &mut mpsc::UnboundedReceiver<CollectJob>,
-    sources: &mut Sources,
+    sources: Sources,
+    root: &Arc<TargetDir>,
     tx: &Sender,
     done_tx: &mpsc::UnboundedSender<Outcome>,
-) -> Option<CollectJob> {
-    let mut passed = Vec::new();
-    let mut unpassable = None;
-    let mut candidate = first;
-    loop {
-        let job = match candidate.take() {
-            Some(job) => job,
-            None if jobs.len() > BACKLOG / 2 => match jobs.try_recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-            None => break,
-        };
-        if collect::pass_over(&job.done, sources) {
-            passed.push(job);
-        } else {
-            unpassable = Some(job);
-            break;
-        }
+) -> Option<(Sources, VecDeque<CollectJob>)> {
+    let mut taken: Vec<CollectJob> = first.into_iter().collect();
+    while jobs.len() > BACKLOG / 2 {
+        let Ok(job) = jobs.try_recv() else { break };
+        taken.push(job);
     }
+    let root = root.clone();
+    let (passed, mut taken, sources) = tokio::task::spawn_blocking(move || {
+        let mut sources = sources;
+        let dumps: Vec<&FinishedDump> = taken.iter().map(|j| &j.done).collect();
+        let passed = collect::pass_over(&dumps, &root, &mut sources);
+        (passed, taken, sources)
+    })
+    .await
+    .ok()?;
+    let rest: VecDeque<CollectJob> = taken.split_off(passed).into();
     let why = format!(
         "covobs' own limit: it fell behind this process ({BACKLOG} of its dumps were waiting to be collected) and passed over the oldest unread"
     );
-    give_up(passed, &why, tx, done_tx).await;
-    unpassable
+    give_up(taken, &why, tx, done_tx).await;
+    Some((sources, rest))
 }
 
 /// Artifacts of one target handed to the sinks and not yet settled, at most: enough for a

@@ -494,9 +494,15 @@ async fn drive_loop(
 
     loop {
         tokio::select! {
-            read = reader.read(&mut batch) => {
+            // Records are taken in chunks, and more are read only when a batch is done: when
+            // the output holds the session up, the kernel counts what it cannot keep (drops)
+            // instead of covobs' memory, and a stop is seen between chunks.
+            read = reader.read(&mut batch), if batch.is_empty() => {
                 read.context("reading the eBPF ring buffer")?;
-                for record in batch.drain(..) {
+            }
+            _ = std::future::ready(()), if !batch.is_empty() => {
+                let chunk = batch.len().min(RECORD_CHUNK);
+                for record in batch.drain(..chunk) {
                     session.on_record(record).await;
                 }
             }
@@ -584,6 +590,10 @@ async fn drive_loop(
         f.drain(&mut final_batch);
         session.on_final_records(final_batch.drain(..)).await;
     }
+    // What the kernel dropped while covobs observed: from here on the records are not read (a
+    // target that keeps dumping while covobs writes its backlog is no longer observed), so later
+    // drops are no loss of this session's.
+    session.check_ring_buffer().await;
     session.kcov_finish().await;
     session.expire_all().await;
     session.unended_dumps_lost().await;
@@ -608,9 +618,12 @@ async fn drive_loop(
         wait_outcomes(session, done_rx, until, None, Some(&collecting)).await;
     }
     session.unanswered_lost().await;
-    session.check_ring_buffer().await;
     Ok(progress.finish(session))
 }
+
+/// Records handled between two looks at everything else the session waits for (a stop, the
+/// outcomes, requests, ticks).
+const RECORD_CHUNK: usize = 256;
 
 /// After a stop, how long covobs waits for the ends of dumps already running.
 const STOP_DUMP_ENDS: Duration = Duration::from_secs(1);

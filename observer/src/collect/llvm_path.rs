@@ -189,6 +189,31 @@ impl ProfileCursor {
         root: &read::TargetDir,
         cwd: Option<&read::TargetDir>,
     ) -> Result<(Vec<u8>, String, u64), String> {
+        let (file, path) = self.open(root, cwd)?;
+        let (start, end) = self.next_profile(&file, &path)?;
+        let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.said())?;
+        llvm_raw::parse(&data, true).map_err(|e| format!("{path} at byte {start}: {e}"))?;
+        self.offset = end;
+        self.resync = false;
+        Ok((data, path, start))
+    }
+
+    /// Move past the next profile unread (a dump covobs passes over): a few small reads of its
+    /// header and value records, however large the profile. `file` is from [`Self::open`].
+    pub fn skip(&mut self, file: &fs::File, path: &str) -> Result<(), String> {
+        let (_, end) = self.next_profile(file, path)?;
+        self.offset = end;
+        self.resync = false;
+        Ok(())
+    }
+
+    /// The file the environment names, opened as the target; the cursor follows it (back to its
+    /// start when it is a new file).
+    pub fn open(
+        &mut self,
+        root: &read::TargetDir,
+        cwd: Option<&read::TargetDir>,
+    ) -> Result<(fs::File, String), String> {
         use std::os::unix::fs::MetadataExt;
         let path = match resolve_glob(&self.expanded, root, cwd) {
             Ok(p) => p,
@@ -203,19 +228,20 @@ impl ProfileCursor {
         }
         self.ino = Some(meta.ino());
         self.path = Some(path.clone());
+        Ok((file, path))
+    }
+
+    /// Where the next profile starts and ends in `file`.
+    fn next_profile(&self, file: &fs::File, path: &str) -> Result<(u64, u64), String> {
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
         let start = if self.expanded.merge_pool {
             0
         } else if self.resync {
-            next_header(&file, &path, self.offset, meta.len())?
+            next_header(file, path, self.offset, size)?
         } else {
             self.offset
         };
-        let end = profile_end(&file, &path, start, meta.len())?;
-        let data = read::read_range(&file, &path, start, end - start).map_err(|e| e.said())?;
-        llvm_raw::parse(&data, true).map_err(|e| format!("{path} at byte {start}: {e}"))?;
-        self.offset = end;
-        self.resync = false;
-        Ok((data, path, start))
+        Ok((start, profile_end(file, path, start, size)?))
     }
 }
 

@@ -272,29 +272,61 @@ pub fn extract(
     }
 }
 
-/// Move past what a finished LLVM dump wrote without reading it, when the kernel saw where it
-/// wrote (so later dumps are still read at their own place). False when passing over it would
-/// make a later collection wrong: positions the kernel did not see (the environment's cursor
-/// would take this dump's bytes as the next one's), or a merge pool (its next dump's merged base
-/// is this one's content).
-pub fn pass_over(done: &FinishedDump, sources: &mut Sources) -> bool {
-    if done.dump.hook.runtime != Runtime::Llvm {
-        return false;
-    }
+/// Move past what finished LLVM dumps wrote without reading it (dumps covobs passes over when
+/// it has fallen behind a target), oldest first; returns how many it passed. Where the kernel
+/// saw the writes, the cursor moves past them; where it did not, past the next profile in the
+/// file the environment names (its header and value records read, never its counters). It stops
+/// at a dump it cannot pass without making a later collection wrong: another runtime, a merge
+/// pool (its next dump's merged base is this one's content), or one whose place is unsure.
+pub fn pass_over(dumps: &[&FinishedDump], root: &TargetDir, sources: &mut Sources) -> usize {
     let Some(cursor) = sources.llvm.as_mut() else {
-        return false;
+        return 0;
     };
-    let written: Vec<_> = done.dump.files.iter().filter(|f| f.bytes > 0).collect();
-    let seen = |f: &&FileTrace| f.path.is_some() && f.start.is_some();
-    if cursor.expanded.merge_pool || written.is_empty() || !written.iter().all(seen) {
-        return false;
+    if cursor.expanded.merge_pool {
+        return 0;
     }
-    for f in written {
-        if let Some(path) = &f.path {
-            cursor.observed(path, f.ino, f.end);
+    // The environment's file, opened once for the dumps it locates.
+    let mut named: Option<(std::fs::File, String)> = None;
+    for (n, done) in dumps.iter().enumerate() {
+        if done.dump.hook.runtime != Runtime::Llvm || done.dump.dir_error.is_some() {
+            return n;
+        }
+        let written: Vec<_> = done.dump.files.iter().filter(|f| f.bytes > 0).collect();
+        if !written.is_empty() {
+            if !written
+                .iter()
+                .all(|f| f.path.is_some() && f.start.is_some())
+            {
+                return n;
+            }
+            for f in written {
+                if let Some(path) = &f.path {
+                    cursor.observed(path, f.ino, f.end);
+                }
+            }
+            continue;
+        }
+        if cursor
+            .placed_after(done.dump.start_ns, done.end_ns)
+            .is_err()
+        {
+            return n;
+        }
+        if named.is_none() {
+            let dump_root = done.dump.root.as_deref().unwrap_or(root);
+            match cursor.open(dump_root, done.dump.cwd.as_deref()) {
+                Ok(opened) => named = Some(opened),
+                Err(_) => return n,
+            }
+        }
+        let Some((file, path)) = named.as_ref() else {
+            return n;
+        };
+        if cursor.skip(file, path).is_err() {
+            return n;
         }
     }
-    true
+    dumps.len()
 }
 
 /// What a dump's output file must be: the one the kernel saw written when it told its device

@@ -148,7 +148,7 @@ pub trait PrimarySink: Send {
 /// Items in flight between the stages and the primary sink; a full queue slows the senders down,
 /// and a slowed ring-buffer reader shows up as counted kernel drops rather than unbounded memory.
 /// Also the default queue of every other sink.
-const QUEUE: usize = 1 << 16;
+const QUEUE: usize = 1 << 14;
 /// The queue from the stages to the dispatcher (which only hands items on).
 const INGRESS: usize = 1 << 10;
 /// The most artifact bytes a non-primary sink may hold queued; beyond, it drops artifacts.
