@@ -20,7 +20,7 @@ pub struct CollectorSetup {
     /// Where the next dump lands in the LLVM profile file, placed when covobs adopted the
     /// process (or before, for the targets found at start).
     pub llvm: Option<llvm_path::ProfileCursor>,
-    pub bisect: Option<collect::bisect::BisectSource>,
+    pub bisect: Option<crate::runtimes::bisect::coverage::BisectSource>,
     pub gcda: Vec<(String, String)>,
     pub dir: String,
     pub comm: String,

@@ -2,7 +2,7 @@
 //! later) and shared by the dumps that found the same directory: descriptors stay a few per
 //! target however many dumps wait to be collected, never one per queued dump.
 use super::session::*;
-use crate::collect::read::DirIdentity;
+use crate::target::files::DirIdentity;
 
 /// The last cwd and root opened for each target, with what they are.
 #[derive(Default)]
@@ -21,7 +21,7 @@ impl DumpDirs {
     ) -> Result<Option<Arc<TargetDir>>, String> {
         let fresh = match TargetDir::open(pid as i32, which) {
             Ok(d) => d,
-            Err(e) if collect::read::is_own_errno(&e) => {
+            Err(e) if crate::target::files::is_own_errno(&e) => {
                 return Err(format!("opening /proc/{pid}/{which}: {e}"));
             }
             Err(_) => return Ok(None),

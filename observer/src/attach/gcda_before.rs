@@ -22,7 +22,7 @@ impl GcdaBefore {
         let files = gcda
             .iter()
             .filter_map(|(_, path)| {
-                let data = collect::gcda_now(root, path)?;
+                let data = crate::runtimes::gcov::gcda_now(root, path)?;
                 Some((path.clone(), (Bytes::from(data), None)))
             })
             .collect();

@@ -454,7 +454,7 @@ async fn drive(
                 .unwrap_or_default();
             session
                 .kcov
-                .own(child.pid, &comm, buffer, crate::kcov::Mode::Pc);
+                .own(child.pid, &comm, buffer, crate::runtimes::kcov::Mode::Pc);
         }
         child.go().map_err(|e| BadInput(e.to_string()))?;
         for record in early {

@@ -22,11 +22,12 @@ pub(super) use crate::{
     cli::Mode,
     collect::{
         self, ActiveDump, Artifact, ArtifactMeta, DumpTracker, FinishedDump, ModuleMeta, TargetDir,
-        Trigger, llvm_path,
+        Trigger,
     },
     discover::{Discovery, Role, Runtime},
     events::{Body, Event, signal_name},
     probes::{Probes, records::Record},
+    runtimes::llvm::path as llvm_path,
     stream::Sender,
     sys::clock,
     target::Tracker,
@@ -105,7 +106,7 @@ pub struct Session {
     /// Snapshots from memory, and the final ones the kernel copies at exit.
     pub snapshots: Snapshots,
     /// Kernel coverage of the targets (kcov users; the workload of `covobs run --kernel`).
-    pub kcov: crate::kcov::KcovObserver,
+    pub kcov: crate::runtimes::kcov::KcovObserver,
     /// The workload `covobs run` launched: adopted at its exec, its ioctl() not probed.
     pub launched: Option<u32>,
     /// What covobs learned of the workload before its exec, for when it is gone by the time
@@ -117,9 +118,9 @@ pub struct Session {
 /// executable and the profile file its environment (covobs' own) names.
 #[derive(Clone)]
 pub(super) struct LaunchedPrep {
-    pub root: Option<Arc<crate::collect::read::TargetDir>>,
+    pub root: Option<Arc<crate::target::files::TargetDir>>,
     pub program: crate::discover::Mapped,
-    pub llvm_profile: Option<crate::collect::llvm_path::Expanded>,
+    pub llvm_profile: Option<crate::runtimes::llvm::path::Expanded>,
 }
 
 /// A dump signal on its way: (process, intended thread, signal, when it was sent or asked for).
@@ -187,7 +188,7 @@ impl Session {
             ocaml: Default::default(),
             expected: Vec::new(),
             snapshots,
-            kcov: crate::kcov::KcovObserver::new(),
+            kcov: crate::runtimes::kcov::KcovObserver::new(),
             launched: None,
             launched_prep: None,
         }
@@ -586,6 +587,9 @@ pub(super) fn identity(f: &covobs_common::FileIdentity) -> (Option<u64>, Option<
     if f.known == 0 {
         (None, None)
     } else {
-        (Some(f.ino), Some(collect::read::kernel_dev_to_user(f.dev)))
+        (
+            Some(f.ino),
+            Some(crate::target::files::kernel_dev_to_user(f.dev)),
+        )
     }
 }

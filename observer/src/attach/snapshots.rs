@@ -550,7 +550,7 @@ pub(crate) async fn deliver(
     let rel = artifact::rel(dir, &slot.file);
     let info = snap.info.clone();
     let valid = match runtime {
-        Runtime::Llvm => collect::llvm_raw::parse(&snap.bytes, true)
+        Runtime::Llvm => crate::runtimes::llvm::raw::parse(&snap.bytes, true)
             .err()
             .map(|e| e.to_string()),
         _ => None,

@@ -3,11 +3,9 @@
 //! not show which file a dump wrote, and to tell users where their target writes.
 use std::{fs, os::fd::AsRawFd};
 
-use super::{
-    llvm_raw,
-    read::{self, Expect},
-};
+use super::raw as llvm_raw;
 use crate::target::environ::Environ;
+use crate::target::files::{self as read, Expect};
 
 /// An expanded profile path: literal text with `*` where compiler-rt inserts a value covobs
 /// cannot recompute (the %m merge-pool signature).

@@ -1,0 +1,206 @@
+//! The coverage runtimes covobs observes, one module each, owning everything about observing
+//! that runtime: the functions it is found by and probed at, how a module that carries it
+//! without them is recognised, where its dumps land and how they are extracted and validated,
+//! how it is read from memory where it can be, and which thread a signal must reach.
+//!
+//! The stages stay generic (`discover/elf.rs` reads symbols, `target/files.rs` opens files as
+//! the target, `snapshot/memory.rs` reads memory, `trigger/` sends signals) and ask the runtime
+//! through [`Observed`]. [`Runtime::observed`] is the one match over the runtimes: a new variant
+//! does not compile without its module, and a module does not compile without every part.
+use serde::Serialize;
+
+use crate::{
+    collect::{CollectError, Extracted, FinishedDump},
+    discover::{ElfInfo, hooks::Hook},
+    target::files::TargetDir,
+};
+
+pub mod bisect;
+pub mod gcov;
+pub mod kcov;
+pub mod libc;
+pub mod llvm;
+pub mod ocaml;
+pub mod sancov;
+
+/// A runtime covobs recognises in a module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// LLVM source-based coverage (clang -fprofile-instr-generate, rustc -C instrument-coverage).
+    Llvm,
+    /// gcc --coverage / clang --coverage.
+    Gcov,
+    /// SanitizerCoverage.
+    Sancov,
+    /// OCaml bisect_ppx.
+    Bisect,
+    /// The OCaml runtime itself (not coverage: tells which thread runs OCaml).
+    Ocaml,
+    /// The C library (not coverage: its exit() tells which dumps are exit-time dumps, its
+    /// ioctl() which threads use kcov).
+    Libc,
+    /// Linux kcov: kernel coverage of a thread (the `/sys/kernel/debug/kcov` buffer).
+    Kcov,
+}
+
+/// Which thread a dump signal for a runtime must reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpThread {
+    /// The thread that runs OCaml: the dump runs OCaml code (bisect_ppx).
+    Ocaml,
+    /// A thread that does not run OCaml (the main thread unless it does).
+    NotOcaml,
+    /// None: a signal does not make it dump (the OCaml runtime itself).
+    Never,
+}
+
+/// Everything the observing side needs from one runtime. One implementation per module.
+pub trait Observed: Sync {
+    /// Its name in events, artifact file names and metadata (docs/output.md).
+    fn name(&self) -> &'static str;
+    /// What its users call it, in messages.
+    fn product(&self) -> &'static str;
+    /// File extension of its artifacts (docs/output.md).
+    fn extension(&self) -> &'static str;
+    /// A coverage runtime, not a helper covobs probes for context.
+    fn is_coverage(&self) -> bool;
+    /// The functions it is found by and probed at.
+    fn hooks(&self) -> &'static [Hook];
+    /// Its data is in the module even though none of its dump functions is in the symbols.
+    fn present_without_symbols(&self, elf: &ElfInfo) -> bool;
+    /// Why a module that carries it without a dump function cannot be dumped; `symtab`: the
+    /// module has its full symbol table (so the functions are absent, not stripped).
+    fn without_dump_function(&self, symtab: bool) -> &'static str;
+    /// Its dump function is native code whose return address may be hijacked by a uretprobe.
+    fn dump_returns_probeable(&self) -> bool;
+    /// The thread a dump signal must reach.
+    fn dump_thread(&self) -> DumpThread;
+    /// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
+    fn extract(
+        &self,
+        done: &FinishedDump,
+        root: &TargetDir,
+        sources: &mut Sources,
+    ) -> Result<Vec<Extracted>, CollectError>;
+}
+
+impl Runtime {
+    /// Every runtime, in the enum's order.
+    pub const ALL: [Runtime; 7] = [
+        Self::Llvm,
+        Self::Gcov,
+        Self::Sancov,
+        Self::Bisect,
+        Self::Ocaml,
+        Self::Libc,
+        Self::Kcov,
+    ];
+
+    /// The module that observes it.
+    pub fn observed(self) -> &'static dyn Observed {
+        match self {
+            Self::Llvm => &llvm::Llvm,
+            Self::Gcov => &gcov::Gcov,
+            Self::Sancov => &sancov::Sancov,
+            Self::Bisect => &bisect::Bisect,
+            Self::Ocaml => &ocaml::Ocaml,
+            Self::Libc => &libc::Libc,
+            Self::Kcov => &kcov::Kcov,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.observed().name()
+    }
+
+    /// See [`Observed::dump_returns_probeable`].
+    pub fn dump_returns_probeable(self) -> bool {
+        self.observed().dump_returns_probeable()
+    }
+
+    /// See [`Observed::is_coverage`].
+    pub fn is_coverage(self) -> bool {
+        self.observed().is_coverage()
+    }
+
+    /// See [`Observed::extension`].
+    pub fn extension(self) -> &'static str {
+        self.observed().extension()
+    }
+
+    /// See [`Observed::dump_thread`].
+    pub fn dump_thread(self) -> DumpThread {
+        self.observed().dump_thread()
+    }
+}
+
+/// The functions of every runtime that covobs recognises and probes.
+pub fn hooks() -> impl Iterator<Item = &'static Hook> {
+    Runtime::ALL.into_iter().flat_map(|r| r.observed().hooks())
+}
+
+/// The runtime an artifact's metadata names. Only coverage runtimes make artifacts; a helper
+/// (OCaml, libc) would be named as itself.
+impl From<Runtime> for crate::layout::artifact::Runtime {
+    fn from(r: Runtime) -> Self {
+        use crate::layout::artifact::Runtime as Named;
+        match r {
+            Runtime::Llvm => Named::Llvm,
+            Runtime::Gcov => Named::Gcov,
+            Runtime::Sancov => Named::Sancov,
+            Runtime::Bisect => Named::Bisect,
+            Runtime::Kcov => Named::Kcov,
+            Runtime::Ocaml | Runtime::Libc => Named::Unknown(r.as_str().to_owned()),
+        }
+    }
+}
+
+/// Where one target's runtimes put their dumps (owned by the target's collector).
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub llvm: Option<llvm::path::ProfileCursor>,
+    pub bisect: Option<bisect::coverage::BisectSource>,
+    /// gcov: the .gcda files of the target: (compiled-in path, relocated path).
+    pub gcda: Vec<(String, String)>,
+}
+
+/// The answer of a runtime whose dumps covobs does not collect from files.
+fn not_collected(runtime: Runtime) -> Result<Vec<Extracted>, CollectError> {
+    Err(CollectError::Fallback(format!(
+        "collecting {} dumps is not supported",
+        runtime.as_str()
+    )))
+}
+
+/// The reason a runtime present without its dump functions cannot be dumped.
+const STRIPPED: &str = "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_extensions_are_distinct() {
+        let mut names: Vec<_> = Runtime::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Runtime::ALL.len());
+        let mut exts: Vec<_> = Runtime::ALL
+            .iter()
+            .filter(|r| r.is_coverage())
+            .map(|r| r.extension())
+            .collect();
+        exts.sort_unstable();
+        exts.dedup();
+        assert_eq!(exts.len(), 5);
+    }
+
+    #[test]
+    fn each_runtime_owns_its_hooks() {
+        for r in Runtime::ALL {
+            assert!(r.observed().hooks().iter().all(|h| h.runtime == r), "{r:?}");
+        }
+        assert_eq!(hooks().count(), 17);
+    }
+}
