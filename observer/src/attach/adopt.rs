@@ -133,13 +133,10 @@ impl Session {
             .iter()
             .find(|m| m.module.runtimes.contains(&Runtime::Llvm))
         {
-            let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
             state.llvm_profile = Some(
                 prep.as_ref()
                     .and_then(|p| p.llvm_profile.clone())
-                    .unwrap_or_else(|| {
-                        llvm_path::for_process(pid, rustc, m.module.build_id.as_deref())
-                    }),
+                    .unwrap_or_else(|| llvm_path::for_module(pid, &m.module)),
             );
         }
         let has = |rt: Runtime| mapped.iter().any(|m| m.module.runtimes.contains(&rt));

@@ -1,7 +1,7 @@
 //! Which thread runs OCaml (decided every tick from the kernel's probe counters), and whether each
 //! dump signal covobs sent was delivered on the thread it was meant for (signal_deliver).
 use super::session::*;
-use crate::target::ocaml::Method;
+use crate::{runtimes::DumpThread, target::ocaml::Method};
 
 /// A signal not delivered after this long is no longer waited for (its dump timeout reports it).
 const DELIVERY_WAIT_NS: u64 = 60_000_000_000;
@@ -64,10 +64,11 @@ impl Session {
     /// Whether `pid` has an OCaml runtime whose thread a dump signal needs and is not known yet.
     pub fn needs_ocaml_thread(&self, pid: u32) -> bool {
         let wants = self.opts.thread == crate::trigger::ThreadChoice::Ocaml
-            || self
-                .targets
-                .get(&pid)
-                .is_some_and(|t| t.dumpable.contains(&Runtime::Bisect));
+            || self.targets.get(&pid).is_some_and(|t| {
+                t.dumpable
+                    .iter()
+                    .any(|r| r.dump_thread() == DumpThread::Ocaml)
+            });
         wants && self.ocaml.has_ocaml(pid) && self.ocaml.tid(pid).is_none()
     }
 
@@ -130,7 +131,10 @@ impl Session {
             x.via_bpf_pending = false;
             reason = x.reason;
         }
-        let runtimes = vec![Runtime::Bisect];
+        let runtimes: Vec<Runtime> = Runtime::ALL
+            .into_iter()
+            .filter(|r| r.dump_thread() == DumpThread::Ocaml)
+            .collect();
         let now = clock::boot_ns();
         if ret != 0 {
             self.lost(

@@ -77,10 +77,11 @@ impl Session {
         };
         // Its root now (the same after exec) and its profile file (its environment is covobs'
         // own): a workload that exits before covobs sees its exec is still collected.
-        let llvm_profile = m.module.runtimes.contains(&Runtime::Llvm).then(|| {
-            let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
-            crate::runtimes::llvm::path::for_process(pid, rustc, m.module.build_id.as_deref())
-        });
+        let llvm_profile = m
+            .module
+            .runtimes
+            .contains(&Runtime::Llvm)
+            .then(|| crate::runtimes::llvm::path::for_module(pid, &m.module));
         self.launched_prep = Some(super::session::LaunchedPrep {
             root: crate::target::files::TargetDir::open(pid as i32, "root")
                 .ok()

@@ -22,7 +22,6 @@ mod collector;
 pub mod control;
 mod delivery;
 mod dump_dirs;
-mod gcda_before;
 pub mod guest;
 pub mod kcov;
 mod kcov_session;

@@ -1,7 +1,7 @@
 //! Asking targets for dumps: signals to the right threads, the dumps expected from them, their
 //! deadlines, and the `covobs dump` requests waiting for them.
 use super::{control::DumpTarget, session::*};
-use crate::report::labels::name as label_name;
+use crate::{report::labels::name as label_name, runtimes::DumpThread};
 
 impl Session {
     /// At the end: every signal still unanswered is lost.
@@ -128,7 +128,7 @@ impl Session {
             };
             // The OCaml thread's signal can leave from eBPF, on that thread, the next time it
             // runs OCaml (--deliver bpf); the trigger event comes when it does.
-            let via_bpf = needed.contains(&Runtime::Bisect)
+            let via_bpf = needed.iter().any(|r| r.dump_thread() == DumpThread::Ocaml)
                 && self.ocaml_tid(pid) == Some(t.tid)
                 && self.bpf_delivery(pid);
             // Taken before the signal leaves: the kernel may deliver it before send() returns.

@@ -54,6 +54,11 @@ impl Observed for Libc {
         DumpThread::NotOcaml
     }
 
+    /// Not read from memory.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
+    }
+
     fn extract(
         &self,
         _done: &FinishedDump,

@@ -76,6 +76,8 @@ pub trait Observed: Sync {
     fn dump_returns_probeable(&self) -> bool;
     /// The thread a dump signal must reach.
     fn dump_thread(&self) -> DumpThread;
+    /// Why a snapshot of it (the file its runtime would write, made from memory) is not valid.
+    fn snapshot_invalid(&self, bytes: &[u8]) -> Option<String>;
     /// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
     fn extract(
         &self,
@@ -163,6 +165,79 @@ pub struct Sources {
     pub bisect: Option<bisect::coverage::BisectSource>,
     /// gcov: the .gcda files of the target: (compiled-in path, relocated path).
     pub gcda: Vec<(String, String)>,
+}
+
+/// What a target's files held before its next dump, for the runtimes whose dumps add into what
+/// the file holds (LLVM's merge pool, gcov's .gcda files): an artifact's metadata `merged` says
+/// what that was. Owned by the target's collector, next to its `Sources`.
+#[derive(Debug, Default)]
+pub struct Merges {
+    /// LLVM: what the merge-pool file held, when the profile file is one.
+    pool: Option<llvm::pool::Pool>,
+    gcda: gcov::before::GcdaBefore,
+}
+
+impl Merges {
+    /// The files as they are when covobs starts watching the target. Blocking (file I/O).
+    pub fn at_start(sources: &Sources, root: &TargetDir) -> Self {
+        Self {
+            pool: sources
+                .llvm
+                .as_ref()
+                .and_then(|c| llvm::pool::Pool::now(c, root)),
+            gcda: gcov::before::GcdaBefore::at_start(root, &sources.gcda),
+        }
+    }
+
+    /// Why what a dump of `runtime` wrote is no new dump: found by the files' time alone, it is
+    /// byte for byte what covobs collected last.
+    pub fn nothing_new(&self, runtime: Runtime, x: &Extracted) -> Option<&'static str> {
+        match runtime {
+            Runtime::Gcov => (x.source.located_by
+                == Some(crate::layout::artifact::LocatedBy::Environment)
+                && self.gcda.unchanged(&x.parts))
+            .then_some(
+                "the gcov runtime wrote nothing new: GCC's runtime dumps once until __gcov_reset() is called",
+            ),
+            Runtime::Llvm
+            | Runtime::Sancov
+            | Runtime::Bisect
+            | Runtime::Ocaml
+            | Runtime::Libc
+            | Runtime::Kcov => None,
+        }
+    }
+
+    /// What valid dump `n` of `runtime`, which wrote `data` where `source` says (or `parts`,
+    /// named as in the artifact directory: name, path in the target, bytes), merged onto, and the copy to keep beside it
+    /// (`<seq>-<runtime>.merged`) when that was not an artifact of this process. `merge_pool`:
+    /// the target's LLVM profile file is a merge pool.
+    pub fn merged(
+        &mut self,
+        runtime: Runtime,
+        n: u64,
+        source: &crate::layout::artifact::SourceInfo,
+        data: &[u8],
+        parts: &[(String, String, bytes::Bytes)],
+        merge_pool: bool,
+    ) -> (
+        Option<crate::layout::artifact::MergedBase>,
+        Option<bytes::Bytes>,
+    ) {
+        match runtime {
+            Runtime::Llvm if merge_pool => llvm::pool::merged(&mut self.pool, n, source, data),
+            Runtime::Gcov => {
+                let (base, copy) = self.gcda.merged(n, parts);
+                (base, copy.map(bytes::Bytes::from))
+            }
+            Runtime::Llvm
+            | Runtime::Sancov
+            | Runtime::Bisect
+            | Runtime::Ocaml
+            | Runtime::Libc
+            | Runtime::Kcov => (None, None),
+        }
+    }
 }
 
 /// The answer of a runtime whose dumps covobs does not collect from files.

@@ -74,6 +74,11 @@ impl Observed for Ocaml {
         DumpThread::Never
     }
 
+    /// Not read from memory.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
+    }
+
     fn extract(
         &self,
         _done: &FinishedDump,

@@ -2,4 +2,5 @@
 pub mod bpf;
 pub mod caps;
 pub mod clock;
+pub mod kcov;
 pub mod tracefs;

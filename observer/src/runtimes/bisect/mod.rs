@@ -78,6 +78,11 @@ impl Observed for Bisect {
         DumpThread::Ocaml
     }
 
+    /// Not read from memory.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
+    }
+
     fn extract(
         &self,
         done: &FinishedDump,

@@ -14,6 +14,7 @@ use crate::{
     target::files::{self as read, Expect, TargetDir},
 };
 
+pub mod before;
 pub mod gcda;
 
 static HOOKS: &[Hook] = &[
@@ -61,6 +62,11 @@ impl Observed for Gcov {
 
     fn dump_thread(&self) -> DumpThread {
         DumpThread::NotOcaml
+    }
+
+    /// Not read from memory.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
     }
 
     fn extract(

@@ -71,6 +71,11 @@ impl Observed for Kcov {
         DumpThread::NotOcaml
     }
 
+    /// Not read from memory.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
+    }
+
     fn extract(
         &self,
         _done: &FinishedDump,
@@ -81,8 +86,7 @@ impl Observed for Kcov {
     }
 }
 
-/// kcov's device.
-pub const DEVICE: &str = "/sys/kernel/debug/kcov";
+pub use crate::sys::kcov::DEVICE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KcovError {

@@ -16,6 +16,7 @@ use crate::{
 
 pub mod memory;
 pub mod path;
+pub mod pool;
 pub mod raw;
 
 /// Every dump through the LLVM runtime ends in `__llvm_profile_write_file` (also
@@ -75,6 +76,10 @@ impl Observed for Llvm {
 
     fn dump_thread(&self) -> DumpThread {
         DumpThread::NotOcaml
+    }
+
+    fn snapshot_invalid(&self, bytes: &[u8]) -> Option<String> {
+        raw::parse(bytes, true).err().map(|e| e.to_string())
     }
 
     fn extract(

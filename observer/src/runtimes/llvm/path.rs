@@ -68,6 +68,12 @@ pub fn expand(
     }
 }
 
+/// The profile file pattern of process `pid` for the LLVM runtime of `module`.
+pub fn for_module(pid: u32, module: &crate::discover::Module) -> Expanded {
+    let rustc = module.producers.iter().any(|p| p.contains("rustc"));
+    for_process(pid, rustc, module.build_id.as_deref())
+}
+
 /// The profile file pattern of process `pid` (in covobs' PID namespace): LLVM_PROFILE_FILE from
 /// /proc/PID/environ, else the
 /// default of the producing compiler (rustc: `default_%m_%p.profraw`, clang: `default.profraw`).

@@ -62,6 +62,11 @@ impl Observed for Sancov {
         DumpThread::NotOcaml
     }
 
+    /// What a snapshot makes of it is built by covobs (`memory.rs`): nothing to check.
+    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
+        None
+    }
+
     /// Its files name no module and hold PCs only: snapshots read the counters instead.
     fn extract(
         &self,
