@@ -314,7 +314,7 @@ impl Session {
 fn end_marker_name(runtime: Runtime) -> &'static str {
     runtime
         .observed()
-        .hooks()
+        .hooks
         .iter()
         .find(|h| h.role == Role::DumpEnd)
         .map_or("end marker", |h| match h.matcher {

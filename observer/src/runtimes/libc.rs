@@ -1,70 +1,23 @@
 //! The C library: not coverage, but its `exit()` tells which dumps are exit-time dumps and its
 //! `ioctl()` which threads use kcov.
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources, not_collected};
-use crate::{
-    collect::{CollectError, Extracted, FinishedDump},
-    discover::{
-        ElfInfo,
-        hooks::{Hook, HookMatch::Exact, Role, hook},
-    },
-    target::files::TargetDir,
-};
+use super::{DumpThread, Observed, Runtime};
+use crate::discover::hooks::{Hook, HookMatch::Exact, Role, hook};
 
 static HOOKS: &[Hook] = &[
     hook(Runtime::Libc, Role::ProcessExit, Exact("exit")),
     hook(Runtime::Libc, Role::Ioctl, Exact("ioctl")),
 ];
 
-pub struct Libc;
-
-impl Observed for Libc {
-    fn name(&self) -> &'static str {
-        "libc"
-    }
-
-    fn product(&self) -> &'static str {
-        "the C library"
-    }
-
-    fn extension(&self) -> &'static str {
-        "none"
-    }
-
-    fn is_coverage(&self) -> bool {
-        false
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    fn present_without_symbols(&self, _elf: &ElfInfo) -> bool {
-        false
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    fn dump_returns_probeable(&self) -> bool {
-        true
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::NotOcaml
-    }
-
-    /// Not read from memory.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn extract(
-        &self,
-        _done: &FinishedDump,
-        _root: &TargetDir,
-        _sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        not_collected(Runtime::Libc)
-    }
-}
+pub static OBSERVED: Observed = Observed {
+    name: "libc",
+    product: "the C library",
+    extension: "none",
+    is_coverage: false,
+    hooks: HOOKS,
+    found_without_symbols: |_| false,
+    no_dump_function: None,
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    check_snapshot: |_| None,
+    extractor: None,
+};

@@ -5,8 +5,9 @@
 //!
 //! The stages stay generic (`discover/elf.rs` reads symbols, `target/files.rs` opens files as
 //! the target, `snapshot/memory.rs` reads memory, `trigger/` sends signals) and ask the runtime
-//! through [`Observed`]. [`Runtime::observed`] is the one match over the runtimes: a new variant
-//! does not compile without its module, and a module does not compile without every part.
+//! through [`Runtime::observed`], each module's `OBSERVED`. The matches over the runtimes here
+//! are exhaustive, without a catch-all: a new variant does not compile without its module, and
+//! its `OBSERVED` does not compile without every field.
 use serde::Serialize;
 
 use crate::{
@@ -55,36 +56,75 @@ pub enum DumpThread {
     Never,
 }
 
-/// Everything the observing side needs from one runtime. One implementation per module.
-pub trait Observed: Sync {
+/// Reads and validates what a finished dump wrote. Blocking (file I/O): run it off the loop.
+pub type Extract =
+    fn(&FinishedDump, &TargetDir, &mut Sources) -> Result<Vec<Extracted>, CollectError>;
+
+/// Everything the observing side needs from one runtime: one `static` per runtime module, a
+/// struct literal that must name every field.
+pub struct Observed {
     /// Its name in events, artifact file names and metadata (docs/output.md).
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// What its users call it, in messages.
-    fn product(&self) -> &'static str;
+    pub product: &'static str,
     /// File extension of its artifacts (docs/output.md).
-    fn extension(&self) -> &'static str;
+    pub extension: &'static str,
     /// A coverage runtime, not a helper covobs probes for context.
-    fn is_coverage(&self) -> bool;
+    pub is_coverage: bool,
     /// The functions it is found by and probed at.
-    fn hooks(&self) -> &'static [Hook];
+    pub hooks: &'static [Hook],
     /// Its data is in the module even though none of its dump functions is in the symbols.
-    fn present_without_symbols(&self, elf: &ElfInfo) -> bool;
+    pub found_without_symbols: fn(&ElfInfo) -> bool,
+    /// Why a module with its full symbol table but without its dump function cannot be dumped
+    /// (None: said as for a stripped module).
+    pub no_dump_function: Option<&'static str>,
+    /// Its dump function is native code whose return address may be hijacked by a uretprobe.
+    pub dump_returns_probeable: bool,
+    /// The thread a dump signal must reach.
+    pub dump_thread: DumpThread,
+    /// Why a snapshot of it (the file its runtime would write, made from memory) is not valid.
+    pub check_snapshot: fn(&[u8]) -> Option<String>,
+    /// How its dumps are collected from the files they write (None: they are not).
+    pub extractor: Option<Extract>,
+}
+
+impl Observed {
+    /// Its data is in the module even though none of its dump functions is in the symbols.
+    pub fn present_without_symbols(&self, elf: &ElfInfo) -> bool {
+        (self.found_without_symbols)(elf)
+    }
+
     /// Why a module that carries it without a dump function cannot be dumped; `symtab`: the
     /// module has its full symbol table (so the functions are absent, not stripped).
-    fn without_dump_function(&self, symtab: bool) -> &'static str;
-    /// Its dump function is native code whose return address may be hijacked by a uretprobe.
-    fn dump_returns_probeable(&self) -> bool;
-    /// The thread a dump signal must reach.
-    fn dump_thread(&self) -> DumpThread;
-    /// Why a snapshot of it (the file its runtime would write, made from memory) is not valid.
-    fn snapshot_invalid(&self, bytes: &[u8]) -> Option<String>;
+    pub fn without_dump_function(&self, symtab: bool) -> &'static str {
+        match self.no_dump_function {
+            Some(why) if symtab => why,
+            _ => {
+                "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed"
+            }
+        }
+    }
+
+    /// Why a snapshot of it is not valid.
+    pub fn snapshot_invalid(&self, bytes: &[u8]) -> Option<String> {
+        (self.check_snapshot)(bytes)
+    }
+
     /// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
-    fn extract(
+    pub fn extract(
         &self,
         done: &FinishedDump,
         root: &TargetDir,
         sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError>;
+    ) -> Result<Vec<Extracted>, CollectError> {
+        match self.extractor {
+            Some(extract) => extract(done, root, sources),
+            None => Err(CollectError::Fallback(format!(
+                "collecting {} dumps is not supported",
+                self.name
+            ))),
+        }
+    }
 }
 
 impl Runtime {
@@ -100,46 +140,46 @@ impl Runtime {
     ];
 
     /// The module that observes it.
-    pub fn observed(self) -> &'static dyn Observed {
+    pub fn observed(self) -> &'static Observed {
         match self {
-            Self::Llvm => &llvm::Llvm,
-            Self::Gcov => &gcov::Gcov,
-            Self::Sancov => &sancov::Sancov,
-            Self::Bisect => &bisect::Bisect,
-            Self::Ocaml => &ocaml::Ocaml,
-            Self::Libc => &libc::Libc,
-            Self::Kcov => &kcov::Kcov,
+            Self::Llvm => &llvm::OBSERVED,
+            Self::Gcov => &gcov::OBSERVED,
+            Self::Sancov => &sancov::OBSERVED,
+            Self::Bisect => &bisect::OBSERVED,
+            Self::Ocaml => &ocaml::OBSERVED,
+            Self::Libc => &libc::OBSERVED,
+            Self::Kcov => &kcov::OBSERVED,
         }
     }
 
     pub fn as_str(self) -> &'static str {
-        self.observed().name()
+        self.observed().name
     }
 
     /// See [`Observed::dump_returns_probeable`].
     pub fn dump_returns_probeable(self) -> bool {
-        self.observed().dump_returns_probeable()
+        self.observed().dump_returns_probeable
     }
 
     /// See [`Observed::is_coverage`].
     pub fn is_coverage(self) -> bool {
-        self.observed().is_coverage()
+        self.observed().is_coverage
     }
 
     /// See [`Observed::extension`].
     pub fn extension(self) -> &'static str {
-        self.observed().extension()
+        self.observed().extension
     }
 
     /// See [`Observed::dump_thread`].
     pub fn dump_thread(self) -> DumpThread {
-        self.observed().dump_thread()
+        self.observed().dump_thread
     }
 }
 
 /// The functions of every runtime that covobs recognises and probes.
 pub fn hooks() -> impl Iterator<Item = &'static Hook> {
-    Runtime::ALL.into_iter().flat_map(|r| r.observed().hooks())
+    Runtime::ALL.into_iter().flat_map(|r| r.observed().hooks)
 }
 
 /// The runtime an artifact's metadata names. Only coverage runtimes make artifacts; a helper
@@ -240,17 +280,6 @@ impl Merges {
     }
 }
 
-/// The answer of a runtime whose dumps covobs does not collect from files.
-fn not_collected(runtime: Runtime) -> Result<Vec<Extracted>, CollectError> {
-    Err(CollectError::Fallback(format!(
-        "collecting {} dumps is not supported",
-        runtime.as_str()
-    )))
-}
-
-/// The reason a runtime present without its dump functions cannot be dumped.
-const STRIPPED: &str = "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +303,7 @@ mod tests {
     #[test]
     fn each_runtime_owns_its_hooks() {
         for r in Runtime::ALL {
-            assert!(r.observed().hooks().iter().all(|h| h.runtime == r), "{r:?}");
+            assert!(r.observed().hooks.iter().all(|h| h.runtime == r), "{r:?}");
         }
         assert_eq!(hooks().count(), 17);
     }

@@ -1,14 +1,7 @@
 //! The OCaml runtime: not coverage, but bisect_ppx's dumps run on the thread that runs it; hits
 //! on its steady-state functions tell which thread that is.
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources, not_collected};
-use crate::{
-    collect::{CollectError, Extracted, FinishedDump},
-    discover::{
-        ElfInfo,
-        hooks::{Hook, HookMatch::Exact, Role, hook},
-    },
-    target::files::TargetDir,
-};
+use super::{DumpThread, Observed, Runtime};
+use crate::discover::hooks::{Hook, HookMatch::Exact, Role, hook};
 
 static HOOKS: &[Hook] = &[
     hook(Runtime::Ocaml, Role::OcamlRuntime, Exact("caml_call_gc")),
@@ -34,57 +27,17 @@ static HOOKS: &[Hook] = &[
     ),
 ];
 
-pub struct Ocaml;
-
-impl Observed for Ocaml {
-    fn name(&self) -> &'static str {
-        "ocaml"
-    }
-
-    fn product(&self) -> &'static str {
-        "the OCaml runtime"
-    }
-
-    fn extension(&self) -> &'static str {
-        "none"
-    }
-
-    fn is_coverage(&self) -> bool {
-        false
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    fn present_without_symbols(&self, elf: &ElfInfo) -> bool {
-        elf.ocaml_runtime_text
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    /// OCaml's GC walks the stack by return addresses and would crash on a hijacked one.
-    fn dump_returns_probeable(&self) -> bool {
-        false
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::Never
-    }
-
-    /// Not read from memory.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn extract(
-        &self,
-        _done: &FinishedDump,
-        _root: &TargetDir,
-        _sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        not_collected(Runtime::Ocaml)
-    }
-}
+pub static OBSERVED: Observed = Observed {
+    name: "ocaml",
+    product: "the OCaml runtime",
+    extension: "none",
+    is_coverage: false,
+    hooks: HOOKS,
+    found_without_symbols: |elf| elf.ocaml_runtime_text,
+    no_dump_function: None,
+    // OCaml's GC walks the stack by return addresses and would crash on a hijacked one.
+    dump_returns_probeable: false,
+    dump_thread: DumpThread::Never,
+    check_snapshot: |_| None,
+    extractor: None,
+};

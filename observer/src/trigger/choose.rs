@@ -104,7 +104,7 @@ pub fn choose_threads(
                         None => {
                             return Err(TriggerError::Choice(format!(
                                 "process {pid} has {} but its OCaml thread is not known yet",
-                                rt.observed().product()
+                                rt.observed().product
                             )));
                         }
                     },

@@ -1,19 +1,16 @@
 //! OCaml bisect_ppx: found by `Bisect_common.write_runtime_data`, which runs OCaml code (no
 //! uretprobe: its end is the return of the `caml_ml_flush` it ends with) on the OCaml thread;
 //! its dumps are `.coverage` files under `BISECT_FILE` (`coverage.rs`).
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources};
+use super::{DumpThread, Observed, Runtime};
 use crate::{
     collect::{
         CollectError, Extracted, FinishedDump, FormatInfo, LocatedBy, MAX_COVERAGE_FILE,
         SourceInfo, expect_written, whole_file,
     },
-    discover::{
-        ElfInfo,
-        hooks::{
-            Hook,
-            HookMatch::{Exact, Prefix},
-            Role, hook,
-        },
+    discover::hooks::{
+        Hook,
+        HookMatch::{Exact, Prefix},
+        Role, hook,
     },
     target::files::{self as read, Expect, TargetDir},
 };
@@ -38,60 +35,20 @@ static HOOKS: &[Hook] = &[
     hook(Runtime::Bisect, Role::DumpEnd, Exact("caml_ml_flush")),
 ];
 
-pub struct Bisect;
-
-impl Observed for Bisect {
-    fn name(&self) -> &'static str {
-        "bisect"
-    }
-
-    fn product(&self) -> &'static str {
-        "bisect_ppx"
-    }
-
-    fn extension(&self) -> &'static str {
-        "coverage"
-    }
-
-    fn is_coverage(&self) -> bool {
-        true
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    fn present_without_symbols(&self, elf: &ElfInfo) -> bool {
-        elf.bisect_runtime_text
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    /// Not native: OCaml's GC walks the stack by return addresses and would crash on one.
-    fn dump_returns_probeable(&self) -> bool {
-        false
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::Ocaml
-    }
-
-    /// Not read from memory.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn extract(
-        &self,
-        done: &FinishedDump,
-        root: &TargetDir,
-        sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        extract(done, root, sources.bisect.as_mut())
-    }
-}
+pub static OBSERVED: Observed = Observed {
+    name: "bisect",
+    product: "bisect_ppx",
+    extension: "coverage",
+    is_coverage: true,
+    hooks: HOOKS,
+    found_without_symbols: |elf| elf.bisect_runtime_text,
+    no_dump_function: None,
+    // OCaml code: OCaml's GC walks the stack by return addresses and would crash on a hijacked one.
+    dump_returns_probeable: false,
+    dump_thread: DumpThread::Ocaml,
+    check_snapshot: |_| None,
+    extractor: Some(|done, root, sources| extract(done, root, sources.bisect.as_mut())),
+};
 
 fn extract(
     done: &FinishedDump,

@@ -1,16 +1,13 @@
 //! gcov (gcc --coverage, clang --coverage): found by `__gcov_dump` and `__gcov_exit`; its
 //! dumps merge into the `.gcda` files the binary names (moved by `GCOV_PREFIX`), read with the
 //! `.gcno` notes the report needs (`gcda.rs`).
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources};
+use super::{DumpThread, Observed, Runtime};
 use crate::{
     collect::{
         CollectError, Extracted, FinishedDump, FormatInfo, LocatedBy, MAX_COVERAGE_FILE,
         MAX_NOTES_FILE, SourceInfo, expect_written, whole_file,
     },
-    discover::{
-        ElfInfo,
-        hooks::{Hook, HookMatch::Exact, Role, hook},
-    },
+    discover::hooks::{Hook, HookMatch::Exact, Role, hook},
     target::files::{self as read, Expect, TargetDir},
 };
 
@@ -24,60 +21,20 @@ static HOOKS: &[Hook] = &[
     hook(Runtime::Gcov, Role::Reset, Exact("__gcov_reset")),
 ];
 
-pub struct Gcov;
-
-impl Observed for Gcov {
-    fn name(&self) -> &'static str {
-        "gcov"
-    }
-
-    fn product(&self) -> &'static str {
-        "gcov"
-    }
-
-    fn extension(&self) -> &'static str {
-        "gcda"
-    }
-
-    fn is_coverage(&self) -> bool {
-        true
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    /// Nothing tells gcov's counters apart without its functions.
-    fn present_without_symbols(&self, _elf: &ElfInfo) -> bool {
-        false
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    fn dump_returns_probeable(&self) -> bool {
-        true
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::NotOcaml
-    }
-
-    /// Not read from memory.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn extract(
-        &self,
-        done: &FinishedDump,
-        root: &TargetDir,
-        sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        extract(done, root, &sources.gcda)
-    }
-}
+pub static OBSERVED: Observed = Observed {
+    name: "gcov",
+    product: "gcov",
+    extension: "gcda",
+    is_coverage: true,
+    hooks: HOOKS,
+    // Nothing tells gcov's counters apart without its functions.
+    found_without_symbols: |_| false,
+    no_dump_function: None,
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    check_snapshot: |_| None,
+    extractor: Some(|done, root, sources| extract(done, root, &sources.gcda)),
+};
 
 fn extract(
     done: &FinishedDump,

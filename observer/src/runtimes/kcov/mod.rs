@@ -23,68 +23,24 @@ pub mod trace;
 pub use observer::{Capture, KcovEvent, KcovObserver};
 pub use trace::{CmpRecord, Mode, Trace};
 
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources, not_collected};
-use crate::{
-    collect::{CollectError, Extracted, FinishedDump},
-    discover::{ElfInfo, hooks::Hook},
-    target::files::TargetDir,
-};
+use super::{DumpThread, Observed};
 
 /// kcov is a kernel device, not a library: a process is seen using it through its C library's
-/// `ioctl()` (`super::libc`), and its traces are taken by `KcovObserver`, not dumped.
-pub struct Kcov;
-
-impl Observed for Kcov {
-    fn name(&self) -> &'static str {
-        "kcov"
-    }
-
-    fn product(&self) -> &'static str {
-        "kcov"
-    }
-
-    fn extension(&self) -> &'static str {
-        "kcov"
-    }
-
-    fn is_coverage(&self) -> bool {
-        true
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        &[]
-    }
-
-    fn present_without_symbols(&self, _elf: &ElfInfo) -> bool {
-        false
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    fn dump_returns_probeable(&self) -> bool {
-        true
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::NotOcaml
-    }
-
-    /// Not read from memory.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn extract(
-        &self,
-        _done: &FinishedDump,
-        _root: &TargetDir,
-        _sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        not_collected(Runtime::Kcov)
-    }
-}
+/// `ioctl()` (`super::libc`), and its traces are taken by `KcovObserver`.
+pub static OBSERVED: Observed = Observed {
+    name: "kcov",
+    product: "kcov",
+    extension: "kcov",
+    is_coverage: true,
+    hooks: &[],
+    found_without_symbols: |_| false,
+    no_dump_function: None,
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    check_snapshot: |_| None,
+    // Its traces are taken by `KcovObserver`, not dumped.
+    extractor: None,
+};
 
 pub use crate::sys::kcov::DEVICE;
 

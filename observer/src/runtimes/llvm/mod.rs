@@ -2,15 +2,12 @@
 //! found by `__llvm_profile_write_file`, its dumps are raw profiles appended to the file
 //! `LLVM_PROFILE_FILE` names (`path.rs`), validated by `raw.rs`; its counters can also be read
 //! straight out of memory (`memory.rs`).
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources};
+use super::{DumpThread, Observed, Runtime};
 use crate::{
     collect::{
         CollectError, Extracted, FinishedDump, FormatInfo, LocatedBy, SourceInfo, expect_written,
     },
-    discover::{
-        ElfInfo,
-        hooks::{Hook, HookMatch::Exact, Role, hook},
-    },
+    discover::hooks::{Hook, HookMatch::Exact, Role, hook},
     target::files::{self as read, TargetDir},
 };
 
@@ -34,63 +31,22 @@ static HOOKS: &[Hook] = &[
     ),
 ];
 
-pub struct Llvm;
-
-impl Observed for Llvm {
-    fn name(&self) -> &'static str {
-        "llvm"
-    }
-
-    fn product(&self) -> &'static str {
-        "LLVM source-based coverage"
-    }
-
-    fn extension(&self) -> &'static str {
-        "profraw"
-    }
-
-    fn is_coverage(&self) -> bool {
-        true
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    fn present_without_symbols(&self, elf: &ElfInfo) -> bool {
-        elf.sections.iter().any(|s| s.name == "__llvm_prf_cnts")
-    }
-
-    fn without_dump_function(&self, symtab: bool) -> &'static str {
-        if symtab {
-            // Symbols, but no dump function: minicov, or -Z no-profiler-runtime.
-            "its counters are there but it has no profile runtime that writes files (minicov or -Z no-profiler-runtime): nothing to signal; --mode snapshot reads its counters"
-        } else {
-            STRIPPED
-        }
-    }
-
-    fn dump_returns_probeable(&self) -> bool {
-        true
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::NotOcaml
-    }
-
-    fn snapshot_invalid(&self, bytes: &[u8]) -> Option<String> {
-        raw::parse(bytes, true).err().map(|e| e.to_string())
-    }
-
-    fn extract(
-        &self,
-        done: &FinishedDump,
-        root: &TargetDir,
-        sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        extract(done, root, sources.llvm.as_mut())
-    }
-}
+pub static OBSERVED: Observed = Observed {
+    name: "llvm",
+    product: "LLVM source-based coverage",
+    extension: "profraw",
+    is_coverage: true,
+    hooks: HOOKS,
+    found_without_symbols: |elf| elf.sections.iter().any(|s| s.name == "__llvm_prf_cnts"),
+    no_dump_function: Some(
+        // Symbols, but no dump function: minicov, or -Z no-profiler-runtime.
+        "its counters are there but it has no profile runtime that writes files (minicov or -Z no-profiler-runtime): nothing to signal; --mode snapshot reads its counters",
+    ),
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    check_snapshot: |bytes| raw::parse(bytes, true).err().map(|e| e.to_string()),
+    extractor: Some(|done, root, sources| extract(done, root, sources.llvm.as_mut())),
+};
 
 /// Read and validate what a finished LLVM dump wrote. Blocking (file I/O): run it off the loop.
 /// `cursor` follows the profile file the environment names: it locates the dump when the kernel

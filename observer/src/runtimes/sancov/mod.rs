@@ -1,14 +1,7 @@
 //! SanitizerCoverage: found by `__sanitizer_cov_dump`, or by its `__sancov_*` sections; covobs
 //! reads its counters straight out of memory (`memory.rs`), not what its dumps write.
-use super::{DumpThread, Observed, Runtime, STRIPPED, Sources, not_collected};
-use crate::{
-    collect::{CollectError, Extracted, FinishedDump},
-    discover::{
-        ElfInfo,
-        hooks::{Hook, HookMatch::Exact, Role, hook},
-    },
-    target::files::TargetDir,
-};
+use super::{DumpThread, Observed, Runtime};
+use crate::discover::hooks::{Hook, HookMatch::Exact, Role, hook};
 
 pub mod memory;
 
@@ -21,59 +14,22 @@ static HOOKS: &[Hook] = &[
     ),
 ];
 
-pub struct Sancov;
-
-impl Observed for Sancov {
-    fn name(&self) -> &'static str {
-        "sancov"
-    }
-
-    fn product(&self) -> &'static str {
-        "SanitizerCoverage"
-    }
-
-    fn extension(&self) -> &'static str {
-        "sancov"
-    }
-
-    fn is_coverage(&self) -> bool {
-        true
-    }
-
-    fn hooks(&self) -> &'static [Hook] {
-        HOOKS
-    }
-
-    fn present_without_symbols(&self, elf: &ElfInfo) -> bool {
+pub static OBSERVED: Observed = Observed {
+    name: "sancov",
+    product: "SanitizerCoverage",
+    extension: "sancov",
+    is_coverage: true,
+    hooks: HOOKS,
+    found_without_symbols: |elf| {
         elf.sections
             .iter()
             .any(|s| s.name == "__sancov_cntrs" || s.name == "__sancov_guards")
-    }
-
-    fn without_dump_function(&self, _symtab: bool) -> &'static str {
-        STRIPPED
-    }
-
-    fn dump_returns_probeable(&self) -> bool {
-        true
-    }
-
-    fn dump_thread(&self) -> DumpThread {
-        DumpThread::NotOcaml
-    }
-
-    /// What a snapshot makes of it is built by covobs (`memory.rs`): nothing to check.
-    fn snapshot_invalid(&self, _bytes: &[u8]) -> Option<String> {
-        None
-    }
-
-    /// Its files name no module and hold PCs only: snapshots read the counters instead.
-    fn extract(
-        &self,
-        _done: &FinishedDump,
-        _root: &TargetDir,
-        _sources: &mut Sources,
-    ) -> Result<Vec<Extracted>, CollectError> {
-        not_collected(Runtime::Sancov)
-    }
-}
+    },
+    no_dump_function: None,
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    // covobs builds what a snapshot makes of it (`memory.rs`): nothing to check.
+    check_snapshot: |_| None,
+    // Its files name no module and hold PCs only: snapshots read the counters instead.
+    extractor: None,
+};
