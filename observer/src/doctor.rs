@@ -465,7 +465,7 @@ fn uprobe_multi() -> Check {
 
 fn kcov() -> Check {
     let fix = "boot a kernel built with CONFIG_KCOV=y (and CONFIG_KCOV_ENABLE_COMPARISONS=y for comparison tracing) and mount debugfs on /sys/kernel/debug; covobs' test kernel is one (`cargo xtask kernel`, kernel/README.md)";
-    if let Err(e) = crate::kcov::kernel::available() {
+    if let Err(e) = crate::runtimes::kcov::kernel::available() {
         return check(
             "kcov",
             Status::Warn,
@@ -477,7 +477,7 @@ fn kcov() -> Check {
     }
     // It opens; can a buffer be sized and mapped, and does BTF describe struct kcov (what the
     // eBPF program follows from a kcov user's descriptor to its buffer)?
-    if let Err(e) = crate::kcov::buffer::OwnedBuffer::open(64) {
+    if let Err(e) = crate::runtimes::kcov::buffer::OwnedBuffer::open(64) {
         return check("kcov", Status::Warn, format!("{e}")).fix(fix);
     }
     let btf = crate::probes::btf::kcov_config();

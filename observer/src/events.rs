@@ -181,8 +181,8 @@ pub enum Body {
         read_ns: u64,
     },
     /// Kernel coverage (kcov) of thread `tid`: what its buffer held at a moment covobs saw
-    /// (crate::kcov::KcovEvent documents the fields).
-    Kcov(crate::kcov::KcovEvent),
+    /// (crate::runtimes::kcov::KcovEvent documents the fields).
+    Kcov(crate::runtimes::kcov::KcovEvent),
     /// A label closed (docs/labels.md): the artifacts of the dumps that close it, and the
     /// dumps asked for it that were lost.
     Label {

@@ -617,7 +617,7 @@ pub fn split_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let p = covobs::collect::llvm_raw::parse(&bytes[at..], false)
+        let p = covobs::runtimes::llvm::raw::parse(&bytes[at..], false)
             .unwrap_or_else(|e| panic!("profile at byte {at}: {e}"));
         let end = at + p.total_size as usize;
         out.push(bytes[at..end].to_vec());
@@ -633,7 +633,7 @@ pub fn complete_profiles(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let Ok(p) = covobs::collect::llvm_raw::parse(&bytes[at..], false) else {
+        let Ok(p) = covobs::runtimes::llvm::raw::parse(&bytes[at..], false) else {
             break;
         };
         let end = at + p.total_size as usize;

@@ -10,14 +10,14 @@ use super::{collector::CollectorSetup, session::Session};
 use crate::collect;
 use crate::collect::ModuleMeta;
 use crate::collect::TargetDir;
-use crate::collect::llvm_path;
 use crate::discover::Role;
 use crate::discover::Runtime;
 use crate::events::Body;
+use crate::runtimes::llvm::path as llvm_path;
 use crate::sys::clock;
 use crate::{
-    collect::bisect::BisectSource,
     discover::Mapped,
+    runtimes::{bisect::coverage::BisectSource, gcov::gcda},
     target::ocaml::{Method, comm_of},
 };
 use std::collections::BTreeMap;
@@ -84,30 +84,23 @@ impl Session {
                 .filter(|r| r.is_coverage())
                 .collect();
             for rt in stripped {
-                let note = if rt == Runtime::Llvm && m.module.symbol_source == "symtab" {
-                    // Symbols, but no dump function: minicov, or -Z no-profiler-runtime.
-                    "its counters are there but it has no profile runtime that writes files (minicov or -Z no-profiler-runtime): nothing to signal; --mode snapshot reads its counters"
-                } else {
-                    "its coverage data is there but the dump functions are not in the symbols (stripped): dumps cannot be observed"
-                };
+                let note = rt
+                    .observed()
+                    .without_dump_function(m.module.symbol_source == "symtab");
                 self.runtime_found(pid, m, rt, Vec::new(), Some(note.into()))
                     .await;
             }
             let mut by_runtime: BTreeMap<Runtime, Vec<String>> = BTreeMap::new();
             // Dumps that cannot carry a uretprobe end where their runtime's end marker returns:
             // without that marker, they are not probed at all.
-            let marker = m
-                .module
-                .hooks(Runtime::Bisect, Role::DumpEnd)
-                .next()
-                .cloned();
             let mut marked = false;
             for (runtime, function, offset) in targets::dump_hooks(m) {
                 if !runtime.dump_returns_probeable() {
-                    let Some(end) = &marker else {
+                    let Some(end) = m.module.hooks(runtime, Role::DumpEnd).next() else {
                         tracing::warn!(
-                            "{}: no caml_ml_flush to end its {} dumps on; not probed",
+                            "{}: no {} to end its {} dumps on; not probed",
                             m.module.path,
+                            end_marker_name(runtime),
                             runtime.as_str()
                         );
                         continue;
@@ -156,20 +149,17 @@ impl Session {
             .iter()
             .find(|m| m.module.runtimes.contains(&Runtime::Llvm))
         {
-            let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
             state.llvm_profile = Some(
                 prep.as_ref()
                     .and_then(|p| p.llvm_profile.clone())
-                    .unwrap_or_else(|| {
-                        llvm_path::for_process(pid, rustc, m.module.build_id.as_deref())
-                    }),
+                    .unwrap_or_else(|| llvm_path::for_module(pid, &m.module)),
             );
         }
         let has = |rt: Runtime| mapped.iter().any(|m| m.module.runtimes.contains(&rt));
         let gcda: Vec<(String, String)> = mapped
             .iter()
             .filter(|m| m.module.runtimes.contains(&Runtime::Gcov))
-            .flat_map(|m| collect::gcov::paths_for_process(pid, &m.module.elf.gcda_paths))
+            .flat_map(|m| gcda::paths_for_process(pid, &m.module.elf.gcda_paths))
             .collect();
         let probe_ioctl = self.launched != Some(pid);
         let kcov_events = self
@@ -334,4 +324,17 @@ impl Session {
         self.runtime_found(pid, m, Runtime::Ocaml, probed, None)
             .await;
     }
+}
+
+/// The function whose return ends `runtime`'s dumps, as its hook table names it.
+fn end_marker_name(runtime: Runtime) -> &'static str {
+    runtime
+        .observed()
+        .hooks
+        .iter()
+        .find(|h| h.role == Role::DumpEnd)
+        .map_or("end marker", |h| match h.matcher {
+            crate::discover::hooks::HookMatch::Exact(n)
+            | crate::discover::hooks::HookMatch::Prefix(n) => n,
+        })
 }

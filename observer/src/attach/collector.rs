@@ -11,14 +11,15 @@ use crate::collect::ArtifactMeta;
 use crate::collect::FinishedDump;
 use crate::collect::ModuleMeta;
 use crate::collect::TargetDir;
-use crate::collect::llvm_path;
 use crate::discover::Runtime;
 use crate::events::{Body, Event};
+use crate::runtimes::llvm::path as llvm_path;
 use crate::stream::Sender;
 use crate::sys::clock;
 use crate::{
-    collect::{Extracted, LocatedBy, PartMeta, Sources},
+    collect::{Extracted, PartMeta, Sources},
     layout::artifact::LAYOUT,
+    runtimes::Merges,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,22 +39,12 @@ pub struct CollectorSetup {
     /// Where the next dump lands in the LLVM profile file, placed when covobs adopted the
     /// process (or before, for the targets found at start).
     pub llvm: Option<llvm_path::ProfileCursor>,
-    pub bisect: Option<collect::bisect::BisectSource>,
+    pub bisect: Option<crate::runtimes::bisect::coverage::BisectSource>,
     pub gcda: Vec<(String, String)>,
     pub dir: String,
     pub comm: String,
     /// When the process started (CLOCK_BOOTTIME ns): recorded in every artifact.
     pub process_start_ns: Option<u64>,
-}
-
-/// What an LLVM merge-pool file (`%m`) held after the last dump this collector saw (or when it
-/// attached): the runtime merges it into its counters before its next write.
-struct Pool {
-    path: String,
-    ino: Option<u64>,
-    bytes: Vec<u8>,
-    /// The artifact these bytes are, if covobs collected them.
-    seq: Option<u64>,
 }
 
 pub(super) async fn target_collector(
@@ -75,14 +66,14 @@ pub(super) async fn target_collector(
     } = setup;
     // bisect's cursor starts after the files there now: those are dumps from before covobs attached.
     let start_root = root.clone();
-    let (mut sources, mut pool, mut gcda_before) = tokio::task::spawn_blocking(move || {
+    let (mut sources, mut merges) = tokio::task::spawn_blocking(move || {
         let mut bisect = bisect;
         if let Some(b) = bisect.as_mut() {
             b.skip_existing(&start_root, None);
         }
-        let pool = llvm.as_ref().and_then(|c| pool_now(c, &start_root));
-        let before = super::gcda_before::GcdaBefore::at_start(&start_root, &gcda);
-        (Sources { llvm, bisect, gcda }, pool, before)
+        let sources = Sources { llvm, bisect, gcda };
+        let merges = Merges::at_start(&sources, &start_root);
+        (sources, merges)
     })
     .await
     .unwrap_or_default();
@@ -181,8 +172,8 @@ pub(super) async fn target_collector(
             dir: &dir,
             comm: &comm,
             process_start_ns,
-            pool: merge_pool.then_some(&mut pool),
-            gcda_before: &mut gcda_before,
+            merge_pool,
+            merges: &mut merges,
         };
         let to = Out {
             seq: &seq,
@@ -268,27 +259,15 @@ async fn settle_in_order(
     }
 }
 
-/// What a merge-pool file holds now (before the first dump covobs collects from it).
-fn pool_now(c: &llvm_path::ProfileCursor, root: &TargetDir) -> Option<Pool> {
-    let path = c.path.clone()?;
-    let bytes = c.pool_content(root)?;
-    Some(Pool {
-        path,
-        ino: c.ino,
-        bytes,
-        seq: None,
-    })
-}
-
 /// The target a collector delivers for.
 struct Target<'a> {
     dir: &'a str,
     comm: &'a str,
     process_start_ns: Option<u64>,
-    /// Its LLVM profile file is a merge pool: what it held before the next dump.
-    pool: Option<&'a mut Option<Pool>>,
-    /// What its .gcda files held before the next gcov dump (libgcov merges it).
-    gcda_before: &'a mut super::gcda_before::GcdaBefore,
+    /// Its LLVM profile file is a merge pool.
+    merge_pool: bool,
+    /// What its files held before the next dump, for the runtimes that merge into them.
+    merges: &'a mut Merges,
 }
 
 /// Where a collector's artifacts go.
@@ -304,7 +283,7 @@ struct Out<'a> {
 async fn deliver(
     job: CollectJob,
     extracted: Result<Vec<Extracted>, collect::CollectError>,
-    mut target: Target<'_>,
+    target: Target<'_>,
     to: Out<'_>,
 ) {
     let Out {
@@ -347,12 +326,10 @@ async fn deliver(
     for x in list {
         // Found by modification time alone (no write seen), and byte for byte what covobs
         // collected last: the files' time was within the window, the dump wrote nothing.
-        if runtime == Runtime::Gcov
-            && x.source.located_by == Some(LocatedBy::Environment)
-            && target.gcda_before.unchanged(&x.parts)
-        {
+        if let Some(why) = target.merges.nothing_new(runtime, &x) {
             let reason = format!(
-                "gcov dump on thread {tid} (returned {ret}): the gcov runtime wrote nothing new: GCC's runtime dumps once until __gcov_reset() is called"
+                "{} dump on thread {tid} (returned {ret}): {why}",
+                runtime.as_str()
             );
             artifact::lost(tx, pid, tid, runtime, &reason).await;
             let _ = done_tx.send(Outcome {
@@ -384,41 +361,15 @@ async fn deliver(
             .collect();
         // A merge pool's earlier content went into the counters this dump wrote.
         let mut extra = Vec::new();
-        let merged = match target.pool.as_deref_mut() {
-            Some(pool) if runtime == Runtime::Llvm && valid => {
-                // The same file: by name, or by inode (the kernel sees the name the target
-                // opened, maybe relative).
-                let before = pool.take().filter(|p| {
-                    p.path == x.source.path || (p.ino.is_some() && p.ino == x.source.inode)
-                });
-                *pool = Some(Pool {
-                    path: x.source.path.clone(),
-                    ino: x.source.inode,
-                    bytes: x.data.clone(),
-                    seq: Some(n),
-                });
-                before.map(|p| {
-                    let base = collect::MergedBase {
-                        seq: p.seq,
-                        file: p.seq.is_none().then(|| format!("{n:06}-llvm.merged")),
-                        bytes: Some(p.bytes.len() as u64),
-                        checksum: Some(collect::checksum(&p.bytes)),
-                        parts: Vec::new(),
-                    };
-                    if p.seq.is_none() {
-                        extra.push(("merged", bytes::Bytes::from(p.bytes)));
-                    }
-                    base
-                })
-            }
-            _ if runtime == Runtime::Gcov && valid => {
-                let (base, copy) = target.gcda_before.merged(n, &parts);
-                if let Some(copy) = copy {
-                    extra.push(("merged", bytes::Bytes::from(copy)));
-                }
-                base
-            }
-            _ => None,
+        let merged = if valid {
+            let (base, copy) =
+                target
+                    .merges
+                    .merged(runtime, n, &x.source, &x.data, &parts, target.merge_pool);
+            extra.extend(copy.map(|c| ("merged", c)));
+            base
+        } else {
+            None
         };
         let meta = ArtifactMeta {
             seq: n,

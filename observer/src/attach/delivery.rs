@@ -7,6 +7,7 @@ use crate::discover::Runtime;
 use crate::events::Body;
 use crate::events::Event;
 use crate::events::signal_name;
+use crate::runtimes::DumpThread;
 use crate::sys::clock;
 use crate::target::ocaml::Method;
 
@@ -62,10 +63,11 @@ impl Session {
     /// Whether `pid` has an OCaml runtime whose thread a dump signal needs and is not known yet.
     pub fn needs_ocaml_thread(&self, pid: u32) -> bool {
         let wants = self.opts.thread == crate::trigger::ThreadChoice::Ocaml
-            || self
-                .targets
-                .get(&pid)
-                .is_some_and(|t| t.dumpable.contains(&Runtime::Bisect));
+            || self.targets.get(&pid).is_some_and(|t| {
+                t.dumpable
+                    .iter()
+                    .any(|r| r.dump_thread() == DumpThread::Ocaml)
+            });
         wants && self.ocaml.has_ocaml(pid) && self.ocaml.tid(pid).is_none()
     }
 
@@ -120,7 +122,10 @@ impl Session {
         requested_ns: u64,
     ) {
         let reason = self.deliveries.sent_by_bpf(pid, tid);
-        let runtimes = vec![Runtime::Bisect];
+        let runtimes: Vec<Runtime> = Runtime::ALL
+            .into_iter()
+            .filter(|r| r.dump_thread() == DumpThread::Ocaml)
+            .collect();
         let now = clock::boot_ns();
         if ret != 0 {
             self.lost(

@@ -1,9 +1,8 @@
 //! The cwd and root a dump is read from, opened when it starts (the target may chdir or chroot
 //! later) and shared by the dumps that found the same directory: descriptors stay a few per
 //! target however many dumps wait to be collected, never one per queued dump.
-use crate::collect;
 use crate::collect::TargetDir;
-use crate::collect::read::DirIdentity;
+use crate::target::files::DirIdentity;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ impl DumpDirs {
     ) -> Result<Option<Arc<TargetDir>>, String> {
         let fresh = match TargetDir::open(pid as i32, which) {
             Ok(d) => d,
-            Err(e) if collect::read::is_own_errno(&e) => {
+            Err(e) if crate::target::files::is_own_errno(&e) => {
                 return Err(format!("opening /proc/{pid}/{which}: {e}"));
             }
             Err(_) => return Ok(None),

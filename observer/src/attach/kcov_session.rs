@@ -14,7 +14,8 @@ impl Session {
         let mut early = Vec::new();
         if self.kcov.active() && self.probes.kcov_config().valid != 0 {
             let started = std::time::Instant::now();
-            match crate::kcov::calibrate::calibrate(&mut self.probes, reader, &mut early) {
+            match crate::runtimes::kcov::calibrate::calibrate(&mut self.probes, reader, &mut early)
+            {
                 Ok(a) => tracing::debug!("kcov anchors in {:?}: {a:?}", started.elapsed()),
                 Err(e) => {
                     tracing::warn!("{e}: kcov counts at KCOV_DISABLE include covobs' own trap")
@@ -25,7 +26,7 @@ impl Session {
     }
 
     /// kcov events to the stream, captures to artifacts.
-    pub(super) async fn kcov_out(&mut self, outputs: Vec<crate::kcov::observer::Output>) {
+    pub(super) async fn kcov_out(&mut self, outputs: Vec<crate::runtimes::kcov::observer::Output>) {
         for o in outputs {
             self.tx.event(o.event).await;
             let Some(c) = o.capture else { continue };
@@ -81,12 +82,13 @@ impl Session {
         };
         // Its root now (the same after exec) and its profile file (its environment is covobs'
         // own): a workload that exits before covobs sees its exec is still collected.
-        let llvm_profile = m.module.runtimes.contains(&Runtime::Llvm).then(|| {
-            let rustc = m.module.producers.iter().any(|p| p.contains("rustc"));
-            crate::collect::llvm_path::for_process(pid, rustc, m.module.build_id.as_deref())
-        });
+        let llvm_profile = m
+            .module
+            .runtimes
+            .contains(&Runtime::Llvm)
+            .then(|| crate::runtimes::llvm::path::for_module(pid, &m.module));
         self.launched_prep = Some(super::session::LaunchedPrep {
-            root: crate::collect::read::TargetDir::open(pid as i32, "root")
+            root: crate::target::files::TargetDir::open(pid as i32, "root")
                 .ok()
                 .map(Arc::new),
             program: m.clone(),

@@ -22,7 +22,6 @@ pub mod control;
 mod deliveries;
 mod delivery;
 mod dump_dirs;
-mod gcda_before;
 pub mod guest;
 pub mod kcov;
 mod kcov_session;
@@ -396,7 +395,7 @@ async fn drive(
                 .unwrap_or_default();
             session
                 .kcov
-                .own(child.pid, &comm, buffer, crate::kcov::Mode::Pc);
+                .own(child.pid, &comm, buffer, crate::runtimes::kcov::Mode::Pc);
         }
         child.go().map_err(|e| BadInput(e.to_string()))?;
         for record in early {

@@ -15,7 +15,7 @@ use super::{
     targets::{HookTable, TargetState},
 };
 use crate::{
-    collect::{self, ActiveDump, DumpTracker, Trigger},
+    collect::{ActiveDump, DumpTracker, Trigger},
     discover::Discovery,
     events::{Body, Event},
     probes::{Probes, records::Record},
@@ -74,7 +74,7 @@ pub struct Session {
     /// Snapshots from memory, and the final ones the kernel copies at exit.
     pub(super) snapshots: Snapshots,
     /// Kernel coverage of the targets (kcov users; the workload of `covobs run --kernel`).
-    pub(super) kcov: crate::kcov::KcovObserver,
+    pub(super) kcov: crate::runtimes::kcov::KcovObserver,
     /// The workload `covobs run` launched: adopted at its exec, its ioctl() not probed.
     pub(super) launched: Option<u32>,
     /// What covobs learned of the workload before its exec, for when it is gone by the time
@@ -86,9 +86,9 @@ pub struct Session {
 /// executable and the profile file its environment (covobs' own) names.
 #[derive(Clone)]
 pub(super) struct LaunchedPrep {
-    pub root: Option<Arc<crate::collect::read::TargetDir>>,
+    pub root: Option<Arc<crate::target::files::TargetDir>>,
     pub program: crate::discover::Mapped,
-    pub llvm_profile: Option<crate::collect::llvm_path::Expanded>,
+    pub llvm_profile: Option<crate::runtimes::llvm::path::Expanded>,
 }
 
 pub(super) fn event(pid: u32, tid: u32, body: Body) -> Event {
@@ -140,7 +140,7 @@ impl Session {
             ocaml: Default::default(),
             deliveries: Deliveries::default(),
             snapshots,
-            kcov: crate::kcov::KcovObserver::new(),
+            kcov: crate::runtimes::kcov::KcovObserver::new(),
             launched: None,
             launched_prep: None,
         }
@@ -559,6 +559,9 @@ pub(super) fn identity(f: &covobs_common::FileIdentity) -> (Option<u64>, Option<
     if f.known == 0 {
         (None, None)
     } else {
-        (Some(f.ino), Some(collect::read::kernel_dev_to_user(f.dev)))
+        (
+            Some(f.ino),
+            Some(crate::target::files::kernel_dev_to_user(f.dev)),
+        )
     }
 }

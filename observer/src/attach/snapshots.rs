@@ -549,12 +549,7 @@ pub(crate) async fn deliver(
     let slot = Slot::take(seq, runtime);
     let rel = artifact::rel(dir, &slot.file);
     let info = snap.info.clone();
-    let valid = match runtime {
-        Runtime::Llvm => collect::llvm_raw::parse(&snap.bytes, true)
-            .err()
-            .map(|e| e.to_string()),
-        _ => None,
-    };
+    let valid = runtime.observed().snapshot_invalid(&snap.bytes);
     let tid = pid;
     let meta = ArtifactMeta {
         seq: slot.seq,

@@ -4,8 +4,9 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use crate::{
-    collect::{HookRef, TargetDir, llvm_path},
+    collect::{HookRef, TargetDir},
     discover::{Mapped, Role, Runtime},
+    runtimes::llvm::path as llvm_path,
 };
 
 /// A signal covobs sent and the dumps it expects from it.
@@ -48,7 +49,7 @@ impl TargetState {
         let adopted_ns = crate::sys::clock::boot_ns();
         let root = match TargetDir::open(pid as i32, "root") {
             Ok(d) => Ok(Arc::new(d)),
-            Err(e) if crate::collect::read::is_own_errno(&e) => {
+            Err(e) if crate::target::files::is_own_errno(&e) => {
                 Err(format!("covobs' own failure: {e}"))
             }
             Err(e) => Err(e.to_string()),

@@ -14,6 +14,7 @@ use crate::discover::Runtime;
 use crate::events::Body;
 use crate::events::signal_name;
 use crate::report::labels::name as label_name;
+use crate::runtimes::DumpThread;
 use crate::sys::clock;
 use crate::trigger;
 use crate::trigger::ThreadRef;
@@ -141,7 +142,7 @@ impl Session {
             };
             // The OCaml thread's signal can leave from eBPF, on that thread, the next time it
             // runs OCaml (--deliver bpf); the trigger event comes when it does.
-            let via_bpf = needed.contains(&Runtime::Bisect)
+            let via_bpf = needed.iter().any(|r| r.dump_thread() == DumpThread::Ocaml)
                 && self.ocaml_tid(pid) == Some(t.tid)
                 && self.bpf_delivery(pid);
             // Taken before the signal leaves: the kernel may deliver it before send() returns.

@@ -9,18 +9,16 @@ use sha2::Digest;
 
 use crate::discover::{Module, Runtime};
 
-pub mod bisect;
-pub mod gcov;
-pub mod llvm_path;
-pub mod llvm_raw;
-pub mod read;
+/// The format readers the report uses, until it imports them from the layout crate.
+pub use crate::runtimes::{bisect::coverage as bisect, gcov::gcda as gcov};
 
 pub use crate::layout::artifact::{
     ArtifactMeta, FormatInfo, LocatedBy, MergedBase, MergedPart, ModuleMeta, PartMeta, SourceInfo,
     Trigger,
 };
-pub use read::TargetDir;
-use read::{Expect, Identity};
+pub use crate::runtimes::Sources;
+pub use crate::target::files::TargetDir;
+use crate::target::files::{self as read, Expect, Identity};
 
 /// One file the dumping thread touched.
 #[derive(Clone, Debug, Default)]
@@ -246,30 +244,15 @@ impl Extracted {
     }
 }
 
-/// Where one target's runtimes put their dumps (owned by the target's collector).
-#[derive(Debug, Default)]
-pub struct Sources {
-    pub llvm: Option<llvm_path::ProfileCursor>,
-    pub bisect: Option<bisect::BisectSource>,
-    /// gcov: the .gcda files of the target: (compiled-in path, relocated path).
-    pub gcda: Vec<(String, String)>,
-}
-
-/// Read and validate what a finished dump wrote. Blocking (file I/O): run it off the loop.
+/// Read and validate what a finished dump wrote, as its runtime does. Blocking (file I/O): run
+/// it off the loop.
 pub fn extract(
     done: &FinishedDump,
     root: &TargetDir,
     sources: &mut Sources,
 ) -> Result<Vec<Extracted>, CollectError> {
-    match done.dump.hook.runtime {
-        Runtime::Llvm => extract_llvm(done, root, sources.llvm.as_mut()),
-        Runtime::Bisect => extract_bisect(done, root, sources.bisect.as_mut()),
-        Runtime::Gcov => extract_gcov(done, root, &sources.gcda),
-        other => Err(CollectError::Fallback(format!(
-            "collecting {} dumps is not supported",
-            other.as_str()
-        ))),
-    }
+    let runtime = done.dump.hook.runtime.observed();
+    runtime.extract(done, root, sources)
 }
 
 /// Move past what finished LLVM dumps wrote without reading it (dumps covobs passes over when
@@ -331,13 +314,13 @@ pub fn pass_over(dumps: &[&FinishedDump], root: &TargetDir, sources: &mut Source
 
 /// What a dump's output file must be: the one the kernel saw written when it told its device
 /// and inode, otherwise a file the target may write.
-fn expect_written(dev: Option<u64>, ino: Option<u64>) -> Expect {
+pub(crate) fn expect_written(dev: Option<u64>, ino: Option<u64>) -> Expect {
     Identity::of(dev, ino).map_or(Expect::Writable, Expect::Written)
 }
 
 /// A whole file the dump (re)wrote (or, with `Expect::Readable`, notes it reads), of at most
 /// `limit` bytes.
-fn whole_file(
+pub(crate) fn whole_file(
     root: &TargetDir,
     cwd: Option<&TargetDir>,
     path: &str,
@@ -355,214 +338,8 @@ fn whole_file(
 }
 
 /// Bounds on whole files read from a target: far above real dumps, far below covobs' memory.
-const MAX_COVERAGE_FILE: u64 = 1 << 30;
-const MAX_NOTES_FILE: u64 = 256 << 20;
-
-fn extract_bisect(
-    done: &FinishedDump,
-    root: &TargetDir,
-    mut source: Option<&mut bisect::BisectSource>,
-) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_deref();
-    let mut out = Vec::new();
-    for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
-        // The dump writes into a file its caller opened: no path from the kernel, only the inode.
-        let path = match (&f.path, f.ino, source.as_deref()) {
-            (Some(p), _, _) => p.clone(),
-            (None, Some(ino), Some(src)) => match src.path_of(root, cwd, ino) {
-                Some(p) => p,
-                None => {
-                    return Err(CollectError::Fallback(format!(
-                        "the dump wrote inode {ino}, which is not a {}*.coverage file",
-                        src.prefix
-                    )));
-                }
-            },
-            _ => continue,
-        };
-        let data = whole_file(
-            root,
-            cwd,
-            &path,
-            expect_written(f.dev, f.ino),
-            MAX_COVERAGE_FILE,
-        )?;
-        if let (Some(src), Some(ino)) = (source.as_deref_mut(), f.ino) {
-            src.mark_taken(ino);
-        }
-        out.push(checked_bisect(data, &path, f.ino, f.dev, LocatedBy::Kernel));
-    }
-    if !out.is_empty() {
-        return Ok(out);
-    }
-    let Some(src) = source else {
-        return Err(CollectError::NothingWritten { ret: done.ret });
-    };
-    // Outside a file-tracking window: the new coverage file under BISECT_FILE.
-    let Some(path) = src.untaken(root, cwd).into_iter().last() else {
-        return Err(CollectError::Fallback(format!(
-            "no new {}*.coverage file appeared",
-            src.prefix
-        )));
-    };
-    let file = read::open_in_target(root, cwd, &path, Expect::Writable)?;
-    use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata().map_err(|source| read::ReadError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    if meta.len() > MAX_COVERAGE_FILE {
-        return Err(CollectError::Fallback(format!(
-            "{path} is larger than a coverage file can be: refused unread"
-        )));
-    }
-    let data = read::read_range(&file, &path, 0, meta.len())?;
-    src.mark_taken(meta.ino());
-    Ok(vec![checked_bisect(
-        data,
-        &path,
-        Some(meta.ino()),
-        Some(meta.dev()),
-        LocatedBy::Environment,
-    )])
-}
-
-fn checked_bisect(
-    data: Vec<u8>,
-    path: &str,
-    ino: Option<u64>,
-    dev: Option<u64>,
-    located_by: LocatedBy,
-) -> Extracted {
-    let invalid_reason = bisect::parse(&data).err().map(|e| e.to_string());
-    Extracted {
-        data,
-        parts: Vec::new(),
-        source: SourceInfo {
-            path: path.to_owned(),
-            offset: 0,
-            inode: ino,
-            dev,
-            located_by: Some(located_by),
-        },
-        format: FormatInfo {
-            name: "bisect-coverage".into(),
-            version: 4,
-        },
-        invalid_reason,
-    }
-}
-
-fn extract_gcov(
-    done: &FinishedDump,
-    root: &TargetDir,
-    gcda: &[(String, String)],
-) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_deref();
-    let mut files: Vec<(String, Expect, LocatedBy)> = done
-        .dump
-        .files
-        .iter()
-        .filter(|f| f.bytes > 0)
-        .filter_map(|f| {
-            f.path
-                .clone()
-                .map(|p| (p, expect_written(f.dev, f.ino), LocatedBy::Kernel))
-        })
-        .collect();
-    if files.is_empty() {
-        // Outside a window: the .gcda files the binary names that changed during the dump.
-        let since = done.dump.start_ns;
-        for (_, p) in gcda {
-            if modified_since(root, cwd, p, since)? {
-                files.push((p.clone(), Expect::Writable, LocatedBy::Environment));
-            }
-        }
-    }
-    if files.is_empty() {
-        return Err(CollectError::Fallback(format!(
-            "the gcov runtime wrote nothing (returned {}): GCC's runtime dumps once until __gcov_reset() is called",
-            done.ret
-        )));
-    }
-    let mut parts = Vec::new();
-    let mut problems = Vec::new();
-    let located_by = files[0].2;
-    for (path, expect, _) in &files {
-        let data = whole_file(root, cwd, path, *expect, MAX_COVERAGE_FILE)?;
-        if let Err(e) = gcov::parse(&data) {
-            problems.push(format!("{path}: {e}"));
-        }
-        parts.push((path.clone(), data));
-        // The notes the report needs, from where the compiler left them (the compiled-in path,
-        // not the one GCOV_PREFIX moved the data to); the same for every dump, but small.
-        let compiled = gcda
-            .iter()
-            .find(|(_, relocated)| relocated == path)
-            .map_or(path.as_str(), |(c, _)| c.as_str());
-        // Notes are the compiler's output, which the target only reads: opened as the target,
-        // and kept only if they are notes (a link to anything else the target may read is not
-        // copied into the session).
-        let gcno = gcov::gcno_of(compiled);
-        match whole_file(root, cwd, &gcno, Expect::Readable, MAX_NOTES_FILE) {
-            Ok(notes) => match gcov::parse_notes(&notes) {
-                Ok(()) => parts.push((gcno, notes)),
-                Err(e) => problems.push(format!(
-                    "{gcno} (the notes the report needs) is not a .gcno file ({e}): not copied"
-                )),
-            },
-            Err(e) => problems.push(format!("{gcno} (the notes the report needs): {e}")),
-        }
-    }
-    Ok(vec![Extracted {
-        data: Vec::new(),
-        parts,
-        source: SourceInfo {
-            path: files[0].0.clone(),
-            offset: 0,
-            inode: None,
-            dev: None,
-            located_by: Some(located_by),
-        },
-        format: FormatInfo {
-            name: "gcov-gcda".into(),
-            version: 0,
-        },
-        invalid_reason: (!problems.is_empty()).then(|| problems.join("; ")),
-    }])
-}
-
-/// What a .gcda file of the target holds now (None: absent, unreadable or not a .gcda): the
-/// content libgcov merges at the target's next dump.
-pub fn gcda_now(root: &TargetDir, path: &str) -> Option<Vec<u8>> {
-    let data = whole_file(root, None, path, Expect::Writable, MAX_COVERAGE_FILE).ok()?;
-    gcov::parse(&data).ok()?;
-    Some(data)
-}
-
-/// Whether a file was changed after `since_boot_ns` (CLOCK_BOOTTIME).
-fn modified_since(
-    root: &TargetDir,
-    cwd: Option<&TargetDir>,
-    path: &str,
-    since_boot_ns: u64,
-) -> Result<bool, read::ReadError> {
-    use std::os::unix::fs::MetadataExt;
-    let f = match read::open_in_target(root, cwd, path, Expect::Writable) {
-        Ok(f) => f,
-        // covobs' own failure (descriptors, memory) is said as such, not as "nothing written".
-        Err(e) if e.is_covobs_failure() => return Err(e),
-        // Not there, or not a file the target may write: not this dump's output.
-        Err(_) => return Ok(false),
-    };
-    let Ok(m) = f.metadata() else {
-        return Ok(false);
-    };
-    let mtime_unix_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-    let since_unix_ns = i128::from(since_boot_ns) + crate::sys::clock::boot_to_unix_offset_ns();
-    // Filesystem timestamps are coarse (jiffies): allow 20 ms.
-    Ok(mtime_unix_ns + 20_000_000 >= since_unix_ns)
-}
+pub(crate) const MAX_COVERAGE_FILE: u64 = 1 << 30;
+pub(crate) const MAX_NOTES_FILE: u64 = 256 << 20;
 
 impl CollectError {
     /// covobs itself failed (descriptors, memory, threads), not the target.
@@ -579,98 +356,4 @@ pub enum CollectError {
     Read(#[from] read::ReadError),
     #[error("{0}")]
     Fallback(String),
-}
-
-/// Read and validate what a finished LLVM dump wrote. Blocking (file I/O): run it off the loop.
-/// `cursor` follows the profile file the environment names: it locates the dump when the kernel
-/// did not see its writes, and it is moved past what the kernel saw otherwise.
-pub fn extract_llvm(
-    done: &FinishedDump,
-    root: &TargetDir,
-    cursor: Option<&mut llvm_path::ProfileCursor>,
-) -> Result<Vec<Extracted>, CollectError> {
-    let cwd = done.dump.cwd.as_deref();
-    let mut out = Vec::new();
-    let mut observed = Vec::new();
-    for f in done.dump.files.iter().filter(|f| f.bytes > 0) {
-        let Some(path) = f.path.clone() else {
-            continue;
-        };
-        let file = read::open_in_target(root, cwd, &path, expect_written(f.dev, f.ino))?;
-        let (offset, len, located_by) = match f.start {
-            Some(start) => (start, f.end - start, LocatedBy::Kernel),
-            None => {
-                // Positions unknown (no BTF): the dump appended `bytes` at the end as of now.
-                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                (size.saturating_sub(f.bytes), f.bytes, LocatedBy::KernelSize)
-            }
-        };
-        let data = read::read_range(&file, &path, offset, len)?;
-        observed.push((path.clone(), f.ino, offset + len));
-        out.push(validated(
-            data,
-            SourceInfo {
-                path,
-                offset,
-                inode: f.ino,
-                dev: f.dev,
-                located_by: Some(located_by),
-            },
-        ));
-    }
-    if !out.is_empty() {
-        if let Some(c) = cursor {
-            for (path, ino, end) in observed {
-                c.observed(&path, ino, end);
-            }
-        }
-        return Ok(out);
-    }
-    // Nothing seen by the kernel (the dump came outside a file-tracking window, or wrote through
-    // a mechanism the programs do not follow): take it from the file the environment names.
-    if let Some(c) = cursor {
-        c.placed_after(done.dump.start_ns, done.end_ns)
-            .map_err(CollectError::Fallback)?;
-        return c
-            .take(root, cwd)
-            .map(|(data, path, offset)| {
-                vec![validated(
-                    data,
-                    SourceInfo {
-                        path,
-                        offset,
-                        inode: None,
-                        dev: None,
-                        located_by: Some(LocatedBy::Environment),
-                    },
-                )]
-            })
-            .map_err(CollectError::Fallback);
-    }
-    Err(CollectError::NothingWritten { ret: done.ret })
-}
-
-fn validated(data: Vec<u8>, source: SourceInfo) -> Extracted {
-    match llvm_raw::parse(&data, true) {
-        Ok(p) => Extracted {
-            data,
-            parts: Vec::new(),
-            source,
-            format: FormatInfo {
-                name: "llvm-raw-profile".into(),
-                version: p.version,
-            },
-            invalid_reason: None,
-        },
-        Err(e) => Extracted {
-            data,
-            parts: Vec::new(),
-            source,
-            format: FormatInfo {
-                name: "llvm-raw-profile".into(),
-                version: 0,
-            },
-            invalid_reason: Some(e.to_string()),
-        },
-    }
 }

@@ -4,7 +4,7 @@ use std::{fs::File, path::Path};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
-use super::hooks::{HOOKS, Hook, HookMatch};
+use super::hooks::{Hook, HookMatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -230,7 +230,7 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
         if sym.kind() != SymbolKind::Text {
             continue;
         }
-        for hook in HOOKS {
+        for hook in crate::runtimes::hooks() {
             let matched = match hook.matcher {
                 HookMatch::Exact(n) => name == n,
                 HookMatch::Prefix(p) => name.starts_with(p),

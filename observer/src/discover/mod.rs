@@ -208,22 +208,10 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
         .collect();
     runtimes.sort();
     runtimes.dedup();
-    let has_section = |name: &str| elf.sections.iter().any(|s| s.name == name);
-    let mut without_symbols = Vec::new();
-    if has_section("__llvm_prf_cnts") && !runtimes.contains(&Runtime::Llvm) {
-        without_symbols.push(Runtime::Llvm);
-    }
-    if (has_section("__sancov_cntrs") || has_section("__sancov_guards"))
-        && !runtimes.contains(&Runtime::Sancov)
-    {
-        without_symbols.push(Runtime::Sancov);
-    }
-    if elf.bisect_runtime_text && !runtimes.contains(&Runtime::Bisect) {
-        without_symbols.push(Runtime::Bisect);
-    }
-    if elf.ocaml_runtime_text && !runtimes.contains(&Runtime::Ocaml) {
-        without_symbols.push(Runtime::Ocaml);
-    }
+    let without_symbols = Runtime::ALL
+        .into_iter()
+        .filter(|r| !runtimes.contains(r) && r.observed().present_without_symbols(&elf))
+        .collect();
     Module {
         file,
         path: path.to_owned(),
@@ -241,7 +229,7 @@ fn describe(file: FileId, path: &str, elf: ElfInfo) -> Module {
 /// does: /usr/lib/debug/.build-id/ab/cdef....debug, then the .gnu_debuglink name. Opened with
 /// every symlink resolved inside that root (never in covobs' own filesystem view).
 fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<DebugFile> {
-    let root = crate::collect::TargetDir::open(pid, "root").ok()?;
+    let root = crate::target::files::TargetDir::open(pid, "root").ok()?;
     let mut candidates = Vec::new();
     if let Some(id) = &info.build_id
         && id.len() > 2
@@ -258,11 +246,11 @@ fn find_debug_file(pid: i32, info: &ElfInfo) -> Option<DebugFile> {
         candidates.push(format!("/usr/lib/debug/{link}"));
     }
     candidates.into_iter().find_map(|path| {
-        let file = crate::collect::read::open_in_target(
+        let file = crate::target::files::open_in_target(
             &root,
             None,
             &path,
-            crate::collect::read::Expect::Readable,
+            crate::target::files::Expect::Readable,
         )
         .ok()?;
         file.metadata()

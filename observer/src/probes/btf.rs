@@ -46,7 +46,7 @@ pub fn kernel_offsets_in(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 /// kcov buffer, and the identity of /sys/kernel/debug/kcov. `valid` is 0 on a kernel without
 /// kcov (or without `struct kcov` in its BTF): kcov ioctls are then not followed.
 pub fn kcov_config() -> covobs_common::KcovConfig {
-    let Some(((_, ino), dev)) = crate::kcov::kernel::device_identity() else {
+    let Some(((_, ino), dev)) = crate::sys::kcov::device_identity() else {
         return Default::default();
     };
     let resolved = Btf::from_file("/sys/kernel/btf/vmlinux")

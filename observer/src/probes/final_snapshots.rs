@@ -2,11 +2,10 @@
 //! `sched_process_exit` raw tracepoint, the `SNAP_REGIONS` map that says what to copy for which
 //! process, and the `SNAPSHOTS` ring buffer the copies come back through.
 use aya::maps::{HashMap, MapData, RingBuf};
-use covobs_common::SnapRegions;
+use covobs_common::{Header, SnapChunkRecord, SnapEndRecord, SnapRegions, kind, snap};
 use tokio::io::unix::AsyncFd;
 
 use super::{ProbeError, Probes, map_err, take};
-use crate::snapshot::exit::{self, FinalRecord};
 
 /// Default size of the `SNAPSHOTS` ring buffer for sessions that take final snapshots: room for
 /// about 32 MiB of counters exiting at once (a million 8-byte counters is 8 MiB).
@@ -91,7 +90,7 @@ impl FinalReader {
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<FinalRecord>) -> u64 {
     let mut bad = 0;
     while let Some(item) = ring.next() {
-        match exit::decode(&item) {
+        match decode(&item) {
             Ok(Some(r)) => out.push(r),
             Ok(None) => bad += 1,
             Err(e) => {
@@ -101,4 +100,56 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<FinalRecord>) -> u64 {
         }
     }
     bad
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalRecordError {
+    #[error("record of {got} bytes is too short for its kind {kind}")]
+    Short { kind: u32, got: usize },
+}
+
+/// A decoded record of the `SNAPSHOTS` ring buffer.
+#[derive(Debug)]
+pub enum FinalRecord {
+    Chunk {
+        hdr: Header,
+        generation: u64,
+        region: u32,
+        offset: u64,
+        error: i32,
+        data: Vec<u8>,
+    },
+    End(SnapEndRecord),
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, FinalRecordError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(FinalRecordError::Short {
+            kind,
+            got: bytes.len(),
+        });
+    }
+    // SAFETY: the length was checked; T is a `#[repr(C)]` record of integers and byte arrays
+    // (valid for any bit pattern), read without alignment requirements.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Option<FinalRecord>, FinalRecordError> {
+    let hdr: Header = read(bytes, 0)?;
+    Ok(match hdr.kind {
+        kind::SNAP_CHUNK => {
+            let r: SnapChunkRecord = read(bytes, hdr.kind)?;
+            let len = (r.len as usize).min(snap::CHUNK_BYTES);
+            Some(FinalRecord::Chunk {
+                hdr,
+                generation: r.generation,
+                region: r.region,
+                offset: r.offset,
+                error: r.error,
+                data: r.data[..len].to_vec(),
+            })
+        }
+        kind::SNAP_END => Some(FinalRecord::End(read(bytes, hdr.kind)?)),
+        _ => None,
+    })
 }

@@ -44,7 +44,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         return Err(BadInput("give the command to run after --".into()).into());
     };
     if opts.kernel {
-        crate::kcov::kernel::available().map_err(|e| {
+        crate::runtimes::kcov::kernel::available().map_err(|e| {
             BadInput(format!(
                 "--kernel needs kcov: {e}; `covobs doctor` says how to get it"
             ))

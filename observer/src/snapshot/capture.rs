@@ -9,13 +9,13 @@
 use object::{Object as _, ObjectSegment as _};
 
 use super::{
-    Kind, ModulePlan, Snapshot, SnapshotError, llvm,
+    Kind, ModulePlan, Snapshot, SnapshotError,
     memory::{MemoryError, Range, ReadTiming},
     payload::ElfTarget,
     read_file,
     source::MemorySource,
 };
-use crate::collect::llvm_raw;
+use crate::runtimes::llvm::{memory as llvm, raw as llvm_raw};
 
 /// The ELF's loadable bytes at their link addresses, with the counters and bitmap replaced by
 /// those of a capture.

@@ -3,9 +3,11 @@
 //! into one buffer per range.
 use std::collections::HashMap;
 
-use covobs_common::{Header, SnapChunkRecord, SnapEndRecord, SnapRegion, SnapRegions, kind, snap};
+use covobs_common::{SnapRegion, SnapRegions, snap};
 
 use super::{ModulePlan, Range};
+/// The records the kernel sends back, decoded by the probes' reader.
+pub use crate::probes::final_snapshots::FinalRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExitError {
@@ -14,8 +16,6 @@ pub enum ExitError {
         max = snap::MAX_REGIONS
     )]
     TooManyRanges(usize),
-    #[error("record of {got} bytes is too short for its kind {kind}")]
-    Short { kind: u32, got: usize },
 }
 
 /// The kernel-side registration of a process's plans.
@@ -36,52 +36,6 @@ pub fn regions(plans: &[ModulePlan], generation: u64) -> Result<SnapRegions, Exi
         };
     }
     Ok(r)
-}
-
-/// A decoded record of the `SNAPSHOTS` ring buffer.
-#[derive(Debug)]
-pub enum FinalRecord {
-    Chunk {
-        hdr: Header,
-        generation: u64,
-        region: u32,
-        offset: u64,
-        error: i32,
-        data: Vec<u8>,
-    },
-    End(SnapEndRecord),
-}
-
-fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, ExitError> {
-    if bytes.len() < size_of::<T>() {
-        return Err(ExitError::Short {
-            kind,
-            got: bytes.len(),
-        });
-    }
-    // SAFETY: the length was checked; T is a `#[repr(C)]` record of integers and byte arrays
-    // (valid for any bit pattern), read without alignment requirements.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Option<FinalRecord>, ExitError> {
-    let hdr: Header = read(bytes, 0)?;
-    Ok(match hdr.kind {
-        kind::SNAP_CHUNK => {
-            let r: SnapChunkRecord = read(bytes, hdr.kind)?;
-            let len = (r.len as usize).min(snap::CHUNK_BYTES);
-            Some(FinalRecord::Chunk {
-                hdr,
-                generation: r.generation,
-                region: r.region,
-                offset: r.offset,
-                error: r.error,
-                data: r.data[..len].to_vec(),
-            })
-        }
-        kind::SNAP_END => Some(FinalRecord::End(read(bytes, hdr.kind)?)),
-        _ => None,
-    })
 }
 
 /// A final copy, reassembled.
@@ -213,6 +167,8 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
+    use covobs_common::{Header, SnapEndRecord, kind};
+
     use super::*;
 
     fn hdr(kind: u32, ts: u64) -> Header {

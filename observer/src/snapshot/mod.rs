@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use crate::{
     collect::FormatInfo,
     discover::{Mapped, Module, Runtime, maps::Mapping},
+    runtimes::llvm::memory as llvm,
 };
 
 pub mod capture;
@@ -24,13 +25,13 @@ pub mod command;
 pub mod delta;
 pub mod exit;
 pub mod image;
-pub mod llvm;
 pub mod memory;
 pub mod paging;
 pub mod payload;
 pub mod qemu;
 pub mod qmp;
-pub mod sancov;
+/// SanitizerCoverage's memory reader, where the report still imports it from.
+pub use crate::runtimes::sancov::memory as sancov;
 pub mod shared;
 pub mod source;
 

@@ -189,7 +189,10 @@ impl ElfTarget {
 
     /// The data records in memory name the functions (name MD5) and their shapes (hash) of the
     /// file's records: the first 16 bytes of each (the rest holds relocated pointers).
-    fn check_records(&self, l: &super::llvm::LlvmPlan) -> Result<(), SnapshotError> {
+    fn check_records(
+        &self,
+        l: &crate::runtimes::llvm::memory::LlvmPlan,
+    ) -> Result<(), SnapshotError> {
         let file = read_file(&self.path)?;
         let Some(data) = self
             .module
@@ -205,7 +208,7 @@ impl ElfTarget {
         else {
             return Ok(());
         };
-        let rec = super::llvm::data_record_size(l.version()) as usize;
+        let rec = crate::runtimes::llvm::memory::data_record_size(l.version()) as usize;
         for (i, (m, f)) in l
             .data_bytes
             .chunks_exact(rec)

@@ -238,7 +238,7 @@ pub fn describe(event: &Event) -> String {
         ),
         Body::Kcov(k) => {
             let what = match k.mode {
-                Some(crate::kcov::Mode::Cmp) => "comparisons",
+                Some(crate::runtimes::kcov::Mode::Cmp) => "comparisons",
                 _ => "PCs",
             };
             let mut s = match k.moment {

@@ -2,5 +2,6 @@
 pub mod bpf;
 pub mod caps;
 pub mod clock;
+pub mod kcov;
 pub mod shutdown;
 pub mod tracefs;

@@ -9,6 +9,7 @@ use procfs::process::Process as ProcfsProcess;
 
 pub mod cgroup;
 pub mod environ;
+pub mod files;
 pub mod name;
 pub mod pidns;
 

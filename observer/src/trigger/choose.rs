@@ -2,7 +2,7 @@
 use std::str::FromStr;
 
 use super::TriggerError;
-use crate::discover::Runtime;
+use crate::runtimes::{DumpThread, Runtime};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadChoice {
@@ -98,17 +98,18 @@ pub fn choose_threads(
                 Some(pid)
             };
             for &rt in runtimes {
-                match rt {
-                    Runtime::Bisect => match ocaml_tid {
+                match rt.dump_thread() {
+                    DumpThread::Ocaml => match ocaml_tid {
                         Some(tid) => add(tid, rt),
                         None => {
                             return Err(TriggerError::Choice(format!(
-                                "process {pid} has bisect_ppx but its OCaml thread is not known yet"
+                                "process {pid} has {} but its OCaml thread is not known yet",
+                                rt.observed().product
                             )));
                         }
                     },
-                    Runtime::Ocaml => {}
-                    _ => match other {
+                    DumpThread::Never => {}
+                    DumpThread::NotOcaml => match other {
                         Some(tid) => add(tid, rt),
                         None => {
                             return Err(TriggerError::Choice(format!(

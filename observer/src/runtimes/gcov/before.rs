@@ -7,10 +7,13 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::collect::{self, MergedBase, MergedPart, TargetDir};
+use crate::{
+    collect::{self, MergedBase, MergedPart},
+    target::files::TargetDir,
+};
 
 #[derive(Debug, Default)]
-pub(super) struct GcdaBefore {
+pub(crate) struct GcdaBefore {
     /// .gcda path in the target -> its content, and the artifact of this collector it is.
     files: HashMap<String, (Bytes, Option<u64>)>,
 }
@@ -18,11 +21,11 @@ pub(super) struct GcdaBefore {
 impl GcdaBefore {
     /// The files as they are when covobs starts watching the target (an earlier run's counts,
     /// dumps from before covobs attached).
-    pub(super) fn at_start(root: &TargetDir, gcda: &[(String, String)]) -> Self {
+    pub(crate) fn at_start(root: &TargetDir, gcda: &[(String, String)]) -> Self {
         let files = gcda
             .iter()
             .filter_map(|(_, path)| {
-                let data = collect::gcda_now(root, path)?;
+                let data = super::gcda_now(root, path)?;
                 Some((path.clone(), (Bytes::from(data), None)))
             })
             .collect();
@@ -31,7 +34,7 @@ impl GcdaBefore {
 
     /// Every .gcda of `parts` (path in the target, bytes) is what an artifact of this collector
     /// held: nothing new was written.
-    pub(super) fn unchanged(&self, parts: &[(String, Vec<u8>)]) -> bool {
+    pub(crate) fn unchanged(&self, parts: &[(String, Vec<u8>)]) -> bool {
         let mut gcda = parts
             .iter()
             .filter(|(p, _)| p.ends_with(".gcda"))
@@ -47,7 +50,7 @@ impl GcdaBefore {
     /// What dump `n`, which wrote `parts` (name, path in the target, bytes), merged; and the copy
     /// to keep beside it when that was not an artifact of this process. The parts are then what
     /// the files hold.
-    pub(super) fn merged(
+    pub(crate) fn merged(
         &mut self,
         n: u64,
         parts: &[(String, String, Bytes)],

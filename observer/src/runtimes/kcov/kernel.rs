@@ -1,8 +1,7 @@
 //! The running kernel as kcov users need it: does it have kcov, what is its build id (so the
 //! report finds the matching vmlinux), and which inode is /sys/kernel/debug/kcov.
-use std::os::unix::fs::MetadataExt as _;
-
 use super::{DEVICE, KcovError};
+pub use crate::sys::kcov::device_identity;
 
 /// Identity of the running kernel.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -76,15 +75,6 @@ fn is_debugfs_mounted() -> bool {
                 .any(|l| l.split_whitespace().nth(2) == Some("debugfs"))
         })
         .unwrap_or(false)
-}
-
-/// /sys/kernel/debug/kcov as `stat` shows it (st_dev, st_ino), and its device in the kernel's
-/// own encoding (major << 20 | minor), which the eBPF programs compare.
-pub fn device_identity() -> Option<((u64, u64), u32)> {
-    let meta = std::fs::metadata(DEVICE).ok()?;
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    Some(((dev, meta.ino()), (major << 20) | (minor & 0xf_ffff)))
 }
 
 #[cfg(test)]

@@ -463,9 +463,7 @@ pub fn read_range(file: &File, path: &str, offset: u64, len: u64) -> Result<Vec<
 
 /// The kernel's `dev_t` (major << 20 | minor) as userspace's `st_dev`.
 pub fn kernel_dev_to_user(dev: u32) -> u64 {
-    let major = u64::from(dev >> 20);
-    let minor = u64::from(dev & 0xf_ffff);
-    crate::discover::maps::makedev(major, minor)
+    libc::makedev(dev >> 20, dev & 0xf_ffff)
 }
 
 #[cfg(test)]

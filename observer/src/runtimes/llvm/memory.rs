@@ -9,12 +9,12 @@
 //! from the file); the counters and bitmap bytes are what a snapshot reads.
 use std::sync::Arc;
 
-use super::{
+use super::raw::MAGIC_64;
+use crate::snapshot::{
     SnapshotError,
     memory::{self, Range, ReadTiming},
     source::MemorySource,
 };
-use crate::collect::llvm_raw::MAGIC_64;
 
 /// Variant flags in the high bits of the version word (compiler-rt InstrProfData.inc).
 const VARIANT_MASK_DBG_CORRELATE: u64 = 1 << 59;
@@ -341,8 +341,8 @@ pub fn binary_ids(file: &[u8]) -> Result<Vec<u8>, object::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::raw as llvm_raw;
     use super::*;
-    use crate::collect::llvm_raw;
 
     fn plan_of(version_word: u64, data_records: usize, names: &[u8]) -> LlvmPlan {
         let rec = data_record_size(version_word & 0xffff_ffff) as usize;

@@ -6,7 +6,7 @@
 //! module-relative PCs, ascending) and an AFL-style bucketed map of the counters.
 use std::sync::Arc;
 
-use super::{
+use crate::snapshot::{
     SnapshotError,
     memory::{Range, ReadTiming},
     source::MemorySource,

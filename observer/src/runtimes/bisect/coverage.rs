@@ -2,8 +2,8 @@
 //! target's dumps land (`$BISECT_FILE<suffix>.coverage`, relative to its working directory).
 use std::{collections::HashSet, fs, os::fd::AsRawFd, os::unix::fs::MetadataExt};
 
-use super::read;
 use crate::target::environ::Environ;
+use crate::target::files as read;
 
 pub const MAGIC: &[u8] = b"BISECT-COVERAGE-4";
 

@@ -3,11 +3,9 @@
 //! not show which file a dump wrote, and to tell users where their target writes.
 use std::{fs, os::fd::AsRawFd};
 
-use super::{
-    llvm_raw,
-    read::{self, Expect},
-};
+use super::raw as llvm_raw;
 use crate::target::environ::Environ;
+use crate::target::files::{self as read, Expect};
 
 /// An expanded profile path: literal text with `*` where compiler-rt inserts a value covobs
 /// cannot recompute (the %m merge-pool signature).
@@ -68,6 +66,12 @@ pub fn expand(
         merge_pool,
         continuous,
     }
+}
+
+/// The profile file pattern of process `pid` for the LLVM runtime of `module`.
+pub fn for_module(pid: u32, module: &crate::discover::Module) -> Expanded {
+    let rustc = module.producers.iter().any(|p| p.contains("rustc"));
+    for_process(pid, rustc, module.build_id.as_deref())
 }
 
 /// The profile file pattern of process `pid` (in covobs' PID namespace): LLVM_PROFILE_FILE from

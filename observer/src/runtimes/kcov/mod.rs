@@ -23,8 +23,26 @@ pub mod trace;
 pub use observer::{Capture, KcovEvent, KcovObserver};
 pub use trace::{CmpRecord, Mode, Trace};
 
-/// kcov's device.
-pub const DEVICE: &str = "/sys/kernel/debug/kcov";
+use super::{DumpThread, Observed};
+
+/// kcov is a kernel device, not a library: a process is seen using it through its C library's
+/// `ioctl()` (`super::libc`), and its traces are taken by `KcovObserver`.
+pub static OBSERVED: Observed = Observed {
+    name: "kcov",
+    product: "kcov",
+    extension: "kcov",
+    is_coverage: true,
+    hooks: &[],
+    found_without_symbols: |_| false,
+    no_dump_function: None,
+    dump_returns_probeable: true,
+    dump_thread: DumpThread::NotOcaml,
+    check_snapshot: |_| None,
+    // Its traces are taken by `KcovObserver`, not dumped.
+    extractor: None,
+};
+
+pub use crate::sys::kcov::DEVICE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KcovError {
