@@ -10,10 +10,8 @@ pub mod doctor;
 pub mod events;
 pub mod fleet;
 pub mod kcov;
-pub mod layout;
 pub mod manual;
 pub mod probes;
-pub mod report;
 pub mod run;
 pub mod serve;
 pub mod snapshot;
@@ -23,6 +21,11 @@ pub mod target;
 pub mod terminal;
 pub mod trigger;
 pub mod watch;
+
+/// The session directory's layout and formats (the `covobs-layout` crate).
+pub use covobs_layout as layout;
+/// The reporting stage (the `covobs-report` crate, which needs nothing of eBPF).
+pub use covobs_report as report;
 
 /// An error caused by what the user asked for or by what the machine cannot do: exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -262,7 +262,7 @@ impl Session {
                     build_id: m.module.build_id.clone(),
                     symbols: m.module.symbol_source.to_owned(),
                     functions,
-                    producer: ModuleMeta::of(&m.module).producer,
+                    producer: ModuleMeta::from(&*m.module).producer,
                     note,
                 },
             ))

@@ -338,7 +338,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
                 build_id: module.build_id.clone(),
                 symbols: "symtab".into(),
                 functions: Vec::new(),
-                producer: collect::ModuleMeta::of(&module).producer,
+                producer: collect::ModuleMeta::from(&*module).producer,
                 note: Some(format!("a guest payload, snapshotted in {memory}")),
             },
         ))
