@@ -7,3 +7,4 @@ pub mod formats;
 pub mod json;
 pub mod kernel;
 pub mod modes;
+pub mod session;

@@ -8,7 +8,6 @@ use std::{
     sync::Arc,
 };
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -26,155 +25,18 @@ pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 /// The largest module copy handed to llvm-cov.
 pub const MAX_MODULE_BYTES: u64 = 4 << 30;
 
-/// session.json (docs/output.md). Every field is optional: the report does not depend on it; a
-/// field that is there must have its type. Fields not listed here are allowed and ignored.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct SessionInfo {
-    #[serde(default)]
-    pub covobs_version: Option<String>,
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    #[serde(default)]
-    pub started_unix_ns: Option<u64>,
-    #[serde(default)]
-    pub ended_unix_ns: Option<u64>,
-    #[serde(default)]
-    pub boot_to_unix_offset_ns: Option<i64>,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default)]
-    pub kernel_build_id: Option<String>,
-    #[serde(default)]
-    pub options: Option<AnyObject>,
-    #[serde(default)]
-    pub pid_namespace: Option<AnyObject>,
-    #[serde(default)]
-    pub workload: Option<AnyObject>,
-    #[serde(default)]
-    pub targets: Option<Vec<TargetInfo>>,
-    #[serde(default)]
-    pub programs: Option<Vec<AnyObject>>,
-    #[serde(default)]
-    pub counters: Option<Counters>,
-}
+/// session.json (docs/output.md): the writer's own type.
+pub use covobs_layout::session::SessionInfo;
 
-/// One target of session.json.
-#[derive(Clone, Debug, Deserialize)]
-pub struct TargetInfo {
-    pub pid: u32,
-    #[serde(default)]
-    pub pid_in_own_namespace: Option<u32>,
-    #[serde(default)]
-    pub comm: Option<String>,
-    #[serde(default)]
-    pub exe: Option<String>,
-    /// Its working directory when covobs adopted it (bisect's relative sources start there).
-    #[serde(default)]
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub runtimes: Option<Vec<AnyObject>>,
-}
-
-/// session.json's counters.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct Counters {
-    #[serde(default)]
-    pub events: Option<u64>,
-    #[serde(default)]
-    pub artifacts: Option<u64>,
-    #[serde(default)]
-    pub lost: Option<u64>,
-    #[serde(default)]
-    pub ring_buffer_drops: Option<u64>,
-    #[serde(default)]
-    pub dumps_triggered: Option<u64>,
-    #[serde(default)]
-    pub snapshots: Option<u64>,
-    #[serde(default)]
-    pub dumps_seen: Option<u64>,
-}
-
-/// An object the report does not read: its type is checked, nothing of it is kept.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AnyObject;
-
-impl<'de> Deserialize<'de> for AnyObject {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = AnyObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<AnyObject, A::Error> {
-                use serde::de::IgnoredAny;
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyObject)
-            }
-        }
-        d.deserialize_map(Visitor)
+/// session.json of the session, `None` when there is none yet.
+pub fn read_info(dir: &SessionDir) -> Result<Option<SessionInfo>, String> {
+    match dir.read(Path::new("session.json"), None, MAX_SESSION_JSON_BYTES) {
+        Ok(bytes) => SessionInfo::parse(&bytes).map(Some),
+        Err(SessionFileError::Missing) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-impl SessionInfo {
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        parse_json(bytes)
-    }
-
-    /// session.json of the session, `None` when there is none yet.
-    pub fn read(dir: &SessionDir) -> Result<Option<Self>, String> {
-        match dir.read(Path::new("session.json"), None, MAX_SESSION_JSON_BYTES) {
-            Ok(bytes) => Self::parse(&bytes).map(Some),
-            Err(SessionFileError::Missing) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    pub fn covobs_version(&self) -> Option<String> {
-        self.covobs_version.clone()
-    }
-
-    pub fn kernel(&self) -> Option<String> {
-        self.kernel.clone()
-    }
-
-    pub fn command(&self) -> Option<String> {
-        self.command.as_ref().map(|c| c.join(" "))
-    }
-
-    /// (pid, comm, exe) of each target.
-    pub fn targets(&self) -> Vec<(i64, String, String)> {
-        self.targets
-            .iter()
-            .flatten()
-            .map(|t| {
-                (
-                    i64::from(t.pid),
-                    t.comm.clone().unwrap_or_default(),
-                    t.exe.clone().unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
-
-    /// The working directory a target had when covobs adopted it (`targets[].cwd`).
-    pub fn cwd_of(&self, pid: u32) -> Option<String> {
-        self.targets
-            .iter()
-            .flatten()
-            .find(|t| t.pid == pid)?
-            .cwd
-            .clone()
-    }
-
-    /// Session start and end as Unix nanoseconds, when known.
-    pub fn span_unix_ns(&self) -> Option<(u64, u64)> {
-        Some((self.started_unix_ns?, self.ended_unix_ns?))
-    }
-}
 /// The metadata of one artifact (docs/output.md, "Artifact metadata"): the writer's own type.
 pub use covobs_layout::artifact::{
     ArtifactMeta, FormatInfo, LAYOUT, MergedBase as MergedMeta, MergedPart, ModuleMeta, PartMeta,
@@ -252,7 +114,7 @@ impl Session {
     /// [`Session::open`] of a directory held already.
     pub fn read(sdir: &Arc<SessionDir>) -> Result<Self, ReportError> {
         let dir = sdir.path();
-        let info = SessionInfo::read(sdir).map_err(|message| ReportError::BadMetadata {
+        let info = read_info(sdir).map_err(|message| ReportError::BadMetadata {
             path: dir.join("session.json"),
             message,
         })?;
@@ -570,52 +432,5 @@ mod tests {
         v["runtime"] = serde_json::json!("minicov");
         let m = ArtifactMeta::parse(v.to_string().as_bytes()).expect("a runtime of a newer covobs");
         assert_eq!(m.runtime, Runtime::Unknown("minicov".into()));
-    }
-
-    #[test]
-    fn session_json_of_the_wrong_types_is_refused_naming_the_field() {
-        let good = br#"{"covobs_version": "0.1.0", "command": ["covobs", "attach"],
-            "kernel": null, "options": {"interval_ms": 3000}, "file_tracking": {"any": 1},
-            "targets": [{"pid": 12, "comm": "x", "exe": "/x", "cwd": "/srv", "runtimes": [{"runtime": "llvm"}],
-                         "gcda_files": []}],
-            "counters": {"events": 1, "artifacts": 2}}"#;
-        let info = SessionInfo::parse(good).expect("valid");
-        assert_eq!(info.cwd_of(12).as_deref(), Some("/srv"));
-        assert_eq!(info.command().as_deref(), Some("covobs attach"));
-        assert_eq!(info.targets(), [(12, "x".into(), "/x".into())]);
-        for (doc, says) in [
-            (
-                r#"{"targets": "SECRET"}"#,
-                "field `targets`: a string where a sequence",
-            ),
-            (
-                r#"{"targets": [{"pid": "SECRET"}]}"#,
-                "field `targets[0].pid`: a string",
-            ),
-            (
-                r#"{"targets": [{"comm": "x"}]}"#,
-                "field `targets[0]`: missing field `pid`",
-            ),
-            (
-                r#"{"command": "SECRET"}"#,
-                "field `command`: a string where a sequence",
-            ),
-            (
-                r#"{"started_unix_ns": -1}"#,
-                "field `started_unix_ns`: a value out of range",
-            ),
-            (
-                r#"{"options": ["SECRET"]}"#,
-                "field `options`: an array where an object",
-            ),
-            (
-                r#"{"counters": {"lost": "SECRET"}}"#,
-                "field `counters.lost`: a string",
-            ),
-        ] {
-            let e = SessionInfo::parse(doc.as_bytes()).expect_err(doc);
-            assert!(e.starts_with(says), "{doc}: {e}");
-            assert!(!e.contains("SECRET"), "{e}");
-        }
     }
 }

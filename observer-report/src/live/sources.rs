@@ -20,7 +20,7 @@ impl LiveCoverage {
     /// is not valid is as good as none here: `covobs report` refuses it up front.
     fn session_info(&mut self) -> Option<&SessionInfo> {
         if self.session_info.is_none() {
-            self.session_info = SessionInfo::read(&self.dir).ok().flatten();
+            self.session_info = crate::session::read_info(&self.dir).ok().flatten();
         }
         self.session_info.as_ref()
     }

@@ -95,7 +95,7 @@ pub struct Session {
     pub counters: Counters,
     pub out_dir: PathBuf,
     /// Every target ever attached (for session.json).
-    pub history: Vec<serde_json::Value>,
+    pub history: Vec<crate::layout::session::Target>,
     /// Since when no dump covobs asked for is expected (the window closes after WINDOW_LINGER).
     pub(super) window_idle_since: Option<std::time::Instant>,
     /// Which thread runs OCaml in each process.
