@@ -9,12 +9,10 @@ pub mod discover;
 pub mod doctor;
 pub mod events;
 pub mod fleet;
-/// kcov's module, where the report still imports it from.
+/// kcov's module under its old path.
 pub use runtimes::kcov;
-pub mod layout;
 pub mod manual;
 pub mod probes;
-pub mod report;
 pub mod run;
 pub mod runtimes;
 pub mod serve;
@@ -25,6 +23,11 @@ pub mod target;
 pub mod terminal;
 pub mod trigger;
 pub mod watch;
+
+/// The session directory's layout and formats (the `covobs-layout` crate).
+pub use covobs_layout as layout;
+/// The reporting stage (the `covobs-report` crate, which needs nothing of eBPF).
+pub use covobs_report as report;
 
 /// An error caused by what the user asked for or by what the machine cannot do: exit code 2.
 #[derive(Debug, thiserror::Error)]

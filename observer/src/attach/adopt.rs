@@ -206,21 +206,42 @@ impl Session {
             state.collector = Some(jobs);
         }
         let dumpable = state.dumpable.clone();
-        self.history.push(serde_json::json!({
-            "pid": pid,
+        let runtimes = state.modules.iter().flat_map(|m| {
+            m.module
+                .runtimes
+                .iter()
+                .map(move |r| crate::layout::session::RuntimeFound {
+                    runtime: r.as_str().into(),
+                    module: m.module.path.clone(),
+                    build_id: m.module.build_id.clone(),
+                    ..Default::default()
+                })
+        });
+        self.history.push(crate::layout::session::Target {
+            pid,
             // What the process calls itself in its own PID namespace (1 in many containers).
-            "pid_in_own_namespace": crate::target::pidns::own_pid(pid),
-            "comm": comm,
-            "exe": self.tracker.get(pid).and_then(|t| t.process.exe.clone()),
+            pid_in_own_namespace: crate::target::pidns::own_pid(pid).into(),
+            comm: Some(comm.to_string()),
+            exe: self
+                .tracker
+                .get(pid)
+                .and_then(|t| t.process.exe.as_ref())
+                .map(|e| e.to_string_lossy().into_owned()),
             // Where relative names the target writes start from (bisect_ppx's sources, for the
             // report), as this mount namespace sees it.
-            "cwd": std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
-            "runtimes": state.modules.iter().flat_map(|m| m.module.runtimes.iter().map(move |r| serde_json::json!({
-                "runtime": r, "module": m.module.path, "build_id": m.module.build_id,
-            }))).collect::<Vec<_>>(),
-            "llvm_profile_file": state.llvm_profile.as_ref().map(|e| e.pattern.clone()),
-            "gcda_files": gcda.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
-        }));
+            cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+                .into(),
+            runtimes: Some(runtimes.collect()),
+            llvm_profile_file: state
+                .llvm_profile
+                .as_ref()
+                .map(|e| e.pattern.clone())
+                .into(),
+            gcda_files: Some(gcda.iter().map(|(_, r)| r.clone()).collect()),
+            ..Default::default()
+        });
         let snapshot_runtimes = self
             .snapshots
             .adopt(pid, comm, &state.dir, &state.modules)
@@ -268,7 +289,7 @@ impl Session {
                     build_id: m.module.build_id.clone(),
                     symbols: m.module.symbol_source.to_owned(),
                     functions,
-                    producer: ModuleMeta::of(&m.module).producer,
+                    producer: ModuleMeta::from(&*m.module).producer,
                     note,
                 },
             ))

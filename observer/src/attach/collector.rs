@@ -388,7 +388,7 @@ async fn deliver(
             file: slot.file,
             source: x.source.clone(),
             format: x.format.clone(),
-            module: Some(ModuleMeta::of(&hook.module)),
+            module: Some(ModuleMeta::from(&*hook.module)),
             kcov: None,
             parts: parts
                 .iter()

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use super::{
     losses::Losses, progress::Progress, session::Outcome, snapshots::deliver, targets::sanitize,
 };
+use crate::layout::session::{self as session_layout, Nullable, Object, SessionInfo};
 use crate::{
     BadInput,
     collect::{self, Trigger},
@@ -334,7 +335,7 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
                 build_id: module.build_id.clone(),
                 symbols: "symtab".into(),
                 functions: Vec::new(),
-                producer: collect::ModuleMeta::of(&module).producer,
+                producer: collect::ModuleMeta::from(&*module).producer,
                 note: Some(format!("a guest payload, snapshotted in {memory}")),
             },
         ))
@@ -406,37 +407,61 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
     for w in stats.warnings() {
         eprintln!("covobs: warning: {w}");
     }
-    let info = serde_json::json!({
-        "covobs_version": env!("CARGO_PKG_VERSION"),
-        "command": opts.command,
-        "started_unix_ns": started_unix,
-        "ended_unix_ns": clock::realtime_ns(),
-        "boot_to_unix_offset_ns": clock::boot_to_unix_offset_ns() as i64,
-        "options": {
-            "interval_ms": opts.interval.as_millis() as u64,
-            "mode": if opts.shared.is_some() { "qemu-shared" } else { "qemu" },
-            "pause": opts.pause,
-        },
-        "ended_by": ended_by,
-        "guest": {
-            "qemu_pid": pid,
-            "payload": module.path,
-            "build_id": module.build_id,
-            "memory": memory,
-        },
-        "targets": [{ "pid": pid, "comm": qemu.comm, "exe": exe }],
-        "counters": {
-            "events": stats.events,
-            "artifacts": counters.artifacts,
-            "lost": counters.lost,
-            "snapshots": counters.snapshots,
-            "sinks": stats.sinks,
-        },
-        "output": {
-            "fault": output.fault(),
-            "events_not_written": output.unwritten_events(),
-        },
-    });
+    let info = SessionInfo {
+        layout: session_layout::LAYOUT,
+        covobs_version: Some(env!("CARGO_PKG_VERSION").into()),
+        command: Some(opts.command.clone()),
+        started_unix_ns: Nullable::Value(started_unix),
+        ended_unix_ns: Nullable::Value(clock::realtime_ns()),
+        boot_to_unix_offset_ns: Some(clock::boot_to_unix_offset_ns() as i64),
+        options: Some(session_layout::Options {
+            interval_ms: Some(opts.interval.as_millis() as u64),
+            mode: Some(
+                if opts.shared.is_some() {
+                    "qemu-shared"
+                } else {
+                    "qemu"
+                }
+                .into(),
+            ),
+            pause: Some(opts.pause),
+            ..Default::default()
+        }),
+        ended_by: Some(ended_by.into()),
+        guest: Some(session_layout::Guest {
+            qemu_pid: pid as u32,
+            payload: module.path.clone(),
+            build_id: module.build_id.clone(),
+            memory,
+            ..Default::default()
+        }),
+        targets: Some(vec![session_layout::Target {
+            pid: pid as u32,
+            comm: Some(qemu.comm.clone()),
+            exe,
+            ..Default::default()
+        }]),
+        counters: Some(session_layout::Counters {
+            events: Some(stats.events),
+            artifacts: Some(counters.artifacts),
+            lost: Some(counters.lost),
+            snapshots: Some(counters.snapshots),
+            sinks: Some(
+                stats
+                    .sinks
+                    .iter()
+                    .map(|s| Object::of("counters.sinks[]", s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ..Default::default()
+        }),
+        output: Some(session_layout::Output {
+            fault: output.fault(),
+            events_not_written: Some(output.unwritten_events()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     write_session_json(&output, &info)?;
     eprintln!(
         "covobs: guest of QEMU process {pid}: {} snapshots, {} lost; {}",
@@ -460,9 +485,8 @@ pub async fn run(opts: GuestOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_session_json(output: &OutputHealth, info: &serde_json::Value) -> anyhow::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(info)?;
-    bytes.push(b'\n');
+fn write_session_json(output: &OutputHealth, info: &SessionInfo) -> anyhow::Result<()> {
+    let bytes = info.to_bytes()?;
     let dir = output.dir();
     dir.write_new(dir.fd(), "session.json", &bytes, true)
         .with_context(|| format!("writing {}", dir.path().join("session.json").display()))

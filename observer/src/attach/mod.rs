@@ -42,6 +42,8 @@ use launch::{Launch, Prepared};
 pub use options::{AttachOptions, Deliver, Mode, Purpose};
 use session::Session;
 
+use crate::layout::session::{self as session_layout, Nullable, Object, SessionInfo};
+
 /// The signals an attach reports: its dump signal (to confirm each delivery) and those that end a
 /// target. A target's own signal traffic is filtered out in the kernel.
 pub fn attach_signal_mask(dump: Signal) -> u64 {
@@ -231,14 +233,15 @@ pub async fn run_session(
             if let Some(code) = status.filter(|c| *c != 0) {
                 eprintln!("covobs: the workload exited with status {code}");
             }
-            Some(serde_json::json!({
-                "argv": c.argv,
-                "program": c.program,
-                "pid": c.pid,
-                "exit_status": status,
-                "kernel_coverage": l.kernel,
-                "kcov_entries": l.kernel.then_some(l.kcov_entries),
-            }))
+            Some(session_layout::Workload {
+                argv: c.argv.clone(),
+                program: c.program.display().to_string(),
+                pid: c.pid,
+                exit_status: status,
+                kernel_coverage: l.kernel,
+                kcov_entries: l.kernel.then_some(l.kcov_entries as u64),
+                ..Default::default()
+            })
         }
         _ => None,
     };
@@ -762,7 +765,7 @@ async fn finish(
     pipeline: Pipeline,
     output: Option<&OutputHealth>,
     started_unix: u64,
-    workload: Option<serde_json::Value>,
+    workload: Option<session_layout::Workload>,
     fleet: Option<crate::stream::nats::FleetHandle>,
 ) -> anyhow::Result<()> {
     let programs = session.probes.programs().to_vec();
@@ -793,59 +796,75 @@ async fn finish(
     };
     // Without a local directory (--no-local), session.json still goes to the fleet.
     let modes = output.map_or(opts.modes, |o| o.dir().modes());
-    let info = serde_json::json!({
-        "covobs_version": env!("CARGO_PKG_VERSION"),
-        "command": opts.command,
-        "started_unix_ns": started_unix,
-        "ended_unix_ns": clock::realtime_ns(),
-        "boot_to_unix_offset_ns": clock::boot_to_unix_offset_ns() as i64,
-        "kernel": kernel.release,
-        "kernel_build_id": kernel.build_id,
-        "workload": workload,
-        "options": {
-            "interval_ms": opts.interval.map(|d| d.as_millis() as u64),
-            "once": opts.once,
-            "thread": format!("{:?}", opts.thread).to_lowercase(),
-            "signal": opts.signal.as_str(),
-            "mode": opts.mode,
-            "final_snapshot": opts.final_snapshot || opts.mode == Mode::Snapshot,
-            "force": opts.force,
-            "dump_timeout_ms": opts.dump_timeout.as_millis() as u64,
-            "file_tracking_policy": opts.file_tracking,
-        },
-        "file_tracking": file_tracking,
-        "pid_namespace": pidns,
-        "targets": history,
-        "programs": programs,
-        "counters": {
-            "events": stats.events,
-            "artifacts": counters.artifacts,
-            "lost": counters.lost,
-            "ring_buffer_drops": counters.ring_buffer_drops,
-            "dumps_triggered": counters.dumps_triggered,
-            "snapshots": counters.snapshots,
-            "dumps_seen": counters.dumps_seen,
-            "sinks": stats.sinks,
-        },
-        "resources": {
-            "descriptors_peak": stats.descriptors_peak.max(descriptors_at_end),
-            "descriptors_at_end": descriptors_at_end,
-            "descriptor_limit": nofile_soft,
-            "descriptor_limit_hard": nofile_hard,
-            "rss_peak_bytes": crate::stream::peak_rss_bytes(),
-        },
-        "output": {
-            "local": output.is_some(),
-            "dir_mode": format!("{:04o}", modes.dir_mode()),
-            "file_mode": format!("{:04o}", modes.file_mode()),
-            "group": modes.group,
-            "fault": output.and_then(OutputHealth::fault),
-            "events_not_written": output.map_or(0, OutputHealth::unwritten_events),
-        },
-        "fleet": fleet_stats,
-    });
-    let mut bytes = serde_json::to_vec_pretty(&info)?;
-    bytes.push(b'\n');
+    let info = SessionInfo {
+        layout: session_layout::LAYOUT,
+        covobs_version: Some(env!("CARGO_PKG_VERSION").into()),
+        command: Some(opts.command.clone()),
+        started_unix_ns: Nullable::Value(started_unix),
+        ended_unix_ns: Nullable::Value(clock::realtime_ns()),
+        boot_to_unix_offset_ns: Some(clock::boot_to_unix_offset_ns() as i64),
+        kernel: Some(kernel.release),
+        kernel_build_id: kernel.build_id.into(),
+        workload: workload.into(),
+        options: Some(session_layout::Options {
+            interval_ms: opts.interval.map(|d| d.as_millis() as u64),
+            once: Some(opts.once),
+            thread: Some(format!("{:?}", opts.thread).to_lowercase()),
+            signal: Some(opts.signal.as_str().into()),
+            mode: serde_json::from_value(serde_json::to_value(opts.mode)?)?,
+            final_snapshot: Some(opts.final_snapshot || opts.mode == Mode::Snapshot),
+            force: Some(opts.force),
+            dump_timeout_ms: Some(opts.dump_timeout.as_millis() as u64),
+            file_tracking_policy: Nullable::Value(serde_json::to_value(opts.file_tracking)?),
+            ..Default::default()
+        }),
+        file_tracking: Some(serde_json::to_value(file_tracking)?),
+        pid_namespace: Some(Object::of("pid_namespace", &pidns)?),
+        targets: Some(history),
+        programs: Some(
+            programs
+                .iter()
+                .map(|p| Object::of("programs[]", p))
+                .collect::<Result<_, _>>()?,
+        ),
+        counters: Some(session_layout::Counters {
+            events: Some(stats.events),
+            artifacts: Some(counters.artifacts),
+            lost: Some(counters.lost),
+            ring_buffer_drops: Some(counters.ring_buffer_drops),
+            dumps_triggered: Some(counters.dumps_triggered),
+            snapshots: Some(counters.snapshots),
+            dumps_seen: Some(counters.dumps_seen),
+            sinks: Some(
+                stats
+                    .sinks
+                    .iter()
+                    .map(|s| Object::of("counters.sinks[]", s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ..Default::default()
+        }),
+        resources: Some(session_layout::Resources {
+            descriptors_peak: Some(stats.descriptors_peak.max(descriptors_at_end)),
+            descriptors_at_end: Some(descriptors_at_end),
+            descriptor_limit: Some(nofile_soft),
+            descriptor_limit_hard: Some(nofile_hard),
+            rss_peak_bytes: Some(crate::stream::peak_rss_bytes()),
+            ..Default::default()
+        }),
+        output: Some(session_layout::Output {
+            local: Some(output.is_some()),
+            dir_mode: Some(format!("{:04o}", modes.dir_mode())),
+            file_mode: Some(format!("{:04o}", modes.file_mode())),
+            group: modes.group.into(),
+            fault: output.and_then(OutputHealth::fault),
+            events_not_written: Some(output.map_or(0, OutputHealth::unwritten_events)),
+            ..Default::default()
+        }),
+        fleet: fleet_stats.map(serde_json::to_value).transpose()?.into(),
+        ..Default::default()
+    };
+    let bytes = info.to_bytes()?;
     if let Some(output) = output {
         let dir = output.dir();
         // Whole or not at all: a full disk leaves no half session.json.

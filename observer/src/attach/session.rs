@@ -64,7 +64,7 @@ pub struct Session {
     counters: Counters,
     pub(super) out_dir: PathBuf,
     /// Every target ever attached (for session.json).
-    pub(super) history: Vec<serde_json::Value>,
+    pub(super) history: Vec<crate::layout::session::Target>,
     /// Since when no dump covobs asked for is expected (the window closes after WINDOW_LINGER).
     pub(super) window_idle_since: Option<std::time::Instant>,
     /// Which thread runs OCaml in each process.

@@ -574,7 +574,7 @@ pub(crate) async fn deliver(
             located_by: Some(LocatedBy::Memory),
         },
         format: snap.format.clone(),
-        module: Some(ModuleMeta::of(&snap.module)),
+        module: Some(ModuleMeta::from(&*snap.module)),
         parts: Vec::new(),
         kcov: None,
         snapshot: Some(info.clone()),

@@ -180,8 +180,9 @@ impl DumpTracker {
     }
 }
 
-impl ModuleMeta {
-    pub fn of(module: &Module) -> Self {
+/// A module's metadata as the artifact records it.
+impl From<&Module> for ModuleMeta {
+    fn from(module: &Module) -> Self {
         Self {
             path: Some(module.path.trim_end_matches(" (deleted)").to_owned()),
             build_id: module.build_id.clone(),

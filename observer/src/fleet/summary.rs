@@ -5,11 +5,12 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::{FleetError, state::State, state::write_replace};
+use crate::layout::session::{Counters, Nullable, SessionInfo};
 
-/// Each node session's session.json that arrived, as (node, session, value).
-fn node_sessions(out: &Path, state: &State) -> Vec<(String, String, Value)> {
+/// Each node session's session.json that arrived (and reads as one), as (node, session, info).
+fn node_sessions(out: &Path, state: &State) -> Vec<(String, String, SessionInfo)> {
     let mut v = Vec::new();
-    for (node, figures) in &state.nodes {
+    for node in state.nodes.keys() {
         let dir = out.join("fleet/nodes").join(node);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -18,14 +19,13 @@ fn node_sessions(out: &Path, state: &State) -> Vec<(String, String, Value)> {
         sessions.sort();
         for s in sessions {
             let p = dir.join(&s).join("session.json");
-            if let Some(j) = std::fs::read(&p)
+            if let Some(info) = std::fs::read(&p)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|b| SessionInfo::parse(&b).ok())
             {
-                v.push((node.clone(), s.to_string_lossy().into_owned(), j));
+                v.push((node.clone(), s.to_string_lossy().into_owned(), info));
             }
         }
-        let _ = figures;
     }
     v
 }
@@ -34,7 +34,7 @@ fn node_sessions(out: &Path, state: &State) -> Vec<(String, String, Value)> {
 pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<String, FleetError> {
     let sessions = node_sessions(out, state);
     let mut targets = Vec::new();
-    let mut counters = serde_json::Map::new();
+    let mut counters = Counters::default();
     let mut started: Option<u64> = None;
     let mut ended: Option<u64> = None;
     let mut nodes = serde_json::Map::new();
@@ -44,24 +44,19 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
             json!({ "collected": figures, "sessions": {} }),
         );
     }
-    for (node, session, j) in &sessions {
-        for t in j["targets"].as_array().into_iter().flatten() {
+    for (node, session, info) in &sessions {
+        for t in info.targets.iter().flatten() {
             let mut t = t.clone();
-            if let Some(o) = t.as_object_mut() {
-                o.insert("node".into(), node.clone().into());
-            }
+            t.node = Some(node.clone());
             targets.push(t);
         }
-        for (k, v) in j["counters"].as_object().into_iter().flatten() {
-            if let Some(n) = v.as_u64() {
-                let sum = counters.get(k).and_then(Value::as_u64).unwrap_or(0) + n;
-                counters.insert(k.clone(), sum.into());
-            }
+        if let Some(c) = &info.counters {
+            counters.add(c);
         }
-        if let Some(s) = j["started_unix_ns"].as_u64() {
+        if let Some(&s) = info.started_unix_ns.get() {
             started = Some(started.map_or(s, |x| x.min(s)));
         }
-        if let Some(e) = j["ended_unix_ns"].as_u64() {
+        if let Some(&e) = info.ended_unix_ns.get() {
             ended = Some(ended.map_or(e, |x| x.max(e)));
         }
         if let Some(n) = nodes
@@ -71,30 +66,35 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
             n.insert(
                 session.clone(),
                 json!({
-                    "counters": j["counters"],
-                    "fleet": j["fleet"],
-                    "started_unix_ns": j["started_unix_ns"],
-                    "ended_unix_ns": j["ended_unix_ns"],
+                    "counters": info.counters,
+                    "fleet": info.fleet,
+                    "started_unix_ns": info.started_unix_ns,
+                    "ended_unix_ns": info.ended_unix_ns,
                 }),
             );
         }
     }
-    let info = json!({
-        "covobs_version": env!("CARGO_PKG_VERSION"),
-        "command": std::env::args().collect::<Vec<_>>(),
-        "started_unix_ns": started,
-        "ended_unix_ns": ended,
-        "targets": targets,
-        "counters": counters,
-        "fleet": {
+    let info = SessionInfo {
+        layout: crate::layout::session::LAYOUT,
+        covobs_version: Some(env!("CARGO_PKG_VERSION").into()),
+        command: Some(std::env::args().collect()),
+        started_unix_ns: started.into(),
+        ended_unix_ns: ended.into(),
+        targets: Some(targets),
+        counters: Some(counters),
+        fleet: Nullable::Value(json!({
             "name": state.fleet,
             "servers": servers,
             "durable_consumer": state.durable,
             "last_stream_seq": state.last_stream_seq,
             "artifacts": state.seqs.len(),
             "nodes": nodes.keys().collect::<Vec<_>>(),
-        },
-    });
+        })),
+        ..Default::default()
+    };
+    let session_json = info
+        .to_bytes()
+        .map_err(|e| FleetError::Write(out.join("session.json"), std::io::Error::other(e)))?;
     let put = |name: &str, v: &Value| -> Result<(), FleetError> {
         let p = out.join(name);
         let mut b =
@@ -102,7 +102,8 @@ pub fn write(out: &Path, state: &State, servers: &str, quiet: bool) -> Result<St
         b.push(b'\n');
         write_replace(&p, &b).map_err(|e| FleetError::Write(p, e))
     };
-    put("session.json", &info)?;
+    let p = out.join("session.json");
+    write_replace(&p, &session_json).map_err(|e| FleetError::Write(p, e))?;
     put("fleet/nodes.json", &Value::Object(nodes.clone()))?;
     let opts = crate::report::ReportOptions::default();
     let summary = crate::report::generate(out, &opts)?;

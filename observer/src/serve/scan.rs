@@ -205,7 +205,7 @@ impl Scanner {
         // Read like every file of the session: beneath it, through no link, bounded.
         let sdir = self.session_dir()?;
         // Half written (or replaced meanwhile): try again at the next poll.
-        let Ok(Some(info)) = SessionInfo::read(&sdir) else {
+        let Ok(Some(info)) = crate::report::session::read_info(&sdir) else {
             return Ok(false);
         };
         self.info = info;

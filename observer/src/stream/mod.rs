@@ -24,7 +24,7 @@ use crate::{collect::Artifact, events::Event};
 pub mod dir;
 pub mod human;
 pub mod json;
-pub mod modes;
+pub use covobs_layout::modes;
 pub mod nats;
 pub mod session_dir;
 pub mod slow;

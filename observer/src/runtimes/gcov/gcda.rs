@@ -2,8 +2,7 @@
 //! into the binary, moved by `GCOV_PREFIX` / `GCOV_PREFIX_STRIP` as libgcov does).
 use crate::target::environ::Environ;
 
-/// "gcda" as libgcov writes its magic: a native-endian u32.
-pub const MAGIC: u32 = 0x6763_6461;
+pub use covobs_layout::formats::gcov::MAGIC;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GcdaError {
