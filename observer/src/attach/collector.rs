@@ -140,19 +140,9 @@ pub(super) async fn target_collector(
                 job.done.dump.tid,
                 job.done.ret
             );
-            artifact::lost(
-                &tx,
-                job.done.dump.pid,
-                job.done.dump.tid,
-                job.done.dump.hook.runtime,
-                &reason,
-            )
-            .await;
-            let _ = done_tx.send(Outcome {
-                pid: job.done.dump.pid,
-                requests: job.requests,
-                result: Err(reason),
-            });
+            let d = &job.done.dump;
+            let (pid, tid, runtime) = (d.pid, d.tid, d.hook.runtime);
+            report(&tx, &done_tx, pid, tid, runtime, job.requests, Err(reason)).await;
             continue;
         }
         let job_root = root.clone();
@@ -314,12 +304,7 @@ async fn deliver(
                 "{} dump on thread {tid} (returned {ret}): {whose}{e}",
                 runtime.as_str()
             );
-            artifact::lost(tx, pid, tid, runtime, &reason).await;
-            let _ = done_tx.send(Outcome {
-                pid,
-                requests,
-                result: Err(reason),
-            });
+            report(tx, done_tx, pid, tid, runtime, requests, Err(reason)).await;
             return;
         }
     };
@@ -331,12 +316,16 @@ async fn deliver(
                 "{} dump on thread {tid} (returned {ret}): {why}",
                 runtime.as_str()
             );
-            artifact::lost(tx, pid, tid, runtime, &reason).await;
-            let _ = done_tx.send(Outcome {
+            report(
+                tx,
+                done_tx,
                 pid,
-                requests: requests.clone(),
-                result: Err(reason),
-            });
+                tid,
+                runtime,
+                requests.clone(),
+                Err(reason),
+            )
+            .await;
             continue;
         }
         let slot = artifact::Slot::take(seq, runtime);
